@@ -1,0 +1,44 @@
+# recops: `make run` sets everything up and runs the pipeline on the embedded data; `make test` runs the tests.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Stages call `python` and `dvc`: make them the project's, whatever the caller's PATH holds.
+export PATH := $(BIN):$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-unit repro status ui clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . \
+	  || $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the pinned dependencies (requirements.lock)
+
+run: install ## Run the whole pipeline on the embedded MovieLens-100k and print the metrics
+	$(BIN)/recops run
+
+test: install ## Run all tests (unit, data, integration on real MovieLens-100k)
+	$(BIN)/python -m pytest
+
+test-unit: install ## Run the fast unit tests only
+	$(BIN)/python -m pytest tests/unit
+
+repro: install ## Reproduce the pipeline with DVC (only stages whose inputs changed)
+	$(BIN)/dvc repro
+
+status: install ## What DVC would rerun, and the current metrics
+	$(BIN)/dvc status
+	$(BIN)/dvc metrics show
+
+ui: install ## Open the MLflow UI on the project's tracking database
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
+
+clean: ## Remove produced data, models, reports and tracking state (keeps .venv and the DVC remote)
+	rm -rf data/raw data/prepared data/split data/candidates data/features models reports mlflow.db mlartifacts .prefect

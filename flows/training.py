@@ -1,0 +1,64 @@
+"""The training flow: every pipeline stage as a Prefect task, then one task that records the run in DVC.
+
+Tasks pass the params path in and small metric dicts out; data moves through the Parquet / npy files that
+``recops.steps`` writes (and DVC versions), never through task state. Only the ingest task retries (it may
+download); a data or parameter error fails fast and the stages after it do not run, so the previous good
+models, reports and registry entries stay as they were.
+
+The final task runs ``dvc commit`` (one DVC command, from one task, after all stages) so that ``dvc.lock``
+describes what the flow produced and ``dvc repro`` has nothing to redo; then ``dvc push`` to the default remote.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from recops import steps
+from recops.config import load_settings
+from recops.errors import RecopsError
+
+
+def _stage_task(name: str, retries: int = 0):
+    def run(params_path: str) -> dict[str, float]:
+        return steps.STAGES[name](load_settings(params_path))
+
+    run.__name__ = name
+    return task(name=name, retries=retries, retry_delay_seconds=5, cache_policy=NO_CACHE,
+                persist_result=False)(run)
+
+
+STAGE_TASKS = {name: _stage_task(name, retries=2 if name == "ingest" else 0) for name in steps.STAGES}
+
+
+@task(name="dvc-commit", cache_policy=NO_CACHE, persist_result=False)
+def dvc_commit(params_path: str, push: bool) -> None:
+    """Record the flow's outputs in dvc.lock (and the DVC cache), then push them to the default remote."""
+    root = Path(params_path).resolve().parent
+    logger = get_run_logger()
+    dvc = [sys.executable, "-m", "dvc"]
+    commands = [[*dvc, "commit", "--force", "--quiet"]]
+    if push:
+        commands.append([*dvc, "push", "--quiet"])
+    for command in commands:
+        proc = subprocess.run(command, cwd=root, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RecopsError(f"`dvc {command[3]}` failed in {root}: {(proc.stderr or proc.stdout).strip()[-800:]}")
+        logger.info("dvc %s: ok", command[3])
+
+
+@flow(name="recops-training", validate_parameters=True)
+def training_flow(params_path: str = "params.yaml", dvc: bool = True, push: bool = True) -> dict[str, float]:
+    """Run ingest -> validate -> split -> candidates -> features -> train_ranker -> evaluate -> export ->
+    register, in that order; return all metrics."""
+    params_path = str(Path(params_path).resolve())
+    metrics: dict[str, float] = {}
+    for name, stage in STAGE_TASKS.items():
+        metrics.update(stage(params_path))
+    if dvc:
+        dvc_commit(params_path, push)
+    return metrics

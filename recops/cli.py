@@ -1,0 +1,216 @@
+"""The ``recops`` command: one sub-command per user-facing action.
+
+Errors a user can fix (RecopsError) print one clear message and exit 1, without a traceback; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from recops.entry import configure_logging, prepare_environment
+from recops.errors import RecopsError
+
+app = typer.Typer(
+    help="recops: a validated, evaluated, versioned two-stage recommender, from interaction logs to ONNX.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+Params = Annotated[Path, typer.Option("--params", "-p", help="params.yaml of the project to run.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log.")]
+
+
+def _settings(params: Path, quiet: bool):
+    prepare_environment(params.resolve().parent)
+    configure_logging(logging.WARNING if quiet else logging.INFO)
+    from recops.config import load_settings
+
+    return load_settings(params)
+
+
+def _exit_on_user_error(exc: RecopsError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _run_stages(params: Path, quiet: bool, names: list[str]) -> dict[str, float]:
+    from recops import steps
+
+    try:
+        settings = _settings(params, quiet)
+        metrics: dict[str, float] = {}
+        for name in names:
+            metrics.update(steps.STAGES[name](settings))
+        return metrics
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+        raise  # unreachable: _exit_on_user_error raises
+
+
+class _DropUserErrorTraceback(logging.Filter):
+    """Prefect logs a failed task with its traceback; for a RecopsError the message alone says what to fix."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RecopsError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_user_error_tracebacks() -> None:
+    drop = _DropUserErrorTraceback()
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        logger.addFilter(drop)
+        for handler in logger.handlers:
+            handler.addFilter(drop)
+
+
+def metrics_table(metrics: dict[str, float], split: str = "test") -> Table:
+    """Models as rows, metrics as columns, for one split."""
+    prefix = f"{split}."
+    models: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split(".")
+        if key.startswith(prefix) and len(parts) == 3 and parts[1] in ("popularity", "mf", "ranker"):
+            models.setdefault(parts[1], {})[parts[2]] = value
+    columns = sorted({m for values in models.values() for m in values if "@" in m},
+                     key=lambda m: (m.split("@")[0] not in ("ndcg", "recall"), int(m.split("@")[1]), m))
+    table = Table(title=f"{split} metrics", title_justify="left")
+    table.add_column("model")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for model in ("popularity", "mf", "ranker"):
+        if model in models:
+            table.add_row(model, *(f"{models[model].get(c, float('nan')):.4f}" for c in columns))
+    return table
+
+
+def _print_summary(metrics: dict[str, float]) -> None:
+    console.print(metrics_table(metrics, "test"))
+    extra = {k: v for k, v in metrics.items()
+             if k.startswith(("test.candidates.", "valid.candidates.", "export.parity.max", "registry."))}
+    for key, value in sorted(extra.items()):
+        console.print(f"  {key} = {value:.6g}")
+
+
+@app.command()
+def run(
+    params: Params = Path("params.yaml"),
+    engine: Annotated[str, typer.Option(help="prefect: the training flow (then dvc commit); dvc: dvc repro.")] = "prefect",
+    push: Annotated[bool, typer.Option(help="dvc push the outputs to the default DVC remote after the run.")] = True,
+    quiet: Quiet = False,
+) -> None:
+    """Run the whole pipeline (ingest .. register) and print the test metrics."""
+    if engine not in ("prefect", "dvc"):
+        _exit_on_user_error(RecopsError(f"--engine must be prefect or dvc, not {engine!r}"))
+    settings = None
+    try:
+        settings = _settings(params, quiet)
+        if engine == "dvc":
+            _dvc_repro(settings.root, push)
+        else:
+            from flows.training import training_flow
+
+            _quiet_user_error_tracebacks()
+            training_flow(params_path=str(params.resolve()), push=push)
+        from recops.steps import all_metrics, read_json
+
+        metrics = all_metrics(settings)
+        registry = read_json(settings.path("registry_report"))
+        metrics["registry.model_version"] = float(registry["model_version"])
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+    _print_summary(metrics)
+    console.print(f"registered [bold]{registry['model_name']}[/] version {registry['model_version']} "
+                  f"(MLflow: mlflow ui --backend-store-uri {settings.tracking_uri()})")
+
+
+def _dvc_repro(root: Path, push: bool) -> None:
+    import subprocess
+    import sys
+
+    for command in (["repro"], ["push", "--quiet"] if push else None):
+        if command is None:
+            continue
+        proc = subprocess.run([sys.executable, "-m", "dvc", *command], cwd=root)
+        if proc.returncode != 0:
+            raise RecopsError(f"`dvc {' '.join(command)}` failed (exit {proc.returncode}); see the messages above")
+
+
+@app.command()
+def validate(params: Params = Path("params.yaml"), quiet: Quiet = False) -> None:
+    """Ingest the configured data and check it with the Great Expectations suites in expectations/."""
+    metrics = _run_stages(params, quiet, ["ingest", "validate"])
+    console.print("[bold green]data is valid[/]: " + ", ".join(
+        f"{k.removeprefix('validation.')}={v:g}" for k, v in sorted(metrics.items()) if k.startswith("validation.")))
+
+
+@app.command()
+def evaluate(params: Params = Path("params.yaml"), quiet: Quiet = False) -> None:
+    """Evaluate popularity, MF and the ranker on the test split (needs a trained ranker) and print the table."""
+    metrics = _run_stages(params, quiet, ["evaluate"])
+    console.print(metrics_table(metrics, "test"))
+
+
+@app.command()
+def export(params: Params = Path("params.yaml"), quiet: Quiet = False) -> None:
+    """Export the trained ranker to ONNX and check parity with native LightGBM."""
+    metrics = _run_stages(params, quiet, ["export"])
+    for key, value in sorted(metrics.items()):
+        console.print(f"  {key} = {value:.6g}")
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="ingest, validate, split, candidates, features, train_ranker, "
+                                             "evaluate, export or register.")],
+    params: Params = Path("params.yaml"),
+    quiet: Quiet = False,
+) -> None:
+    """Run one pipeline stage by name (what the DVC stage runs)."""
+    from recops.steps import STAGES
+
+    if name not in STAGES:
+        _exit_on_user_error(RecopsError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}"))
+    metrics = _run_stages(params, quiet, [name])
+    console.print_json(json.dumps(metrics))
+
+
+@app.command()
+def metrics(params: Params = Path("params.yaml"),
+            split: Annotated[str, typer.Option(help="test or valid")] = "test") -> None:
+    """Print the metrics table of the last run."""
+    from recops.steps import all_metrics
+
+    try:
+        settings = _settings(params, quiet=True)
+        values = all_metrics(settings)
+        if not values:
+            raise RecopsError(f"no metrics under {settings.path('reports_dir')}: run `recops run` first")
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+    console.print(metrics_table(values, split))
+
+
+@app.command()
+def schedule(params: Params = Path("params.yaml"),
+             cron: Annotated[str, typer.Option(help="Cron expression of the training runs.")] = "0 3 * * *") -> None:
+    """Serve the training flow as a scheduled Prefect deployment (runs until interrupted)."""
+    _settings(params, quiet=False)
+    from flows.schedule import serve
+
+    serve(str(params.resolve()), cron)
+
+
+if __name__ == "__main__":
+    app()

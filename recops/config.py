@@ -1,0 +1,241 @@
+"""Typed settings loaded once from ``params.yaml`` and passed down as one object.
+
+Every section is a strict pydantic model (unknown keys are errors, so a typo in params.yaml is caught before any
+work starts). Paths are written once, in ``params.yaml`` under ``paths``; ``Settings.path()`` resolves them
+against the project root (the folder holding params.yaml). ``flat()`` gives ``a.b.c`` keys for tracking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recops.errors import RecopsError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(Strict):
+    """Every file and folder a stage reads or writes, relative to the project root."""
+
+    cache_dir: str = "~/.cache/recops"
+    external_dir: str = "data/external"
+    raw_dir: str = "data/raw"
+    interactions: str = "data/prepared/interactions.parquet"
+    users: str = "data/prepared/users.parquet"
+    items: str = "data/prepared/items.parquet"
+    expectations_dir: str = "expectations"
+    validation_dir: str = "reports/validation"
+    split_dir: str = "data/split"
+    candidates_dir: str = "data/candidates"
+    features_dir: str = "data/features"
+    mf_dir: str = "models/mf"
+    ranker_model: str = "models/ranker.txt"
+    ranker_manifest: str = "models/ranker_manifest.json"
+    onnx_model: str = "models/ranker.onnx"
+    onnx_manifest: str = "models/ranker_onnx.json"
+    reports_dir: str = "reports"
+    candidates_metrics: str = "reports/candidates_metrics.json"
+    ranker_metrics: str = "reports/ranker_metrics.json"
+    metrics: str = "reports/metrics.json"
+    export_metrics: str = "reports/export_metrics.json"
+    plots_dir: str = "reports/plots"
+    recommendations: str = "reports/recommendations_test.parquet"
+    registry_report: str = "reports/registry.json"
+    mlflow_db: str = "mlflow.db"
+    mlflow_artifacts: str = "mlartifacts"
+
+
+class AttributeColumns(Strict):
+    """How to read an attribute table: its id column and which columns feed the ranker, by kind."""
+
+    id: str
+    numeric: list[str] = []
+    categorical: list[str] = []
+    multi_label: list[str] = []
+    separator: str = "|"
+
+
+class ColumnMapping(Strict):
+    """Names of the interaction log's columns; rating, weight and split are optional."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = None
+    weight: str | None = None
+    split: str | None = None
+
+
+class DataConfig(Strict):
+    source: Literal["movielens100k", "file"] = "movielens100k"
+    interactions_path: str | None = None
+    users_path: str | None = None
+    items_path: str | None = None
+    columns: ColumnMapping = ColumnMapping()
+    timestamp_unit: Literal["s", "ms", "us", "ns", "datetime"] = "s"
+    id_type: Literal["integer", "string"] = "integer"
+    csv_separator: str = ","
+    user_attributes: AttributeColumns | None = None
+    item_attributes: AttributeColumns | None = None
+
+    @model_validator(mode="after")
+    def _file_source_has_path(self) -> DataConfig:
+        if self.source == "file" and not self.interactions_path:
+            raise ValueError("data.source is 'file' but data.interactions_path is not set")
+        if self.users_path and self.user_attributes is None:
+            raise ValueError("data.users_path is set: also set data.user_attributes (at least its 'id' column)")
+        if self.items_path and self.item_attributes is None:
+            raise ValueError("data.items_path is set: also set data.item_attributes (at least its 'id' column)")
+        return self
+
+
+class ValidationConfig(Strict):
+    min_rows: int = 1000
+    min_users: int = 10
+    min_items: int = 10
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+    earliest_timestamp: str = "1990-01-01"
+    offending_examples: int = 5
+
+    def earliest_epoch_seconds(self) -> int:
+        ts = datetime.fromisoformat(self.earliest_timestamp)
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=timezone.utc)
+        return int(ts.timestamp())
+
+
+class SplitConfig(Strict):
+    method: Literal["per_user_temporal", "global_time", "predefined"] = "per_user_temporal"
+    valid_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+
+
+class CandidatesConfig(Strict):
+    algorithm: Literal["als", "bpr"] = "als"
+    factors: int = Field(64, ge=2)
+    iterations: int = Field(15, ge=1)
+    regularization: float = 0.05
+    alpha: float = 10.0
+    learning_rate: float = 0.05
+    confidence: Literal["binary", "rating", "weight"] = "binary"
+    n_candidates: int = Field(200, ge=1)
+
+
+class FeaturesConfig(Strict):
+    recency_half_life_days: float = Field(30.0, gt=0)
+    recent_window_days: float = Field(30.0, gt=0)
+    chunk_rows: int = Field(2_000_000, ge=10_000)
+
+
+class RankerConfig(Strict):
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.5)
+    n_estimators: int = Field(300, ge=1)
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_child_samples: int = 20
+    feature_fraction: float = 0.9
+    bagging_fraction: float = 0.9
+    lambdarank_truncation_level: int = 20
+    early_stopping_rounds: int = 30
+
+
+class EvaluationConfig(Strict):
+    ks: list[int] = [10, 20]
+    top_n_report: int = Field(100, ge=1)
+
+
+class ExportConfig(Strict):
+    target_opset: int = 15
+    # The export rounds split thresholds so branch decisions match native LightGBM exactly on float32 features;
+    # what remains is ONNX summing leaf values in float32: relative error ~6e-8 per tree, i.e. about 1e-5 for a
+    # few hundred trees and scores of order 1. 1e-3 leaves two orders of margin and still fails on any wrong
+    # branch (one leaf value, typically 1e-2 or more).
+    max_abs_diff: float = 1e-3
+    # Native scores closer than this are ties: float32 summation may swap them, so their order is not checked.
+    tie_tolerance: float = 1e-4
+
+
+class RegistryConfig(Strict):
+    tracking_uri: str | None = None  # default: sqlite database at paths.mlflow_db
+    experiment: str = "recops"
+    model_name: str = "recops-ranker"
+
+
+class Settings(Strict):
+    seed: int = 42
+    threads: int = Field(1, ge=1)
+    paths: Paths = Paths()
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
+    split: SplitConfig = SplitConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    ranker: RankerConfig = RankerConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    export: ExportConfig = ExportConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    # Not from params.yaml: the folder holding it, against which relative paths resolve.
+    root: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    def path(self, name: str) -> Path:
+        """Absolute path of ``paths.<name>`` (``~`` expanded, relative to the project root)."""
+        value = getattr(self.paths, name)
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    def resolve(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    def tracking_uri(self) -> str:
+        return self.registry.tracking_uri or f"sqlite:///{self.path('mlflow_db')}"
+
+    def flat(self) -> dict[str, Any]:
+        """``{"candidates.factors": 64, ...}`` for experiment tracking."""
+        return flatten(self.model_dump(mode="json", exclude={"root"}))
+
+    def params_hash(self) -> str:
+        payload = json.dumps(self.model_dump(mode="json", exclude={"root", "paths"}), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def load_settings(params_path: str | Path = "params.yaml") -> Settings:
+    """Read and validate params.yaml; a bad file raises RecopsError naming the key to fix."""
+    path = Path(params_path).resolve()
+    if not path.is_file():
+        raise RecopsError(f"params file not found: {path} (run from the project root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise RecopsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RecopsError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Settings(**raw, root=path.parent)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise RecopsError(f"{path}: invalid params: {problems}") from None

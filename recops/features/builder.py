@@ -1,0 +1,205 @@
+"""Ranker features for (user, candidate item) pairs, computed from one history table only.
+
+Everything is derived from the interactions *before* the period being predicted (``history``) and from static
+attribute tables, so a fold's features never see its targets. Per-user and per-item statistics are computed
+once as arrays indexed by the dense ids, then gathered for the candidate rows (numpy fancy indexing, chunked for
+very large candidate sets). The reference time of a history is its latest timestamp.
+
+Feature groups:
+- item: popularity (all time, recent window, exponentially decayed), mean rating, age and days since last seen,
+  numeric and categorical attributes;
+- user: activity, mean rating, active span, mean log-popularity of the items consumed, attributes;
+- user x item: MF score and rank, affinity of the user's multi-label profile (e.g. genres) to the item's labels,
+  the item's popularity relative to the user's usual popularity, the item's numeric attributes relative to the
+  user's mean over past items (e.g. release year).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recops.candidates.mf import interaction_matrix
+from recops.columns import Columns
+from recops.config import AttributeColumns, FeaturesConfig
+
+DAY = 86_400.0
+
+
+@dataclass
+class Attributes:
+    """Attribute columns aligned to dense ids: numeric values, categorical codes and multi-label indicators."""
+
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)
+    categorical: dict[str, np.ndarray] = field(default_factory=dict)
+    multi_label: dict[str, sp.csr_matrix] = field(default_factory=dict)
+
+
+def align_attributes(table: pd.DataFrame | None, id_column: str, ids: np.ndarray,
+                     spec: AttributeColumns | None) -> Attributes:
+    """Attributes of the entities ``ids`` (dense index order); entities absent from the table get NaN / -1 / none."""
+    out = Attributes()
+    if table is None or spec is None:
+        return out
+    table = table.drop_duplicates(id_column, keep="last")
+    pos = pd.Index(table[id_column].to_numpy()).get_indexer(ids)
+    present = pos >= 0
+    take = np.where(present, pos, 0)
+    for name in spec.numeric:
+        values = pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=np.float64)
+        out.numeric[name] = np.where(present, values[take], np.nan).astype(np.float32)
+    for name in spec.categorical:
+        codes, _ = pd.factorize(table[name].astype("string"), sort=True)
+        out.categorical[name] = np.where(present, codes[take], -1).astype(np.float32)
+    for name in spec.multi_label:
+        labels = table[name].fillna("").astype(str).str.split(spec.separator)
+        exploded = labels.explode()
+        exploded = exploded[exploded.str.len() > 0]
+        codes, _ = pd.factorize(exploded, sort=True)
+        rows = exploded.index.to_numpy()
+        row_pos = pd.Index(table.index).get_indexer(rows)
+        matrix = sp.csr_matrix((np.ones(len(codes), np.float32), (row_pos, codes)),
+                               shape=(len(table), max(int(codes.max(initial=-1)) + 1, 1)))
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        selector = sp.csr_matrix((present.astype(np.float32), (np.arange(len(ids)), take)),
+                                 shape=(len(ids), len(table)))
+        out.multi_label[name] = (selector @ matrix).tocsr()
+    return out
+
+
+def _rows_normalised(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+    return sp.diags(np.where(norms > 0, 1.0 / np.maximum(norms, 1e-12), 0.0)) @ matrix
+
+
+@dataclass
+class HistoryStatistics:
+    """Per-user and per-item arrays computed once from a history; ``gather`` turns them into feature columns."""
+
+    user: dict[str, np.ndarray]
+    item: dict[str, np.ndarray]
+    user_profiles: dict[str, sp.csr_matrix]
+    item_labels: dict[str, sp.csr_matrix]
+    user_numeric_means: dict[str, np.ndarray]
+    item_numeric: dict[str, np.ndarray]
+
+
+def history_statistics(history: pd.DataFrame, n_users: int, n_items: int, config: FeaturesConfig,
+                       users: Attributes, items: Attributes) -> HistoryStatistics:
+    u = history[Columns.USER].to_numpy()
+    i = history[Columns.ITEM].to_numpy()
+    ts = history[Columns.TIMESTAMP].to_numpy(dtype=np.float64)
+    now = ts.max() if len(ts) else 0.0
+    age_days = (now - ts) / DAY
+    decay = np.exp(-np.log(2.0) * age_days / config.recency_half_life_days)
+    recent = (age_days <= config.recent_window_days).astype(np.float64)
+
+    def per(index: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(index, weights=weights, minlength=n).astype(np.float64)
+
+    item_count = per(i, n_items)
+    user_count = per(u, n_users)
+    first_seen = np.full(n_items, np.inf)
+    np.minimum.at(first_seen, i, ts)
+    last_seen = np.full(n_items, -np.inf)
+    np.maximum.at(last_seen, i, ts)
+    user_first = np.full(n_users, np.inf)
+    np.minimum.at(user_first, u, ts)
+    user_last = np.full(n_users, -np.inf)
+    np.maximum.at(user_last, u, ts)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_pop = np.log1p(item_count)
+        item_stats = {
+            "item_pop": item_count,
+            "item_pop_recent": per(i, n_items, recent),
+            "item_pop_decayed": per(i, n_items, decay),
+            "item_log_pop": log_pop,
+            "item_age_days": np.where(np.isfinite(first_seen), (now - first_seen) / DAY, np.nan),
+            "item_days_since_last": np.where(np.isfinite(last_seen), (now - last_seen) / DAY, np.nan),
+        }
+        item_stats["item_trend"] = item_stats["item_pop_recent"] / np.maximum(item_count, 1.0)
+        user_stats = {
+            "user_activity": user_count,
+            "user_active_days": np.where(user_count > 0, (user_last - user_first) / DAY, np.nan),
+            "user_days_since_last": np.where(user_count > 0, (now - user_last) / DAY, np.nan),
+            "user_mean_log_pop": per(u, n_users, log_pop[i]) / np.where(user_count > 0, user_count, np.nan),
+        }
+        if Columns.RATING in history.columns:
+            r = history[Columns.RATING].to_numpy(dtype=np.float64)
+            item_stats["item_mean_rating"] = per(i, n_items, r) / np.where(item_count > 0, item_count, np.nan)
+            user_stats["user_mean_rating"] = per(u, n_users, r) / np.where(user_count > 0, user_count, np.nan)
+    for name, values in items.numeric.items():
+        item_stats[f"item_{name}"] = values.astype(np.float64)
+    for name, values in items.categorical.items():
+        item_stats[f"item_{name}"] = values.astype(np.float64)
+    for name, values in users.numeric.items():
+        user_stats[f"user_{name}"] = values.astype(np.float64)
+    for name, values in users.categorical.items():
+        user_stats[f"user_{name}"] = values.astype(np.float64)
+
+    seen = interaction_matrix(history, n_users, n_items, "binary")
+    user_profiles = {name: _rows_normalised((seen @ labels).tocsr()) for name, labels in items.multi_label.items()}
+    item_labels = {name: _rows_normalised(labels) for name, labels in items.multi_label.items()}
+    user_numeric_means = {}
+    for name, values in items.numeric.items():
+        known = np.isfinite(values)
+        sums = seen @ np.where(known, values, 0.0)
+        counts = seen @ known.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            user_numeric_means[name] = np.where(counts > 0, sums / counts, np.nan)
+    return HistoryStatistics(user_stats, item_stats, user_profiles, item_labels, user_numeric_means,
+                             {name: v.astype(np.float64) for name, v in items.numeric.items()})
+
+
+def feature_names(stats: HistoryStatistics) -> list[str]:
+    names = [Columns.SOURCE_SCORE, Columns.SOURCE_RANK, *stats.item, *stats.user]
+    names += [f"affinity_{name}" for name in stats.user_profiles]
+    names += ["pop_vs_user_taste"]
+    names += [f"diff_{name}_vs_user_mean" for name in stats.user_numeric_means]
+    return names
+
+
+def gather_features(candidates: pd.DataFrame, stats: HistoryStatistics, chunk_rows: int) -> pd.DataFrame:
+    """Feature matrix (float32 columns, in ``feature_names`` order) for candidate rows."""
+    names = feature_names(stats)
+    out = np.empty((len(candidates), len(names)), dtype=np.float32)
+    users_all = candidates[Columns.USER].to_numpy()
+    items_all = candidates[Columns.ITEM].to_numpy()
+    score_all = candidates[Columns.SOURCE_SCORE].to_numpy(dtype=np.float32)
+    rank_all = candidates[Columns.SOURCE_RANK].to_numpy(dtype=np.float32)
+    for start in range(0, len(candidates), chunk_rows):
+        stop = min(start + chunk_rows, len(candidates))
+        u, i = users_all[start:stop], items_all[start:stop]
+        cols = [score_all[start:stop], rank_all[start:stop]]
+        cols += [values[i] for values in stats.item.values()]
+        cols += [values[u] for values in stats.user.values()]
+        for name, profiles in stats.user_profiles.items():
+            cols.append(np.asarray(profiles[u].multiply(stats.item_labels[name][i]).sum(axis=1)).ravel())
+        cols.append(stats.item["item_log_pop"][i] - stats.user["user_mean_log_pop"][u])
+        for name, means in stats.user_numeric_means.items():
+            cols.append(stats.item_numeric[name][i] - means[u])
+        out[start:stop] = np.column_stack(cols).astype(np.float32)
+    return pd.DataFrame(out, columns=names)
+
+
+def build_features(candidates: pd.DataFrame, history: pd.DataFrame, n_users: int, n_items: int,
+                   config: FeaturesConfig, users: Attributes, items: Attributes,
+                   target: pd.DataFrame | None = None) -> pd.DataFrame:
+    """(user_idx, item_idx, label, features...) for every candidate row; label is 1 when the pair is in ``target``."""
+    stats = history_statistics(history, n_users, n_items, config, users, items)
+    features = gather_features(candidates, stats, config.chunk_rows)
+    keys = candidates[Columns.USER].to_numpy(np.int64) * n_items + candidates[Columns.ITEM].to_numpy()
+    if target is not None and len(target):
+        target_keys = target[Columns.USER].to_numpy(np.int64) * n_items + target[Columns.ITEM].to_numpy()
+        label = np.isin(keys, target_keys).astype(np.int8)
+    else:
+        label = np.zeros(len(candidates), dtype=np.int8)
+    features.insert(0, Columns.LABEL, label)
+    features.insert(0, Columns.ITEM, candidates[Columns.ITEM].to_numpy(np.int32))
+    features.insert(0, Columns.USER, candidates[Columns.USER].to_numpy(np.int32))
+    return features

@@ -1,0 +1,65 @@
+"""The second stage: a LightGBM LambdaRank model re-ranking each user's candidates.
+
+Training rows are grouped by user (a query); groups without a single positive carry no ranking signal and are
+dropped from training. The model is saved as LightGBM's text format (no pickles) with a JSON manifest naming the
+features in input order; the ONNX export and the serving path rely on that order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from recops.columns import Columns
+from recops.config import RankerConfig
+
+log = logging.getLogger(__name__)
+
+
+def _groups(frame: pd.DataFrame, require_positive: bool) -> tuple[pd.DataFrame, np.ndarray]:
+    frame = frame.sort_values(Columns.USER, kind="stable")
+    if require_positive:
+        positives = frame.groupby(Columns.USER, sort=False)[Columns.LABEL].transform("max")
+        frame = frame[positives.to_numpy() > 0]
+    users = frame[Columns.USER].to_numpy()
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.array([], int)
+    return frame, np.diff(np.r_[starts, len(users)])
+
+
+def train_ranker(train: pd.DataFrame, valid: pd.DataFrame | None, features: list[str], config: RankerConfig,
+                 seed: int, threads: int) -> lgb.Booster:
+    """Fit LambdaRank on labelled candidate rows; ``valid`` (if it has positives) drives early stopping."""
+    train, train_groups = _groups(train, require_positive=True)
+    if len(train_groups) == 0:
+        from recops.errors import RecopsError
+        raise RecopsError("the ranker has no training signal: no candidate of any user is in the label holdout "
+                          "(raise candidates.n_candidates or ranker.holdout_fraction)")
+    params = {
+        "objective": "lambdarank", "metric": "ndcg", "eval_at": [10],
+        "learning_rate": config.learning_rate, "num_leaves": config.num_leaves,
+        "min_data_in_leaf": config.min_child_samples, "feature_fraction": config.feature_fraction,
+        "bagging_fraction": config.bagging_fraction, "bagging_freq": 1 if config.bagging_fraction < 1 else 0,
+        "lambdarank_truncation_level": config.lambdarank_truncation_level,
+        "num_threads": threads, "seed": seed, "deterministic": True, "force_row_wise": True, "verbose": -1,
+    }
+    train_set = lgb.Dataset(train[features].to_numpy(np.float32), label=train[Columns.LABEL].to_numpy(),
+                            group=train_groups, feature_name=features, free_raw_data=True)
+    valid_sets, callbacks = [], []
+    if valid is not None:
+        valid, valid_groups = _groups(valid, require_positive=True)
+        if len(valid_groups):
+            valid_sets = [lgb.Dataset(valid[features].to_numpy(np.float32), label=valid[Columns.LABEL].to_numpy(),
+                                      group=valid_groups, reference=train_set)]
+            callbacks = [lgb.early_stopping(config.early_stopping_rounds, verbose=False)]
+    booster = lgb.train(params, train_set, num_boost_round=config.n_estimators, valid_sets=valid_sets,
+                        valid_names=["valid"] if valid_sets else None, callbacks=callbacks)
+    log.info("ranker: %d trees (best iteration %s)", booster.num_trees(), booster.best_iteration)
+    return booster
+
+
+def predict_scores(booster: lgb.Booster, frame: pd.DataFrame, features: list[str], threads: int) -> np.ndarray:
+    return booster.predict(frame[features].to_numpy(np.float32), num_threads=threads,
+                           num_iteration=booster.best_iteration or None)

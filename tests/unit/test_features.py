@@ -1,0 +1,69 @@
+"""Ranker features: computed from the history only, aligned to the right users and items."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recops.columns import Columns
+from recops.config import AttributeColumns, FeaturesConfig
+from recops.features import align_attributes, build_features
+
+DAY = 86_400
+
+
+def tiny():
+    history = pd.DataFrame({
+        Columns.USER: [0, 0, 1, 1, 1],
+        Columns.ITEM: [0, 1, 0, 2, 1],
+        Columns.TIMESTAMP: [0, DAY, 2 * DAY, 3 * DAY, 40 * DAY],
+        Columns.RATING: [5.0, 3.0, 4.0, 2.0, 1.0],
+    })
+    items = pd.DataFrame({Columns.ITEM_ID: [10, 11, 12, 13], "year": [1990, 2000, np.nan, 2010],
+                          "genres": ["a|b", "b", "c", "a"]})
+    item_attr = align_attributes(items, Columns.ITEM_ID, np.array([10, 11, 12, 13]),
+                                 AttributeColumns(id="item_id", numeric=["year"], multi_label=["genres"]))
+    users = pd.DataFrame({Columns.USER_ID: [100, 101], "gender": ["F", "M"]})
+    user_attr = align_attributes(users, Columns.USER_ID, np.array([100, 101]),
+                                 AttributeColumns(id="user_id", categorical=["gender"]))
+    cands = pd.DataFrame({Columns.USER: [0, 0, 1], Columns.ITEM: [2, 3, 3],
+                          Columns.SOURCE_SCORE: [0.5, 0.4, 0.9], Columns.SOURCE_RANK: [1, 2, 1]})
+    return history, cands, user_attr, item_attr
+
+
+def test_statistics_and_labels():
+    history, cands, user_attr, item_attr = tiny()
+    target = pd.DataFrame({Columns.USER: [0], Columns.ITEM: [3], Columns.TIMESTAMP: [50 * DAY]})
+    f = build_features(cands, history, 2, 4, FeaturesConfig(recent_window_days=30), user_attr, item_attr, target)
+    assert f[Columns.LABEL].tolist() == [0, 1, 0]
+    assert f["item_pop"].tolist() == [1, 0, 0]
+    assert f["item_pop_recent"].tolist() == [0, 0, 0]  # item 2 was seen 37 days before the reference time
+    assert f["user_activity"].tolist() == [2, 2, 3]
+    assert f["user_mean_rating"].tolist() == pytest.approx([4.0, 4.0, 7 / 3])
+    assert f["item_year"].iloc[0] != f["item_year"].iloc[0]  # NaN: unknown year stays missing
+    assert f["user_gender"].tolist() == [0, 0, 1]
+    assert f["item_age_days"].iloc[0] == pytest.approx(37.0)
+
+
+def test_genre_affinity_is_cosine_of_profile_and_item_labels():
+    history, cands, user_attr, item_attr = tiny()
+    f = build_features(cands, history, 2, 4, FeaturesConfig(), user_attr, item_attr)
+    # user 0 saw items 0 (a,b) and 1 (b): profile a=1, b=2 -> normalised (1,2)/sqrt5; item 3 is 'a'
+    assert f["affinity_genres"].iloc[1] == pytest.approx(1 / np.sqrt(5), rel=1e-5)
+    # item 2 is 'c', which user 0 never saw
+    assert f["affinity_genres"].iloc[0] == pytest.approx(0.0)
+
+
+def test_features_ignore_the_future():
+    history, cands, user_attr, item_attr = tiny()
+    f1 = build_features(cands, history, 2, 4, FeaturesConfig(), user_attr, item_attr)
+    target = pd.DataFrame({Columns.USER: [0, 1], Columns.ITEM: [2, 3], Columns.TIMESTAMP: [99 * DAY, 99 * DAY]})
+    f2 = build_features(cands, history, 2, 4, FeaturesConfig(), user_attr, item_attr, target)
+    pd.testing.assert_frame_equal(f1.drop(columns=[Columns.LABEL]), f2.drop(columns=[Columns.LABEL]))
+
+
+def test_attribute_alignment_follows_the_dense_index_not_the_table_order():
+    table = pd.DataFrame({Columns.ITEM_ID: [3, 1, 2], "year": [2003, 2001, 2002]})
+    attrs = align_attributes(table, Columns.ITEM_ID, np.array([1, 2, 3, 4]),
+                             AttributeColumns(id="item_id", numeric=["year"]))
+    assert attrs.numeric["year"][:3].tolist() == [2001, 2002, 2003]
+    assert np.isnan(attrs.numeric["year"][3])

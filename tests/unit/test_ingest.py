@@ -1,0 +1,85 @@
+"""Reading users' own files through a column mapping, and the errors for files that cannot be read."""
+
+import pandas as pd
+import pytest
+
+from recops.columns import Columns
+from recops.config import AttributeColumns, ColumnMapping, DataConfig
+from recops.data import IdIndex, load_attributes, load_interactions
+from recops.errors import RecopsError
+
+
+def config(**kw):
+    base = dict(source="file", interactions_path="x.csv",
+                columns=ColumnMapping(user="uid", item="sku", timestamp="ts", rating="stars"))
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def write(tmp_path, text, name="events.csv", mode="w"):
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_csv_columns_are_mapped_to_canonical_names(tmp_path):
+    path = write(tmp_path, "uid,sku,ts,stars,extra\n1,10,1000,4,x\n2,11,2000,5,y\n")
+    frame = load_interactions(path, config())
+    assert list(frame.columns) == [Columns.USER_ID, Columns.ITEM_ID, Columns.TIMESTAMP, Columns.RATING]
+    assert frame[Columns.TIMESTAMP].tolist() == [1000, 2000]
+
+
+def test_parquet_with_millisecond_and_iso_timestamps(tmp_path):
+    path = tmp_path / "events.parquet"
+    pd.DataFrame({"uid": [1, 2], "sku": [3, 4], "ts": [1_000_000, 2_000_500], "stars": [1.0, 2.0]}).to_parquet(path)
+    assert load_interactions(path, config(timestamp_unit="ms"))[Columns.TIMESTAMP].tolist() == [1000, 2000]
+    csv = write(tmp_path, "uid,sku,ts,stars\n1,3,2020-01-01T00:00:10Z,1\n")
+    assert load_interactions(csv, config(timestamp_unit="datetime"))[Columns.TIMESTAMP].tolist() == [1577836810]
+
+
+def test_unparseable_timestamps_are_kept_for_validation_to_report(tmp_path):
+    path = write(tmp_path, "uid,sku,ts,stars\n1,3,2020-01-01,1\n2,4,yesterday,2\n")
+    frame = load_interactions(path, config(timestamp_unit="datetime"))
+    assert frame[Columns.TIMESTAMP].tolist() == ["2020-01-01", "yesterday"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("uid,sku,stars\n1,2,3\n", "missing column 'ts' (for timestamp)"),
+        ("", "the file is empty"),
+        ("uid,sku,ts,stars\n", "has a header (uid, sku, ts, stars) but no rows"),
+        (b"uid,sku,ts,stars\n1,2,3,4\n\xff\xfe,1,2,3\n", "not valid UTF-8 at byte 25 (line 3"),
+        ("uid,sku,ts,stars\n1,2,3,4\n1,2,3,4,5,6\n", "malformed CSV"),
+    ],
+)
+def test_unreadable_files_name_the_file_and_the_problem(tmp_path, content, message):
+    path = write(tmp_path, content)
+    with pytest.raises(RecopsError) as err:
+        load_interactions(path, config())
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_missing_file_says_which_param_to_fix(tmp_path):
+    with pytest.raises(RecopsError, match="file not found"):
+        load_interactions(tmp_path / "nope.csv", config())
+
+
+def test_attribute_table_keeps_declared_columns_under_the_canonical_id(tmp_path):
+    path = write(tmp_path, "sku,color,price,noise\n10,red,3.5,z\n", name="items.csv")
+    spec = AttributeColumns(id="sku", numeric=["price"], categorical=["color"])
+    frame = load_attributes(path, spec, Columns.ITEM_ID, config())
+    assert list(frame.columns) == [Columns.ITEM_ID, "price", "color"]
+
+
+def test_id_index_is_dense_sorted_and_reversible():
+    frame = pd.DataFrame({Columns.USER_ID: [30, 10, 30], Columns.ITEM_ID: [7, 5, 9], Columns.TIMESTAMP: [1, 2, 3]})
+    index = IdIndex.from_interactions(frame)
+    encoded = index.encode(frame)
+    assert encoded[Columns.USER].tolist() == [1, 0, 1]
+    assert index.item_ids[encoded[Columns.ITEM]].tolist() == [7, 5, 9]
+    users, items = index.to_frames()
+    assert IdIndex.from_frames(users, items).user_ids.tolist() == [10, 30]

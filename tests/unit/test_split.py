@@ -1,0 +1,78 @@
+"""Temporal splits: sizes, ordering, ties, and that nothing from a later period reaches an earlier one."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recops.columns import Columns
+from recops.config import SplitConfig
+from recops.errors import RecopsError
+from recops.split import check_no_leakage, history_and_holdout, split_interactions
+
+
+def log(n_users=20, per_user=20, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        ts = np.sort(rng.integers(0, 10_000, size=per_user))
+        for j, t in enumerate(ts):
+            rows.append((u, (u * 7 + j) % 50, int(t)))
+    return pd.DataFrame(rows, columns=[Columns.USER, Columns.ITEM, Columns.TIMESTAMP]).sample(frac=1, random_state=1)
+
+
+def test_per_user_temporal_takes_each_users_latest_interactions():
+    frame = log()
+    parts = split_interactions(frame, SplitConfig(valid_fraction=0.1, test_fraction=0.1))
+    assert len(parts["train"]) == 20 * 16 and len(parts["valid"]) == 40 and len(parts["test"]) == 40
+    for part in ("valid", "test"):
+        assert parts[part].groupby(Columns.USER).size().eq(2).all()
+    last_train = parts["train"].groupby(Columns.USER)[Columns.TIMESTAMP].max()
+    first_test = parts["test"].groupby(Columns.USER)[Columns.TIMESTAMP].min()
+    assert (last_train <= first_test).all()
+
+
+def test_ties_are_broken_by_item_so_the_split_is_deterministic():
+    frame = pd.DataFrame({Columns.USER: [0] * 10, Columns.ITEM: list(range(10))[::-1], Columns.TIMESTAMP: [5] * 10})
+    a = split_interactions(frame, SplitConfig())
+    b = split_interactions(frame.sample(frac=1, random_state=3), SplitConfig())
+    assert a["test"][Columns.ITEM].tolist() == [9] and b["test"][Columns.ITEM].tolist() == [9]
+    assert a["valid"][Columns.ITEM].tolist() == [8]
+
+
+def test_global_time_cut_puts_all_later_interactions_in_test():
+    frame = log()
+    parts = split_interactions(frame, SplitConfig(method="global_time", valid_fraction=0.1, test_fraction=0.1))
+    assert parts["train"][Columns.TIMESTAMP].max() < parts["valid"][Columns.TIMESTAMP].min()
+    assert parts["valid"][Columns.TIMESTAMP].max() < parts["test"][Columns.TIMESTAMP].min()
+
+
+def test_predefined_split_uses_the_split_column():
+    frame = log(n_users=3, per_user=3)
+    frame[Columns.SPLIT] = np.tile(["train", "valid", "test"], 3)
+    parts = split_interactions(frame, SplitConfig(method="predefined"))
+    assert {len(p) for p in parts.values()} == {3}
+    assert Columns.SPLIT not in parts["train"].columns
+
+
+def test_leakage_check_rejects_a_test_interaction_older_than_training():
+    train = pd.DataFrame({Columns.USER: [0], Columns.ITEM: [1], Columns.TIMESTAMP: [100]})
+    test = pd.DataFrame({Columns.USER: [0], Columns.ITEM: [2], Columns.TIMESTAMP: [50]})
+    with pytest.raises(RecopsError, match="leaks"):
+        check_no_leakage({"train": train, "valid": train.iloc[:0], "test": test}, per_user=True)
+
+
+def test_ranker_holdout_is_the_most_recent_part_of_training_only():
+    parts = split_interactions(log(), SplitConfig())
+    history, holdout = history_and_holdout(parts["train"], 0.25, SplitConfig())
+    assert len(history) + len(holdout) == len(parts["train"])
+    assert (history.groupby(Columns.USER)[Columns.TIMESTAMP].max()
+            <= holdout.groupby(Columns.USER)[Columns.TIMESTAMP].min()).all()
+    # nothing of valid/test is in either
+    keys = lambda f: set(zip(f[Columns.USER], f[Columns.ITEM], f[Columns.TIMESTAMP]))
+    assert not (keys(history) | keys(holdout)) & (keys(parts["valid"]) | keys(parts["test"]))
+
+
+def test_too_short_histories_are_reported():
+    frame = pd.DataFrame({Columns.USER: [0, 1], Columns.ITEM: [0, 1], Columns.TIMESTAMP: [1, 2]})
+    with pytest.raises(RecopsError, match="empty"):
+        split_interactions(frame, SplitConfig())
