@@ -1,0 +1,24 @@
+"""Experiment tracking and the model registry (MLflow 3): log a trained ranker with its lineage, register it as a
+new model version, and list the versions. MLflow is used only inside this package, and only when one of these
+functions is called (importing it sets no tracking URI and does not import MLflow).
+"""
+
+from recops.registry.mlflow_registry import (
+    METRIC_KEYS_ARTIFACT,
+    MODEL_ARTIFACT_NAME,
+    download_version,
+    latest_version,
+    list_versions,
+    log_and_register,
+    mlflow_metric_key,
+)
+
+__all__ = [
+    "METRIC_KEYS_ARTIFACT",
+    "MODEL_ARTIFACT_NAME",
+    "download_version",
+    "latest_version",
+    "list_versions",
+    "log_and_register",
+    "mlflow_metric_key",
+]
