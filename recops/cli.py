@@ -76,22 +76,25 @@ def _quiet_user_error_tracebacks() -> None:
 
 
 def metrics_table(metrics: dict[str, float], split: str = "test") -> Table:
-    """Models as rows, metrics as columns, for one split."""
+    """Metrics as rows, the three models as columns, for one split (fits any terminal width)."""
     prefix = f"{split}."
     models: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         parts = key.split(".")
         if key.startswith(prefix) and len(parts) == 3 and parts[1] in ("popularity", "mf", "ranker"):
             models.setdefault(parts[1], {})[parts[2]] = value
-    columns = sorted({m for values in models.values() for m in values if "@" in m},
-                     key=lambda m: (m.split("@")[0] not in ("ndcg", "recall"), int(m.split("@")[1]), m))
-    table = Table(title=f"{split} metrics", title_justify="left")
-    table.add_column("model")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for model in ("popularity", "mf", "ranker"):
-        if model in models:
-            table.add_row(model, *(f"{models[model].get(c, float('nan')):.4f}" for c in columns))
+    order = ("ndcg", "recall", "precision", "map", "mrr", "hitrate", "coverage", "novelty", "ild")
+    names = sorted({m for values in models.values() for m in values if "@" in m},
+                   key=lambda m: (order.index(m.split("@")[0]) if m.split("@")[0] in order else len(order),
+                                  int(m.split("@")[1])))
+    table = Table(title=f"{split} metrics ({int(next(iter(models.values()), {}).get('users', 0))} users)",
+                  title_justify="left")
+    table.add_column("metric")
+    present = [m for m in ("popularity", "mf", "ranker") if m in models]
+    for model in present:
+        table.add_column(model, justify="right")
+    for name in names:
+        table.add_row(name, *(f"{models[model].get(name, float('nan')):.4f}" for model in present))
     return table
 
 

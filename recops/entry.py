@@ -34,7 +34,7 @@ def prepare_environment(project_root: Path | None = None) -> None:
 
 def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("alembic", "mlflow", "urllib3", "great_expectations", "numexpr", "matplotlib"):
+    for noisy in ("alembic", "mlflow", "urllib3", "great_expectations", "numexpr", "matplotlib", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -49,7 +49,24 @@ def read_table(path: Path, csv_separator: str = ",") -> pd.DataFrame:
         raise RecopsError(f"{path}: malformed CSV ({exc}); is the file truncated or the separator wrong?") from None
     if frame.empty:
         raise RecopsError(f"{path}: the file has a header ({', '.join(map(str, frame.columns))}) but no rows")
+    _check_last_row_complete(path, sep, len(frame.columns), len(frame) + 1)
     return frame
+
+
+def _check_last_row_complete(path: Path, sep: str, n_columns: int, last_line: int) -> None:
+    """pandas pads a short last row with NaN; a last row with missing fields and no newline is a cut-off file."""
+    with path.open("rb") as fh:
+        fh.seek(max(path.stat().st_size - (1 << 16), 0))
+        tail = fh.read()
+    if tail.endswith(b"\n"):
+        return
+    last = tail.rsplit(b"\n", 1)[-1].decode("utf-8", errors="replace")
+    fields = len(last.split(sep))
+    if fields < n_columns:
+        raise RecopsError(
+            f"{path}: the file looks truncated: its last line ({last_line}) has {fields} of {n_columns} fields "
+            f"and no line end ({last[:60]!r}); re-export the complete file"
+        )
 
 
 def _check_utf8(path: Path, block: int = 1 << 24) -> None:

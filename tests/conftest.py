@@ -1,0 +1,75 @@
+"""Shared fixtures: a throw-away copy of the project (its own git repo, DVC cache, MLflow db, Prefect home)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def project_files() -> list[str]:
+    """Tracked and untracked-but-not-ignored files: what a fresh clone plus the working changes would hold."""
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT, capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    return [f for f in out if f and (PROJECT / f).is_file()]
+
+
+def make_workspace(target: Path) -> Path:
+    for rel in project_files():
+        dest = target / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT / rel, dest)
+    git = ["git", "-c", "user.name=recops-tests", "-c", "user.email=tests@recops.invalid"]
+    subprocess.run([*git, "init", "-q"], cwd=target, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=target, check=True)
+    subprocess.run([*git, "commit", "-qm", "workspace"], cwd=target, check=True)
+    return target
+
+
+def run_env(workspace: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PREFECT_HOME"] = str(workspace / ".prefect")
+    return env
+
+
+def run_cli(workspace: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "recops"), *args], cwd=workspace, env=run_env(workspace), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_dvc(workspace: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "dvc"), *args], cwd=workspace, env=run_env(workspace), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def set_params(workspace: Path, **sections) -> None:
+    """Overwrite top-level sections of the workspace's params.yaml (nested dicts merge)."""
+    path = workspace / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+
+    def merge(base, new):
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+
+    merge(params, sections)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def fresh_workspace(tmp_path_factory):
+    """Factory of fresh project copies."""
+    def make(name: str) -> Path:
+        return make_workspace(tmp_path_factory.mktemp(name))
+    return make

@@ -1,0 +1,50 @@
+"""Every bad-input case stops at ingest or validation with a message naming the file, column and problem."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recops import steps
+from recops.config import load_settings
+from recops.errors import RecopsError
+from tests.conftest import PROJECT, set_params
+from tests.data.cases import PARAMS, cases, clean_tables, write_case
+
+CASES = cases()
+
+
+def workspace(tmp_path: Path, files: dict[str, bytes], overrides: dict) -> Path:
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    set_params(tmp_path, **PARAMS, **overrides)
+    set_params(tmp_path, paths={"expectations_dir": str(PROJECT / "expectations"),
+                                "cache_dir": str(tmp_path / "cache")})
+    write_case(tmp_path, files)
+    return tmp_path
+
+
+def test_the_clean_version_of_the_cases_passes(tmp_path):
+    events, users, items = clean_tables()
+    files = {"events.csv": events.to_csv(index=False).encode(), "users.csv": users.to_csv(index=False).encode(),
+             "items.csv": items.to_csv(index=False).encode()}
+    settings = load_settings(workspace(tmp_path, files, {}) / "params.yaml")
+    steps.ingest(settings)
+    summary = steps.validate(settings)
+    assert summary["validation.success"] == 1.0
+
+
+@pytest.mark.parametrize(("name", "files", "overrides", "words"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_rejected_with_a_message_naming_the_problem(tmp_path, name, files, overrides, words):
+    settings = load_settings(workspace(tmp_path, files, overrides) / "params.yaml")
+    with pytest.raises(RecopsError) as err:
+        steps.ingest(settings)
+        steps.validate(settings)
+    message = str(err.value)
+    for word in words:
+        assert word in message, f"{name}: {word!r} not in: {message}"
+    # nothing downstream of validation was produced
+    assert not settings.path("split_dir").exists()
+    assert not settings.path("metrics").exists()

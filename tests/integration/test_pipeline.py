@@ -1,0 +1,142 @@
+"""The real pipeline on MovieLens-100k, end to end, through the same commands a user types.
+
+One project copy is trained once with `recops run` (the Prefect flow); the tests then check its outputs, that
+DVC considers it up to date, that `dvc repro --force` reproduces the same metrics, and that bad input afterwards
+fails cleanly and loses nothing. Tests in this module run in order and share that workspace.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import run_cli, run_dvc, set_params
+from tests.data.cases import PARAMS, cases, write_case
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def trained(fresh_workspace):
+    ws = fresh_workspace("pipeline")
+    proc = run_cli(ws, "run")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return ws, proc
+
+
+def metrics(ws) -> dict[str, float]:
+    return json.loads((ws / "reports" / "metrics.json").read_text())
+
+
+def registered_versions(ws) -> list[dict]:
+    from recops.config import load_settings
+    from recops.registry import list_versions
+
+    return list_versions(load_settings(ws / "params.yaml"))
+
+
+def test_run_prints_the_metrics_table(trained):
+    _, proc = trained
+    assert "test metrics" in proc.stdout
+    for model in ("popularity", "mf", "ranker"):
+        assert model in proc.stdout
+    assert "ndcg@10" in proc.stdout and "recall@20" in proc.stdout
+
+
+def test_ranker_beats_popularity_and_mf_on_ndcg(trained):
+    m = metrics(trained[0])
+    assert m["test.ranker.ndcg@10"] > m["test.popularity.ndcg@10"]
+    assert m["test.ranker.ndcg@10"] > m["test.mf.ndcg@10"]
+    for model in ("popularity", "mf", "ranker"):
+        for name in ("ndcg", "recall", "precision", "map", "mrr", "hitrate"):
+            for k in (10, 20):
+                assert 0.0 <= m[f"test.{model}.{name}@{k}"] <= 1.0
+        for name in ("coverage@10", "novelty@10", "ild@10"):
+            assert np.isfinite(m[f"test.{model}.{name}"])
+
+
+def test_outputs_are_where_the_readme_says(trained):
+    ws = trained[0]
+    recs = pd.read_parquet(ws / "reports" / "recommendations_test.parquet")
+    assert list(recs.columns) == ["user_id", "item_id", "rank", "score"]
+    assert recs["user_id"].nunique() == 943  # every MovieLens user has test interactions
+    assert recs.groupby("user_id")["rank"].agg(["min", "max", "count"]).eq([1, 100, 100]).all().all()
+    assert recs["item_id"].between(1, 1682).all()
+    ordered = recs.sort_values(["user_id", "rank"])
+    assert (ordered.groupby("user_id")["score"].diff().dropna() <= 0).all()
+    cands = json.loads((ws / "reports" / "candidates_metrics.json").read_text())
+    assert 0 < cands["valid.candidates.recall@200"] <= 1 and 0 < cands["test.candidates.recall@200"] <= 1
+    parity = json.loads((ws / "reports" / "export_metrics.json").read_text())
+    assert parity["export.parity.top10_mismatched_users"] == 0
+    assert (ws / "models" / "ranker.onnx").stat().st_size > 0
+    assert (ws / "reports" / "validation" / "data_docs" / "index.html").is_file()
+    assert (ws / "reports" / "plots" / "ranking_at_k.csv").is_file()
+    registry = json.loads((ws / "reports" / "registry.json").read_text())
+    versions = registered_versions(ws)
+    assert [v["version"] for v in versions] == [registry["model_version"]]
+    tags = versions[0]["tags"]
+    assert tags["git_commit"] and tags["params_hash"] and tags["data_md5.interactions"]
+    assert not versions[0]["aliases"]  # nothing is promoted by training
+
+
+def test_dvc_has_nothing_to_do_after_the_flow_and_outputs_round_trip_the_remote(trained):
+    ws = trained[0]
+    status = run_dvc(ws, "status")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    assert lock["stages"]["ingest"]["outs"][1]["md5"] == registered_versions(ws)[0]["tags"]["data_md5.interactions"]
+    shutil.rmtree(ws / "data" / "split")
+    shutil.rmtree(ws / ".dvc" / "cache")
+    pulled = run_dvc(ws, "pull")
+    assert pulled.returncode == 0, pulled.stderr
+    assert (ws / "data" / "split" / "train.parquet").is_file()
+    assert "up to date" in run_dvc(ws, "status").stdout
+
+
+def test_dvc_repro_gives_the_same_metrics_as_the_flow(trained):
+    ws = trained[0]
+    before = metrics(ws)
+    proc = run_dvc(ws, "repro", "--force")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = metrics(ws)
+    assert after.keys() == before.keys()
+    for key in before:
+        assert after[key] == pytest.approx(before[key], rel=1e-9, abs=1e-12), key
+    assert [v["version"] for v in registered_versions(ws)] == ["1", "2"]
+
+
+def _snapshot(ws) -> dict[str, bytes]:
+    files = ["reports/metrics.json", "reports/export_metrics.json", "reports/registry.json", "models/ranker.onnx",
+             "models/ranker.txt", "reports/recommendations_test.parquet", "dvc.lock"]
+    return {f: (ws / f).read_bytes() for f in files}
+
+
+@pytest.mark.parametrize("case", ["duplicated_rows", "missing_column"])
+@pytest.mark.parametrize("engine", ["prefect", "dvc"])
+def test_bad_input_fails_cleanly_and_loses_nothing(trained, case, engine):
+    ws = trained[0]
+    before, versions = _snapshot(ws), registered_versions(ws)
+    params_before = (ws / "params.yaml").read_text()
+    name, files, overrides, words = next(c for c in cases() if c[0] == case)
+    write_case(ws, files)
+    set_params(ws, **PARAMS, **overrides)
+    try:
+        proc = run_cli(ws, "run", "--engine", engine)
+    finally:
+        (ws / "params.yaml").write_text(params_before)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Traceback" not in output
+    for word in words:
+        assert word in output
+    # the previous good run's reports, models and registry are untouched
+    after = _snapshot(ws)
+    for path, content in before.items():
+        if path != "dvc.lock":
+            assert after[path] == content, f"{path} changed after a failed run"
+    assert registered_versions(ws) == versions

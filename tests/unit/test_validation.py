@@ -1,0 +1,301 @@
+"""recops.validation: each kind of bad input fails with a message naming the column, the rule and an offending
+value, and the full report plus Data Docs are written either way.
+
+Tiny inline tables; the suites are the real ones in expectations/. Great Expectations is imported once per
+session (the first validation), each validation then takes well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recops.columns import Columns
+from recops.config import ColumnMapping, DataConfig, Paths, Settings, ValidationConfig
+from recops.errors import DataValidationError
+from recops.validation import validate_tables
+
+EXPECTATIONS_DIR = Path(__file__).parents[2] / "expectations"
+N_ROWS, N_USERS, N_ITEMS = 200, 20, 30
+SOURCES = {
+    "interactions": "data/external/events.csv",
+    "users": "data/external/users.csv",
+    "items": "data/external/items.csv",
+}
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        root=tmp_path_factory.mktemp("project"),
+        paths=Paths(expectations_dir=str(EXPECTATIONS_DIR)),
+        data=DataConfig(columns=ColumnMapping(rating=Columns.RATING)),
+        validation=ValidationConfig(min_rows=10, min_users=2, min_items=2),
+    )
+
+
+@pytest.fixture(scope="module")
+def clean_interactions() -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    return pd.DataFrame(
+        {
+            Columns.USER_ID: np.arange(N_ROWS) % N_USERS,
+            Columns.ITEM_ID: rng.integers(0, N_ITEMS, N_ROWS),
+            Columns.TIMESTAMP: 881_250_949 + 60 * np.arange(N_ROWS),
+            Columns.RATING: rng.integers(1, 6, N_ROWS).astype(float),
+        }
+    )
+
+
+@pytest.fixture()
+def interactions(clean_interactions: pd.DataFrame) -> pd.DataFrame:
+    return clean_interactions.copy()
+
+
+def users_table(n: int = N_USERS) -> pd.DataFrame:
+    return pd.DataFrame({Columns.USER_ID: np.arange(n), "age": 30})
+
+
+def items_table(n: int = N_ITEMS) -> pd.DataFrame:
+    return pd.DataFrame({Columns.ITEM_ID: np.arange(n), "genres": "Drama"})
+
+
+def failure_message(
+    interactions: pd.DataFrame,
+    settings: Settings,
+    report_dir: Path,
+    users: pd.DataFrame | None = None,
+    items: pd.DataFrame | None = None,
+) -> str:
+    """The DataValidationError message; also checks that the report and Data Docs were written before it."""
+    with pytest.raises(DataValidationError) as caught:
+        validate_tables(interactions, users, items, settings, SOURCES, report_dir)
+    assert (report_dir / "validation.json").is_file()
+    assert (report_dir / "data_docs" / "index.html").is_file()
+    message = str(caught.value)
+    assert message.startswith("data validation failed:")
+    return message
+
+
+def test_clean_tables_pass_and_return_summary(interactions, settings, tmp_path):
+    metrics = validate_tables(interactions, users_table(), items_table(), settings, SOURCES, tmp_path)
+
+    assert metrics["validation.success"] == 1.0
+    assert metrics["validation.failed_expectations"] == 0.0
+    assert metrics["validation.interactions.rows"] == N_ROWS
+    assert metrics["validation.interactions.users"] == N_USERS
+    assert metrics["validation.interactions.items"] == interactions[Columns.ITEM_ID].nunique()
+    assert metrics["validation.users.rows"] == N_USERS
+    assert all(isinstance(value, float) for value in metrics.values())
+    report = json.loads((tmp_path / "validation.json").read_text())
+    assert report["success"] is True
+    assert set(report["tables"]) == {"interactions", "users", "items"}
+    assert (tmp_path / "data_docs" / "index.html").is_file()
+
+
+def test_missing_column_is_named(interactions, settings, tmp_path):
+    message = failure_message(interactions.drop(columns=[Columns.TIMESTAMP]), settings, tmp_path)
+
+    assert "interactions (data/external/events.csv), column 'timestamp': the column is missing" in message
+    assert "user_id, item_id, rating" in message
+
+
+def test_non_numeric_id_fails_with_the_offending_value(interactions, settings, tmp_path):
+    interactions[Columns.USER_ID] = interactions[Columns.USER_ID].astype(object)
+    interactions.loc[3, Columns.USER_ID] = "abc"
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert "column 'user_id': ids must be non-negative integers" in message
+    assert "1 of 200 rows fail, e.g. 'abc'" in message
+
+
+def test_negative_id_fails(interactions, settings, tmp_path):
+    interactions.loc[[4, 9], Columns.ITEM_ID] = [-3, -8]
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert "column 'item_id': ids must be non-negative integers" in message
+    assert "2 of 200 rows fail" in message
+    assert "-3" in message and "-8" in message
+
+
+def test_fractional_float_id_fails(interactions, settings, tmp_path):
+    interactions[Columns.ITEM_ID] = interactions[Columns.ITEM_ID].astype(float)
+    interactions.loc[5, Columns.ITEM_ID] = 2.5
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert "column 'item_id': ids must be non-negative integers" in message
+    assert "e.g. 2.5" in message
+
+
+def test_null_in_key_column_reports_the_row(interactions, settings, tmp_path):
+    interactions[Columns.ITEM_ID] = interactions[Columns.ITEM_ID].astype(float)
+    interactions.loc[7, Columns.ITEM_ID] = np.nan
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert "column 'item_id': values must not be empty: 1 of 200 rows are empty, e.g. row 7" in message
+
+
+def test_rating_out_of_range_shows_the_ratings(interactions, settings, tmp_path):
+    interactions.loc[[1, 2, 3], Columns.RATING] = [7.0, -1.0, 9.5]
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert "column 'rating': values must be between 1 and 5: 3 of 200 rows fail" in message
+    assert "7.0" in message and "-1.0" in message and "9.5" in message
+
+
+def test_timestamp_in_the_future_fails(interactions, settings, tmp_path):
+    interactions.loc[0, Columns.TIMESTAMP] = 4_102_444_800  # 2100-01-01
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert "column 'timestamp': values must be between 631152000 (1990-01-01 00:00:00 UTC) and" in message
+    assert "1 of 200 rows fail, e.g. 4102444800 (2100-01-01 00:00:00 UTC)" in message
+
+
+def test_timestamp_before_1990_fails(interactions, settings, tmp_path):
+    interactions.loc[0, Columns.TIMESTAMP] = 500_000_000  # 1985-11-05
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert "column 'timestamp'" in message
+    assert "e.g. 500000000 (1985-11-05" in message
+
+
+def test_timestamps_in_milliseconds_get_a_hint(interactions, settings, tmp_path):
+    interactions[Columns.TIMESTAMP] *= 1000
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert "200 of 200 rows fail" in message
+    assert "check data.timestamp_unit" in message
+
+
+def test_text_timestamps_fail_as_not_numbers_without_crashing(interactions, settings, tmp_path):
+    interactions[Columns.TIMESTAMP] = pd.Series(["1997-12-04 15:55:49"] * N_ROWS, dtype=object)
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert "column 'timestamp': timestamps must be numbers" in message
+    assert "'1997-12-04 15:55:49'" in message
+    assert "could not be checked" not in message
+
+
+def test_duplicated_rows_are_shown(interactions, settings, tmp_path):
+    duplicated = pd.concat([interactions, interactions.iloc[[10]]], ignore_index=True)
+    user, item, timestamp = interactions.loc[10, [Columns.USER_ID, Columns.ITEM_ID, Columns.TIMESTAMP]].astype(int)
+
+    message = failure_message(duplicated, settings, tmp_path)
+
+    assert "columns 'user_id','item_id','timestamp': rows must be unique" in message
+    assert "2 of 201 rows repeat another row's" in message
+    assert f"e.g. ({user}, {item}, {timestamp})" in message
+
+
+def test_too_few_rows_fail(interactions, settings, tmp_path):
+    message = failure_message(interactions.head(5), settings, tmp_path)
+
+    assert "interactions (data/external/events.csv): the table must have at least 10 rows: it has 5" in message
+
+
+def test_too_few_users_fail(interactions, settings, tmp_path):
+    interactions[Columns.USER_ID] = 1
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert "column 'user_id': the column must have at least 2 distinct values: it has 1" in message
+
+
+def test_empty_table_fails_clearly(interactions, settings, tmp_path):
+    message = failure_message(interactions.iloc[0:0], settings, tmp_path)
+
+    assert "the table must have at least 10 rows: it has 0 rows (the table is empty" in message
+    assert "could not be checked" not in message
+
+
+def test_table_without_columns_fails_clearly(settings, tmp_path):
+    message = failure_message(pd.DataFrame(), settings, tmp_path)
+
+    assert "column 'user_id': the column is missing (the table has: no columns)" in message
+    assert "it has 0 rows" in message
+
+
+def test_users_table_missing_ids_are_listed(interactions, settings, tmp_path):
+    message = failure_message(interactions, settings, tmp_path, users=users_table(N_USERS - 2))
+
+    assert (
+        "interactions (data/external/events.csv), column 'user_id': every user_id must appear in the users "
+        "table (data/external/users.csv)"
+    ) in message
+    assert "20 of 200 rows fail, e.g. 18, 19" in message
+
+
+def test_items_table_missing_ids_are_listed(interactions, settings, tmp_path):
+    items = items_table().drop(index=[0, 1])
+    expected_rows = int(interactions[Columns.ITEM_ID].isin([0, 1]).sum())
+
+    message = failure_message(interactions, settings, tmp_path, items=items)
+
+    assert "column 'item_id': every item_id must appear in the items table (data/external/items.csv)" in message
+    assert f"{expected_rows} of 200 rows fail, e.g. " in message
+    assert "e.g. 0, 1" in message or "e.g. 1, 0" in message
+
+
+def test_ids_read_as_text_in_the_users_table_get_a_hint(interactions, settings, tmp_path):
+    users = users_table().assign(**{Columns.USER_ID: lambda t: t[Columns.USER_ID].astype(str)})
+
+    message = failure_message(interactions, settings, tmp_path, users=users)
+
+    assert "every user_id must appear in the users table" in message
+    assert "both files must write ids the same way" in message
+
+
+def test_duplicated_id_in_items_table_fails(interactions, settings, tmp_path):
+    items = pd.concat([items_table(), items_table().iloc[[4]]], ignore_index=True)
+
+    message = failure_message(interactions, settings, tmp_path, items=items)
+
+    assert "items (data/external/items.csv), column 'item_id': values must be unique" in message
+    assert "e.g. 4" in message
+
+
+def test_bad_split_value_fails(interactions, settings, tmp_path):
+    interactions[Columns.SPLIT] = "train"
+    interactions.loc[11, Columns.SPLIT] = "training"
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert "column 'split': values must be one of 'train', 'valid', 'test': 1 of 200 rows fail" in message
+    assert "e.g. 'training'" in message
+
+
+def test_string_ids_pass_when_id_type_is_string(interactions, settings, tmp_path):
+    string_ids = settings.model_copy(update={"data": DataConfig(id_type="string")})
+    interactions[Columns.USER_ID] = "u" + interactions[Columns.USER_ID].astype(str)
+
+    metrics = validate_tables(interactions, None, None, string_ids, SOURCES, tmp_path)
+
+    assert metrics["validation.success"] == 1.0
+
+
+def test_mapped_rating_column_must_exist(interactions, settings, tmp_path):
+    message = failure_message(interactions.drop(columns=[Columns.RATING]), settings, tmp_path)
+
+    assert "column 'rating': the column is missing" in message
+
+
+def test_importing_recops_validation_does_not_import_great_expectations():
+    code = "import sys, recops.validation; print('great_expectations' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+    assert out.strip() == "False"
