@@ -19,7 +19,8 @@ def project_files() -> list[str]:
     """Tracked and untracked-but-not-ignored files: what a fresh clone plus the working changes would hold."""
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT, capture_output=True,
                          text=True, check=True).stdout.split("\n")
-    return [f for f in out if f and (PROJECT / f).is_file()]
+    # dvc.lock belongs to a run on this machine, not to the project: a fresh clone has none.
+    return [f for f in out if f and f != "dvc.lock" and (PROJECT / f).is_file()]
 
 
 def make_workspace(target: Path) -> Path:
