@@ -1,0 +1,76 @@
+"""The production tracking backend: MLflow on the real PostgreSQL server (127.0.0.1:5432, trust auth).
+
+Each test run creates its own database and drops it afterwards. Without a reachable server the test is
+skipped on a developer machine and fails under CI (CI=true), where the server is part of the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+from recops.config import RegistryConfig, Settings
+from recops.export import convert_ranker
+
+HOST, PORT, ADMIN_DB = "127.0.0.1", 5432, "test"
+
+
+def _admin_connection():
+    import psycopg
+
+    for user in ("postgres", "root", os.environ.get("USER", "postgres")):
+        try:
+            conn = psycopg.connect(host=HOST, port=PORT, dbname=ADMIN_DB, user=user, connect_timeout=3,
+                                   autocommit=True)
+            return conn, user
+        except psycopg.OperationalError as exc:
+            last = exc
+    message = f"PostgreSQL not reachable at {HOST}:{PORT}: {last}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def postgres_uri():
+    conn, user = _admin_connection()
+    name = f"recops_test_{uuid.uuid4().hex[:12]}"
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://{user}@{HOST}:{PORT}/{name}"
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
+def test_versions_are_registered_with_lineage_in_postgres(tmp_path, postgres_uri):
+    from recops.registry import list_versions, log_and_register
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    booster = lgb.train({"objective": "lambdarank", "verbose": -1, "min_data_in_leaf": 5},
+                        lgb.Dataset(x, label=rng.integers(0, 2, 200), group=[20] * 10), num_boost_round=5)
+    onnx_path = tmp_path / "ranker.onnx"
+    onnx_path.write_bytes(convert_ranker(booster, 4, 15).SerializeToString())
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "metrics.json").write_text('{"test.ranker.ndcg@10": 0.5}')
+    settings = Settings(root=tmp_path, registry=RegistryConfig(tracking_uri=postgres_uri))
+
+    first = log_and_register(settings, onnx_path=onnx_path, artifacts={"reports": tmp_path / "reports"},
+                             metrics={"test.ranker.ndcg@10": 0.5}, lineage={"git_commit": "abc"})
+    second = log_and_register(settings, onnx_path=onnx_path, artifacts={"reports": tmp_path / "reports"},
+                              metrics={"test.ranker.ndcg@10": 0.6}, lineage={"git_commit": "def"})
+
+    versions = list_versions(settings)
+    assert [v["version"] for v in versions] == [first["model_version"], second["model_version"]] == ["1", "2"]
+    assert [v["tags"]["git_commit"] for v in versions] == ["abc", "def"]
+    assert all(not v["aliases"] for v in versions)
+    # the artifacts went to the project's artifact folder, the metadata to PostgreSQL
+    assert any((tmp_path / "mlartifacts").rglob("metrics.json"))
+    assert not (tmp_path / "mlflow.db").exists()
