@@ -75,33 +75,89 @@ def _quiet_user_error_tracebacks() -> None:
             handler.addFilter(drop)
 
 
-def metrics_table(metrics: dict[str, float], split: str = "test") -> Table:
-    """Metrics as rows, the three models as columns, for one split (fits any terminal width)."""
-    prefix = f"{split}."
+MODEL_ORDER = ("popularity", "mf", "ease", "itemknn")
+METRIC_ORDER = ("ndcg", "recall", "precision", "map", "mrr", "hitrate", "coverage", "novelty", "ild")
+
+
+def _models(metrics: dict[str, float], split: str) -> dict[str, dict[str, float]]:
     models: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         parts = key.split(".")
-        if key.startswith(prefix) and len(parts) == 3 and parts[1] in ("popularity", "mf", "ranker"):
+        if parts[0] == split and len(parts) == 3 and parts[1] not in ("candidates", "features"):
             models.setdefault(parts[1], {})[parts[2]] = value
-    order = ("ndcg", "recall", "precision", "map", "mrr", "hitrate", "coverage", "novelty", "ild")
+    return {m: models[m] for m in sorted(models, key=lambda m: (
+        m == "ranker", MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), m))}
+
+
+def metrics_table(metrics: dict[str, float], split: str = "test") -> Table:
+    """Metrics as rows, the models (single-stage baselines, then the ranker) as columns, for one split."""
+    models = _models(metrics, split)
     names = sorted({m for values in models.values() for m in values if "@" in m},
-                   key=lambda m: (order.index(m.split("@")[0]) if m.split("@")[0] in order else len(order),
-                                  int(m.split("@")[1])))
-    table = Table(title=f"{split} metrics ({int(next(iter(models.values()), {}).get('users', 0))} users)",
-                  title_justify="left")
+                   key=lambda m: (METRIC_ORDER.index(m.split("@")[0]) if m.split("@")[0] in METRIC_ORDER
+                                  else len(METRIC_ORDER), int(m.split("@")[1])))
+    users = int(models.get("ranker", next(iter(models.values()), {})).get("users", 0))
+    table = Table(title=f"{split} metrics ({users} users)", title_justify="left")
     table.add_column("metric")
-    present = [m for m in ("popularity", "mf", "ranker") if m in models]
-    for model in present:
-        table.add_column(model, justify="right")
+    for model in models:
+        table.add_column("two-stage" if model == "ranker" else model, justify="right")
     for name in names:
-        table.add_row(name, *(f"{models[model].get(name, float('nan')):.4f}" for model in present))
+        table.add_row(name, *(f"{models[model].get(name, float('nan')):.4f}" for model in models))
+    return table
+
+
+def lift_lines(metrics: dict[str, float], split: str = "test",
+               names: tuple[str, ...] = ("ndcg@10", "recall@20")) -> list[str]:
+    """'ndcg@10: two-stage 0.18 vs best baseline ease 0.13 (+38.0%)' for each metric present."""
+    models = _models(metrics, split)
+    ranker = models.pop("ranker", None)
+    lines = []
+    for name in names:
+        scored = {m: v[name] for m, v in models.items() if name in v}
+        if ranker is None or name not in ranker or not scored:
+            continue
+        best = max(scored, key=scored.get)
+        lift = (ranker[name] / scored[best] - 1.0) * 100 if scored[best] > 0 else float("nan")
+        lines.append(f"{name}: two-stage {ranker[name]:.4f} vs best single-stage {best} {scored[best]:.4f} "
+                     f"({lift:+.1f}%)")
+    return lines
+
+
+def segments_table(metrics: dict[str, float], metric: str = "ndcg@10") -> Table | None:
+    """``metric`` per user-activity segment (rows) and model (columns), on test."""
+    values: dict[str, dict[str, float]] = {}
+    users: dict[str, float] = {}
+    for key, value in metrics.items():
+        parts = key.split(".")
+        if parts[0] == "test" and len(parts) == 5 and parts[2] == "segment":
+            if parts[4] == metric:
+                values.setdefault(parts[3], {})[parts[1]] = value
+            elif parts[4] == "users" and parts[1] == "ranker":
+                users[parts[3]] = value
+    if not values:
+        return None
+    models = list(_models(metrics, "test"))
+    table = Table(title=f"test {metric} by user activity (history size terciles)", title_justify="left")
+    table.add_column("segment")
+    table.add_column("users", justify="right")
+    for model in models:
+        table.add_column("two-stage" if model == "ranker" else model, justify="right")
+    for segment in ("cold", "light", "medium", "heavy"):
+        if segment in values:
+            table.add_row(segment, f"{int(users.get(segment, 0))}",
+                          *(f"{values[segment].get(m, float('nan')):.4f}" for m in models))
     return table
 
 
 def _print_summary(metrics: dict[str, float]) -> None:
     console.print(metrics_table(metrics, "test"))
+    for line in lift_lines(metrics):
+        console.print(f"  {line}")
+    segments = segments_table(metrics)
+    if segments is not None:
+        console.print(segments)
     extra = {k: v for k, v in metrics.items()
-             if k.startswith(("test.candidates.", "valid.candidates.", "export.parity.max", "registry."))}
+             if (k.startswith(("test.candidates.", "valid.candidates.")) and "fit_seconds" not in k)
+             or k.startswith(("export.parity.max", "registry."))}
     for key, value in sorted(extra.items()):
         console.print(f"  {key} = {value:.6g}")
 
@@ -160,7 +216,7 @@ def validate(params: Params = Path("params.yaml"), quiet: Quiet = False) -> None
 
 @app.command()
 def evaluate(params: Params = Path("params.yaml"), quiet: Quiet = False) -> None:
-    """Evaluate popularity, MF and the ranker on the test split (needs a trained ranker) and print the table."""
+    """Evaluate the baselines and the two-stage ranker on the test split (needs a trained ranker); print the table."""
     metrics = _run_stages(params, quiet, ["evaluate"])
     console.print(metrics_table(metrics, "test"))
 
@@ -202,7 +258,10 @@ def metrics(params: Params = Path("params.yaml"),
             raise RecopsError(f"no metrics under {settings.path('reports_dir')}: run `recops run` first")
     except RecopsError as exc:
         _exit_on_user_error(exc)
-    console.print(metrics_table(values, split))
+    if split == "test":
+        _print_summary(values)
+    else:
+        console.print(metrics_table(values, split))
 
 
 @app.command()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recops.errors import RecopsError
 
@@ -120,7 +120,15 @@ class SplitConfig(Strict):
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
 
 
+CandidateSource = Literal["mf", "ease", "itemknn", "popularity"]
+
+
 class CandidatesConfig(Strict):
+    # Sources merged into each user's candidate list (round-robin by rank, duplicates removed); every source's
+    # score and rank of every candidate become ranker features. Users without history get popularity only.
+    sources: list[CandidateSource] = ["mf", "ease", "itemknn", "popularity"]
+    n_candidates: int = Field(200, ge=1)
+    # mf: implicit ALS / BPR
     algorithm: Literal["als", "bpr"] = "als"
     factors: int = Field(64, ge=2)
     iterations: int = Field(15, ge=1)
@@ -128,18 +136,40 @@ class CandidatesConfig(Strict):
     alpha: float = 10.0
     learning_rate: float = 0.05
     confidence: Literal["binary", "rating", "weight"] = "binary"
-    n_candidates: int = Field(200, ge=1)
+    # ease: closed-form item-item model; refuses catalogues above ease_max_items (n_items^2 memory)
+    ease_l2: float = Field(100.0, gt=0)
+    ease_max_items: int = Field(30_000, ge=1)
+    # itemknn: cosine item-item similarity with shrinkage, k nearest neighbours per item
+    knn_neighbours: int = Field(200, ge=1)
+    knn_shrinkage: float = Field(10.0, ge=0)
+    # popularity: interaction counts, exponentially decayed with this half-life (null: plain counts)
+    popularity_half_life_days: float | None = Field(None, gt=0)
+
+    @field_validator("sources")
+    @classmethod
+    def _sources_unique(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one candidate source is needed")
+        if len(set(value)) != len(value):
+            raise ValueError(f"candidate sources listed twice: {value}")
+        return value
 
 
 class FeaturesConfig(Strict):
     recency_half_life_days: float = Field(30.0, gt=0)
+    sequence_length: int = Field(5, ge=1)       # the user's last items compared with each candidate
+    similarity_neighbours: int = Field(200, ge=1)
+    similarity_shrinkage: float = Field(10.0, ge=0)
     recent_window_days: float = Field(30.0, gt=0)
     chunk_rows: int = Field(2_000_000, ge=10_000)
 
 
 class RankerConfig(Strict):
     holdout_fraction: float = Field(0.2, gt=0, lt=0.5)
-    n_estimators: int = Field(300, ge=1)
+    # After early stopping on the valid fold, refit with the chosen number of trees on the fit and valid folds
+    # together (the test fold's ranker then has seen the most recent labels before test).
+    refit_on_valid: bool = True
+    n_estimators: int = Field(1000, ge=1)
     learning_rate: float = 0.05
     num_leaves: int = 31
     min_child_samples: int = 20
@@ -151,6 +181,9 @@ class RankerConfig(Strict):
 
 class EvaluationConfig(Strict):
     ks: list[int] = [10, 20]
+    # single-stage models evaluated next to the ranker (each is also a candidate source; one that is not among
+    # candidates.sources is fitted for this alone); an empty list reports popularity only
+    baselines: list[CandidateSource] = ["popularity", "mf", "ease", "itemknn"]
     top_n_report: int = Field(100, ge=1)
 
 

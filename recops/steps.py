@@ -213,27 +213,63 @@ def _truth(target: pd.DataFrame, n_users: int, n_items: int):
 
 
 def candidates(settings: Settings) -> dict[str, float]:
-    """MF candidates for each fold's target users; MF factors of the test fold; candidate recall per fold."""
-    from recops.candidates import generate_candidates
+    """Multi-source candidates for each fold's target users; per-source recall; single-source baseline lists.
+
+    Per fold: ``<fold>.parquet`` (merged candidates with every source's score and rank) and, with MF among the
+    sources, ``<fold>_item_factors.npy`` (for the sequence-similarity features). For valid and test, every
+    source's own top list (``<fold>_baselines.parquet``) so evaluate can report what each single-stage model
+    scores; the test fold's MF factors also go to ``paths.mf_dir`` for serving.
+    """
+    from recops.candidates import interaction_matrix, recommend
     from recops.evaluation.metrics import candidate_recall
+    from recops.pipeline import fold_candidates
 
     started = time.perf_counter()
     index = _index(settings)
-    n = settings.candidates.n_candidates
+    cfg = settings.candidates
+    n = cfg.n_candidates
+    depth = max(max(settings.evaluation.ks), settings.evaluation.top_n_report)
     out_dir = settings.path("candidates_dir")
     metrics: dict[str, float] = {}
     for fold in FOLDS:
         history, target = _fold_tables(settings, fold)
-        users = np.unique(target[Columns.USER].to_numpy())
-        cands, generator = generate_candidates(history, users, index.n_users, index.n_items, settings.candidates,
-                                               settings.seed, settings.threads)
+        users = np.unique(target[Columns.USER].to_numpy()).astype(np.int32)
+        cands, sources, seconds = fold_candidates(settings, history, users, index.n_users, index.n_items)
         write_parquet(cands, out_dir / f"{fold}.parquet")
+        factors_path = out_dir / f"{fold}_item_factors.npy"
+        if "mf" in sources:
+            with _atomic(factors_path) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, sources["mf"].item_factors_, allow_pickle=False)
+        else:
+            factors_path.unlink(missing_ok=True)
         truth = _truth(target, index.n_users, index.n_items)
-        metrics[f"{fold}.candidates.recall@{n}"] = candidate_recall(
-            cands[Columns.USER].to_numpy(), cands[Columns.ITEM].to_numpy(), truth)
+        cand_users, cand_items = cands[Columns.USER].to_numpy(), cands[Columns.ITEM].to_numpy()
+        metrics[f"{fold}.candidates.recall@{n}"] = candidate_recall(cand_users, cand_items, truth)
+        for name in cfg.sources:
+            own = cands[f"{name}_rank"].to_numpy() <= n
+            metrics[f"{fold}.candidates.{name}.recall@{n}"] = candidate_recall(cand_users[own], cand_items[own], truth)
+            metrics[f"{fold}.candidates.{name}.fit_seconds"] = seconds.get(name, float("nan"))
         metrics[f"{fold}.candidates.users"] = float(len(users))
-        if fold == "test":
-            _write_mf(settings, generator, index)
+        if fold != "fit":
+            user_items = interaction_matrix(history, index.n_users, index.n_items, "binary")
+            lists = []
+            for name in settings.evaluation.baselines:
+                source = sources.get(name)
+                if source is None:
+                    extra = settings.model_copy(update={"candidates": cfg.model_copy(update={"sources": [name]})})
+                    _, fitted, _ = fold_candidates(extra, history, users[:0], index.n_users, index.n_items)
+                    source = fitted[name]
+                items, scores = recommend(source, users, user_items, depth)
+                valid = items >= 0
+                lists.append(pd.DataFrame({
+                    "model": name, Columns.USER: np.repeat(users, items.shape[1])[valid.ravel()],
+                    Columns.ITEM: items[valid], Columns.RANK: np.tile(np.arange(1, items.shape[1] + 1),
+                                                                      len(users))[valid.ravel()].astype(np.int32),
+                    Columns.SCORE: scores[valid]}))
+            write_parquet(pd.concat(lists, ignore_index=True), out_dir / f"{fold}_baselines.parquet")
+        if fold == "test" and "mf" in sources:
+            _write_mf(settings, sources["mf"], index)
     write_json(metrics, settings.path("candidates_metrics"))
     return _timed("candidates", metrics, started)
 
@@ -272,21 +308,24 @@ def _attributes(settings: Settings, index):
 
 def features(settings: Settings) -> dict[str, float]:
     """Ranker features (and labels) of every fold's candidates, from that fold's history only."""
-    from recops.features import build_features
+    from recops.pipeline import feature_columns, fold_features
 
     started = time.perf_counter()
     index = _index(settings)
     users_attr, items_attr = _attributes(settings, index)
     out_dir = settings.path("features_dir")
+    cand_dir = settings.path("candidates_dir")
     metrics: dict[str, float] = {}
     names: list[str] = []
     for fold in FOLDS:
         history, target = _fold_tables(settings, fold)
-        cands = read_parquet(settings.path("candidates_dir") / f"{fold}.parquet")
-        table = build_features(cands, history, index.n_users, index.n_items, settings.features,
-                               users_attr, items_attr, target=target)
+        cands = read_parquet(cand_dir / f"{fold}.parquet")
+        factors_path = cand_dir / f"{fold}_item_factors.npy"
+        factors = np.load(factors_path, allow_pickle=False) if "mf" in settings.candidates.sources else None
+        table = fold_features(settings, cands, history, target, index.n_users, index.n_items, users_attr,
+                              items_attr, factors)
         write_parquet(table, out_dir / f"{fold}.parquet")
-        names = [c for c in table.columns if c not in (Columns.USER, Columns.ITEM, Columns.LABEL)]
+        names = feature_columns(table)
         metrics[f"{fold}.features.rows"] = float(len(table))
         metrics[f"{fold}.features.positive_share"] = float(table[Columns.LABEL].mean()) if len(table) else 0.0
     write_json({"features": names}, out_dir / "feature_names.json")
@@ -298,26 +337,37 @@ def _feature_names(settings: Settings) -> list[str]:
 
 
 def train_ranker(settings: Settings) -> dict[str, float]:
-    """LambdaRank on the ``fit`` fold, early-stopped on ``valid``; model text + manifest."""
-    from recops.ranking import train_ranker as fit_lambdarank
+    """LambdaRank on the ``fit`` fold early-stopped on ``valid``, then refitted on fit + valid; text + manifest."""
+    from recops.pipeline import fit_ranker
 
     started = time.perf_counter()
     names = _feature_names(settings)
     fit = read_parquet(settings.path("features_dir") / "fit.parquet")
     valid = read_parquet(settings.path("features_dir") / "valid.parquet")
-    booster = fit_lambdarank(fit, valid, names, settings.ranker, settings.seed, settings.threads)
+    booster, stopped = fit_ranker(settings, fit, valid, names)
     model_path = settings.path("ranker_model")
     with _atomic(model_path) as tmp:
         booster.save_model(str(tmp), num_iteration=booster.best_iteration or None)
     gains = booster.feature_importance(importance_type="gain", iteration=booster.best_iteration or None)
-    manifest = {"features": names, "best_iteration": int(booster.best_iteration or booster.num_trees()),
+    trees = int(booster.best_iteration or booster.num_trees())
+    manifest = {"features": names, "best_iteration": trees,
+                "early_stopping_iteration": int(stopped.best_iteration or stopped.num_trees()),
+                "refit_on_valid": settings.ranker.refit_on_valid,
                 "params": settings.ranker.model_dump(mode="json"), "seed": settings.seed,
                 "feature_importance_gain": dict(zip(names, map(float, gains)))}
     write_json(manifest, settings.path("ranker_manifest"))
-    valid_score = booster.best_score.get("valid", {}).get("ndcg@10")
-    metrics = {"ranker.trees": float(manifest["best_iteration"])}
-    if valid_score is not None:
-        metrics["valid.ranker.lgb_ndcg@10"] = float(valid_score)
+    # Valid metrics of the early-stopped model (it has not seen valid labels; the final one has): the same lists
+    # and metric code as evaluate uses for test.
+    from recops.evaluation.metrics import ranking_metrics
+
+    index = _index(settings)
+    _, target = _fold_tables(settings, "valid")
+    depth = max(settings.evaluation.ks)
+    users, ranked, _ = _ranked_lists(valid, stopped.predict(valid[names].to_numpy(np.float32),
+                                                            num_threads=settings.threads), depth)
+    values = ranking_metrics(users, ranked, _truth(target, index.n_users, index.n_items), settings.evaluation.ks)
+    metrics = {"ranker.trees": float(trees), "ranker.early_stopping_trees": float(manifest["early_stopping_iteration"])}
+    metrics.update({f"valid.ranker.{name}": value for name, value in values.items()})
     write_json(metrics, settings.path("ranker_metrics"))
     return _timed("train_ranker", metrics, started)
 
@@ -337,9 +387,26 @@ def _ranked_lists(table: pd.DataFrame, scores: np.ndarray, k: int):
     return top_k_lists(table[Columns.USER].to_numpy(), table[Columns.ITEM].to_numpy(), scores, k)
 
 
+def _activity_segments(history_counts: np.ndarray, users: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean masks over ``users``: cold (no history) and light / medium / heavy (terciles of history size)."""
+    counts = history_counts[users]
+    warm = counts > 0
+    out = {"cold": ~warm}
+    if warm.any():
+        low, high = np.quantile(counts[warm], [1 / 3, 2 / 3])
+        out.update({"light": warm & (counts <= low), "medium": warm & (counts > low) & (counts <= high),
+                    "heavy": warm & (counts > high)})
+    return out
+
+
 def evaluate(settings: Settings) -> dict[str, float]:
-    """Popularity, MF and ranker lists on valid and test: metrics.json, plots, test recommendations."""
-    from recops.candidates import interaction_matrix, item_popularity, popular_unseen
+    """Baselines and ranker lists on test (baselines on valid too): metrics.json, plots, test recommendations.
+
+    The ranker's valid metrics come from train_ranker (the early-stopped model, which has not seen the valid
+    labels); here the ranker is the final one, evaluated on test only. Test metrics are also reported per user
+    activity segment (``test.<model>.segment.<segment>.<metric>``).
+    """
+    from recops.candidates import interaction_matrix
     from recops.evaluation.metrics import evaluate_lists, ranking_metrics
 
     started = time.perf_counter()
@@ -348,7 +415,8 @@ def evaluate(settings: Settings) -> dict[str, float]:
     booster = _load_booster(settings)
     ks = sorted(set(settings.evaluation.ks))
     depth = max(max(ks), settings.evaluation.top_n_report)
-    item_vectors = np.load(settings.path("mf_dir") / "item_factors.npy", allow_pickle=False)
+    factors_path = settings.path("mf_dir") / "item_factors.npy"
+    item_vectors = np.load(factors_path, allow_pickle=False) if "mf" in settings.candidates.sources else None
     metrics: dict[str, float] = {}
     curves: dict[str, dict[str, float]] = {}
     for fold in ("valid", "test"):
@@ -357,21 +425,32 @@ def evaluate(settings: Settings) -> dict[str, float]:
         seen = interaction_matrix(history, index.n_users, index.n_items, "binary")
         item_user_counts = np.diff(seen.tocsc().indptr).astype(np.float64)
         n_history_users = int((np.diff(seen.indptr) > 0).sum())
-        table = read_parquet(settings.path("features_dir") / f"{fold}.parquet")
-        ranker_scores = booster.predict(table[names].to_numpy(np.float32), num_threads=settings.threads)
-        users, ranked, ranked_scores = _ranked_lists(table, ranker_scores, depth)
-        _, mf_lists, _ = _ranked_lists(table, -table[Columns.SOURCE_RANK].to_numpy(np.float64), depth)
-        pop_lists, _ = popular_unseen(item_popularity(history, index.n_items), users, seen, depth)
-        lists = {"popularity": pop_lists, "mf": mf_lists, "ranker": ranked}
-        for model, recommended in lists.items():
+        lists: dict[str, np.ndarray] = {}
+        baselines = read_parquet(settings.path("candidates_dir") / f"{fold}_baselines.parquet")
+        for model, part in baselines.groupby("model", sort=False):
+            listed, items, _ = _ranked_lists(part, -part[Columns.RANK].to_numpy(np.float64), depth)
+            lists[str(model)] = (listed, items)
+        if fold == "test":
+            table = read_parquet(settings.path("features_dir") / f"{fold}.parquet")
+            ranker_scores = booster.predict(table[names].to_numpy(np.float32), num_threads=settings.threads)
+            users, ranked, ranked_scores = _ranked_lists(table, ranker_scores, depth)
+            lists["ranker"] = (users, ranked)
+            _write_recommendations(settings, index, users, ranked, ranked_scores)
+        segments = _activity_segments(np.diff(seen.indptr), np.unique(target[Columns.USER].to_numpy()))
+        for model, (users, recommended) in lists.items():
             values = evaluate_lists(users, recommended, truth, ks, item_user_counts=item_user_counts,
                                     n_history_users=n_history_users, item_vectors=item_vectors)
             metrics.update({f"{fold}.{model}.{name}": value for name, value in values.items()})
             if fold == "test":
                 curve_ks = list(range(1, min(depth, 50) + 1))
                 curves[model] = ranking_metrics(users, recommended, truth, curve_ks)
-        if fold == "test":
-            _write_recommendations(settings, index, users, ranked, ranked_scores)
+                target_users = np.unique(target[Columns.USER].to_numpy())
+                for segment, mask in segments.items():
+                    keep = np.isin(users, target_users[mask])
+                    if keep.any():
+                        seg = ranking_metrics(users[keep], recommended[keep], truth, ks)
+                        metrics.update({f"test.{model}.segment.{segment}.{name}": value
+                                        for name, value in seg.items()})
     write_json(metrics, settings.path("metrics"))
     _write_plots(settings, curves, booster, names)
     return _timed("evaluate", metrics, started)

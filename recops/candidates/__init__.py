@@ -1,49 +1,29 @@
-"""Candidate generation: matrix factorisation (implicit) with a popularity fallback for users without history."""
+"""Candidate generation: several sources (implicit MF, EASE, item-kNN, popularity) merged per user."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
+from recops.candidates.merge import fit_sources, merged_candidates, source_columns
 from recops.candidates.mf import MFCandidateGenerator, interaction_matrix
 from recops.candidates.popularity import item_popularity, popular_unseen
+from recops.candidates.sources import EASE, ItemKNN, MatrixFactorization, MostPopular, recommend, top_n
 from recops.columns import Columns
 from recops.config import CandidatesConfig
 
 __all__ = [
-    "MFCandidateGenerator", "candidates_frame", "generate_candidates", "interaction_matrix",
-    "item_popularity", "popular_unseen",
+    "EASE", "ItemKNN", "MFCandidateGenerator", "MatrixFactorization", "MostPopular", "fit_sources",
+    "generate_candidates", "interaction_matrix", "item_popularity", "merged_candidates", "popular_unseen",
+    "recommend", "source_columns", "top_n",
 ]
 
 
-def candidates_frame(users: np.ndarray, items: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-    """Long table (user_idx, item_idx, mf_score, mf_rank) from ``len(users) x n`` arrays; empty slots dropped."""
-    n = items.shape[1]
-    valid = items >= 0
-    return pd.DataFrame({
-        Columns.USER: np.repeat(users.astype(np.int32), n)[valid.ravel()],
-        Columns.ITEM: items[valid].astype(np.int32),
-        Columns.SOURCE_SCORE: scores[valid].astype(np.float32),
-        Columns.SOURCE_RANK: np.tile(np.arange(1, n + 1, dtype=np.int32), len(users))[valid.ravel()],
-    })
-
-
 def generate_candidates(history: pd.DataFrame, users: np.ndarray, n_users: int, n_items: int,
-                        config: CandidatesConfig, seed: int, threads: int) -> tuple[pd.DataFrame, MFCandidateGenerator]:
-    """Fit MF on ``history`` and return the top ``config.n_candidates`` unseen items of each of ``users``.
-
-    Users with no history get the most popular unseen items instead, with a missing MF score.
-    """
-    user_items = interaction_matrix(history, n_users, n_items, config.confidence)
-    generator = MFCandidateGenerator(config, seed=seed, threads=threads).fit(user_items)
-    users = np.unique(users).astype(np.int32)
-    warm = generator.has_history_[users]
-    items, scores = generator.recommend(users[warm], user_items, config.n_candidates)
-    frames = [candidates_frame(users[warm], items, scores)]
-    if (~warm).any():
-        pop_items, _ = popular_unseen(item_popularity(history, n_items), users[~warm], user_items, config.n_candidates)
-        cold = candidates_frame(users[~warm], pop_items, np.full(pop_items.shape, np.nan, dtype=np.float32))
-        frames.append(cold)
-    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return out.sort_values([Columns.USER, Columns.SOURCE_RANK], kind="stable").reset_index(drop=True), generator
+                        config: CandidatesConfig, seed: int, threads: int) -> tuple[pd.DataFrame, dict[str, object]]:
+    """Fit the configured sources on ``history``; the merged top ``config.n_candidates`` unseen items of each of
+    ``users`` with every source's score and rank (see ``recops.candidates.merge``), and the fitted sources."""
+    sources, _ = fit_sources(history, n_users, n_items, config, seed, threads)
+    user_items = interaction_matrix(history, n_users, n_items, "binary")
+    frame = merged_candidates(sources, config, np.unique(users).astype(np.int32), user_items)
+    return frame.reset_index(drop=True), sources

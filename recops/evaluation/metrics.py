@@ -105,7 +105,7 @@ def candidate_recall(users: np.ndarray, candidate_items: np.ndarray, truth: sp.c
 
 
 def evaluate_lists(users: np.ndarray, recommended: np.ndarray, truth: sp.csr_matrix, ks: list[int], *,
-                   item_user_counts: np.ndarray, n_history_users: int, item_vectors: np.ndarray,
+                   item_user_counts: np.ndarray, n_history_users: int, item_vectors: np.ndarray | None,
                    beyond_k: int = 10) -> dict[str, float]:
     """All metrics of one list set: ranking metrics at each k plus coverage, novelty and ILD at ``beyond_k``."""
     n_relevant = np.diff(truth.tocsr().indptr)[users]
@@ -113,5 +113,6 @@ def evaluate_lists(users: np.ndarray, recommended: np.ndarray, truth: sp.csr_mat
     out = ranking_metrics(users, recommended, truth, ks)
     out[f"coverage@{beyond_k}"] = catalog_coverage(listed, beyond_k, truth.shape[1])
     out[f"novelty@{beyond_k}"] = novelty(listed, beyond_k, item_user_counts, n_history_users)
-    out[f"ild@{beyond_k}"] = intra_list_diversity(listed, beyond_k, item_vectors)
+    if item_vectors is not None:  # diversity is measured in the MF item space
+        out[f"ild@{beyond_k}"] = intra_list_diversity(listed, beyond_k, item_vectors)
     return out

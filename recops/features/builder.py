@@ -9,9 +9,15 @@ Feature groups:
 - item: popularity (all time, recent window, exponentially decayed), mean rating, age and days since last seen,
   numeric and categorical attributes;
 - user: activity, mean rating, active span, mean log-popularity of the items consumed, attributes;
-- user x item: MF score and rank, affinity of the user's multi-label profile (e.g. genres) to the item's labels,
-  the item's popularity relative to the user's usual popularity, the item's numeric attributes relative to the
-  user's mean over past items (e.g. release year).
+- candidate sources: each source's score and rank and the number of sources that retrieved the item (passed
+  through from the candidate table);
+- user x item: affinity of the user's multi-label profile (e.g. genres) to the item's labels, the item's
+  popularity relative to the user's usual popularity, the item's numeric attributes relative to the user's mean
+  over past items (e.g. release year), the item's age when the user was last active, the item's popularity among
+  users sharing each categorical attribute with the user (e.g. gender, occupation) relative to its overall
+  popularity, and the similarity of the item to the user's last ``sequence_length`` items: cosine of
+  co-occurrence (item-kNN from the same history, mean and max) and, when MF item factors of the same history are
+  given, cosine of the factors (mean and max).
 """
 
 from __future__ import annotations
@@ -86,10 +92,43 @@ class HistoryStatistics:
     item_labels: dict[str, sp.csr_matrix]
     user_numeric_means: dict[str, np.ndarray]
     item_numeric: dict[str, np.ndarray]
+    user_last_ts: np.ndarray
+    item_first_ts: np.ndarray
+    user_categories: dict[str, np.ndarray]        # category code of each user (-1: unknown)
+    category_item_lift: dict[str, np.ndarray]     # categories x items: share among the category / overall share
+    last_items: np.ndarray                        # n_users x sequence_length, most recent first, -1 padded
+    similarity: sp.csr_matrix                     # item-item co-occurrence cosine (k nearest neighbours)
+    item_unit_factors: np.ndarray | None          # MF item factors scaled to unit norm
+
+
+def _last_items(history: pd.DataFrame, n_users: int, length: int) -> np.ndarray:
+    """Each user's ``length`` most recent items (ties by item id), most recent first; -1 where fewer."""
+    u = history[Columns.USER].to_numpy()
+    order = np.lexsort((-history[Columns.ITEM].to_numpy(), -history[Columns.TIMESTAMP].to_numpy(np.float64), u))
+    u_sorted = u[order]
+    starts = np.searchsorted(u_sorted, np.arange(n_users))
+    position = np.arange(len(order)) - starts[u_sorted]
+    keep = position < length
+    out = np.full((n_users, length), -1, dtype=np.int32)
+    out[u_sorted[keep], position[keep]] = history[Columns.ITEM].to_numpy()[order][keep]
+    return out
+
+
+def _category_lift(codes: np.ndarray, u: np.ndarray, i: np.ndarray, n_items: int) -> np.ndarray:
+    """categories x items: the item's share of the category's interactions over its share of all interactions."""
+    known = codes[u] >= 0
+    n_cat = int(codes.max(initial=-1)) + 1
+    counts = sp.csr_matrix((np.ones(int(known.sum())), (codes[u][known].astype(np.int64), i[known])),
+                           shape=(max(n_cat, 1), n_items)).toarray()
+    overall = np.bincount(i, minlength=n_items) / max(len(i), 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+        return np.where(overall > 0, share / overall, np.nan).astype(np.float32)
 
 
 def history_statistics(history: pd.DataFrame, n_users: int, n_items: int, config: FeaturesConfig,
-                       users: Attributes, items: Attributes) -> HistoryStatistics:
+                       users: Attributes, items: Attributes,
+                       item_factors: np.ndarray | None = None) -> HistoryStatistics:
     u = history[Columns.USER].to_numpy()
     i = history[Columns.ITEM].to_numpy()
     ts = history[Columns.TIMESTAMP].to_numpy(dtype=np.float64)
@@ -152,30 +191,57 @@ def history_statistics(history: pd.DataFrame, n_users: int, n_items: int, config
         counts = seen @ known.astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             user_numeric_means[name] = np.where(counts > 0, sums / counts, np.nan)
-    return HistoryStatistics(user_stats, item_stats, user_profiles, item_labels, user_numeric_means,
-                             {name: v.astype(np.float64) for name, v in items.numeric.items()})
+    from recops.candidates.sources import ItemKNN
+
+    similarity = ItemKNN(config.similarity_neighbours, config.similarity_shrinkage).fit(seen).similarity_.tocsr()
+    unit = None
+    if item_factors is not None:
+        norms = np.linalg.norm(item_factors, axis=1, keepdims=True)
+        unit = (item_factors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    categories = {name: codes.astype(np.int64) for name, codes in users.categorical.items()}
+    return HistoryStatistics(
+        user_stats, item_stats, user_profiles, item_labels, user_numeric_means,
+        {name: v.astype(np.float64) for name, v in items.numeric.items()},
+        user_last_ts=user_last, item_first_ts=first_seen,
+        user_categories=categories,
+        category_item_lift={name: _category_lift(codes, u, i, n_items) for name, codes in categories.items()},
+        last_items=_last_items(history, n_users, config.sequence_length),
+        similarity=similarity, item_unit_factors=unit)
 
 
-def feature_names(stats: HistoryStatistics) -> list[str]:
-    names = [Columns.SOURCE_SCORE, Columns.SOURCE_RANK, *stats.item, *stats.user]
+def feature_names(stats: HistoryStatistics, source_columns: list[str]) -> list[str]:
+    names = [*source_columns, *stats.item, *stats.user]
     names += [f"affinity_{name}" for name in stats.user_profiles]
     names += ["pop_vs_user_taste"]
     names += [f"diff_{name}_vs_user_mean" for name in stats.user_numeric_means]
+    names += ["item_age_at_user_days"]
+    names += [f"lift_among_{name}" for name in stats.category_item_lift]
+    names += ["seq_cooc_mean", "seq_cooc_max"]
+    if stats.item_unit_factors is not None:
+        names += ["seq_mf_mean", "seq_mf_max"]
     return names
+
+
+def _nan_mean_max(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    count = valid.sum(axis=1)
+    total = np.where(valid, values, 0.0).sum(axis=1)
+    best = np.where(valid, values, -np.inf).max(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan), np.where(count > 0, best, np.nan)
 
 
 def gather_features(candidates: pd.DataFrame, stats: HistoryStatistics, chunk_rows: int) -> pd.DataFrame:
     """Feature matrix (float32 columns, in ``feature_names`` order) for candidate rows."""
-    names = feature_names(stats)
+    sources = [c for c in candidates.columns if c not in (Columns.USER, Columns.ITEM)]
+    names = feature_names(stats, sources)
     out = np.empty((len(candidates), len(names)), dtype=np.float32)
     users_all = candidates[Columns.USER].to_numpy()
     items_all = candidates[Columns.ITEM].to_numpy()
-    score_all = candidates[Columns.SOURCE_SCORE].to_numpy(dtype=np.float32)
-    rank_all = candidates[Columns.SOURCE_RANK].to_numpy(dtype=np.float32)
+    source_values = candidates[sources].to_numpy(dtype=np.float32) if sources else None
     for start in range(0, len(candidates), chunk_rows):
         stop = min(start + chunk_rows, len(candidates))
         u, i = users_all[start:stop], items_all[start:stop]
-        cols = [score_all[start:stop], rank_all[start:stop]]
+        cols = [source_values[start:stop, j] for j in range(len(sources))]
         cols += [values[i] for values in stats.item.values()]
         cols += [values[u] for values in stats.user.values()]
         for name, profiles in stats.user_profiles.items():
@@ -183,15 +249,32 @@ def gather_features(candidates: pd.DataFrame, stats: HistoryStatistics, chunk_ro
         cols.append(stats.item["item_log_pop"][i] - stats.user["user_mean_log_pop"][u])
         for name, means in stats.user_numeric_means.items():
             cols.append(stats.item_numeric[name][i] - means[u])
+        with np.errstate(invalid="ignore"):
+            age = (stats.user_last_ts[u] - stats.item_first_ts[i]) / DAY
+        cols.append(np.where(np.isfinite(age), age, np.nan))
+        for name, lift in stats.category_item_lift.items():
+            code = stats.user_categories[name][u]
+            cols.append(np.where(code >= 0, lift[np.maximum(code, 0), i], np.nan))
+        last = stats.last_items[u]
+        valid = last >= 0
+        length = last.shape[1]
+        cooc = np.asarray(stats.similarity[np.maximum(last, 0).ravel(), np.repeat(i, length)]).reshape(-1, length)
+        cols += list(_nan_mean_max(cooc, valid))
+        if stats.item_unit_factors is not None:
+            f = stats.item_unit_factors
+            cos = np.einsum("pf,pkf->pk", f[i], f[np.maximum(last, 0)])
+            cols += list(_nan_mean_max(cos, valid))
         out[start:stop] = np.column_stack(cols).astype(np.float32)
     return pd.DataFrame(out, columns=names)
 
 
 def build_features(candidates: pd.DataFrame, history: pd.DataFrame, n_users: int, n_items: int,
                    config: FeaturesConfig, users: Attributes, items: Attributes,
-                   target: pd.DataFrame | None = None) -> pd.DataFrame:
-    """(user_idx, item_idx, label, features...) for every candidate row; label is 1 when the pair is in ``target``."""
-    stats = history_statistics(history, n_users, n_items, config, users, items)
+                   target: pd.DataFrame | None = None, item_factors: np.ndarray | None = None) -> pd.DataFrame:
+    """(user_idx, item_idx, label, features...) for every candidate row; label is 1 when the pair is in ``target``.
+
+    ``item_factors``: MF item factors fitted on the same ``history`` (for the sequence similarity features)."""
+    stats = history_statistics(history, n_users, n_items, config, users, items, item_factors)
     features = gather_features(candidates, stats, config.chunk_rows)
     keys = candidates[Columns.USER].to_numpy(np.int64) * n_items + candidates[Columns.ITEM].to_numpy()
     if target is not None and len(target):

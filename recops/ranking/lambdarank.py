@@ -29,15 +29,8 @@ def _groups(frame: pd.DataFrame, require_positive: bool) -> tuple[pd.DataFrame, 
     return frame, np.diff(np.r_[starts, len(users)])
 
 
-def train_ranker(train: pd.DataFrame, valid: pd.DataFrame | None, features: list[str], config: RankerConfig,
-                 seed: int, threads: int) -> lgb.Booster:
-    """Fit LambdaRank on labelled candidate rows; ``valid`` (if it has positives) drives early stopping."""
-    train, train_groups = _groups(train, require_positive=True)
-    if len(train_groups) == 0:
-        from recops.errors import RecopsError
-        raise RecopsError("the ranker has no training signal: no candidate of any user is in the label holdout "
-                          "(raise candidates.n_candidates or ranker.holdout_fraction)")
-    params = {
+def _params(config: RankerConfig, seed: int, threads: int) -> dict:
+    return {
         "objective": "lambdarank", "metric": "ndcg", "eval_at": [10],
         "learning_rate": config.learning_rate, "num_leaves": config.num_leaves,
         "min_data_in_leaf": config.min_child_samples, "feature_fraction": config.feature_fraction,
@@ -45,6 +38,21 @@ def train_ranker(train: pd.DataFrame, valid: pd.DataFrame | None, features: list
         "lambdarank_truncation_level": config.lambdarank_truncation_level,
         "num_threads": threads, "seed": seed, "deterministic": True, "force_row_wise": True, "verbose": -1,
     }
+
+
+def _require_signal(groups: np.ndarray) -> None:
+    if len(groups) == 0:
+        from recops.errors import RecopsError
+        raise RecopsError("the ranker has no training signal: no candidate of any user is in the label holdout "
+                          "(raise candidates.n_candidates or ranker.holdout_fraction)")
+
+
+def train_ranker(train: pd.DataFrame, valid: pd.DataFrame | None, features: list[str], config: RankerConfig,
+                 seed: int, threads: int) -> lgb.Booster:
+    """Fit LambdaRank on labelled candidate rows; ``valid`` (if it has positives) drives early stopping."""
+    train, train_groups = _groups(train, require_positive=True)
+    _require_signal(train_groups)
+    params = _params(config, seed, threads)
     train_set = lgb.Dataset(train[features].to_numpy(np.float32), label=train[Columns.LABEL].to_numpy(),
                             group=train_groups, feature_name=features, free_raw_data=True)
     valid_sets, callbacks = [], []
@@ -57,6 +65,28 @@ def train_ranker(train: pd.DataFrame, valid: pd.DataFrame | None, features: list
     booster = lgb.train(params, train_set, num_boost_round=config.n_estimators, valid_sets=valid_sets,
                         valid_names=["valid"] if valid_sets else None, callbacks=callbacks)
     log.info("ranker: %d trees (best iteration %s)", booster.num_trees(), booster.best_iteration)
+    return booster
+
+
+def refit_ranker(tables: list[pd.DataFrame], features: list[str], config: RankerConfig, seed: int, threads: int,
+                 n_trees: int) -> lgb.Booster:
+    """Fit ``n_trees`` trees (chosen by early stopping before) on several labelled folds stacked as queries.
+
+    Each fold's users are separate queries (a user appears once per fold), so the fold with the most recent labels
+    (``valid``) adds training signal without being mixed with the other's history.
+    """
+    parts, groups = [], []
+    for table in tables:
+        table, table_groups = _groups(table, require_positive=True)
+        parts.append(table)
+        groups.append(table_groups)
+    group = np.concatenate(groups) if groups else np.array([], dtype=np.int64)
+    _require_signal(group)
+    stacked = pd.concat(parts, ignore_index=True)
+    data = lgb.Dataset(stacked[features].to_numpy(np.float32), label=stacked[Columns.LABEL].to_numpy(),
+                       group=group, feature_name=features, free_raw_data=True)
+    booster = lgb.train(_params(config, seed, threads), data, num_boost_round=max(int(n_trees), 1))
+    log.info("ranker refit on %d folds: %d trees, %d queries", len(tables), booster.num_trees(), len(group))
     return booster
 
 

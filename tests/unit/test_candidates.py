@@ -1,14 +1,19 @@
-"""MF candidate generation on synthetic data whose right answer is known."""
+"""Candidate sources and their merge, on synthetic data whose right answer is known."""
 
 import numpy as np
 import pandas as pd
+import pytest
+import scipy.sparse as sp
 
-from recops.candidates import generate_candidates, interaction_matrix, item_popularity, popular_unseen
+from recops.candidates import (EASE, ItemKNN, MostPopular, generate_candidates, interaction_matrix,
+                               item_popularity, popular_unseen, recommend)
+from recops.candidates.sources import exclude_seen, top_n
 from recops.columns import Columns
 from recops.config import CandidatesConfig
+from recops.errors import RecopsError
 
 
-def block_log(n_users=40, n_items=40, holdout_every=5):
+def block_log(n_users=40, n_items=40):
     """Two taste groups: even users like even items, odd users odd items. One liked item per user held out."""
     rows, held = [], []
     for u in range(n_users):
@@ -20,38 +25,114 @@ def block_log(n_users=40, n_items=40, holdout_every=5):
     return pd.DataFrame(rows, columns=cols), pd.DataFrame(held, columns=cols)
 
 
-def test_als_candidates_come_from_the_users_taste_group_and_exclude_seen_items():
+@pytest.mark.parametrize("source", ["mf", "ease", "itemknn"])
+def test_each_source_finds_the_held_out_item_of_the_users_taste_group(source):
     history, held = block_log()
-    users = np.arange(40)
-    config = CandidatesConfig(factors=4, iterations=20, n_candidates=5)
-    cands, _ = generate_candidates(history, users, 40, 40, config, seed=0, threads=1)
+    config = CandidatesConfig(sources=[source], factors=4, iterations=20, n_candidates=5, knn_neighbours=40)
+    cands, _ = generate_candidates(history, np.arange(40), 40, 40, config, seed=0, threads=1)
     assert (cands.groupby(Columns.USER).size() == 5).all()
-    first = cands[cands[Columns.SOURCE_RANK] == 1]
-    assert ((first[Columns.ITEM] % 2) == (first[Columns.USER] % 2)).mean() > 0.95
     seen = set(zip(history[Columns.USER], history[Columns.ITEM]))
     assert not seen & set(zip(cands[Columns.USER], cands[Columns.ITEM]))
+    first = cands[cands[f"{source}_rank"] == 1].set_index(Columns.USER)[Columns.ITEM]
+    assert ((first.index % 2) == (first.to_numpy() % 2)).mean() > 0.95
     # the single unseen liked item of each user is its first candidate
-    first = cands[cands[Columns.SOURCE_RANK] == 1].set_index(Columns.USER)[Columns.ITEM]
     assert (first.loc[held[Columns.USER]].to_numpy() == held[Columns.ITEM].to_numpy()).mean() > 0.9
 
 
 def test_bpr_is_selectable_and_ranks_are_consecutive():
     history, _ = block_log()
-    config = CandidatesConfig(algorithm="bpr", factors=8, iterations=50, learning_rate=0.05, n_candidates=4)
-    cands, gen = generate_candidates(history, np.arange(40), 40, 40, config, seed=1, threads=1)
-    assert gen.item_factors_.shape[0] == 40
-    assert cands.groupby(Columns.USER)[Columns.SOURCE_RANK].apply(list).map(lambda r: r == [1, 2, 3, 4]).all()
+    config = CandidatesConfig(sources=["mf"], algorithm="bpr", factors=8, iterations=50, learning_rate=0.05,
+                              n_candidates=4)
+    cands, sources = generate_candidates(history, np.arange(40), 40, 40, config, seed=1, threads=1)
+    assert sources["mf"].item_factors_.shape[0] == 40
+    assert cands.groupby(Columns.USER)["mf_rank"].apply(list).map(lambda r: r == [1, 2, 3, 4]).all()
 
 
-def test_users_without_history_get_popular_unseen_items():
+def test_users_without_history_get_popular_unseen_items_and_no_other_source_scores():
     history, _ = block_log()
     history = history[history[Columns.USER] != 3]
-    config = CandidatesConfig(factors=4, iterations=3, n_candidates=3)
+    config = CandidatesConfig(sources=["mf", "ease"], factors=4, iterations=3, n_candidates=3)
     cands, _ = generate_candidates(history, np.array([3]), 40, 40, config, seed=0, threads=1)
     pop = item_popularity(history, 40)
     expected = np.argsort(-pop, kind="stable")[:3]
-    assert cands[Columns.ITEM].tolist() == expected.tolist()
-    assert cands[Columns.SOURCE_SCORE].isna().all()
+    assert sorted(cands[Columns.ITEM].tolist()) == sorted(expected.tolist())
+    assert cands["mf_score"].isna().all() and cands["ease_score"].isna().all()
+    assert (cands["mf_rank"] == 4).all() and (cands["n_sources"] == 0).all()
+
+
+def random_log(n_users=40, n_items=40, density=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    u, i = np.nonzero(rng.random((n_users, n_items)) < density * rng.random(n_items)[None, :] * 2)
+    return pd.DataFrame({Columns.USER: u, Columns.ITEM: i, Columns.TIMESTAMP: np.arange(len(u))})
+
+
+def test_merge_interleaves_sources_and_reports_each_sources_rank():
+    history = random_log()  # no ties between scores, so ranks are unambiguous
+    config = CandidatesConfig(sources=["ease", "popularity"], n_candidates=6)
+    cands, sources = generate_candidates(history, np.arange(40), 40, 40, config, seed=0, threads=1)
+    user_items = interaction_matrix(history, 40, 40)
+    ease_items, _ = recommend(sources["ease"], np.arange(40), user_items, 6)
+    pop_items, _ = recommend(sources["popularity"], np.arange(40), user_items, 6)
+    for u in (0, 1, 7):
+        mine = cands[cands[Columns.USER] == u]
+        # round robin: the best 3 of each source are in the merged 6 (overlaps leave room for more)
+        assert set(ease_items[u, :3]) <= set(mine[Columns.ITEM])
+        assert set(pop_items[u, :3]) <= set(mine[Columns.ITEM])
+        for item, rank in zip(mine[Columns.ITEM], mine["ease_rank"]):
+            where = np.flatnonzero(ease_items[u] == item)
+            assert rank == (where[0] + 1 if len(where) else 7)
+        assert ((mine["ease_rank"] <= 6).astype(int) + (mine["popularity_rank"] <= 6)).tolist() == \
+            mine["n_sources"].astype(int).tolist()
+
+
+def test_ease_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    x = (rng.random((30, 8)) < 0.3).astype(np.float32)
+    model = EASE(l2=2.0).fit(sp.csr_matrix(x))
+    p = np.linalg.inv(x.T @ x + 2.0 * np.eye(8))
+    b = np.eye(8) - p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    assert model.weights_ == pytest.approx(b.astype(np.float32), abs=1e-5)
+    assert model.score(np.array([0, 1]), sp.csr_matrix(x)) == pytest.approx((x[:2] @ b).astype(np.float32), abs=1e-5)
+
+
+def test_ease_refuses_catalogues_above_its_limit():
+    with pytest.raises(RecopsError, match="ease_max_items"):
+        EASE(max_items=5).fit(sp.csr_matrix(np.ones((3, 6), dtype=np.float32)))
+
+
+def test_itemknn_is_shrunk_cosine_pruned_to_k_neighbours():
+    x = np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [1, 0, 0, 1]], dtype=np.float32)
+    model = ItemKNN(neighbours=2, shrinkage=1.0).fit(sp.csr_matrix(x))
+    norms = np.sqrt(x.sum(axis=0))
+    full = (x.T @ x) / (np.outer(norms, norms) + 1.0)
+    np.fill_diagonal(full, 0.0)
+    sim = model.similarity_.toarray()
+    for j in range(4):
+        kept = np.flatnonzero(sim[:, j])
+        assert len(kept) <= 2
+        assert sim[kept, j] == pytest.approx(full[kept, j])
+        assert set(kept) == set(np.argsort(-full[:, j], kind="stable")[:2]) - {j} or len(kept) == 2
+
+
+def test_decayed_popularity_prefers_recent_items():
+    user_items = sp.csr_matrix(np.ones((2, 2), dtype=np.float32))
+    ages = np.array([100.0, 0.0, 100.0, 0.0])  # item 0 interacted long ago, item 1 today
+    items = np.array([0, 1, 0, 1])
+    assert MostPopular(half_life_days=10).fit(user_items, ages, items).popularity_[1] > \
+        MostPopular(half_life_days=10).fit(user_items, ages, items).popularity_[0] * 100
+    assert MostPopular().fit(user_items).popularity_.tolist() == [2.0, 2.0]
+
+
+def test_top_n_and_seen_exclusion():
+    scores = np.array([[0.1, 0.9, 0.5, 0.7], [1.0, 0.0, 0.3, 0.2]], dtype=np.float32)
+    seen = sp.csr_matrix(np.array([[0, 1, 0, 0], [0, 0, 0, 0]], dtype=np.float32))
+    items, values = top_n(exclude_seen(scores, np.array([0, 1]), seen), 2)
+    assert items.tolist() == [[3, 2], [0, 2]]
+    assert values[0].tolist() == pytest.approx([0.7, 0.5])
+    # fewer finite scores than n: the rest come back as -1
+    items, _ = top_n(np.array([[-np.inf, 1.0, -np.inf]], dtype=np.float32), 2)
+    assert items.tolist() == [[1, -1]]
 
 
 def test_popular_unseen_skips_each_users_seen_items():
@@ -60,3 +141,10 @@ def test_popular_unseen_skips_each_users_seen_items():
     seen = interaction_matrix(frame, 2, 5)
     items, _ = popular_unseen(pop, np.array([0, 1]), seen, 3)
     assert items.tolist() == [[1, 3, 4], [0, 1, 2]]
+
+
+def test_sources_must_be_known_and_unique():
+    with pytest.raises(ValueError):
+        CandidatesConfig(sources=["mf", "mf"])
+    with pytest.raises(ValueError):
+        CandidatesConfig(sources=["nonsense"])

@@ -26,7 +26,7 @@ def tiny():
     user_attr = align_attributes(users, Columns.USER_ID, np.array([100, 101]),
                                  AttributeColumns(id="user_id", categorical=["gender"]))
     cands = pd.DataFrame({Columns.USER: [0, 0, 1], Columns.ITEM: [2, 3, 3],
-                          Columns.SOURCE_SCORE: [0.5, 0.4, 0.9], Columns.SOURCE_RANK: [1, 2, 1]})
+                          "mf_score": [0.5, 0.4, 0.9], "mf_rank": [1, 2, 1]})
     return history, cands, user_attr, item_attr
 
 
@@ -67,3 +67,42 @@ def test_attribute_alignment_follows_the_dense_index_not_the_table_order():
                              AttributeColumns(id="item_id", numeric=["year"]))
     assert attrs.numeric["year"][:3].tolist() == [2001, 2002, 2003]
     assert np.isnan(attrs.numeric["year"][3])
+
+
+def test_source_columns_pass_through_in_order():
+    history, cands, user_attr, item_attr = tiny()
+    f = build_features(cands, history, 2, 4, FeaturesConfig(), user_attr, item_attr)
+    assert list(f.columns[3:5]) == ["mf_score", "mf_rank"]
+    assert f["mf_score"].tolist() == pytest.approx([0.5, 0.4, 0.9])
+
+
+def test_item_age_at_the_users_last_activity():
+    history, cands, user_attr, item_attr = tiny()
+    f = build_features(cands, history, 2, 4, FeaturesConfig(), user_attr, item_attr)
+    # user 0 was last active on day 1; item 2 first appeared on day 3 (2 days later); item 3 never
+    assert f["item_age_at_user_days"].iloc[0] == pytest.approx(-2.0)
+    assert np.isnan(f["item_age_at_user_days"].iloc[1])
+
+
+def test_sequence_similarity_uses_the_users_last_items():
+    history, cands, user_attr, item_attr = tiny()
+    config = FeaturesConfig(sequence_length=1, similarity_shrinkage=0.0)
+    factors = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0], [1.0, 1.0]], dtype=np.float32)
+    f = build_features(cands, history, 2, 4, config, user_attr, item_attr, item_factors=factors)
+    # user 0's last item is 1 (day 1): cos(item 2, item 1) = 1, cos(item 3, item 1) = 1/sqrt2
+    assert f["seq_mf_max"].iloc[0] == pytest.approx(1.0)
+    assert f["seq_mf_mean"].iloc[1] == pytest.approx(1 / np.sqrt(2), rel=1e-5)
+    # co-occurrence cosine from the history: items 1 and 2 share user 1 -> 1 / sqrt(2 * 1)
+    assert f["seq_cooc_max"].iloc[0] == pytest.approx(1 / np.sqrt(2), rel=1e-5)
+    # item 3 never occurs: no co-occurrence
+    assert f["seq_cooc_max"].iloc[1] == pytest.approx(0.0)
+    without = build_features(cands, history, 2, 4, config, user_attr, item_attr)
+    assert "seq_mf_max" not in without.columns
+
+
+def test_category_lift_compares_the_items_share_among_the_users_group_with_its_overall_share():
+    history, cands, user_attr, item_attr = tiny()
+    f = build_features(cands, history, 2, 4, FeaturesConfig(), user_attr, item_attr)
+    # gender M (user 1) made 3 of 5 interactions, 1 of them with item 2: share 1/3; overall share of item 2: 1/5
+    assert f["lift_among_gender"].iloc[0] == pytest.approx(0.0)  # user 0 is F: no F interaction with item 2
+    assert np.isnan(f["lift_among_gender"].iloc[2])  # item 3 never seen overall

@@ -1,0 +1,121 @@
+"""Multi-source candidate generation: several sources, one merged list per user, every source's view of it.
+
+For a block of users, each configured source scores all items (seen items masked), its top ``n`` is taken, and the
+lists are merged round-robin by rank (the best item of each source first, in the configured source order, then the
+second best, ...; an item found by several sources keeps its best slot) and cut at ``n``. Then, for every merged
+candidate, each source's score and rank (its position in that source's top ``n``; ``n + 1`` when outside it) are
+recorded, with the number of sources that retrieved it. These columns are ranker features: the ranker learns which
+source to trust for which user and item.
+
+Users without history get the popularity source only (the other sources have nothing to go on); popularity is
+fitted for this even when it is not a configured source. Work is done in user blocks of ``block_users x n_items``
+floats per source, so memory does not grow with the number of users.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recops.candidates.mf import interaction_matrix
+from recops.candidates.sources import EASE, ItemKNN, MatrixFactorization, MostPopular, exclude_seen, top_n
+from recops.columns import Columns
+from recops.config import CandidatesConfig
+
+log = logging.getLogger(__name__)
+
+DAY = 86_400.0
+POPULARITY = "popularity"
+
+
+def fit_sources(history: pd.DataFrame, n_users: int, n_items: int, config: CandidatesConfig, seed: int,
+                threads: int) -> tuple[dict[str, object], dict[str, float]]:
+    """Every configured source (plus popularity, the cold-start fallback) fitted on ``history``; fit seconds."""
+    user_items = interaction_matrix(history, n_users, n_items, "binary")
+    fitted: dict[str, object] = {}
+    seconds: dict[str, float] = {}
+    names = list(dict.fromkeys([*config.sources, POPULARITY]))
+    for name in names:
+        started = time.perf_counter()
+        if name == "mf":
+            weighted = interaction_matrix(history, n_users, n_items, config.confidence)
+            fitted[name] = MatrixFactorization(config, seed=seed, threads=threads).fit(weighted)
+        elif name == "ease":
+            fitted[name] = EASE(config.ease_l2, config.ease_max_items, threads=threads).fit(user_items)
+        elif name == "itemknn":
+            fitted[name] = ItemKNN(config.knn_neighbours, config.knn_shrinkage, threads=threads).fit(user_items)
+        else:
+            ts = history[Columns.TIMESTAMP].to_numpy(dtype=np.float64)
+            ages = (ts.max(initial=0.0) - ts) / DAY
+            fitted[name] = MostPopular(config.popularity_half_life_days).fit(
+                user_items, ages, history[Columns.ITEM].to_numpy())
+        seconds[name] = time.perf_counter() - started
+    return fitted, seconds
+
+
+def source_columns(config: CandidatesConfig) -> list[str]:
+    """Names of the per-source columns of a candidate table, in order."""
+    cols = []
+    for name in config.sources:
+        cols += [f"{name}_score", f"{name}_rank"]
+    return [*cols, "n_sources"]
+
+
+def merged_candidates(sources: dict[str, object], config: CandidatesConfig, users: np.ndarray,
+                      user_items: sp.csr_matrix, block_users: int = 512) -> pd.DataFrame:
+    """(user_idx, item_idx, <source>_score, <source>_rank ..., n_sources), ``config.n_candidates`` rows per user
+    at most, in merged order (``merged_rank`` ascending) within each user."""
+    n_items = user_items.shape[1]
+    n = min(config.n_candidates, n_items)
+    names = list(config.sources)
+    has_history = np.diff(user_items.indptr) > 0
+    frames = []
+    for start in range(0, len(users), block_users):
+        batch = np.asarray(users[start:start + block_users], dtype=np.int32)
+        warm = has_history[batch]
+        scores: dict[str, np.ndarray] = {}
+        tops: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name in names:
+            block = exclude_seen(sources[name].score(batch, user_items), batch, user_items)
+            if name != POPULARITY:
+                block[~warm] = -np.inf  # nothing to go on: the source abstains for users without history
+            scores[name] = block
+            tops[name] = top_n(block, n)
+        if POPULARITY not in names and (~warm).any():
+            block = exclude_seen(sources[POPULARITY].score(batch, user_items), batch, user_items)
+            block[warm] = -np.inf
+            tops[POPULARITY] = top_n(block, n)
+        # Round-robin merge: slot = rank * n_lists + list position; the smallest slot of each item wins.
+        slot = np.full((len(batch), n_items), np.inf, dtype=np.float32)
+        rows = np.arange(len(batch))[:, None]
+        for j, (items, values) in enumerate(tops.values()):
+            found = items >= 0
+            position = (np.arange(items.shape[1])[None, :] * len(tops) + j).astype(np.float32)
+            r, c = np.broadcast_to(rows, items.shape)[found], items[found]
+            slot[r, c] = np.minimum(slot[r, c], np.broadcast_to(position, items.shape)[found])
+        merged, merged_slot = top_n(-slot, n)
+        keep = merged >= 0
+        row_of = np.broadcast_to(rows, merged.shape)[keep]
+        item_of = merged[keep]
+        frame = {Columns.USER: batch[row_of], Columns.ITEM: item_of.astype(np.int32)}
+        n_sources = np.zeros(len(item_of), dtype=np.float32)
+        for name in names:
+            value = scores[name][row_of, item_of]
+            top_values = tops[name][1]
+            # rank in the source's top n: 1 + number of its top-n entries scoring higher (n + 1 when outside)
+            rank = 1 + (top_values[row_of] > value[:, None]).sum(axis=1)
+            # retrieved: scores at least the source's n-th best (ties at the cut count as retrieved)
+            retrieved = np.isfinite(value) & (value >= top_values[row_of, -1])
+            frame[f"{name}_score"] = np.where(np.isfinite(value), value, np.nan).astype(np.float32)
+            frame[f"{name}_rank"] = np.where(retrieved, rank, n + 1).astype(np.float32)
+            n_sources += retrieved
+        frame["n_sources"] = n_sources
+        frames.append(pd.DataFrame(frame))
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=np.float32) for c in [Columns.USER, Columns.ITEM,
+                                                                        *source_columns(config)]})
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,183 @@
+"""Candidate sources: recommenders that score every item for a block of users.
+
+Each source follows the scikit-learn convention (``__init__`` stores settings, ``fit`` learns and returns self) and
+exposes ``score(users, user_items) -> (len(users) x n_items) float32``: a dense block of scores, higher is better.
+Blocks keep memory bounded (``block_users x n_items`` floats at a time) and let every source share the same
+top-n selection, seen-item exclusion and merging code (``recops.candidates.merge``). The same classes are the
+single-stage peers of the quality benchmark (``benchmarks/quality.py``), so the ranker is compared with exactly the
+models that feed it.
+
+- ``MostPopular``: interaction counts, optionally exponentially decayed by age (a recency-aware popularity).
+- ``ItemKNN``: item-item cosine similarity of the interaction columns with shrinkage, pruned to the k nearest
+  neighbours of each item; a user's score for item j sums the similarities of j to the items in the history.
+- ``EASE``: the closed-form linear item-item model (Steck, 2019): ``B = I - P / diag(P)`` with
+  ``P = (X'X + l2 I)^-1``. It inverts an ``n_items x n_items`` matrix, so it refuses catalogues above
+  ``max_items`` (memory ~ 8 n_items^2 bytes, time ~ n_items^3).
+- ``MatrixFactorization``: implicit's ALS or BPR (``recops.candidates.mf``), scores are factor dot products.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from recops.candidates.mf import MFCandidateGenerator
+from recops.config import CandidatesConfig
+from recops.errors import RecopsError
+
+DAY = 86_400.0
+
+
+class MostPopular:
+    name = "popularity"
+
+    def __init__(self, half_life_days: float | None = None) -> None:
+        self.half_life_days = half_life_days
+
+    def fit(self, user_items: sp.csr_matrix, item_ages_days: np.ndarray | None = None,
+            ages_item_index: np.ndarray | None = None) -> MostPopular:
+        """Counts per item; with ``half_life_days`` and the age (days before the history's end) of every
+        interaction, each interaction weighs ``2 ** (-age / half_life)`` instead of 1."""
+        n_items = user_items.shape[1]
+        if self.half_life_days and item_ages_days is not None and ages_item_index is not None:
+            weights = np.exp2(-np.asarray(item_ages_days, dtype=np.float64) / self.half_life_days)
+            counts = np.bincount(ages_item_index, weights=weights, minlength=n_items)
+        else:
+            counts = np.bincount(user_items.indices, minlength=n_items).astype(np.float64)
+        self.popularity_ = counts.astype(np.float32)
+        return self
+
+    def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        return np.broadcast_to(self.popularity_, (len(users), len(self.popularity_))).copy()
+
+
+def _binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
+    matrix = user_items.tocsr().astype(np.float32, copy=True)
+    matrix.data[:] = 1.0
+    return matrix
+
+
+class ItemKNN:
+    name = "itemknn"
+
+    def __init__(self, neighbours: int = 100, shrinkage: float = 10.0, threads: int = 1) -> None:
+        self.neighbours = neighbours
+        self.shrinkage = shrinkage
+        self.threads = threads
+
+    def fit(self, user_items: sp.csr_matrix) -> ItemKNN:
+        x = _binary(user_items).tocsc()
+        counts = np.asarray(x.sum(axis=0)).ravel()
+        norms = np.sqrt(counts)
+        co = (x.T @ x).tocoo()
+        keep = co.row != co.col
+        rows, cols, data = co.row[keep], co.col[keep], co.data[keep].astype(np.float32)
+        sims = data / (norms[rows] * norms[cols] + self.shrinkage + 1e-12)
+        self.similarity_ = _top_k_per_column(rows, cols, sims.astype(np.float32), x.shape[1], self.neighbours)
+        return self
+
+    def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        return np.asarray((_binary(user_items[users]) @ self.similarity_).toarray(), dtype=np.float32)
+
+
+def _top_k_per_column(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int, k: int) -> sp.csr_matrix:
+    """Sparse n x n keeping, in each column j, the k largest entries (the k nearest neighbours of item j)."""
+    order = np.lexsort((-values, cols))
+    rows, cols, values = rows[order], cols[order], values[order]
+    starts = np.searchsorted(cols, np.arange(n))
+    position = np.arange(len(cols)) - starts[cols]
+    keep = position < k
+    return sp.csr_matrix((values[keep], (rows[keep], cols[keep])), shape=(n, n), dtype=np.float32)
+
+
+class EASE:
+    name = "ease"
+
+    def __init__(self, l2: float = 500.0, max_items: int = 30_000, threads: int = 1) -> None:
+        self.l2 = l2
+        self.max_items = max_items
+        self.threads = threads
+
+    def fit(self, user_items: sp.csr_matrix) -> EASE:
+        n_items = user_items.shape[1]
+        if n_items > self.max_items:
+            raise RecopsError(
+                f"EASE needs an {n_items} x {n_items} matrix inverse, above candidates.ease_max_items="
+                f"{self.max_items}; remove 'ease' from candidates.sources or raise the limit")
+        x = _binary(user_items)
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            gram = (x.T @ x).toarray().astype(np.float64)
+            gram[np.diag_indices(n_items)] += self.l2
+            precision = np.linalg.inv(gram)
+            weights = precision / (-np.diag(precision))
+        weights[np.diag_indices(n_items)] = 0.0
+        self.weights_ = weights.astype(np.float32)
+        return self
+
+    def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            return np.asarray(_binary(user_items[users]) @ self.weights_, dtype=np.float32)
+
+
+class MatrixFactorization:
+    """implicit ALS / BPR as a source; users without history score 0 everywhere."""
+
+    def __init__(self, config: CandidatesConfig, seed: int = 0, threads: int = 1) -> None:
+        self.config = config
+        self.seed = seed
+        self.threads = threads
+        self.name = "mf"
+
+    def fit(self, user_items: sp.csr_matrix) -> MatrixFactorization:
+        self.generator_ = MFCandidateGenerator(self.config, seed=self.seed, threads=self.threads).fit(user_items)
+        return self
+
+    @property
+    def user_factors_(self) -> np.ndarray:
+        return self.generator_.user_factors_
+
+    @property
+    def item_factors_(self) -> np.ndarray:
+        return self.generator_.item_factors_
+
+    def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            out = self.generator_.user_factors_[users] @ self.generator_.item_factors_.T
+        out[~self.generator_.has_history_[users]] = 0.0
+        return out.astype(np.float32, copy=False)
+
+
+def exclude_seen(scores: np.ndarray, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+    """Set the scores of items in each user's history to -inf (in place) and return the block."""
+    block = user_items[users].tocoo()
+    scores[block.row, block.col] = -np.inf
+    return scores
+
+
+def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(items, scores) of the n best entries of each row, best first; -inf entries come back as item -1."""
+    n = min(n, scores.shape[1])
+    if n < scores.shape[1]:
+        part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    else:
+        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    items = np.take_along_axis(part, order, axis=1).astype(np.int32)
+    values = np.take_along_axis(part_scores, order, axis=1)
+    items[~np.isfinite(values)] = -1
+    return items, values
+
+
+def recommend(source, users: np.ndarray, user_items: sp.csr_matrix, n: int,
+              block_users: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n unseen items of each user by one source, in user blocks (the single-stage recommender)."""
+    n = min(n, user_items.shape[1])
+    items = np.full((len(users), n), -1, dtype=np.int32)
+    values = np.full((len(users), n), -np.inf, dtype=np.float32)
+    for start in range(0, len(users), block_users):
+        batch = users[start:start + block_users]
+        block = exclude_seen(source.score(batch, user_items), batch, user_items)
+        items[start:start + len(batch)], values[start:start + len(batch)] = top_n(block, n)
+    return items, values

@@ -1,0 +1,122 @@
+"""The two-stage recommender as in-memory functions over one fold: candidates, features, ranker, lists.
+
+``recops.steps`` wraps these with file reads and writes (one DVC stage / Prefect task each); the quality benchmark
+(``benchmarks/quality.py``) and the tuner (``recops.tuning``) call them directly on in-memory splits, so all three
+run exactly the same code. A fold is a (history, target) pair: sources and features are computed from the
+history only, labels come from the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from recops.columns import Columns
+from recops.config import Settings
+from recops.features import Attributes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FoldResult:
+    candidates: pd.DataFrame
+    table: pd.DataFrame
+    sources: dict[str, object]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def item_factors(self) -> np.ndarray | None:
+        mf = self.sources.get("mf")
+        return None if mf is None else mf.item_factors_
+
+
+def fold_candidates(settings: Settings, history: pd.DataFrame, users: np.ndarray, n_users: int,
+                    n_items: int, seed: int | None = None) -> tuple[pd.DataFrame, dict[str, object], dict[str, float]]:
+    """Merged multi-source candidates of ``users`` from ``history``; the fitted sources; fit seconds per source."""
+    from recops.candidates import fit_sources, interaction_matrix, merged_candidates
+
+    seed = settings.seed if seed is None else seed
+    sources, seconds = fit_sources(history, n_users, n_items, settings.candidates, seed, settings.threads)
+    started = time.perf_counter()
+    user_items = interaction_matrix(history, n_users, n_items, "binary")
+    frame = merged_candidates(sources, settings.candidates, np.unique(users).astype(np.int32), user_items)
+    seconds["merge"] = time.perf_counter() - started
+    return frame, sources, seconds
+
+
+def fold_features(settings: Settings, candidates: pd.DataFrame, history: pd.DataFrame, target: pd.DataFrame | None,
+                  n_users: int, n_items: int, users_attr: Attributes, items_attr: Attributes,
+                  item_factors: np.ndarray | None) -> pd.DataFrame:
+    from recops.features import build_features
+
+    return build_features(candidates, history, n_users, n_items, settings.features, users_attr, items_attr,
+                          target=target, item_factors=item_factors)
+
+
+def run_fold(settings: Settings, history: pd.DataFrame, target: pd.DataFrame | None, users: np.ndarray,
+             n_users: int, n_items: int, users_attr: Attributes, items_attr: Attributes,
+             seed: int | None = None) -> FoldResult:
+    cands, sources, seconds = fold_candidates(settings, history, users, n_users, n_items, seed)
+    started = time.perf_counter()
+    mf = sources.get("mf")
+    table = fold_features(settings, cands, history, target, n_users, n_items, users_attr, items_attr,
+                          None if mf is None else mf.item_factors_)
+    seconds["features"] = time.perf_counter() - started
+    return FoldResult(cands, table, sources, seconds)
+
+
+def feature_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c not in (Columns.USER, Columns.ITEM, Columns.LABEL)]
+
+
+def fit_ranker(settings: Settings, fit_table: pd.DataFrame, valid_table: pd.DataFrame, names: list[str],
+               seed: int | None = None):
+    """(final booster, early-stopped booster): LambdaRank on ``fit`` early-stopped on ``valid``, then (with
+    ``ranker.refit_on_valid``) the same number of trees refitted on fit + valid."""
+    from recops.ranking import refit_ranker, train_ranker
+
+    seed = settings.seed if seed is None else seed
+    stopped = train_ranker(fit_table, valid_table, names, settings.ranker, seed, settings.threads)
+    if not settings.ranker.refit_on_valid:
+        return stopped, stopped
+    n_trees = stopped.best_iteration or stopped.num_trees()
+    final = refit_ranker([fit_table, valid_table], names, settings.ranker, seed, settings.threads, n_trees)
+    return final, stopped
+
+
+def ranked_lists(table: pd.DataFrame, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from recops.ranking import top_k_lists
+
+    return top_k_lists(table[Columns.USER].to_numpy(), table[Columns.ITEM].to_numpy(), scores, k)
+
+
+def two_stage_recommend(settings: Settings, train: pd.DataFrame, valid: pd.DataFrame, users: np.ndarray,
+                        n_users: int, n_items: int, users_attr: Attributes, items_attr: Attributes, k: int,
+                        seed: int | None = None) -> np.ndarray:
+    """Top-k lists (``len(users) x k`` item indices, -1 padded, in ``users`` order) of the full pipeline fitted on
+    ``train`` (ranker labels from its holdout, early stopping on ``valid``) and applied with train + valid as
+    history — what the DVC / Prefect pipeline computes for the test fold, in memory."""
+    from recops.ranking import predict_scores
+    from recops.split import history_and_holdout
+
+    seed = settings.seed if seed is None else seed
+    ranker_history, holdout = history_and_holdout(train, settings.ranker.holdout_fraction, settings.split)
+    args = (n_users, n_items, users_attr, items_attr, seed)
+    fit = run_fold(settings, ranker_history, holdout, np.unique(holdout[Columns.USER]), *args)
+    valid_fold = run_fold(settings, train, valid, np.unique(valid[Columns.USER]), *args)
+    history = pd.concat([train, valid], ignore_index=True)
+    test_fold = run_fold(settings, history, None, np.unique(users), *args)
+    names = feature_columns(fit.table)
+    booster, _ = fit_ranker(settings, fit.table, valid_fold.table, names, seed)
+    scores = predict_scores(booster, test_fold.table, names, settings.threads)
+    listed_users, items, _ = ranked_lists(test_fold.table, scores, k)
+    out = np.full((len(users), k), -1, dtype=np.int64)
+    position = pd.Index(listed_users).get_indexer(np.asarray(users))
+    found = position >= 0
+    out[found] = items[position[found]]
+    return out
