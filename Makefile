@@ -29,6 +29,12 @@ test: install ## Run all tests (unit, data, integration on real MovieLens-100k)
 test-unit: install ## Run the fast unit tests only
 	$(BIN)/python -m pytest tests/unit
 
+tune: install ## Tune sources and ranker on the valid fold (Optuna, budget from params) and write params.yaml
+	$(BIN)/recops tune --write
+
+quality: install ## The quality benchmark: two-stage vs single-stage peers on ML-100k (3 seeds) -> reports/quality.json
+	$(BIN)/python -m benchmarks.quality --seeds 3
+
 repro: install ## Reproduce the pipeline with DVC (only stages whose inputs changed)
 	$(BIN)/dvc repro
 

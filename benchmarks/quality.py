@@ -489,6 +489,7 @@ def write_json_atomic(payload: Any, path: Path) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is for everyone to read
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

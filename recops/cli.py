@@ -265,6 +265,41 @@ def metrics(params: Params = Path("params.yaml"),
 
 
 @app.command()
+def tune(
+    params: Params = Path("params.yaml"),
+    budget: Annotated[float | None, typer.Option(help="Seconds for the whole search (default: tuning.time_budget_s).")] = None,
+    write: Annotated[bool, typer.Option(help="Write the best values into params.yaml (comments kept).")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Tune the candidate sources and the ranker on the validation fold (Optuna, MLflow nested runs)."""
+    from recops import steps
+    from recops.tuning import tune as run_tuning
+
+    try:
+        settings = _settings(params, quiet)
+        for name in ("ingest", "validate", "split"):
+            steps.STAGES[name](settings)
+        report = run_tuning(settings, budget_s=budget, write=write, params_path=params.resolve())
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+        return
+    table = Table(title=f"tuning on the valid fold ({report['seconds']:.0f} s)", title_justify="left")
+    for column in ("search", "trials", "valid ndcg@10", "best values"):
+        table.add_column(column)
+    searches = {**{f"source {k}": v for k, v in report["sources"].items()},
+                **({"ranker": report["ranker"]} if report["ranker"] else {})}
+    for name, result in searches.items():
+        table.add_row(name, str(len(result["trials"])), f"{result['valid_ndcg@10']:.4f}",
+                      ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in result["best"].items()))
+    console.print(table)
+    if write:
+        console.print(f"best values written to {report['written_to']}; `recops run` (or `dvc repro`) uses them")
+    else:
+        console.print("not written (use --write to put them into params.yaml)")
+
+
+@app.command()
 def schedule(params: Params = Path("params.yaml"),
              cron: Annotated[str, typer.Option(help="Cron expression of the training runs.")] = "0 3 * * *") -> None:
     """Serve the training flow as a scheduled Prefect deployment (runs until interrupted)."""

@@ -198,6 +198,15 @@ class ExportConfig(Strict):
     tie_tolerance: float = 1e-4
 
 
+class TuningConfig(Strict):
+    time_budget_s: float = Field(900.0, gt=0)   # the whole search (sources, then the ranker)
+    source_share: float = Field(0.4, gt=0, le=1)  # of the budget, split evenly between the tuned sources
+    max_trials: int = Field(200, ge=1)          # per search
+    sources: list[CandidateSource] = ["mf", "ease", "itemknn"]
+    ranker: bool = True
+    log_to_mlflow: bool = True                   # a `tune` run with one nested run per trial
+
+
 class RegistryConfig(Strict):
     tracking_uri: str | None = None  # default: sqlite database at paths.mlflow_db
     experiment: str = "recops"
@@ -216,6 +225,7 @@ class Settings(Strict):
     ranker: RankerConfig = RankerConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     export: ExportConfig = ExportConfig()
+    tuning: TuningConfig = TuningConfig()
     registry: RegistryConfig = RegistryConfig()
 
     # Not from params.yaml: the folder holding it, against which relative paths resolve.

@@ -43,16 +43,28 @@ def registered_versions(ws) -> list[dict]:
 def test_run_prints_the_metrics_table(trained):
     _, proc = trained
     assert "test metrics" in proc.stdout
-    for model in ("popularity", "mf", "ranker"):
+    for model in ("popularity", "mf", "ease", "itemknn", "two-stage"):
         assert model in proc.stdout
     assert "ndcg@10" in proc.stdout and "recall@20" in proc.stdout
+    assert "vs best single-stage" in proc.stdout and "by user activity" in proc.stdout
 
 
-def test_ranker_beats_popularity_and_mf_on_ndcg(trained):
+BASELINES = ("popularity", "mf", "ease", "itemknn")
+
+
+def test_two_stage_beats_every_single_stage_model(trained):
     m = metrics(trained[0])
-    assert m["test.ranker.ndcg@10"] > m["test.popularity.ndcg@10"]
-    assert m["test.ranker.ndcg@10"] > m["test.mf.ndcg@10"]
-    for model in ("popularity", "mf", "ranker"):
+    for name in ("ndcg@10", "recall@20"):
+        for model in BASELINES:
+            assert m[f"test.ranker.{name}"] > m[f"test.{model}.{name}"], (name, model)
+    # and in every user-activity segment on NDCG@10, against MF and popularity at least
+    for segment in ("light", "medium", "heavy"):
+        for model in ("popularity", "mf"):
+            assert m[f"test.ranker.segment.{segment}.ndcg@10"] > m[f"test.{model}.segment.{segment}.ndcg@10"]
+    assert sum(m[f"test.ranker.segment.{s}.users"] for s in ("light", "medium", "heavy")) == m["test.ranker.users"]
+    ranker = json.loads((trained[0] / "reports" / "ranker_metrics.json").read_text())
+    assert 0 < ranker["valid.ranker.ndcg@10"] <= 1  # measured by the early-stopped model before the refit
+    for model in (*BASELINES, "ranker"):
         for name in ("ndcg", "recall", "precision", "map", "mrr", "hitrate"):
             for k in (10, 20):
                 assert 0.0 <= m[f"test.{model}.{name}@{k}"] <= 1.0
@@ -71,6 +83,8 @@ def test_outputs_are_where_the_readme_says(trained):
     assert (ordered.groupby("user_id")["score"].diff().dropna() <= 0).all()
     cands = json.loads((ws / "reports" / "candidates_metrics.json").read_text())
     assert 0 < cands["valid.candidates.recall@200"] <= 1 and 0 < cands["test.candidates.recall@200"] <= 1
+    for source in BASELINES:  # merging sources finds more than any one of them
+        assert cands[f"test.candidates.{source}.recall@200"] < cands["test.candidates.recall@200"]
     parity = json.loads((ws / "reports" / "export_metrics.json").read_text())
     assert parity["export.parity.top10_mismatched_users"] == 0
     assert (ws / "models" / "ranker.onnx").stat().st_size > 0

@@ -1,0 +1,23 @@
+"""Writing tuned values into params.yaml: only the named keys change, comments and layout stay."""
+
+from recops.tuning import updates, write_params
+
+
+def test_write_params_replaces_values_and_keeps_comments(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("# top comment\nseed: 42\ncandidates:\n  factors: 64      # MF size\n  ease_l2: 100.0\n"
+                    "ranker:\n  num_leaves: 15\n  learning_rate: 0.05  # step\n  path: null   # optional\n")
+    write_params(path, {"candidates": {"factors": 27}, "ranker": {"learning_rate": 0.0312}})
+    text = path.read_text()
+    assert "# top comment" in text and "# MF size" in text and "# step" in text
+    assert "factors: 27" in text and "learning_rate: 0.0312" in text
+    assert "ease_l2: 100.0" in text and "num_leaves: 15" in text and "seed: 42" in text
+    assert "path: null   # optional" in text
+
+
+def test_updates_collects_sources_into_candidates_and_rounds_floats():
+    report = {"sources": {"mf": {"best": {"factors": 27, "alpha": 1.2345678}},
+                          "ease": {"best": {"ease_l2": 92.41234}}},
+              "ranker": {"best": {"num_leaves": 9}}}
+    assert updates(report) == {"candidates": {"factors": 27, "alpha": 1.235, "ease_l2": 92.41},
+                               "ranker": {"num_leaves": 9}}
