@@ -207,6 +207,25 @@ class TuningConfig(Strict):
     log_to_mlflow: bool = True                   # a `tune` run with one nested run per trial
 
 
+class GuardrailsConfig(Strict):
+    max_coverage_drop: float = Field(0.10, ge=0)   # relative drop of coverage@10 allowed (challenger vs champion)
+    max_novelty_drop: float = Field(0.10, ge=0)    # relative drop of novelty@10 allowed
+    max_p99_latency_ms: float = Field(5.0, gt=0)   # ONNX ranker scoring of one request (200 candidates), p99
+
+
+class ABConfig(Strict):
+    primary_metric: str = "ndcg@10"
+    alpha: float = Field(0.05, gt=0, lt=0.5)       # significance level (two-sided)
+    power: float = Field(0.8, gt=0, lt=1)          # for the minimum detectable effect
+    min_lift: float = Field(0.0, ge=0)             # relative lift of the primary metric needed to ship
+    bootstrap_samples: int = Field(2000, ge=100)
+    k: int = Field(10, ge=1)                       # list length shown in the simulated online test / interleaving
+    split: float = Field(0.5, gt=0, lt=1)          # share of users in the challenger arm
+    salt: str = "recops-ab"                        # hash salt of the arm assignment
+    srm_p_value: float = Field(0.001, gt=0, lt=1)  # sample-ratio-mismatch alarm threshold
+    guardrails: GuardrailsConfig = GuardrailsConfig()
+
+
 class RegistryConfig(Strict):
     tracking_uri: str | None = None  # default: sqlite database at paths.mlflow_db
     experiment: str = "recops"
@@ -226,6 +245,7 @@ class Settings(Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     export: ExportConfig = ExportConfig()
     tuning: TuningConfig = TuningConfig()
+    ab: ABConfig = ABConfig()
     registry: RegistryConfig = RegistryConfig()
 
     # Not from params.yaml: the folder holding it, against which relative paths resolve.

@@ -20,6 +20,7 @@ QUIET_ENV = {
     "DO_NOT_TRACK": "1",
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # progress bars in logs of non-interactive runs
 }
 
 

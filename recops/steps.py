@@ -555,8 +555,13 @@ def register(settings: Settings) -> dict[str, float]:
     }
     names = _feature_names(settings)
     example = read_parquet(settings.path("features_dir") / "test.parquet")[names].head(5).to_numpy(np.float32)
-    result = log_and_register(settings, onnx_path=onnx_path, artifacts=artifacts, metrics=all_metrics(settings),
-                              lineage=lineage, input_example=example)
+    with tempfile.TemporaryDirectory(prefix="recops-register-") as tmp:
+        # the full configuration of this version, so it can be rebuilt on another data snapshot (A/B evaluation)
+        config = Path(tmp) / "settings.json"
+        config.write_text(json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=True) + "\n",
+                          encoding="utf-8")
+        result = log_and_register(settings, onnx_path=onnx_path, artifacts={**artifacts, "config": config},
+                                  metrics=all_metrics(settings), lineage=lineage, input_example=example)
     write_json({**result, **lineage}, settings.path("registry_report"))
     return _timed("register", {"registry.model_version": float(result["model_version"])}, started)
 

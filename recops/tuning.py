@@ -84,7 +84,9 @@ def _search(study_name: str, space: dict[str, Callable[[Any], Any]], current: An
         if mlflow_on:
             import mlflow
 
-            with mlflow.start_run(run_name=f"{study_name}-{trial.number}", nested=True):
+            parent = mlflow.active_run()  # nested runs go to the parent's experiment, not the default one
+            with mlflow.start_run(run_name=f"{study_name}-{trial.number}", nested=True,
+                                  experiment_id=parent.info.experiment_id if parent else None):
                 mlflow.log_params({f"{study_name}.{k}": v for k, v in params.items()})
                 mlflow.log_metrics({"valid.ndcg_at_10": value, "fit_seconds": seconds})
         return value

@@ -25,6 +25,7 @@ MLflow metric names may not contain ``@``, while recops metrics are flat keys li
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import math
 import os
@@ -257,6 +258,39 @@ def download_version(settings: Settings, version: str | int, dst_dir: Path) -> P
         Path(dst_dir).mkdir(parents=True, exist_ok=True)
         local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dst_dir), tracking_uri=uri)
         return Path(local)
+
+
+def download_version_files(settings: Settings, version: str | int, dst_dir: Path) -> dict[str, Any]:
+    """Everything needed to rebuild registered version ``version`` on any data snapshot, downloaded to ``dst_dir``.
+
+    Returns ``{"version": record (see :func:`list_versions`), "onnx": path of model.onnx, "settings": the
+    version's configuration (dict, from its run's ``config/settings.json``), "manifest": its ranker manifest
+    (dict: feature names in input order, trees, params)}``. A version registered before its configuration was
+    logged cannot be rebuilt, and says so.
+    """
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    model_dir = download_version(settings, version, Path(dst_dir) / "model")
+    record = next(v for v in list_versions(settings) if str(v["version"]) == str(version))
+    onnx = next(Path(model_dir).rglob("*.onnx"), None)
+    if onnx is None:
+        raise RecopsError(f"version {version} of {settings.registry.model_name!r} has no ONNX file in {model_dir}")
+    uri = settings.tracking_uri()
+    out: dict[str, Any] = {"version": record, "onnx": onnx}
+    with _tracking_uri(uri):
+        for key, artifact in (("settings", "config/settings.json"),
+                              ("manifest", "ranker_manifest/ranker_manifest.json")):
+            try:
+                local = mlflow.artifacts.download_artifacts(run_id=record["run_id"], artifact_path=artifact,
+                                                            dst_path=str(Path(dst_dir) / key), tracking_uri=uri)
+            except (MlflowException, OSError) as exc:
+                raise RecopsError(
+                    f"version {version} of {settings.registry.model_name!r} (run {record['run_id']}) has no "
+                    f"{artifact} artifact, so it cannot be rebuilt on new data; register it again with this "
+                    f"recops ({exc.__class__.__name__})") from None
+            out[key] = json.loads(Path(local).read_text(encoding="utf-8"))
+    return out
 
 
 def _version_record(version: ModelVersion, aliases: list[str]) -> dict[str, Any]:

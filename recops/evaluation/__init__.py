@@ -1,0 +1,1 @@
+"""Offline evaluation: ranking and beyond-accuracy metrics, A/B comparison of model versions."""
