@@ -265,6 +265,111 @@ def metrics(params: Params = Path("params.yaml"),
 
 
 @app.command()
+def ab(
+    params: Params = Path("params.yaml"),
+    champion: Annotated[str, typer.Option(help="Alias or version number of the control model.")] = "champion",
+    challenger: Annotated[str, typer.Option(help="Alias or version number of the candidate model.")] = "challenger",
+    quiet: Quiet = False,
+) -> None:
+    """A/B-evaluate the challenger against the champion on the current data snapshot: reports/ab.json and ab.html."""
+    from recops.evaluation.abtest import run_ab
+
+    try:
+        settings = _settings(params, quiet)
+        summary = run_ab(settings, champion, challenger)
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+        return
+    colour = "green" if summary["decision"] == "ship" else "yellow"
+    console.print(f"[bold {colour}]{summary['decision'].upper()}[/]: version {summary['challenger_version']} "
+                  f"(challenger) vs {summary['champion_version']} (champion) on {summary['n_users']} users")
+    table = Table(show_header=False)
+    rows = [(summary["primary_metric"], f"{summary['mean_a']:.4f} -> {summary['mean_b']:.4f}"),
+            ("delta [CI]", f"{summary['delta']:+.4f} [{summary['ci_low']:+.4f}, {summary['ci_high']:+.4f}]"),
+            ("p-value", f"{summary['p_value']:.3g}"), ("minimum detectable delta", f"{summary['mde']:.4f}")]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    for reason in summary["reasons"]:
+        console.print(f"  - {reason}", highlight=False)
+    reports = settings.path("reports_dir")
+    console.print(f"report: {reports / 'ab.html'} (and ab.json)")
+
+
+@app.command()
+def promote(
+    params: Params = Path("params.yaml"),
+    version: Annotated[str | None, typer.Option(help="Version to promote (default: the challenger alias).")] = None,
+    report: Annotated[Path | None, typer.Option(help="A/B report (default: reports/ab.json).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why, recorded in the promotion history.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Move the champion alias to the challenger, only on a `ship` A/B decision for exactly that pair.
+
+    The first model (no champion yet) is promoted when it passes registry.first_model_gates instead.
+    """
+    from recops.registry import promote as promote_version
+
+    try:
+        settings = _settings(params, quiet)
+        path = report or settings.path("reports_dir") / "ab.json"
+        ab_report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        entry = promote_version(settings, ab_report=ab_report, version=version, reason=reason,
+                                gates=settings.registry.first_model_gates)
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+        return
+    console.print(f"[bold green]champion[/] -> version {entry['to_version']} of {entry['model_name']} "
+                  f"(was {entry['from_version'] or 'none'}; on {entry['promoted_on']})")
+
+
+@app.command()
+def rollback(
+    params: Params = Path("params.yaml"),
+    reason: Annotated[str | None, typer.Option(help="Why, recorded in the promotion history.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Point the champion alias back at the previous champion."""
+    from recops.registry import rollback as rollback_champion
+
+    try:
+        settings = _settings(params, quiet)
+        entry = rollback_champion(settings, reason=reason)
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+        return
+    console.print(f"[bold yellow]champion[/] -> version {entry['to_version']} (rolled back from "
+                  f"{entry['from_version']})")
+
+
+@app.command()
+def models(params: Params = Path("params.yaml")) -> None:
+    """List the registered versions with their aliases, lineage and promotion record."""
+    from recops.registry import list_models
+
+    try:
+        settings = _settings(params, quiet=True)
+        versions = list_models(settings)
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+        return
+    from rich import box
+
+    table = Table(title=f"{settings.registry.model_name}: {len(versions)} versions", title_justify="left",
+                  box=box.SIMPLE, pad_edge=False)
+    for column in ("version", "aliases", "created", "commit", "data md5", "promoted"):
+        table.add_column(column, no_wrap=True)
+    for v in versions:
+        lineage = v.get("lineage", {})
+        how = {"first_model_gates": "gates", "ab_test": "A/B"}.get(v.get("promoted_on") or "", "")
+        promoted = f"{v['promoted_at'][:10]} {how}" if v.get("promoted_at") else ""
+        table.add_row(str(v["version"]), " ".join(v.get("aliases", [])), str(v.get("created_at", ""))[:10],
+                      str(lineage.get("git_commit", ""))[:7], str(lineage.get("data_md5.interactions", ""))[:8],
+                      promoted)
+    console.print(table)
+
+
+@app.command()
 def tune(
     params: Params = Path("params.yaml"),
     budget: Annotated[float | None, typer.Option(help="Seconds for the whole search (default: tuning.time_budget_s).")] = None,

@@ -230,6 +230,9 @@ class RegistryConfig(Strict):
     tracking_uri: str | None = None  # default: sqlite database at paths.mlflow_db
     experiment: str = "recops"
     model_name: str = "recops-ranker"
+    # The first model (no champion to A/B-test against) is promoted only past these gates; checked by
+    # recops.registry.promotion.FirstModelGates (metric, fold, model, min_value, min_lift_over).
+    first_model_gates: dict[str, Any] = {"metric": "ndcg@10", "min_lift_over": {"popularity": 0.05}}
 
 
 class Settings(Strict):

@@ -562,7 +562,10 @@ def register(settings: Settings) -> dict[str, float]:
                           encoding="utf-8")
         result = log_and_register(settings, onnx_path=onnx_path, artifacts={**artifacts, "config": config},
                                   metrics=all_metrics(settings), lineage=lineage, input_example=example)
-    write_json({**result, **lineage}, settings.path("registry_report"))
+    from recops.registry import set_challenger
+
+    challenger = set_challenger(settings, result["model_version"])  # promotion needs an A/B test (recops ab)
+    write_json({**result, **lineage, "alias": challenger["alias"]}, settings.path("registry_report"))
     return _timed("register", {"registry.model_version": float(result["model_version"])}, started)
 
 

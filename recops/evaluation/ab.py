@@ -492,9 +492,12 @@ def decide(paired: PairedTest, online: OnlineTest | None, interleaving: Interlea
         add(False, f"{change}: the challenger is worse, the interval lies below 0")
     else:
         add(False, f"{change}: the interval includes 0")
-    add(paired.p_value < config.alpha,
+    significant = paired.p_value < config.alpha
+    # a significant difference speaks for the challenger only when it is an improvement
+    add(significant and paired.delta > 0,
         f"paired t-test p = {_p(paired.p_value)} over {paired.n_users} users "
-        f"({'below' if paired.p_value < config.alpha else 'not below'} alpha = {config.alpha:g}; "
+        f"({'below' if significant else 'not below'} alpha = {config.alpha:g}"
+        f"{', a significant drop' if significant and paired.delta <= 0 else ''}; "
         f"Wilcoxon p = {_p(paired.wilcoxon_p_value)})")
     if math.isnan(paired.lift):
         add(False, f"relative lift undefined: the champion's mean {metric} is 0")

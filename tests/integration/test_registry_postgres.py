@@ -74,3 +74,41 @@ def test_versions_are_registered_with_lineage_in_postgres(tmp_path, postgres_uri
     # the artifacts went to the project's artifact folder, the metadata to PostgreSQL
     assert any((tmp_path / "mlartifacts").rglob("metrics.json"))
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_promotion_lifecycle_in_postgres(tmp_path, postgres_uri):
+    from mlflow import MlflowClient
+
+    from recops.registry import list_models, log_and_register, promote, promotion_history, rollback, set_challenger
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    booster = lgb.train({"objective": "lambdarank", "verbose": -1, "min_data_in_leaf": 5},
+                        lgb.Dataset(x, label=rng.integers(0, 2, 200), group=[20] * 10), num_boost_round=5)
+    onnx_path = tmp_path / "ranker.onnx"
+    onnx_path.write_bytes(convert_ranker(booster, 4, 15).SerializeToString())
+    settings = Settings(root=tmp_path, registry=RegistryConfig(tracking_uri=postgres_uri))
+    client = MlflowClient(tracking_uri=postgres_uri, registry_uri=postgres_uri)
+
+    def register(ndcg: float) -> str:
+        version = log_and_register(settings, onnx_path=onnx_path, artifacts={},
+                                   metrics={"test.ranker.ndcg@10": ndcg, "test.popularity.ndcg@10": 0.1},
+                                   lineage={"git_commit": "abc"})["model_version"]
+        set_challenger(settings, version)
+        return version
+
+    first = register(0.15)
+    assert promote(settings, ab_report=None, actor="ci")["promoted_on"] == "first_model_gates"
+    second = register(0.16)
+    report = {"decision": "ship", "champion_version": first, "challenger_version": second,
+              "delta": 0.01, "p_value": 0.004}
+    promote(settings, ab_report=report, actor="ci", reason="A/B ship")
+    assert str(client.get_model_version_by_alias(settings.registry.model_name, "champion").version) == second
+    assert client.get_model_version(settings.registry.model_name, second).tags["recops.ab.p_value"] == "0.004"
+
+    rollback(settings, actor="ci", reason="latency alarm")
+    assert str(client.get_model_version_by_alias(settings.registry.model_name, "champion").version) == first
+    assert [(e["action"], e["from_version"], e["to_version"]) for e in promotion_history(settings)] == [
+        ("promote", None, first), ("promote", first, second), ("rollback", second, first)]
+    assert {m["version"]: m["aliases"] for m in list_models(settings)} == {first: ["champion"],
+                                                                           second: ["challenger"]}

@@ -1,0 +1,151 @@
+"""`recops ab`: the challenger against the champion on the same test users and the same data snapshot.
+
+Both registered versions are rebuilt on the current snapshot (``recops.evaluation.versions``): the split outputs
+of the project as they are now (history = train + valid, ground truth = test). Then, with the statistics of
+``recops.evaluation.ab``: the offline paired test on the primary metric, the simulated online test (hash-bucketed
+arms, held-out interactions replayed as clicks), team-draft interleaving, guardrails (coverage, novelty, ONNX p99
+latency of the challenger) and the decision. ``reports/ab.json`` and ``reports/ab.html`` are written and both are
+logged to MLflow on the challenger's run, with the headline numbers as metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recops.columns import Columns
+from recops.config import Settings
+from recops.errors import RecopsError
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def resolve_version(settings: Settings, alias_or_version: str) -> str:
+    """A version number from an alias (``champion``, ``challenger``) or a version number as given."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if str(alias_or_version).isdigit():
+        return str(alias_or_version)
+    uri = settings.tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        return str(client.get_model_version_by_alias(settings.registry.model_name, alias_or_version).version)
+    except MlflowException:
+        raise RecopsError(
+            f"model {settings.registry.model_name!r} has no {alias_or_version!r} alias in {uri}: "
+            + ("train one (recops run) and promote it first (recops promote)" if alias_or_version == CHAMPION
+               else "train a new version first (recops run)")) from None
+
+
+def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALLENGER,
+           log_to_mlflow: bool = True) -> dict[str, Any]:
+    """Compare two registered versions (aliases or numbers); returns the summary written to reports/ab.json."""
+    from recops import steps
+    from recops.candidates import interaction_matrix
+    from recops.evaluation.ab import (ab_summary, assign_arms, decide, guardrails, interleaving_test, paired_test,
+                                      per_user_metric, relevant_users_mask, simulated_online_test,
+                                      team_draft_interleave)
+    from recops.evaluation.ab_report import write_html_report
+    from recops.evaluation.metrics import evaluate_lists
+    from recops.evaluation.versions import rebuild_lists
+    from recops.registry.mlflow_registry import download_version_files
+
+    started = time.perf_counter()
+    cfg = settings.ab
+    champion_version = resolve_version(settings, champion)
+    challenger_version = resolve_version(settings, challenger)
+    if champion_version == challenger_version:
+        raise RecopsError(f"champion and challenger are the same version ({champion_version}): nothing to compare")
+
+    index = steps._index(settings)
+    history, target = steps._fold_tables(settings, "test")
+    users_attr, items_attr = steps._attributes(settings, index)
+    users = np.unique(target[Columns.USER].to_numpy()).astype(np.int32)
+    truth = interaction_matrix(target, index.n_users, index.n_items, "binary")
+    seen = interaction_matrix(history, index.n_users, index.n_items, "binary")
+    depth = max(cfg.k, 10, *settings.evaluation.ks)
+    built = {}
+    with tempfile.TemporaryDirectory(prefix="recops-ab-") as tmp:
+        for role, version in ((CHAMPION, champion_version), (CHALLENGER, challenger_version)):
+            files = download_version_files(settings, version, Path(tmp) / role)
+            built[role] = rebuild_lists(settings, files, history, users, index.n_users, index.n_items,
+                                        users_attr, items_attr, depth)
+            log.info("%s = version %s rebuilt on the current snapshot", role, version)
+    lists = {}
+    for role, result in built.items():  # align both to ``users`` (a user without candidates gets an empty list)
+        aligned = np.full((len(users), depth), -1, dtype=np.int64)
+        position = np.searchsorted(users, result.users)
+        aligned[position] = result.lists[:, :depth]
+        lists[role] = aligned
+    scored = relevant_users_mask(users, truth)
+    users_scored = users[scored]
+    a = per_user_metric(users_scored, lists[CHAMPION][scored], truth, cfg.primary_metric)
+    b = per_user_metric(users_scored, lists[CHALLENGER][scored], truth, cfg.primary_metric)
+    paired = paired_test(a, b, alpha=cfg.alpha, power=cfg.power, n_boot=cfg.bootstrap_samples, seed=settings.seed,
+                         min_lift=cfg.min_lift)
+    arms = assign_arms(index.user_ids[users_scored], cfg.salt, cfg.split)
+    online = simulated_online_test(arms, lists[CHAMPION][scored], lists[CHALLENGER][scored], users_scored, truth,
+                                   k=cfg.k, alpha=cfg.alpha, expected_split=cfg.split, srm_p_value=cfg.srm_p_value)
+    interleaved, team = team_draft_interleave(lists[CHAMPION][scored], lists[CHALLENGER][scored], cfg.k,
+                                              seed=settings.seed)
+    interleaving = interleaving_test(interleaved, team, users_scored, truth)
+    item_user_counts = np.diff(seen.tocsc().indptr).astype(np.float64)
+    n_history_users = int((np.diff(seen.indptr) > 0).sum())
+    model_metrics = {
+        role: evaluate_lists(users_scored, lists[role][scored], truth, sorted(set(settings.evaluation.ks)),
+                             item_user_counts=item_user_counts, n_history_users=n_history_users,
+                             item_vectors=None)
+        for role in (CHAMPION, CHALLENGER)}
+    guards = guardrails(model_metrics[CHAMPION], model_metrics[CHALLENGER],
+                        built[CHALLENGER].latency_ms["p99"], cfg.guardrails)
+    decision = decide(paired, online, interleaving, guards, cfg)
+    segment_of = steps._activity_segments(np.diff(seen.indptr), users_scored)
+    labels = np.full(len(users_scored), "", dtype=object)
+    for name, mask in segment_of.items():
+        labels[mask] = name
+    segments = {"activity": labels.astype(str)}
+    summary = ab_summary(a, b, paired, decision, cfg, online=online, interleaving=interleaving, guards=guards,
+                         segments=segments, seed=settings.seed)
+    summary.update({
+        "champion_version": champion_version, "challenger_version": challenger_version,
+        "model_name": settings.registry.model_name,
+        "snapshot": {f"data_md5.{name}": steps._md5(settings.path(name)) for name in steps.TABLES},
+        "test_users": int(len(users)),
+        "metrics": {role: {k: (None if not np.isfinite(v) else float(v)) for k, v in values.items()}
+                    for role, values in model_metrics.items()},
+        "latency_ms": {role: result.latency_ms for role, result in built.items()},
+        "seconds": time.perf_counter() - started,
+    })
+    reports = settings.path("reports_dir")
+    steps.write_json(summary, reports / "ab.json")
+    write_html_report(summary, b - a, segments, reports / "ab.html")
+    if log_to_mlflow:
+        _log_to_challenger_run(settings, challenger_version, summary, [reports / "ab.json", reports / "ab.html"])
+    return summary
+
+
+def _log_to_challenger_run(settings: Settings, version: str, summary: dict[str, Any], files: list[Path]) -> None:
+    from mlflow import MlflowClient
+
+    from recops.registry.mlflow_registry import mlflow_metric_key
+
+    uri = settings.tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run_id = client.get_model_version(settings.registry.model_name, version).run_id
+    step = int(time.time())
+    for key in ("delta", "ci_low", "ci_high", "p_value", "lift", "mde"):
+        value = summary.get(key)
+        if isinstance(value, (int, float)) and np.isfinite(value):
+            client.log_metric(run_id, mlflow_metric_key(f"ab.{key}"), float(value), step=step)
+    client.set_tag(run_id, "recops.ab.decision", summary["decision"])
+    client.set_tag(run_id, "recops.ab.champion_version", summary["champion_version"])
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="ab")

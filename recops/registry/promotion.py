@@ -1,0 +1,653 @@
+"""Promote registered ranker versions with the MLflow aliases ``champion`` and ``challenger``, and roll back.
+
+The lifecycle of a version of ``settings.registry.model_name``:
+
+1. training registers it (:func:`recops.registry.log_and_register`) and points ``challenger`` at it
+   (:func:`set_challenger`);
+2. :func:`promote` points ``champion`` at it, but only on evidence: an A/B decision report that says ``ship`` for
+   exactly this (champion, challenger) pair, or, for the very first model (no champion yet), absolute quality
+   gates on the metrics of its MLflow run (:func:`first_model_gates`);
+3. :func:`rollback` points ``champion`` back at the champion before it.
+
+Every move is decided first and written once: all checks run before the alias is set, the alias is set in one
+call, and only then is the move recorded. What is recorded:
+
+- on the version promoted: ``recops.promoted_at`` / ``_by`` / ``recops.promotion_reason``,
+  ``recops.promoted_on`` (``ab_test`` or ``first_model_gates``) and the numbers it was promoted on
+  (``recops.ab.<report key>`` or ``recops.gates.<metric>``); on the version rolled back from:
+  ``recops.rolled_back_at`` / ``_by`` / ``recops.rollback_reason``;
+- on the registered model: the promotion history, a JSON list of ``{"action", "from_version", "to_version",
+  "at", "by", "reason"}`` in the tag ``recops.promotion_history``. A registered-model tag holds at most 5000
+  characters in the SQL stores, so when the list outgrows it the oldest entries move, unchanged, to archive tags
+  ``recops.promotion_history.1``, ``.2``, ...; :func:`promotion_history` reads them back as one list.
+
+If recording fails after the alias moved, the alias (and whatever was recorded) is put back, and the error says
+so. MLflow has no transactions across these calls, so two promotions of the same model at the same moment can
+still interleave; run promotions from one place (the CLI or one flow).
+
+What this module must not do: set a global MLflow tracking URI, import MLflow at import time, or register
+versions (that is :mod:`recops.registry.mlflow_registry`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from recops.config import Settings
+from recops.errors import RecopsError
+from recops.registry.mlflow_registry import list_versions, mlflow_metric_key
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "recops.promotion_history"
+
+PROMOTED_ON_AB_TEST = "ab_test"
+PROMOTED_ON_GATES = "first_model_gates"
+
+# Version tags written by promote / rollback.
+TAG_PROMOTED_AT = "recops.promoted_at"
+TAG_PROMOTED_BY = "recops.promoted_by"
+TAG_PROMOTION_REASON = "recops.promotion_reason"
+TAG_PROMOTED_ON = "recops.promoted_on"
+TAG_ROLLED_BACK_AT = "recops.rolled_back_at"
+TAG_ROLLED_BACK_BY = "recops.rolled_back_by"
+TAG_ROLLBACK_REASON = "recops.rollback_reason"
+AB_TAG_PREFIX = "recops.ab."
+GATES_TAG_PREFIX = "recops.gates."
+
+# SqlRegisteredModelTag.value is VARCHAR(5000): PostgreSQL refuses longer values (SQLite would silently keep them).
+_MAX_REGISTERED_MODEL_TAG_VALUE = 5000
+_MAX_TAG_KEY_LENGTH = 250
+# One history entry must always fit in a tag, whatever reason a user typed; the version tag keeps it whole.
+_MAX_HISTORY_REASON = 1000
+# A/B report lists longer than this (per-user samples, curves) are not promotion evidence worth a tag.
+_MAX_AB_LIST_ITEMS = 10
+
+
+class FirstModelGates(BaseModel):
+    """Absolute quality gates for the first model, which has no champion to be A/B-tested against.
+
+    Metric keys are ``<fold>.<model>.<metric>`` as in ``reports/metrics.json``. With the defaults the gate is
+    "``test.ranker.ndcg@10`` beats ``test.popularity.ndcg@10`` by at least 5% (relative)".
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = "ndcg@10"
+    fold: str = "test"
+    model: str = "ranker"
+    min_value: float | None = None  # absolute floor of <fold>.<model>.<metric>
+    # baseline model -> relative margin the model must beat it by (0.05: at least 5% above, and strictly above)
+    min_lift_over: dict[str, float] = Field(default_factory=lambda: {"popularity": 0.05})
+
+    def key(self, model: str) -> str:
+        return f"{self.fold}.{model}.{self.metric}"
+
+
+DEFAULT_FIRST_MODEL_GATES: dict[str, Any] = FirstModelGates().model_dump()
+
+
+def first_model_gates(metrics: Mapping[str, float], gates: Mapping[str, Any] | None = None) -> list[str]:
+    """Check a model's metrics against the first-model quality gates; return the failed gates (empty: passed).
+
+    Args:
+        metrics: metric key -> value, keyed by recops keys (``test.ranker.ndcg@10``) or by the keys they were
+            logged to MLflow under (``test.ranker.ndcg_at_10``).
+        gates: the fields of :class:`FirstModelGates` (``metric``, ``fold``, ``model``, ``min_value``,
+            ``min_lift_over``); missing fields take their defaults, None means all defaults.
+
+    Returns:
+        One message per failed gate, naming the metric, its value and what was required. A missing or non-finite
+        metric is a failed gate, not an error.
+
+    Raises:
+        RecopsError: ``gates`` has an unknown key or a value of the wrong type.
+    """
+    config = parse_gates(gates)
+    failures: list[str] = []
+    key = config.key(config.model)
+    value = _metric(metrics, key)
+    if value is None:
+        return [f"{key} is missing from the model's metrics or not a finite number"]
+    if config.min_value is not None and not value >= config.min_value:
+        failures.append(f"{key} = {value:.4f} is below the required minimum {config.min_value:.4f}")
+    for baseline, margin in config.min_lift_over.items():
+        baseline_key = config.key(baseline)
+        reference = _metric(metrics, baseline_key)
+        if reference is None:
+            failures.append(f"{baseline_key} is missing from the model's metrics or not a finite number")
+            continue
+        required = reference * (1 + margin)
+        if not (value > reference and value >= required):
+            lift = f"{value / reference - 1:+.1%}" if reference > 0 else "n/a"
+            failures.append(
+                f"{key} = {value:.4f} does not beat {baseline_key} = {reference:.4f} by {margin:.1%} "
+                f"(needs >= {required:.4f}; lift {lift})"
+            )
+    return failures
+
+
+def parse_gates(gates: Mapping[str, Any] | None) -> FirstModelGates:
+    """``gates`` as a validated :class:`FirstModelGates`; a bad key or value raises RecopsError naming it."""
+    try:
+        return FirstModelGates.model_validate(dict(gates or {}))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(gates)'}: {e['msg']}" for e in exc.errors())
+        raise RecopsError(f"invalid first-model quality gates: {problems}") from None
+
+
+def set_challenger(settings: Settings, version: str | int) -> dict[str, Any]:
+    """Point the ``challenger`` alias at ``version`` (the pipeline calls this right after registering it).
+
+    Returns:
+        ``{"model_name", "alias", "version", "previous_version"}`` (``previous_version`` None if there was none).
+
+    Raises:
+        RecopsError: the model is not registered or has no such version.
+    """
+    client = _client(settings)
+    name = settings.registry.model_name
+    registered = _registered_model(client, settings)
+    number = _existing_version(client, settings, version).version
+    previous = _alias_version(registered, CHALLENGER)
+    client.set_registered_model_alias(name, CHALLENGER, str(number))
+    logger.info("%s: challenger -> version %s (was %s)", name, number, previous or "unset")
+    return {"model_name": name, "alias": CHALLENGER, "version": str(number), "previous_version": previous}
+
+
+def promote(
+    settings: Settings,
+    *,
+    ab_report: Mapping[str, Any] | None,
+    version: str | int | None = None,
+    actor: str | None = None,
+    reason: str | None = None,
+    gates: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Point ``champion`` at the challenger (or ``version``) when the evidence allows it, and record the move.
+
+    With a champion in place, ``ab_report`` must be an A/B decision report (``decision``, ``champion_version``,
+    ``challenger_version``, optionally ``reasons`` and any numbers) for exactly (current champion, the version
+    promoted), with decision ``ship``. Without a champion (the first model) the report is not used: the version
+    must pass :func:`first_model_gates` on the metrics of its MLflow run.
+
+    Args:
+        settings: names the tracking URI and the registered model.
+        ab_report: the A/B decision report (a dict as written by ``recops ab``), or None.
+        version: the version to promote; default: the one the ``challenger`` alias points at. Pass it to promote
+            the version an A/B test was run on after a newer training run has moved the challenger on.
+        actor: who promotes (recorded); default ``$USER`` / the login name.
+        reason: why (recorded); default a sentence naming the evidence.
+        gates: first-model quality gates (fields of :class:`FirstModelGates`); default
+            :data:`DEFAULT_FIRST_MODEL_GATES`.
+
+    Returns:
+        The history entry (``action``, ``from_version``, ``to_version``, ``at``, ``by``, ``reason``) plus
+        ``model_name``, ``promoted_on`` and ``evidence`` (the numbers recorded on the version).
+
+    Raises:
+        RecopsError: no challenger alias (and no ``version``), an unknown version, a version that already is the
+            champion, a missing report / a report for another pair / a decision other than ``ship``, failed
+            quality gates, or a failure while recording the move (the alias is then restored). Nothing is
+            changed in the registry when it is raised, except as the message says.
+    """
+    client = _client(settings)
+    name = settings.registry.model_name
+    registered = _registered_model(client, settings)
+    champion = _alias_version(registered, CHAMPION)
+    if version is None:
+        challenger = _alias_version(registered, CHALLENGER)
+        if challenger is None:
+            raise RecopsError(
+                f"model {name!r} has no {CHALLENGER!r} alias: register a new version (recops run) or pass the "
+                "version to promote"
+            )
+        version = challenger
+    target = _existing_version(client, settings, version)
+    to_version = str(target.version)
+    if to_version == champion:
+        raise RecopsError(
+            f"version {to_version} of {name!r} already is the champion: train and register a new version to "
+            "challenge it"
+        )
+
+    if champion is None:
+        if ab_report is not None:
+            logger.info("%s has no champion yet: the first model is promoted on quality gates, not the A/B report",
+                        name)
+        metrics = _run_metrics(client, target)
+        failed = first_model_gates(metrics, gates)
+        if failed:
+            raise RecopsError(
+                f"version {to_version} of {name!r} would be the first champion but fails the quality gates: "
+                + "; ".join(failed)
+                + ". Improve the model (or, deliberately, the gates) and try again"
+            )
+        config = parse_gates(gates)
+        primary = config.key(config.model)
+        evidence: dict[str, Any] = {
+            key: value
+            for key in [primary, *(config.key(baseline) for baseline in config.min_lift_over)]
+            if (value := _metric(metrics, key)) is not None
+        }
+        promoted_on = PROMOTED_ON_GATES
+        evidence_tags = {GATES_TAG_PREFIX + mlflow_metric_key(k): _tag_text(v) for k, v in evidence.items()}
+        default_reason = f"first model: passed the quality gates ({primary} = {evidence[primary]:.4f})"
+    else:
+        evidence = _flat_report(_shipping_report(ab_report, name, champion, to_version))
+        promoted_on = PROMOTED_ON_AB_TEST
+        evidence_tags = {AB_TAG_PREFIX + key: _tag_text(v) for key, v in evidence.items()
+                         if len(AB_TAG_PREFIX + key) <= _MAX_TAG_KEY_LENGTH}
+        default_reason = f"A/B decision ship: challenger {to_version} vs champion {champion}"
+
+    why = reason or default_reason
+    entry = _history_entry("promote", champion, to_version, actor, why)
+    version_tags = {
+        TAG_PROMOTED_AT: entry["at"],
+        TAG_PROMOTED_BY: entry["by"],
+        TAG_PROMOTION_REASON: why,
+        TAG_PROMOTED_ON: promoted_on,
+        **evidence_tags,
+    }
+    _move_champion(client, registered, champion, entry, {to_version: version_tags})
+    logger.info("%s: champion %s -> %s (%s, by %s)", name, champion or "unset", to_version, promoted_on, entry["by"])
+    return {"model_name": name, **entry, "promoted_on": promoted_on, "evidence": evidence}
+
+
+def rollback(settings: Settings, *, actor: str | None = None, reason: str | None = None) -> dict[str, Any]:
+    """Point ``champion`` back at the champion it replaced, and record the move.
+
+    "Previous" follows the promotion history as a stack: after promotions 1 -> 2 -> 3, rollbacks go to 2, then
+    to 1, then refuse.
+
+    Returns:
+        The history entry (``action`` ``"rollback"``, ``from_version``, ``to_version``, ``at``, ``by``,
+        ``reason``) plus ``model_name``.
+
+    Raises:
+        RecopsError: no champion, no previous champion, a champion alias that was moved outside recops (it no
+            longer matches the history), a previous champion whose version was deleted, or a failure while
+            recording the move (the alias is then restored).
+    """
+    client = _client(settings)
+    name = settings.registry.model_name
+    registered = _registered_model(client, settings)
+    champion = _alias_version(registered, CHAMPION)
+    if champion is None:
+        raise RecopsError(f"model {name!r} has no champion to roll back: promote a version first")
+    stack = champion_stack(_read_history(registered.tags or {}))
+    if not stack or stack[-1] != champion:
+        recorded = stack[-1] if stack else "none"
+        raise RecopsError(
+            f"the {CHAMPION!r} alias of {name!r} points at version {champion} but the promotion history ends at "
+            f"{recorded}: the alias was moved outside recops, so there is no recorded previous champion. Set the "
+            "alias back (MlflowClient.set_registered_model_alias) or promote the version you want"
+        )
+    if len(stack) < 2:
+        raise RecopsError(
+            f"version {champion} is the first champion of {name!r}: there is no previous champion to roll back to"
+        )
+    previous = _existing_version(client, settings, stack[-2], what="previous champion").version
+    why = reason or f"rollback of version {champion} to version {previous}"
+    entry = _history_entry("rollback", champion, str(previous), actor, why)
+    version_tags = {TAG_ROLLED_BACK_AT: entry["at"], TAG_ROLLED_BACK_BY: entry["by"], TAG_ROLLBACK_REASON: why}
+    _move_champion(client, registered, champion, entry, {champion: version_tags})
+    logger.info("%s: champion %s rolled back to %s (by %s)", name, champion, previous, entry["by"])
+    return {"model_name": name, **entry}
+
+
+def promotion_history(settings: Settings) -> list[dict[str, Any]]:
+    """Every promotion and rollback of ``settings.registry.model_name``, oldest first (empty if none)."""
+    client = _client(settings)
+    try:
+        registered = client.get_registered_model(settings.registry.model_name)
+    except Exception as exc:
+        if _not_found(exc):
+            return []
+        raise
+    return _read_history(registered.tags or {})
+
+
+def champion_stack(history: list[dict[str, Any]]) -> list[str]:
+    """The champions in force, oldest first, after replaying ``history``: promote pushes, rollback pops.
+
+    A history that starts mid-way (an alias set by hand before the first recorded promotion) still gives a
+    usable stack: the ``from_version`` of the first promotion is taken as the champion it replaced.
+    """
+    stack: list[str] = []
+    for entry in history:
+        source, target = entry.get("from_version"), entry.get("to_version")
+        if entry.get("action") == "rollback":
+            if stack and stack[-1] == source:
+                stack.pop()
+            if target is not None and (not stack or stack[-1] != target):
+                stack.append(str(target))
+        else:
+            if source is not None and (not stack or stack[-1] != source):
+                stack.append(str(source))
+            if target is not None:
+                stack.append(str(target))
+    return stack
+
+
+def list_models(settings: Settings) -> list[dict[str, Any]]:
+    """Every version of the registered model with what ``recops models`` shows, oldest first.
+
+    Each is ``{"version", "aliases", "status", "created_at", "run_id", "lineage"`` (the tags training wrote:
+    ``git_commit``, ``params_hash``, ``data_md5.<table>``, ``data_source``, ...), ``"promoted_at",
+    "promoted_by", "promotion_reason", "promoted_on", "promotion_metrics"`` (the numbers it was promoted on, by
+    report / metric key), ``"rolled_back_at", "rolled_back_by", "rollback_reason"}``; fields of a version never
+    promoted or rolled back are None (``promotion_metrics``: empty).
+    """
+    models = []
+    for record in list_versions(settings):
+        tags: dict[str, str] = record["tags"]
+        evidence = {
+            key[len(prefix):]: value
+            for key, value in sorted(tags.items())
+            for prefix in (AB_TAG_PREFIX, GATES_TAG_PREFIX)
+            if key.startswith(prefix)
+        }
+        models.append({
+            "version": record["version"],
+            "aliases": record["aliases"],
+            "status": record["status"],
+            "created_at": record["created_at"],
+            "run_id": record["run_id"],
+            "lineage": {k: v for k, v in sorted(tags.items()) if not k.startswith(("recops.", "mlflow."))},
+            "promoted_at": tags.get(TAG_PROMOTED_AT),
+            "promoted_by": tags.get(TAG_PROMOTED_BY),
+            "promotion_reason": tags.get(TAG_PROMOTION_REASON),
+            "promoted_on": tags.get(TAG_PROMOTED_ON),
+            "promotion_metrics": evidence,
+            "rolled_back_at": tags.get(TAG_ROLLED_BACK_AT),
+            "rolled_back_by": tags.get(TAG_ROLLED_BACK_BY),
+            "rollback_reason": tags.get(TAG_ROLLBACK_REASON),
+        })
+    return models
+
+
+# --- checks ---------------------------------------------------------------------------------------------------
+
+
+def _shipping_report(
+    report: Mapping[str, Any] | None, name: str, champion: str, challenger: str
+) -> Mapping[str, Any]:
+    """``report`` if it says ship for exactly (champion, challenger); otherwise a RecopsError saying why not."""
+    pair = f"champion {champion} vs challenger {challenger}"
+    if report is None:
+        raise RecopsError(
+            f"promoting version {challenger} of {name!r} over champion {champion} needs an A/B decision report: "
+            "run the A/B test (recops ab) for this pair first"
+        )
+    missing = [k for k in ("decision", "champion_version", "challenger_version") if k not in report]
+    if missing:
+        raise RecopsError(f"the A/B report lacks {', '.join(missing)}: re-run the A/B test (recops ab) for {pair}")
+    reported = (_version_text(report["champion_version"]), _version_text(report["challenger_version"]))
+    if reported != (champion, challenger):
+        raise RecopsError(
+            f"the A/B report is for champion {reported[0]} vs challenger {reported[1]}, but promoting now means "
+            f"{pair}: run the A/B test for this pair (or pass the version the report is about)"
+        )
+    decision = str(report["decision"]).strip().lower()
+    if decision == "hold":
+        reasons = report.get("reasons") or []
+        listed = [reasons] if isinstance(reasons, str) else [str(r) for r in reasons]
+        raise RecopsError(
+            f"the A/B decision for {pair} is hold, not ship: "
+            + ("; ".join(listed) if listed else "the report gives no reasons")
+            + ". Keep the champion, or train a better challenger and test it again"
+        )
+    if decision != "ship":
+        raise RecopsError(f"the A/B report for {pair} has decision {report['decision']!r}; only 'ship' promotes")
+    return report
+
+
+def _existing_version(
+    client: MlflowClient, settings: Settings, version: str | int, what: str = "version"
+) -> ModelVersion:
+    name = settings.registry.model_name
+    text = str(version).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise RecopsError(f"{what} {version!r} is not a model version number (1, 2, ...)")
+    try:
+        found = client.get_model_version(name, str(int(text)))
+    except Exception as exc:
+        if not _not_found(exc):
+            raise
+        known = ", ".join(v["version"] for v in list_versions(settings)) or "none"
+        raise RecopsError(
+            f"model {name!r} has no {what} {text} in {settings.tracking_uri()} (registered versions: {known})"
+        ) from None
+    if found.status != "READY":
+        raise RecopsError(f"version {found.version} of {name!r} is {found.status}, not READY: register it again")
+    return found
+
+
+def _run_metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
+    if not version.run_id:
+        return {}
+    return dict(client.get_run(version.run_id).data.metrics)
+
+
+def _metric(metrics: Mapping[str, Any], key: str) -> float | None:
+    for candidate in (key, mlflow_metric_key(key)):
+        if candidate in metrics:
+            try:
+                value = float(metrics[candidate])
+            except (TypeError, ValueError):
+                return None
+            return value if math.isfinite(value) else None
+    return None
+
+
+# --- recording ------------------------------------------------------------------------------------------------
+
+
+def _history_entry(
+    action: str, from_version: str | None, to_version: str, actor: str | None, reason: str
+) -> dict[str, Any]:
+    short = reason if len(reason) <= _MAX_HISTORY_REASON else reason[: _MAX_HISTORY_REASON - 1] + "…"
+    return {
+        "action": action,
+        "from_version": from_version,
+        "to_version": to_version,
+        "at": datetime.now(timezone.utc).isoformat(),
+        "by": actor or _default_actor(),
+        "reason": short,
+    }
+
+
+def _default_actor() -> str:
+    if os.environ.get("USER"):
+        return os.environ["USER"]
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name and no passwd entry (some containers)
+        return "unknown"
+
+
+def _move_champion(
+    client: MlflowClient,
+    registered: RegisteredModel,
+    champion: str | None,
+    entry: dict[str, Any],
+    version_tags: dict[str, dict[str, str]],
+) -> None:
+    """Set the alias once, then record; on a recording failure put everything back and say what happened."""
+    name = registered.name
+    old_model_tags = dict(registered.tags or {})
+    model_tags = _history_tags(old_model_tags, entry)  # computed (and size-checked) before anything is written
+    old_version_tags = {v: dict(client.get_model_version(name, v).tags or {}) for v in version_tags}
+    undo: list[tuple[str, Callable[[], None]]] = []
+
+    client.set_registered_model_alias(name, CHAMPION, entry["to_version"])
+    # Each write registers its undo once it succeeded: a write that failed changed nothing to put back.
+    if champion is None:
+        undo.append(("champion alias", lambda: client.delete_registered_model_alias(name, CHAMPION)))
+    else:
+        undo.append(("champion alias", lambda: client.set_registered_model_alias(name, CHAMPION, champion)))
+    try:
+        for number, tags in version_tags.items():
+            for key, value in tags.items():
+                client.set_model_version_tag(name, number, key, value)
+                undo.append((f"tag {key} of version {number}",
+                             _restore_version_tag(client, name, number, key, old_version_tags[number].get(key))))
+        # Archives first: if writing the main tag fails, the entries are still only in the old main tag.
+        for key, value in sorted(model_tags.items(), key=lambda kv: kv[0] == HISTORY_TAG):
+            client.set_registered_model_tag(name, key, value)
+            undo.append((f"tag {key}", _restore_model_tag(client, name, key, old_model_tags.get(key))))
+    except Exception as exc:
+        failed_undo = []
+        for what, action in reversed(undo):
+            try:
+                action()
+            except Exception:
+                logger.exception("could not restore %s of %s", what, name)
+                failed_undo.append(what)
+        moved = f"{entry['from_version'] or 'unset'} -> {entry['to_version']}"
+        if failed_undo:
+            raise RecopsError(
+                f"the champion of {name!r} moved ({moved}) but recording it failed ({exc}), and restoring "
+                f"{', '.join(failed_undo)} failed too: check the registry, the champion alias may point at "
+                f"version {entry['to_version']} without a record"
+            ) from exc
+        raise RecopsError(
+            f"recording the champion move {moved} of {name!r} failed ({exc}); the champion alias was restored to "
+            f"{champion or 'unset'} and nothing was recorded. Fix the registry connection and try again"
+        ) from exc
+
+
+def _restore_version_tag(
+    client: MlflowClient, name: str, version: str, key: str, old: str | None
+) -> Callable[[], None]:
+    if old is None:
+        return lambda: client.delete_model_version_tag(name, version, key)
+    return lambda: client.set_model_version_tag(name, version, key, old)
+
+
+def _restore_model_tag(client: MlflowClient, name: str, key: str, old: str | None) -> Callable[[], None]:
+    if old is None:
+        return lambda: client.delete_registered_model_tag(name, key)
+    return lambda: client.set_registered_model_tag(name, key, old)
+
+
+def _history_tags(model_tags: Mapping[str, str], entry: dict[str, Any]) -> dict[str, str]:
+    """The registered-model tags to write: the history with ``entry`` appended, plus an archive tag if needed."""
+    current = json.loads(model_tags[HISTORY_TAG]) if model_tags.get(HISTORY_TAG) else []
+    kept = [*current, entry]
+    archived: list[dict[str, Any]] = []
+    while len(_dumps(kept)) > _MAX_REGISTERED_MODEL_TAG_VALUE and len(kept) > 1:
+        archived.append(kept.pop(0))
+    if len(_dumps(kept)) > _MAX_REGISTERED_MODEL_TAG_VALUE:  # cannot happen with _MAX_HISTORY_REASON
+        raise RecopsError(f"a promotion history entry is longer than {_MAX_REGISTERED_MODEL_TAG_VALUE} characters")
+    tags = {HISTORY_TAG: _dumps(kept)}
+    if archived:
+        tags[f"{HISTORY_TAG}.{len(_archive_keys(model_tags)) + 1}"] = _dumps(archived)
+    return tags
+
+
+def _read_history(model_tags: Mapping[str, str]) -> list[dict[str, Any]]:
+    history: list[dict[str, Any]] = []
+    for key in [*_archive_keys(model_tags), HISTORY_TAG]:
+        if model_tags.get(key):
+            try:
+                history.extend(json.loads(model_tags[key]))
+            except json.JSONDecodeError:
+                raise RecopsError(
+                    f"registered-model tag {key} is not valid JSON: it was edited by hand; restore it or delete it"
+                ) from None
+    return history
+
+
+def _archive_keys(model_tags: Mapping[str, str]) -> list[str]:
+    prefix = f"{HISTORY_TAG}."
+    numbers = sorted(int(k[len(prefix):]) for k in model_tags if k.startswith(prefix) and k[len(prefix):].isdigit())
+    return [f"{prefix}{n}" for n in numbers]
+
+
+def _dumps(entries: list[dict[str, Any]]) -> str:
+    return json.dumps(entries, separators=(",", ":"), ensure_ascii=False)
+
+
+def _flat_report(report: Mapping[str, Any], prefix: str = "", depth: int = 2) -> dict[str, Any]:
+    """The numbers, strings and short lists of an A/B report's top two levels, under MLflow-safe keys
+    (``delta``, ``p_value``, ``online.p_value``). Deeper parts (per-segment lifts) and long lists are
+    diagnostics, not the decision's basis, and would cost a tag each."""
+    flat: dict[str, Any] = {}
+    for key, value in report.items():
+        name = prefix + mlflow_metric_key(str(key))
+        if isinstance(value, Mapping):
+            if depth > 1:
+                flat.update(_flat_report(value, f"{name}.", depth - 1))
+        elif isinstance(value, (list, tuple)):
+            if len(value) <= _MAX_AB_LIST_ITEMS and all(_is_scalar(v) for v in value):
+                flat[name] = list(value)
+        elif _is_scalar(value):
+            flat[name] = value
+    return flat
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _tag_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text[:_MAX_REGISTERED_MODEL_TAG_VALUE]
+
+
+def _version_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return str(int(text)) if text.isdigit() else text
+
+
+# --- MLflow plumbing ------------------------------------------------------------------------------------------
+
+
+def _client(settings: Settings) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    uri = settings.tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _registered_model(client: MlflowClient, settings: Settings) -> RegisteredModel:
+    """The registered model with its aliases and tags, read in one call so checks see one consistent state."""
+    name = settings.registry.model_name
+    try:
+        return client.get_registered_model(name)
+    except Exception as exc:
+        if _not_found(exc):
+            raise RecopsError(
+                f"model {name!r} is not registered in {settings.tracking_uri()}: run the pipeline (recops run) first"
+            ) from None
+        raise
+
+
+def _alias_version(registered: RegisteredModel, alias: str) -> str | None:
+    version = (registered.aliases or {}).get(alias)
+    return None if version is None else str(version)
+
+
+def _not_found(exc: Exception) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"

@@ -1,0 +1,133 @@
+"""The daily lifecycle on MovieLens-100k through the CLI: train -> challenger, A/B, promote, hold, rollback.
+
+One project copy; the tests run in order and share it. A deliberately weak configuration (MF with 8 factors and
+popularity as the only sources, a 20-tree ranker) plays the model to beat or the bad challenger; the default
+params.yaml plays the better one. Real Prefect, MLflow (SQLite), LightGBM and onnxruntime throughout.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli, set_params
+
+pytestmark = pytest.mark.integration
+
+WEAK = {"candidates": {"sources": ["mf", "popularity"], "factors": 8}, "ranker": {"n_estimators": 20}}
+
+
+def client_and_name(ws):
+    from mlflow.tracking import MlflowClient
+
+    from recops.config import load_settings
+
+    settings = load_settings(ws / "params.yaml")
+    uri = settings.tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), settings.registry.model_name
+
+
+def alias(ws, name: str) -> str | None:
+    client, model = client_and_name(ws)
+    aliases = client.get_registered_model(model).aliases
+    return str(aliases[name]) if name in aliases else None
+
+
+def ok(proc) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+def refused(proc, *words: str) -> None:
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    for word in words:
+        assert word in proc.stderr, (word, proc.stderr[-3000:])
+
+
+@pytest.fixture(scope="module")
+def ws(fresh_workspace):
+    ws = fresh_workspace("lifecycle")
+    ws.joinpath("params.default.yaml").write_text((ws / "params.yaml").read_text())
+    return ws
+
+
+def use_params(ws, weak: bool) -> None:
+    (ws / "params.yaml").write_text((ws / "params.default.yaml").read_text())
+    if weak:
+        set_params(ws, **WEAK)
+
+
+def test_training_registers_a_challenger_and_the_first_model_is_promoted_on_gates(ws):
+    use_params(ws, weak=True)
+    ok(run_cli(ws, "run", "-q"))
+    assert alias(ws, "challenger") == "1" and alias(ws, "champion") is None
+    refused(run_cli(ws, "ab", "-q"), "no 'champion' alias")
+    ok(run_cli(ws, "promote", "-q", "--reason", "first model"))
+    assert alias(ws, "champion") == "1"
+    client, model = client_and_name(ws)
+    tags = client.get_model_version(model, "1").tags
+    assert tags["recops.promoted_on"] == "first_model_gates" and tags["recops.promotion_reason"] == "first model"
+    refused(run_cli(ws, "promote", "-q"), "already")
+
+
+def test_a_better_challenger_is_shipped_and_promoted(ws):
+    use_params(ws, weak=False)
+    ok(run_cli(ws, "run", "-q"))
+    assert alias(ws, "challenger") == "2" and alias(ws, "champion") == "1"
+    proc = run_cli(ws, "ab", "-q")
+    ok(proc)
+    assert "SHIP" in proc.stdout
+    report = json.loads((ws / "reports" / "ab.json").read_text())
+    assert report["decision"] == "ship"
+    assert (report["champion_version"], report["challenger_version"]) == ("1", "2")
+    assert report["delta"] > 0 and report["ci_low"] > 0 and report["p_value"] < 0.05
+    assert {"primary_metric", "guardrails", "online", "interleaving", "mde", "segments"} <= set(report)
+    assert all(g["passed"] for g in report["guardrails"] if g.get("passed") is not None)
+    html = (ws / "reports" / "ab.html").read_text()
+    assert "SHIP" in html and "data:image/png;base64" in html
+    client, model = client_and_name(ws)
+    run_id = client.get_model_version(model, "2").run_id
+    run = client.get_run(run_id)
+    assert run.data.tags["recops.ab.decision"] == "ship" and "ab.delta" in run.data.metrics
+    assert {f.path for f in client.list_artifacts(run_id, "ab")} == {"ab/ab.json", "ab/ab.html"}
+    ok(run_cli(ws, "promote", "-q"))
+    assert alias(ws, "champion") == "2"
+    tags = client.get_model_version(model, "2").tags
+    assert tags["recops.promoted_on"] == "ab_test" and float(tags["recops.ab.delta"]) > 0
+
+
+def test_a_worse_challenger_is_held_and_cannot_be_promoted(ws):
+    use_params(ws, weak=True)
+    ok(run_cli(ws, "run", "-q"))
+    assert alias(ws, "challenger") == "3"
+    proc = run_cli(ws, "ab", "-q")
+    ok(proc)
+    assert "HOLD" in proc.stdout
+    report = json.loads((ws / "reports" / "ab.json").read_text())
+    assert report["decision"] == "hold" and report["delta"] < 0
+    assert any(r.startswith("against:") for r in report["reasons"])
+    refused(run_cli(ws, "promote", "-q"), "hold")
+    assert alias(ws, "champion") == "2"
+    # a report about another pair is refused as well, even when it says ship
+    stale = {**report, "decision": "ship", "champion_version": "1"}
+    (ws / "reports" / "stale.json").write_text(json.dumps(stale))
+    refused(run_cli(ws, "promote", "-q", "--report", "reports/stale.json"), "1", "2", "3")
+    assert alias(ws, "champion") == "2"
+
+
+def test_rollback_restores_the_previous_champion_once(ws):
+    ok(run_cli(ws, "rollback", "-q", "--reason", "bad numbers in production"))
+    assert alias(ws, "champion") == "1"
+    refused(run_cli(ws, "rollback", "-q"), "previous champion")
+    assert alias(ws, "champion") == "1"
+    proc = run_cli(ws, "models")
+    ok(proc)
+    assert "champion" in proc.stdout and "challenger" in proc.stdout
+    from recops.config import load_settings
+    from recops.registry import promotion_history
+
+    history = promotion_history(load_settings(ws / "params.yaml"))
+    assert [(h["action"], h["to_version"]) for h in history] == [("promote", "1"), ("promote", "2"),
+                                                                 ("rollback", "1")]
+    assert history[-1]["reason"] == "bad numbers in production"
