@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit repro status ui clean
+.PHONY: server deploy tune quality help install run test test-unit repro status ui clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,17 @@ tune: install ## Tune sources and ranker on the valid fold (Optuna, budget from 
 
 quality: install ## The quality benchmark: two-stage vs single-stage peers on ML-100k (3 seeds) -> reports/quality.json
 	$(BIN)/python -m benchmarks.quality --seeds 3
+
+server: install ## Start local Prefect (127.0.0.1:4200) and MLflow (127.0.0.1:5000) servers; Ctrl-C stops both
+	@echo "Prefect UI http://127.0.0.1:4200  MLflow UI http://127.0.0.1:5000  (then: make deploy)"
+	@trap 'kill 0' INT TERM EXIT; \
+	PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/prefect server start --host 127.0.0.1 --port 4200 & \
+	$(BIN)/mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlartifacts & \
+	wait
+
+deploy: install ## Register the scheduled deployments with `make server`'s Prefect and run them here (Ctrl-C stops)
+	PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/recops deploy
 
 repro: install ## Reproduce the pipeline with DVC (only stages whose inputs changed)
 	$(BIN)/dvc repro

@@ -404,6 +404,37 @@ def tune(
         console.print("not written (use --write to put them into params.yaml)")
 
 
+@app.command("batch-score")
+def batch_score(
+    params: Params = Path("params.yaml"),
+    version: Annotated[str, typer.Option(help="Alias or version number to score with.")] = "champion",
+    k: Annotated[int | None, typer.Option(help="List length per user (default: deployments.batch_k).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Top-k of every user by a registered version (the champion by default) to reports/batch/*.parquet."""
+    from recops.serving import batch_score as run_batch
+
+    try:
+        settings = _settings(params, quiet)
+        manifest = run_batch(settings, version=version, k=k or settings.deployments.batch_k)
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+        return
+    console.print(f"version {manifest['version']}: {manifest['users']} users x {manifest['k']} -> "
+                  f"{manifest['file']} ({manifest['seconds']:.1f} s)")
+
+
+@app.command()
+def deploy(params: Params = Path("params.yaml"),
+           limit: Annotated[int | None, typer.Option(help="Flow runs executed at once.")] = None) -> None:
+    """Register the scheduled deployments (training, evaluate-and-promote, batch-score, ingest-snapshot) and run
+    them in this process until interrupted (Prefect serve; set PREFECT_API_URL to use `make server`)."""
+    settings = _settings(params, quiet=False)
+    from flows.deployments import serve_deployments
+
+    serve_deployments(settings, str(params.resolve()), limit=limit)
+
+
 @app.command()
 def schedule(params: Params = Path("params.yaml"),
              cron: Annotated[str, typer.Option(help="Cron expression of the training runs.")] = "0 3 * * *") -> None:

@@ -226,6 +226,15 @@ class ABConfig(Strict):
     guardrails: GuardrailsConfig = GuardrailsConfig()
 
 
+class DeploymentsConfig(Strict):
+    # Schedules of the Prefect deployments served by `recops deploy` (cron in the server's time zone, UTC)
+    training_cron: str = "0 3 * * *"
+    promotion_cron: str = "0 5 * * *"
+    batch_interval_minutes: float = Field(60.0, gt=0)
+    batch_k: int = Field(100, ge=1)
+    timezone: str = "UTC"
+
+
 class RegistryConfig(Strict):
     tracking_uri: str | None = None  # default: sqlite database at paths.mlflow_db
     experiment: str = "recops"
@@ -249,6 +258,7 @@ class Settings(Strict):
     export: ExportConfig = ExportConfig()
     tuning: TuningConfig = TuningConfig()
     ab: ABConfig = ABConfig()
+    deployments: DeploymentsConfig = DeploymentsConfig()
     registry: RegistryConfig = RegistryConfig()
 
     # Not from params.yaml: the folder holding it, against which relative paths resolve.

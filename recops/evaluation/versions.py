@@ -33,6 +33,9 @@ class VersionLists:
     users: np.ndarray          # user indices, ascending
     lists: np.ndarray          # len(users) x depth item indices, best first, -1 padded
     latency_ms: dict[str, float]  # ONNX scoring of one request (one user's candidates): p50, p99, mean, rows
+    # ONNX ranker score of each entry of ``lists`` (float32, -inf where padded); the ranker's raw output, so
+    # comparable within one version only
+    scores: np.ndarray | None = None
 
 
 def version_settings(current: Settings, config: dict[str, Any]) -> Settings:
@@ -70,9 +73,12 @@ def request_latency(session, table: pd.DataFrame, names: list[str], n_requests: 
 
 def rebuild_lists(current: Settings, files: dict[str, Any], history: pd.DataFrame, users: np.ndarray,
                   n_users: int, n_items: int, users_attr: Attributes, items_attr: Attributes,
-                  depth: int) -> VersionLists:
+                  depth: int, measure_latency: bool = True) -> VersionLists:
     """Top-``depth`` lists of ``users`` by the version in ``files`` (see
-    ``recops.registry.download_version_files``), with ``history`` as the users' past."""
+    ``recops.registry.download_version_files``), with ``history`` as the users' past.
+
+    ``measure_latency=False`` skips the per-request timing (``latency_ms`` is then empty): batch scoring needs
+    the lists, not a latency guardrail."""
     from recops.export import inference_session, onnx_scores
     from recops.pipeline import ranked_lists, run_fold
 
@@ -86,6 +92,6 @@ def rebuild_lists(current: Settings, files: dict[str, Any], history: pd.DataFram
     table = fold.table.sort_values(Columns.USER, kind="stable")
     session = inference_session(Path(files["onnx"]).read_bytes(), threads=current.threads)
     scores = onnx_scores(session, table[names].to_numpy(np.float32))
-    listed, lists, _ = ranked_lists(table, scores, depth)
-    return VersionLists(str(files["version"]["version"]), listed, lists,
-                        request_latency(session, table, names, seed=current.seed))
+    listed, lists, list_scores = ranked_lists(table, scores, depth)
+    latency = request_latency(session, table, names, seed=current.seed) if measure_latency else {}
+    return VersionLists(str(files["version"]["version"]), listed, lists, latency, scores=list_scores)

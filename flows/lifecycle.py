@@ -1,0 +1,134 @@
+"""The flows a team runs every day besides training: A/B + promotion, batch scoring, new data snapshots.
+
+- ``recops-evaluate-and-promote``: A/B-evaluate the challenger against the champion and promote it on ``ship``
+  (the first model, with no champion, is promoted on the first-model gates instead). A ``hold`` is a normal
+  outcome, not a failure: the flow completes and the champion stays.
+- ``recops-batch-score``: the champion's top-k for every user to Parquet.
+- ``recops-ingest-snapshot``: a new interaction snapshot replaces the project's interaction file, is ingested and
+  validated — a bad snapshot restores the previous file and fails the flow before anything is trained — then
+  training runs (registering a challenger, recorded in DVC and pushed) and, optionally, evaluate-and-promote.
+
+Wiring only: each task calls one function of the recops package.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from recops import steps
+from recops.config import load_settings
+from recops.errors import RecopsError
+
+from flows.training import training_flow
+
+TASK = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(name="ab-evaluation", **TASK)
+def ab_task(params_path: str) -> dict[str, Any] | None:
+    """The A/B summary, or None when there is no champion yet (the first model)."""
+    from recops.evaluation.abtest import resolve_version, run_ab
+
+    settings = load_settings(params_path)
+    try:
+        resolve_version(settings, "champion")
+    except RecopsError:
+        get_run_logger().info("no champion yet: the challenger goes through the first-model gates")
+        return None
+    return run_ab(settings)
+
+
+@task(name="promote", **TASK)
+def promote_task(params_path: str, ab_report: dict[str, Any] | None) -> dict[str, Any] | None:
+    from recops.registry import promote
+
+    logger = get_run_logger()
+    if ab_report is not None and ab_report["decision"] != "ship":
+        logger.info("A/B decision for %s vs %s is hold: the champion stays",
+                    ab_report["challenger_version"], ab_report["champion_version"])
+        return None
+    settings = load_settings(params_path)
+    entry = promote(settings, ab_report=ab_report, gates=settings.registry.first_model_gates,
+                    reason="scheduled evaluate-and-promote")
+    logger.info("champion -> version %s (was %s)", entry["to_version"], entry["from_version"])
+    return entry
+
+
+@flow(name="recops-evaluate-and-promote", validate_parameters=True)
+def evaluate_and_promote_flow(params_path: str = "params.yaml") -> dict[str, Any]:
+    params_path = str(Path(params_path).resolve())
+    report = ab_task(params_path)
+    entry = promote_task(params_path, report)
+    return {"decision": None if report is None else report["decision"], "promotion": entry}
+
+
+@task(name="batch-score", retries=1, retry_delay_seconds=10, **TASK)
+def batch_task(params_path: str, version: str, k: int | None) -> dict[str, Any]:
+    from recops.serving.batch import batch_score
+
+    return batch_score(load_settings(params_path), version=version, k=k)
+
+
+@flow(name="recops-batch-score", validate_parameters=True)
+def batch_score_flow(params_path: str = "params.yaml", version: str = "champion",
+                     k: int | None = None) -> dict[str, Any]:
+    return batch_task(str(Path(params_path).resolve()), version, k)
+
+
+@task(name="take-snapshot", **TASK)
+def take_snapshot(params_path: str, snapshot_path: str) -> dict[str, float]:
+    """Make ``snapshot_path`` the project's interaction file, ingest and validate it; on any error put the
+    previous file back (and re-ingest it) so nothing is lost, then fail."""
+    settings = load_settings(params_path)
+    if settings.data.source != "file" or not settings.data.interactions_path:
+        raise RecopsError("ingest_snapshot needs data.source: file and data.interactions_path in params.yaml "
+                          "(the file each snapshot replaces)")
+    source = Path(snapshot_path).expanduser().resolve()
+    if not source.is_file():
+        raise RecopsError(f"snapshot {source} not found")
+    target = settings.resolve(settings.data.interactions_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    backup = None
+    if target.exists():
+        backup = Path(tempfile.mkdtemp(prefix=".snapshot-backup.", dir=target.parent)) / target.name
+        shutil.copy2(target, backup)
+    staging = target.with_name(f".{target.name}.incoming")
+    shutil.copy2(source, staging)
+    staging.replace(target)
+    try:
+        metrics = steps.ingest(settings)
+        metrics.update(steps.validate(settings))
+    except Exception:
+        if backup is not None:
+            shutil.copy2(backup, target)
+            try:  # the prepared tables go back to the previous snapshot as well
+                steps.ingest(settings)
+            except RecopsError:
+                pass
+        else:
+            target.unlink(missing_ok=True)
+        raise
+    finally:
+        if backup is not None:
+            shutil.rmtree(backup.parent, ignore_errors=True)
+    get_run_logger().info("snapshot %s accepted: %d rows", source.name, int(metrics.get("ingest.rows", 0)))
+    return metrics
+
+
+@flow(name="recops-ingest-snapshot", validate_parameters=True)
+def ingest_snapshot_flow(snapshot_path: str, params_path: str = "params.yaml", train: bool = True,
+                         promote: bool = True, push: bool = True) -> dict[str, Any]:
+    """A new snapshot -> validate -> training (challenger; DVC commit + push) -> evaluate-and-promote."""
+    params_path = str(Path(params_path).resolve())
+    out: dict[str, Any] = {"snapshot": take_snapshot(params_path, snapshot_path)}
+    if train:
+        out["training"] = training_flow(params_path=params_path, dvc=True, push=push)
+        if promote:
+            out["promotion"] = evaluate_and_promote_flow(params_path=params_path)
+    return out

@@ -1,0 +1,174 @@
+"""Scheduled deployments against a real local Prefect server: register them, trigger each, wait for the result.
+
+A separate `prefect server start` on a free port, `recops deploy` serving the four deployments, and runs
+triggered with `prefect deployment run --watch` — the commands a user types. The project is a small own-data one
+(the clean tables of tests/data/cases.py) so that each training run takes seconds; the ingest-snapshot
+deployment then takes a second snapshot, with more interactions, through validation, training and the A/B.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import BIN, run_env, set_params
+from tests.data.cases import PARAMS, clean_tables, write_case
+
+pytestmark = pytest.mark.integration
+
+DEPLOYMENTS = ("recops-training/training", "recops-evaluate-and-promote/evaluate-and-promote",
+               "recops-batch-score/batch-score", "recops-ingest-snapshot/ingest-snapshot")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def served(fresh_workspace):
+    ws = fresh_workspace("deployments")
+    events, users, items = clean_tables()
+    early = events.sort_values("ts").iloc[: int(len(events) * 0.8)]
+    write_case(ws, {"events.csv": early.to_csv(index=False).encode(), "users.csv": users.to_csv(index=False).encode(),
+                    "items.csv": items.to_csv(index=False).encode()})
+    (ws / "snapshot.csv").write_text(events.to_csv(index=False))
+    set_params(ws, **PARAMS)
+    # synthetic random data: the first model only has to be a valid model, not to beat popularity
+    set_params(ws, registry={"first_model_gates": {"metric": "ndcg@10", "min_lift_over": {}, "min_value": 0.0}},
+               deployments={"batch_k": 10})
+    port = free_port()
+    env = {**run_env(ws), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
+    logs = ws / "logs"
+    logs.mkdir()
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=ws, env=env, stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    worker = None
+    try:
+        def healthy() -> bool:
+            proc = subprocess.run([str(BIN / "prefect"), "config", "view"], cwd=ws, env=env, capture_output=True)
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return proc.returncode == 0
+            except OSError:
+                return False
+
+        wait_for(healthy, 120, "the Prefect server")
+        worker = subprocess.Popen([str(BIN / "recops"), "deploy"], cwd=ws, env=env,
+                                  stdout=open(logs / "deploy.log", "w"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+
+        def deployments() -> list[str]:
+            return [name for name in DEPLOYMENTS
+                    if subprocess.run([str(BIN / "prefect"), "deployment", "inspect", name], cwd=ws, env=env,
+                                      capture_output=True).returncode == 0]
+
+        wait_for(lambda: len(deployments()) == 4, 120, "the four deployments")
+        yield ws, env
+    finally:
+        for proc in (worker, server):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+
+def trigger(ws: Path, env: dict, name: str, *params: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    args = [str(BIN / "prefect"), "deployment", "run", name, "--watch", "--watch-timeout", str(timeout)]
+    for param in params:
+        args += ["--param", param]
+    return subprocess.run(args, cwd=ws, env=env, capture_output=True, text=True, timeout=timeout + 60)
+
+
+def completed(proc: subprocess.CompletedProcess, ws: Path) -> None:
+    log = (ws / "logs" / "deploy.log").read_text()[-4000:]
+    assert proc.returncode == 0 and "Completed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:] + log
+
+
+def aliases(ws: Path) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    from recops.config import load_settings
+
+    settings = load_settings(ws / "params.yaml")
+    client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
+    return {k: str(v) for k, v in client.get_registered_model(settings.registry.model_name).aliases.items()}
+
+
+def test_the_deployments_are_registered_with_their_schedules(served):
+    ws, env = served
+    proc = subprocess.run([str(BIN / "prefect"), "deployment", "inspect", "recops-training/training"], cwd=ws,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and "0 3 * * *" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_the_scheduler_creates_the_scheduled_runs(served):
+    ws, env = served
+
+    def scheduled() -> bool:
+        proc = subprocess.run([str(BIN / "prefect"), "flow-run", "ls", "--flow-name", "recops-training",
+                               "--state-type", "SCHEDULED", "-o", "json"], cwd=ws, env=env, capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            return False
+        runs = json.loads(proc.stdout or "[]")
+        return any(run["state_type"] == "SCHEDULED" and run["deployment_id"] for run in runs)
+
+    wait_for(scheduled, 90, "scheduled runs of recops-training from its cron schedule")
+
+
+def test_training_then_promotion_then_batch_scoring_run_through_the_deployments(served):
+    ws, env = served
+    completed(trigger(ws, env, "recops-training/training"), ws)
+    assert aliases(ws) == {"challenger": "1"}
+    completed(trigger(ws, env, "recops-evaluate-and-promote/evaluate-and-promote"), ws)
+    assert aliases(ws)["champion"] == "1"
+    completed(trigger(ws, env, "recops-batch-score/batch-score"), ws)
+    latest = json.loads((ws / "reports" / "batch" / "latest.json").read_text())
+    recs = pd.read_parquet(ws / "reports" / "batch" / Path(latest["file"]).name)
+    assert recs.groupby("user_id").size().eq(10).all()
+
+
+def test_a_new_snapshot_is_validated_trained_and_evaluated(served):
+    ws, env = served
+    proc = trigger(ws, env, "recops-ingest-snapshot/ingest-snapshot", f"snapshot_path={ws / 'snapshot.csv'}")
+    completed(proc, ws)
+    assert aliases(ws)["challenger"] == "2"
+    report = json.loads((ws / "reports" / "ab.json").read_text())
+    assert (report["champion_version"], report["challenger_version"]) == ("1", "2")
+    prepared = pd.read_parquet(ws / "data" / "prepared" / "interactions.parquet")
+    assert len(prepared) == len(pd.read_csv(ws / "snapshot.csv"))
+
+
+def test_a_bad_snapshot_fails_and_keeps_the_previous_data(served):
+    ws, env = served
+    before = (ws / "data" / "external" / "events.csv").read_bytes()
+    bad = pd.read_csv(ws / "snapshot.csv").drop(columns=["ts"])
+    bad.to_csv(ws / "bad.csv", index=False)
+    proc = trigger(ws, env, "recops-ingest-snapshot/ingest-snapshot", f"snapshot_path={ws / 'bad.csv'}")
+    assert proc.returncode != 0 or "Failed" in proc.stdout
+    assert (ws / "data" / "external" / "events.csv").read_bytes() == before
+    assert aliases(ws)["challenger"] == "2"
