@@ -25,9 +25,9 @@ from recops import steps
 from recops.config import load_settings
 from recops.errors import RecopsError
 
-from flows.training import training_flow
+from flows.training import training_flow, transient_only, with_retries
 
-TASK = {"cache_policy": NO_CACHE, "persist_result": False}
+TASK = {"cache_policy": NO_CACHE, "persist_result": False, "retry_condition_fn": transient_only}
 
 
 @task(name="ab-evaluation", **TASK)
@@ -63,12 +63,12 @@ def promote_task(params_path: str, ab_report: dict[str, Any] | None) -> dict[str
 @flow(name="recops-evaluate-and-promote", validate_parameters=True)
 def evaluate_and_promote_flow(params_path: str = "params.yaml") -> dict[str, Any]:
     params_path = str(Path(params_path).resolve())
-    report = ab_task(params_path)
-    entry = promote_task(params_path, report)
+    report = with_retries(ab_task, params_path)(params_path)
+    entry = with_retries(promote_task, params_path)(params_path, report)
     return {"decision": None if report is None else report["decision"], "promotion": entry}
 
 
-@task(name="batch-score", retries=1, retry_delay_seconds=10, **TASK)
+@task(name="batch-score", **TASK)
 def batch_task(params_path: str, version: str, k: int | None) -> dict[str, Any]:
     from recops.serving.batch import batch_score
 
@@ -78,7 +78,8 @@ def batch_task(params_path: str, version: str, k: int | None) -> dict[str, Any]:
 @flow(name="recops-batch-score", validate_parameters=True)
 def batch_score_flow(params_path: str = "params.yaml", version: str = "champion",
                      k: int | None = None) -> dict[str, Any]:
-    return batch_task(str(Path(params_path).resolve()), version, k)
+    params_path = str(Path(params_path).resolve())
+    return with_retries(batch_task, params_path)(params_path, version, k)
 
 
 @task(name="take-snapshot", **TASK)

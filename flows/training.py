@@ -1,9 +1,10 @@
 """The training flow: every pipeline stage as a Prefect task, then one task that records the run in DVC.
 
 Tasks pass the params path in and small metric dicts out; data moves through the Parquet / npy files that
-``recops.steps`` writes (and DVC versions), never through task state. Only the ingest task retries (it may
-download); a data or parameter error fails fast and the stages after it do not run, so the previous good
-models, reports and registry entries stay as they were.
+``recops.steps`` writes (and DVC versions), never through task state. The ingest task (it may download) and the
+register task (it talks to the tracking server) retry, and only on unexpected errors; a data or parameter error
+(RecopsError) fails fast and the stages after it do not run, so the previous good models, reports and registry
+entries stay as they were.
 
 The final task runs ``dvc commit`` (one DVC command, from one task, after all stages) so that ``dvc.lock``
 describes what the flow produced and ``dvc repro`` has nothing to redo; then ``dvc push`` to the default remote.
@@ -23,16 +24,38 @@ from recops.config import load_settings
 from recops.errors import RecopsError
 
 
-def _stage_task(name: str, retries: int = 0):
+def transient_only(task, task_run, state) -> bool:
+    """Retry condition: retry an unexpected failure (a download, a tracking server briefly away), never a
+    RecopsError (bad data or parameters: the same input fails the same way again)."""
+    try:
+        state.result(raise_on_failure=True)
+    except RecopsError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+# stages that talk to something outside the process: the package index (ingest), the tracking server (register);
+# their retries come from params.yaml (orchestration)
+RETRIED = ("ingest", "register")
+
+
+def _stage_task(name: str):
     def run(params_path: str) -> dict[str, float]:
         return steps.STAGES[name](load_settings(params_path))
 
     run.__name__ = name
-    return task(name=name, retries=retries, retry_delay_seconds=5, cache_policy=NO_CACHE,
-                persist_result=False)(run)
+    return task(name=name, retry_condition_fn=transient_only, cache_policy=NO_CACHE, persist_result=False)(run)
 
 
-STAGE_TASKS = {name: _stage_task(name, retries=2 if name == "ingest" else 0) for name in steps.STAGES}
+STAGE_TASKS = {name: _stage_task(name) for name in steps.STAGES}
+
+
+def with_retries(stage, params_path: str):
+    """``stage`` with the retries of params.yaml's ``orchestration`` section."""
+    cfg = load_settings(params_path).orchestration
+    return stage.with_options(retries=cfg.retries, retry_delay_seconds=cfg.retry_delay_seconds)
 
 
 @task(name="dvc-commit", cache_policy=NO_CACHE, persist_result=False)
@@ -58,6 +81,8 @@ def training_flow(params_path: str = "params.yaml", dvc: bool = True, push: bool
     params_path = str(Path(params_path).resolve())
     metrics: dict[str, float] = {}
     for name, stage in STAGE_TASKS.items():
+        if name in RETRIED:
+            stage = with_retries(stage, params_path)
         metrics.update(stage(params_path))
     if dvc:
         dvc_commit(params_path, push)

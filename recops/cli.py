@@ -190,8 +190,10 @@ def run(
     except RecopsError as exc:
         _exit_on_user_error(exc)
     _print_summary(metrics)
-    console.print(f"registered [bold]{registry['model_name']}[/] version {registry['model_version']} "
-                  f"(MLflow: mlflow ui --backend-store-uri {settings.tracking_uri()})")
+    uri = settings.tracking_uri()
+    ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+    console.print(f"registered [bold]{registry['model_name']}[/] version {registry['model_version']} as "
+                  f"{registry.get('alias', 'challenger')}; `recops ab` then `recops promote` (MLflow: {ui})")
 
 
 def _dvc_repro(root: Path, push: bool) -> None:

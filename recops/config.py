@@ -226,6 +226,13 @@ class ABConfig(Strict):
     guardrails: GuardrailsConfig = GuardrailsConfig()
 
 
+class OrchestrationConfig(Strict):
+    # Prefect retries of the tasks that talk to something outside the process (package index, tracking server);
+    # a RecopsError (bad data or parameters) is never retried
+    retries: int = Field(2, ge=0)
+    retry_delay_seconds: float = Field(10.0, ge=0)
+
+
 class DeploymentsConfig(Strict):
     # Schedules of the Prefect deployments served by `recops deploy` (cron in the server's time zone, UTC)
     training_cron: str = "0 3 * * *"
@@ -258,6 +265,7 @@ class Settings(Strict):
     export: ExportConfig = ExportConfig()
     tuning: TuningConfig = TuningConfig()
     ab: ABConfig = ABConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
     deployments: DeploymentsConfig = DeploymentsConfig()
     registry: RegistryConfig = RegistryConfig()
 

@@ -68,6 +68,22 @@ def set_params(workspace: Path, **sections) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def replace_param(workspace: Path, dotted: str, value) -> None:
+    """Set one params.yaml entry (``"registry.first_model_gates"``) to ``value`` as a whole, without merging."""
+    path = workspace / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    *parents, key = dotted.split(".")
+    node = params
+    for parent in parents:
+        node = node.setdefault(parent, {})
+    node[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+# synthetic random data: a first model only has to be a valid model, not to beat popularity
+NO_GATES = {"metric": "ndcg@10", "min_lift_over": {}, "min_value": 0.0}
+
+
 @pytest.fixture(scope="session")
 def fresh_workspace(tmp_path_factory):
     """Factory of fresh project copies."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import BIN, run_env, set_params
+from tests.conftest import BIN, NO_GATES, replace_param, run_env, set_params
 from tests.data.cases import PARAMS, clean_tables, write_case
 
 pytestmark = pytest.mark.integration
@@ -52,9 +52,8 @@ def served(fresh_workspace):
                     "items.csv": items.to_csv(index=False).encode()})
     (ws / "snapshot.csv").write_text(events.to_csv(index=False))
     set_params(ws, **PARAMS)
-    # synthetic random data: the first model only has to be a valid model, not to beat popularity
-    set_params(ws, registry={"first_model_gates": {"metric": "ndcg@10", "min_lift_over": {}, "min_value": 0.0}},
-               deployments={"batch_k": 10})
+    set_params(ws, deployments={"batch_k": 10})
+    replace_param(ws, "registry.first_model_gates", NO_GATES)
     port = free_port()
     env = {**run_env(ws), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "PREFECT_SERVER_API_PORT": str(port), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

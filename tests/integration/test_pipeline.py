@@ -95,7 +95,7 @@ def test_outputs_are_where_the_readme_says(trained):
     assert [v["version"] for v in versions] == [registry["model_version"]]
     tags = versions[0]["tags"]
     assert tags["git_commit"] and tags["params_hash"] and tags["data_md5.interactions"]
-    assert not versions[0]["aliases"]  # nothing is promoted by training
+    assert versions[0]["aliases"] == ["challenger"]  # training makes a challenger; only `promote` moves champion
 
 
 def test_dvc_has_nothing_to_do_after_the_flow_and_outputs_round_trip_the_remote(trained):

@@ -42,7 +42,7 @@ def postgres_uri():
     with conn.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgresql://{user}@{HOST}:{PORT}/{name}"
+        yield f"postgresql+psycopg://{user}@{HOST}:{PORT}/{name}"  # psycopg 3 (SQLAlchemy 2.0 defaults to psycopg2)
     finally:
         with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
