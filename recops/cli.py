@@ -42,6 +42,16 @@ def _exit_on_user_error(exc: RecopsError) -> None:
     raise typer.Exit(1)
 
 
+def _with_settings(params: Path, quiet: bool, action):
+    """(settings, action(settings)); a RecopsError ends the command with its message and exit code 1."""
+    try:
+        settings = _settings(params, quiet)
+        return settings, action(settings)
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+        raise  # unreachable: _exit_on_user_error raises
+
+
 def _run_stages(params: Path, quiet: bool, names: list[str]) -> dict[str, float]:
     from recops import steps
 
@@ -276,12 +286,7 @@ def ab(
     """A/B-evaluate the challenger against the champion on the current data snapshot: reports/ab.json and ab.html."""
     from recops.evaluation.abtest import run_ab
 
-    try:
-        settings = _settings(params, quiet)
-        summary = run_ab(settings, champion, challenger)
-    except RecopsError as exc:
-        _exit_on_user_error(exc)
-        return
+    settings, summary = _with_settings(params, quiet, lambda s: run_ab(s, champion, challenger))
     colour = "green" if summary["decision"] == "ship" else "yellow"
     console.print(f"[bold {colour}]{summary['decision'].upper()}[/]: version {summary['challenger_version']} "
                   f"(challenger) vs {summary['champion_version']} (champion) on {summary['n_users']} users")
@@ -312,15 +317,13 @@ def promote(
     """
     from recops.registry import promote as promote_version
 
-    try:
-        settings = _settings(params, quiet)
+    def run(settings):
         path = report or settings.path("reports_dir") / "ab.json"
         ab_report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        entry = promote_version(settings, ab_report=ab_report, version=version, reason=reason,
-                                gates=settings.registry.first_model_gates)
-    except RecopsError as exc:
-        _exit_on_user_error(exc)
-        return
+        return promote_version(settings, ab_report=ab_report, version=version, reason=reason,
+                               gates=settings.registry.first_model_gates)
+
+    _, entry = _with_settings(params, quiet, run)
     console.print(f"[bold green]champion[/] -> version {entry['to_version']} of {entry['model_name']} "
                   f"(was {entry['from_version'] or 'none'}; on {entry['promoted_on']})")
 
@@ -334,12 +337,7 @@ def rollback(
     """Point the champion alias back at the previous champion."""
     from recops.registry import rollback as rollback_champion
 
-    try:
-        settings = _settings(params, quiet)
-        entry = rollback_champion(settings, reason=reason)
-    except RecopsError as exc:
-        _exit_on_user_error(exc)
-        return
+    _, entry = _with_settings(params, quiet, lambda s: rollback_champion(s, reason=reason))
     console.print(f"[bold yellow]champion[/] -> version {entry['to_version']} (rolled back from "
                   f"{entry['from_version']})")
 
@@ -349,12 +347,7 @@ def models(params: Params = Path("params.yaml")) -> None:
     """List the registered versions with their aliases, lineage and promotion record."""
     from recops.registry import list_models
 
-    try:
-        settings = _settings(params, quiet=True)
-        versions = list_models(settings)
-    except RecopsError as exc:
-        _exit_on_user_error(exc)
-        return
+    settings, versions = _with_settings(params, True, list_models)
     from rich import box
 
     table = Table(title=f"{settings.registry.model_name}: {len(versions)} versions", title_justify="left",
@@ -416,12 +409,8 @@ def batch_score(
     """Top-k of every user by a registered version (the champion by default) to reports/batch/*.parquet."""
     from recops.serving import batch_score as run_batch
 
-    try:
-        settings = _settings(params, quiet)
-        manifest = run_batch(settings, version=version, k=k or settings.deployments.batch_k)
-    except RecopsError as exc:
-        _exit_on_user_error(exc)
-        return
+    _, manifest = _with_settings(params, quiet,
+                                 lambda s: run_batch(s, version=version, k=k or s.deployments.batch_k))
     console.print(f"version {manifest['version']}: {manifest['users']} users x {manifest['k']} -> "
                   f"{manifest['file']} ({manifest['seconds']:.1f} s)")
 
