@@ -416,6 +416,50 @@ def batch_score(
 
 
 @app.command()
+def snapshot(
+    path: Annotated[Path, typer.Argument(help="The new interaction snapshot (CSV or Parquet, the configured columns).")],
+    params: Params = Path("params.yaml"),
+    train: Annotated[bool, typer.Option(help="Train a challenger on it after validation.")] = True,
+    promote: Annotated[bool, typer.Option(help="Then A/B it against the champion and promote on ship.")] = True,
+    push: Annotated[bool, typer.Option(help="dvc push the outputs after training.")] = True,
+) -> None:
+    """Take a new interaction snapshot: validate it (a bad one is rolled back), train, A/B, promote."""
+    settings = _settings(params, quiet=False)
+    from flows.lifecycle import ingest_snapshot_flow
+
+    try:
+        out = ingest_snapshot_flow(snapshot_path=str(path.resolve()), params_path=str(params.resolve()),
+                                   train=train, promote=promote, push=push)
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+        return
+    console.print(f"snapshot {path.name}: {int(out['snapshot'].get('ingest.rows', 0))} interactions accepted"
+                  + (f"; champion: {(out.get('promotion') or {}).get('promotion')}" if promote and train else ""))
+
+
+@app.command()
+def replay(
+    source: Annotated[Path, typer.Argument(help="An interaction log to replay (CSV or Parquet).")],
+    weeks: Annotated[int, typer.Option(help="Number of weekly snapshots (the last weeks of the log).")] = 4,
+    params: Params = Path("params.yaml"),
+    push: Annotated[bool, typer.Option(help="dvc push after each training.")] = True,
+) -> None:
+    """Replay a log as growing weekly snapshots through the snapshot flow (validate, train, A/B, promote)."""
+    settings = _settings(params, quiet=False)
+    from recops.data.snapshots import replay as run_replay
+
+    try:
+        results = run_replay(params.resolve(), source.resolve(), weeks, settings.data.columns.timestamp, push)
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+        return
+    for result in results:
+        promotion = (result["promotion"] or {}).get("promotion")
+        moved = f"champion -> {promotion['to_version']}" if promotion else "champion unchanged"
+        console.print(f"{Path(result['snapshot']).name}: {result['rows']} interactions, {moved}")
+
+
+@app.command()
 def deploy(params: Params = Path("params.yaml"),
            limit: Annotated[int | None, typer.Option(help="Flow runs executed at once.")] = None) -> None:
     """Register the scheduled deployments (training, evaluate-and-promote, batch-score, ingest-snapshot) and run

@@ -2,7 +2,7 @@
 
 One project copy; the tests run in order and share it. A deliberately weak configuration (MF with 8 factors and
 popularity as the only sources, a 20-tree ranker) plays the model to beat or the bad challenger; the default
-params.yaml plays the better one. Real Prefect, MLflow (SQLite), LightGBM and onnxruntime throughout.
+params.yaml (with a faster-learning ranker, to keep the test short) plays the better one. Real Prefect, MLflow (SQLite), LightGBM and onnxruntime throughout.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from tests.conftest import run_cli, set_params
 pytestmark = pytest.mark.integration
 
 WEAK = {"candidates": {"sources": ["mf", "popularity"], "factors": 8}, "ranker": {"n_estimators": 20}}
+# the default configuration with a faster-learning ranker (fewer trees to fit): still far better than WEAK
+STRONG = {"ranker": {"learning_rate": 0.1}}
 
 
 def client_and_name(ws):
@@ -54,8 +56,7 @@ def ws(fresh_workspace):
 
 def use_params(ws, weak: bool) -> None:
     (ws / "params.yaml").write_text((ws / "params.default.yaml").read_text())
-    if weak:
-        set_params(ws, **WEAK)
+    set_params(ws, **(WEAK if weak else STRONG))
 
 
 def test_training_registers_a_challenger_and_the_first_model_is_promoted_on_gates(ws):
