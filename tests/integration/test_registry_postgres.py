@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -49,15 +50,21 @@ def postgres_uri():
         conn.close()
 
 
-def test_versions_are_registered_with_lineage_in_postgres(tmp_path, postgres_uri):
-    from recops.registry import list_versions, log_and_register
-
+def tiny_ranker_onnx(tmp_path) -> Path:
+    """A 5-tree LambdaRank model on 4 random features, exported to ONNX: something real to register."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 4)).astype(np.float32)
     booster = lgb.train({"objective": "lambdarank", "verbose": -1, "min_data_in_leaf": 5},
                         lgb.Dataset(x, label=rng.integers(0, 2, 200), group=[20] * 10), num_boost_round=5)
     onnx_path = tmp_path / "ranker.onnx"
     onnx_path.write_bytes(convert_ranker(booster, 4, 15).SerializeToString())
+    return onnx_path
+
+
+def test_versions_are_registered_with_lineage_in_postgres(tmp_path, postgres_uri):
+    from recops.registry import list_versions, log_and_register
+
+    onnx_path = tiny_ranker_onnx(tmp_path)
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "metrics.json").write_text('{"test.ranker.ndcg@10": 0.5}')
     settings = Settings(root=tmp_path, registry=RegistryConfig(tracking_uri=postgres_uri))
@@ -81,12 +88,7 @@ def test_promotion_lifecycle_in_postgres(tmp_path, postgres_uri):
 
     from recops.registry import list_models, log_and_register, promote, promotion_history, rollback, set_challenger
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 4)).astype(np.float32)
-    booster = lgb.train({"objective": "lambdarank", "verbose": -1, "min_data_in_leaf": 5},
-                        lgb.Dataset(x, label=rng.integers(0, 2, 200), group=[20] * 10), num_boost_round=5)
-    onnx_path = tmp_path / "ranker.onnx"
-    onnx_path.write_bytes(convert_ranker(booster, 4, 15).SerializeToString())
+    onnx_path = tiny_ranker_onnx(tmp_path)
     settings = Settings(root=tmp_path, registry=RegistryConfig(tracking_uri=postgres_uri))
     client = MlflowClient(tracking_uri=postgres_uri, registry_uri=postgres_uri)
 
