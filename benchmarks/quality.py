@@ -37,10 +37,8 @@ import itertools
 import json
 import logging
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -50,6 +48,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from recops.io import write_json
 
 log = logging.getLogger("benchmarks.quality")
 
@@ -483,18 +483,6 @@ def render(protocol: str, report: dict[str, Any]) -> str:
     return f"{head}\n{markdown_table(report['models'])}\n\n{lift_line(report['lift'])}\n{warm}{skipped}\n"
 
 
-def write_json_atomic(payload: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is for everyone to read
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def merged_report(path: Path, reports: dict[str, Any]) -> dict[str, Any]:
     """The existing report with the protocols run now replaced (an unreadable file is started afresh)."""
     previous: dict[str, Any] = {}
@@ -539,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
             for protocol in protocols:
                 reports[protocol], ok = run_protocol(settings, protocol, seeds, args.quick)
                 all_ok &= ok
-                write_json_atomic(merged_report(out, reports), out)
+                write_json(merged_report(out, reports), out)
     except RecopsError as exc:
         fail(str(exc), prefix="benchmarks.quality")
     for protocol, report in reports.items():

@@ -55,15 +55,13 @@ def _with_settings(params: Path, quiet: bool, action):
 def _run_stages(params: Path, quiet: bool, names: list[str]) -> dict[str, float]:
     from recops import steps
 
-    try:
-        settings = _settings(params, quiet)
+    def run(settings) -> dict[str, float]:
         metrics: dict[str, float] = {}
         for name in names:
             metrics.update(steps.STAGES[name](settings))
         return metrics
-    except RecopsError as exc:
-        _exit_on_user_error(exc)
-        raise  # unreachable: _exit_on_user_error raises
+
+    return _with_settings(params, quiet, run)[1]
 
 
 class _DropUserErrorTraceback(logging.Filter):

@@ -23,9 +23,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +32,7 @@ import pandas as pd
 from recops.columns import Columns
 from recops.config import Settings
 from recops.errors import RecopsError
+from recops.io import atomic_path, write_json, write_parquet  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -41,30 +41,8 @@ TABLES = ("interactions", "users", "items")
 
 
 # ----------------------------------------------------------------------------------------------- file helpers
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        # mkstemp creates the file 0600; give it the replaced file's mode, or the usual 0644
-        os.chmod(tmp_path, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    with _atomic(path) as tmp:
-        frame.to_parquet(tmp, index=False)
-
-
-def write_json(payload: Any, path: Path) -> None:
-    with _atomic(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
+# atomic writers: one mechanism for every output (recops.io)
+_atomic = atomic_path
 
 
 def read_json(path: Path) -> Any:

@@ -231,7 +231,7 @@ def write_params(path: Path, values: dict[str, dict[str, Any]]) -> None:
     """Replace ``section.key`` values in params.yaml in place, keeping its comments and layout."""
     from ruamel.yaml import YAML
 
-    from recops.steps import _atomic
+    from recops.io import atomic_path
 
     yaml = YAML()
     yaml.preserve_quotes = True
@@ -242,6 +242,6 @@ def write_params(path: Path, values: dict[str, dict[str, Any]]) -> None:
     for section, entries in values.items():
         for key, value in entries.items():
             data[section][key] = value
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             yaml.dump(data, handle)

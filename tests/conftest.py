@@ -19,7 +19,7 @@ def project_files() -> list[str]:
     """Tracked and untracked-but-not-ignored files: what a fresh clone plus the working changes would hold."""
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT, capture_output=True,
                          text=True, check=True).stdout.split("\n")
-    # dvc.lock belongs to a run on this machine, not to the project: a fresh clone has none.
+    # dvc.lock records the last committed run; each test workspace starts as a first run, without one.
     return [f for f in out if f and f != "dvc.lock" and (PROJECT / f).is_file()]
 
 

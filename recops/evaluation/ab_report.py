@@ -13,8 +13,6 @@ import base64
 import html
 import io
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,8 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from recops.io import write_text
 
 _CHAMPION_COLOUR, _CHALLENGER_COLOUR, _NEUTRAL_COLOUR = "#4c72b0", "#dd8452", "#8c8c8c"
 
@@ -77,7 +77,7 @@ def write_html_report(summary: Mapping[str, Any], per_user_delta: np.ndarray,
     parts.append("<h2>Guardrails</h2>")
     parts.append(_guardrail_table(summary.get("guardrails") or []))
     parts.append("</body></html>\n")
-    _write_atomic(path, "\n".join(parts))
+    write_text("\n".join(parts), path)
     return path
 
 
@@ -318,16 +318,3 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
