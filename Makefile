@@ -35,11 +35,20 @@ tune: install ## Tune sources and ranker on the valid fold (Optuna, budget from 
 quality: install ## The quality benchmark: two-stage vs single-stage peers on ML-100k (3 seeds) -> reports/quality.json
 	$(BIN)/python -m benchmarks.quality --seeds 3
 
+# Backends of `make server`: SQLite in the project by default; for PostgreSQL, e.g.
+#   make server MLFLOW_BACKEND=postgresql+psycopg://postgres@127.0.0.1:5432/mlflow \
+#               PREFECT_DATABASE=postgresql+asyncpg://postgres@127.0.0.1:5432/prefect
+MLFLOW_BACKEND   ?= sqlite:///$(CURDIR)/mlflow.db
+PREFECT_DATABASE ?= sqlite+aiosqlite:///$(CURDIR)/.prefect/prefect.db
+
 server: install ## Start local Prefect (127.0.0.1:4200) and MLflow (127.0.0.1:5000) servers; Ctrl-C stops both
 	@echo "Prefect UI http://127.0.0.1:4200  MLflow UI http://127.0.0.1:5000  (then: make deploy)"
+	@mkdir -p $(CURDIR)/.prefect
 	@trap 'kill 0' INT TERM EXIT; \
-	PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/prefect server start --host 127.0.0.1 --port 4200 & \
-	$(BIN)/mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+	PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false \
+		PREFECT_API_DATABASE_CONNECTION_URL='$(PREFECT_DATABASE)' \
+		$(BIN)/prefect server start --host 127.0.0.1 --port 4200 & \
+	$(BIN)/mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri '$(MLFLOW_BACKEND)' \
 		--default-artifact-root $(CURDIR)/mlartifacts & \
 	wait
 

@@ -2,7 +2,8 @@
 
 - ``recops-evaluate-and-promote``: A/B-evaluate the challenger against the champion and promote it on ``ship``
   (the first model, with no champion, is promoted on the first-model gates instead). A ``hold`` is a normal
-  outcome, not a failure: the flow completes and the champion stays.
+  outcome, not a failure: the flow completes and the champion stays. When the challenger already is the
+  champion (training bootstrapped the first champion, or nothing was trained since) there is nothing to do.
 - ``recops-batch-score``: the champion's top-k for every user to Parquet.
 - ``recops-ingest-snapshot``: a new interaction snapshot replaces the project's interaction file, is ingested and
   validated — a bad snapshot restores the previous file and fails the flow before anything is trained — then
@@ -27,20 +28,26 @@ from recops.errors import RecopsError
 
 from flows.training import training_flow, transient_only, with_retries
 
+NOTHING_TO_DO = "none"  # the decision when the challenger already is the champion
 TASK = {"cache_policy": NO_CACHE, "persist_result": False, "retry_condition_fn": transient_only}
 
 
 @task(name="ab-evaluation", **TASK)
 def ab_task(params_path: str) -> dict[str, Any] | None:
-    """The A/B summary, or None when there is no champion yet (the first model)."""
+    """The A/B summary; None when there is no champion yet (the first model goes through the gates instead);
+    ``{"decision": "none", ...}`` when the challenger already is the champion (nothing new was trained)."""
     from recops.evaluation.abtest import resolve_version, run_ab
 
     settings = load_settings(params_path)
     try:
-        resolve_version(settings, "champion")
+        champion = resolve_version(settings, "champion")
     except RecopsError:
         get_run_logger().info("no champion yet: the challenger goes through the first-model gates")
         return None
+    challenger = resolve_version(settings, "challenger")
+    if champion == challenger:
+        get_run_logger().info("the challenger is the champion (version %s): nothing to evaluate", champion)
+        return {"decision": NOTHING_TO_DO, "champion_version": champion, "challenger_version": challenger}
     return run_ab(settings)
 
 
@@ -49,6 +56,8 @@ def promote_task(params_path: str, ab_report: dict[str, Any] | None) -> dict[str
     from recops.registry import promote
 
     logger = get_run_logger()
+    if ab_report is not None and ab_report["decision"] == NOTHING_TO_DO:
+        return None
     if ab_report is not None and ab_report["decision"] != "ship":
         logger.info("A/B decision for %s vs %s is hold: the champion stays",
                     ab_report["challenger_version"], ab_report["champion_version"])

@@ -200,8 +200,15 @@ def run(
     _print_summary(metrics)
     uri = settings.tracking_uri()
     ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
-    console.print(f"registered [bold]{registry['model_name']}[/] version {registry['model_version']} as "
-                  f"{registry.get('alias', 'challenger')}; `recops ab` then `recops promote` (MLflow: {ui})")
+    version = str(registry["model_version"])
+    champion = registry.get("champion")
+    if champion == version:
+        then = "the first champion (it passed registry.first_model_gates)"
+    elif champion is None:
+        then = f"challenger; no champion: {registry.get('champion_note', 'run recops promote')}"
+    else:
+        then = f"challenger; champion is version {champion}: `recops ab` then `recops promote`"
+    console.print(f"registered [bold]{registry['model_name']}[/] version {version} as {then} (MLflow: {ui})")
 
 
 def _dvc_repro(root: Path, push: bool) -> None:

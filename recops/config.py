@@ -249,6 +249,9 @@ class RegistryConfig(Strict):
     # The first model (no champion to A/B-test against) is promoted only past these gates; checked by
     # recops.registry.promotion.FirstModelGates (metric, fold, model, min_value, min_lift_over).
     first_model_gates: dict[str, Any] = {"metric": "ndcg@10", "min_lift_over": {"popularity": 0.05}}
+    # With no champion yet, training promotes the version it registers when it passes first_model_gates (the
+    # same check `recops promote` makes for a first model); false leaves the first promotion to `recops promote`.
+    bootstrap_champion: bool = True
 
 
 class Settings(Strict):

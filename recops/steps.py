@@ -543,8 +543,34 @@ def register(settings: Settings) -> dict[str, float]:
     from recops.registry import set_challenger
 
     challenger = set_challenger(settings, result["model_version"])  # promotion needs an A/B test (recops ab)
-    write_json({**result, **lineage, "alias": challenger["alias"]}, settings.path("registry_report"))
+    champion = _bootstrap_champion(settings, str(result["model_version"]))
+    write_json({**result, **lineage, "alias": challenger["alias"], **champion}, settings.path("registry_report"))
     return _timed("register", {"registry.model_version": float(result["model_version"])}, started)
+
+
+def _bootstrap_champion(settings: Settings, version: str) -> dict[str, Any]:
+    """With no champion yet and ``registry.bootstrap_champion``, promote ``version`` if it passes the gates.
+
+    A version that fails the gates stays the challenger only: training still succeeded, the report says why it is
+    not the champion, and ``recops promote`` can try again (e.g. after the gates were changed deliberately).
+    Returns ``{"champion": <version or None>, "champion_note": <why>}`` for reports/registry.json.
+    """
+    from recops.registry import promote
+    from recops.registry.promotion import CHAMPION, current_aliases
+
+    current = current_aliases(settings).get(CHAMPION)
+    if current is not None:
+        return {"champion": current, "champion_note": f"champion stays version {current}: run recops ab"}
+    if not settings.registry.bootstrap_champion:
+        return {"champion": None, "champion_note": "no champion: registry.bootstrap_champion is off"}
+    try:
+        entry = promote(settings, ab_report=None, version=version, gates=settings.registry.first_model_gates,
+                        reason="first model: promoted by training on the first-model quality gates")
+    except RecopsError as exc:
+        log.warning("version %s is not the champion: %s", version, exc)
+        return {"champion": None, "champion_note": str(exc)}
+    log.info("version %s is the first champion (%s)", version, entry["reason"])
+    return {"champion": version, "champion_note": entry["reason"]}
 
 
 STAGES = {

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,3 +93,45 @@ def fresh_workspace(tmp_path_factory):
     def make(name: str) -> Path:
         return make_workspace(tmp_path_factory.mktemp(name))
     return make
+
+
+POSTGRES_HOST, POSTGRES_PORT, POSTGRES_ADMIN_DB = "127.0.0.1", 5432, "test"
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str = "recops_test") -> Iterator[tuple[str, str]]:
+    """A fresh database on the machine's PostgreSQL (trust auth), dropped afterwards: yields ``(user, name)``.
+
+    Without a reachable server the test is skipped on a developer machine and fails under CI (CI=true), where the
+    server is part of the machine.
+    """
+    import psycopg
+
+    conn, last = None, None
+    for user in ("postgres", "root", os.environ.get("USER", "postgres")):
+        try:
+            conn = psycopg.connect(host=POSTGRES_HOST, port=POSTGRES_PORT, dbname=POSTGRES_ADMIN_DB, user=user,
+                                   connect_timeout=3, autocommit=True)
+            break
+        except psycopg.OperationalError as exc:
+            last = exc
+    if conn is None:
+        message = f"PostgreSQL not reachable at {POSTGRES_HOST}:{POSTGRES_PORT}: {last}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield user, name
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
+def postgres_uri(user: str, name: str, driver: str = "psycopg") -> str:
+    """SQLAlchemy URI of a database: ``psycopg`` for MLflow (SQLAlchemy 2.0 defaults to psycopg2, not installed),
+    ``asyncpg`` for the Prefect server."""
+    return f"postgresql+{driver}://{user}@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"

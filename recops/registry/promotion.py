@@ -170,6 +170,18 @@ def set_challenger(settings: Settings, version: str | int) -> dict[str, Any]:
     return {"model_name": name, "alias": CHALLENGER, "version": str(number), "previous_version": previous}
 
 
+def current_aliases(settings: Settings) -> dict[str, str]:
+    """The registered model's aliases as ``{alias: version}``; empty when the model is not registered yet."""
+    client = _client(settings)
+    try:
+        registered = client.get_registered_model(settings.registry.model_name)
+    except Exception as exc:
+        if _not_found(exc):
+            return {}
+        raise
+    return {alias: str(version) for alias, version in registered.aliases.items()}
+
+
 def promote(
     settings: Settings,
     *,

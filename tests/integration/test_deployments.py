@@ -4,10 +4,16 @@ A separate `prefect server start` on a free port, `recops deploy` serving the fo
 triggered with `prefect deployment run --watch` — the commands a user types. The project is a small own-data one
 (the clean tables of tests/data/cases.py) so that each training run takes seconds; the ingest-snapshot
 deployment then takes a second snapshot, with more interactions, through validation, training and the A/B.
+
+Both servers run on the production backend: the Prefect server's database and the MLflow tracking store are
+fresh PostgreSQL databases (127.0.0.1:5432), so the lifecycle — training, the bootstrapped first champion, a new
+snapshot's A/B and promotion, batch scoring — runs here against PostgreSQL, and in test_lifecycle.py against the
+embedded SQLite defaults.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import BIN, NO_GATES, replace_param, run_env, set_params
+from tests.conftest import BIN, NO_GATES, postgres_database, postgres_uri, replace_param, run_env, set_params
 from tests.data.cases import PARAMS, clean_tables, write_case
 
 pytestmark = pytest.mark.integration
@@ -45,6 +51,13 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def served(fresh_workspace):
+    with contextlib.ExitStack() as stack:
+        prefect_db = stack.enter_context(postgres_database("recops_prefect"))
+        mlflow_db = stack.enter_context(postgres_database("recops_mlflow"))
+        yield from _served(fresh_workspace, prefect_db, mlflow_db)
+
+
+def _served(fresh_workspace, prefect_db: tuple[str, str], mlflow_db: tuple[str, str]):
     ws = fresh_workspace("deployments")
     events, users, items = clean_tables()
     early = events.sort_values("ts").iloc[: int(len(events) * 0.8)]
@@ -54,8 +67,10 @@ def served(fresh_workspace):
     set_params(ws, **PARAMS)
     set_params(ws, deployments={"batch_k": 10})
     replace_param(ws, "registry.first_model_gates", NO_GATES)
+    set_params(ws, registry={"tracking_uri": postgres_uri(*mlflow_db)})
     port = free_port()
     env = {**run_env(ws), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_API_DATABASE_CONNECTION_URL": postgres_uri(*prefect_db, driver="asyncpg"),
            "PREFECT_SERVER_API_PORT": str(port), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
     logs = ws / "logs"
@@ -84,7 +99,7 @@ def served(fresh_workspace):
                                       capture_output=True).returncode == 0]
 
         wait_for(lambda: len(deployments()) == 4, 120, "the four deployments")
-        yield ws, env
+        yield ws, env, prefect_db, mlflow_db
     finally:
         for proc in (worker, server):
             if proc is not None and proc.poll() is None:
@@ -118,14 +133,14 @@ def aliases(ws: Path) -> dict[str, str]:
 
 
 def test_the_deployments_are_registered_with_their_schedules(served):
-    ws, env = served
+    ws, env, *_ = served
     proc = subprocess.run([str(BIN / "prefect"), "deployment", "inspect", "recops-training/training"], cwd=ws,
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 0 and "0 3 * * *" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
 def test_the_scheduler_creates_the_scheduled_runs(served):
-    ws, env = served
+    ws, env, *_ = served
 
     def scheduled() -> bool:
         proc = subprocess.run([str(BIN / "prefect"), "flow-run", "ls", "--flow-name", "recops-training",
@@ -140,11 +155,12 @@ def test_the_scheduler_creates_the_scheduled_runs(served):
 
 
 def test_training_then_promotion_then_batch_scoring_run_through_the_deployments(served):
-    ws, env = served
+    ws, env, *_ = served
     completed(trigger(ws, env, "recops-training/training"), ws)
-    assert aliases(ws) == {"challenger": "1"}
-    completed(trigger(ws, env, "recops-evaluate-and-promote/evaluate-and-promote"), ws)
-    assert aliases(ws)["champion"] == "1"
+    assert aliases(ws) == {"challenger": "1", "champion": "1"}  # the first model passed the gates in training
+    proc = trigger(ws, env, "recops-evaluate-and-promote/evaluate-and-promote")
+    completed(proc, ws)  # the challenger is the champion: nothing to evaluate, nothing moves
+    assert aliases(ws) == {"challenger": "1", "champion": "1"}
     completed(trigger(ws, env, "recops-batch-score/batch-score"), ws)
     latest = json.loads((ws / "reports" / "batch" / "latest.json").read_text())
     recs = pd.read_parquet(ws / "reports" / "batch" / Path(latest["file"]).name)
@@ -152,7 +168,7 @@ def test_training_then_promotion_then_batch_scoring_run_through_the_deployments(
 
 
 def test_a_new_snapshot_is_validated_trained_and_evaluated(served):
-    ws, env = served
+    ws, env, *_ = served
     proc = trigger(ws, env, "recops-ingest-snapshot/ingest-snapshot", f"snapshot_path={ws / 'snapshot.csv'}")
     completed(proc, ws)
     assert aliases(ws)["challenger"] == "2"
@@ -163,7 +179,7 @@ def test_a_new_snapshot_is_validated_trained_and_evaluated(served):
 
 
 def test_a_bad_snapshot_fails_and_keeps_the_previous_data(served):
-    ws, env = served
+    ws, env, *_ = served
     before = (ws / "data" / "external" / "events.csv").read_bytes()
     bad = pd.read_csv(ws / "snapshot.csv").drop(columns=["ts"])
     bad.to_csv(ws / "bad.csv", index=False)
@@ -171,3 +187,22 @@ def test_a_bad_snapshot_fails_and_keeps_the_previous_data(served):
     assert proc.returncode != 0 or "Failed" in proc.stdout
     assert (ws / "data" / "external" / "events.csv").read_bytes() == before
     assert aliases(ws)["challenger"] == "2"
+
+
+def test_both_servers_kept_their_state_in_postgresql(served):
+    import psycopg
+
+    from tests.conftest import POSTGRES_HOST, POSTGRES_PORT
+
+    ws, _, (user, prefect_db), (_, mlflow_db) = served
+
+    def query(db: str, sql: str) -> list[tuple]:
+        with psycopg.connect(host=POSTGRES_HOST, port=POSTGRES_PORT, dbname=db, user=user) as conn:
+            return conn.execute(sql).fetchall()
+
+    names = {row[0] for row in query(prefect_db, "SELECT name FROM deployment")}
+    assert {name.split("/")[1] for name in DEPLOYMENTS} <= names
+    assert query(prefect_db, "SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'")[0][0] >= 3
+    versions = query(mlflow_db, "SELECT version FROM model_versions ORDER BY version")
+    assert [row[0] for row in versions] == [1, 2]
+    assert not list(ws.glob("*.db")) and not (ws / ".prefect" / "prefect.db").exists()  # no SQLite fallback

@@ -61,6 +61,7 @@ def use_params(ws, weak: bool) -> None:
 
 def test_training_registers_a_challenger_and_the_first_model_is_promoted_on_gates(ws):
     use_params(ws, weak=True)
+    set_params(ws, registry={"bootstrap_champion": False})  # the first promotion by hand (make run does it itself)
     ok(run_cli(ws, "run", "-q"))
     assert alias(ws, "challenger") == "1" and alias(ws, "champion") is None
     refused(run_cli(ws, "ab", "-q"), "no 'champion' alias")

@@ -95,7 +95,10 @@ def test_outputs_are_where_the_readme_says(trained):
     assert [v["version"] for v in versions] == [registry["model_version"]]
     tags = versions[0]["tags"]
     assert tags["git_commit"] and tags["params_hash"] and tags["data_md5.interactions"]
-    assert versions[0]["aliases"] == ["challenger"]  # training makes a challenger; only `promote` moves champion
+    # training makes a challenger; with no champion yet, a version that passes the first-model gates becomes it
+    assert sorted(versions[0]["aliases"]) == ["challenger", "champion"]
+    assert registry["champion"] == registry["model_version"] and "gates" in registry["champion_note"]
+    assert "the first champion" in trained[1].stdout
 
 
 def test_dvc_has_nothing_to_do_after_the_flow_and_outputs_round_trip_the_remote(trained):

@@ -1,13 +1,11 @@
 """The production tracking backend: MLflow on the real PostgreSQL server (127.0.0.1:5432, trust auth).
 
-Each test run creates its own database and drops it afterwards. Without a reachable server the test is
-skipped on a developer machine and fails under CI (CI=true), where the server is part of the machine.
+Each test creates its own database and drops it afterwards (tests.conftest.postgres_database). The whole
+lifecycle through the CLI and Prefect deployments on PostgreSQL is in test_deployments.py.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import lightgbm as lgb
@@ -16,38 +14,14 @@ import pytest
 
 from recops.config import RegistryConfig, Settings
 from recops.export import convert_ranker
-
-HOST, PORT, ADMIN_DB = "127.0.0.1", 5432, "test"
-
-
-def _admin_connection():
-    import psycopg
-
-    for user in ("postgres", "root", os.environ.get("USER", "postgres")):
-        try:
-            conn = psycopg.connect(host=HOST, port=PORT, dbname=ADMIN_DB, user=user, connect_timeout=3,
-                                   autocommit=True)
-            return conn, user
-        except psycopg.OperationalError as exc:
-            last = exc
-    message = f"PostgreSQL not reachable at {HOST}:{PORT}: {last}"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+from tests.conftest import postgres_database
+from tests.conftest import postgres_uri as make_uri
 
 
 @pytest.fixture
 def postgres_uri():
-    conn, user = _admin_connection()
-    name = f"recops_test_{uuid.uuid4().hex[:12]}"
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://{user}@{HOST}:{PORT}/{name}"  # psycopg 3 (SQLAlchemy 2.0 defaults to psycopg2)
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
+    with postgres_database() as (user, name):
+        yield make_uri(user, name)
 
 
 def tiny_ranker_onnx(tmp_path) -> Path:

@@ -31,7 +31,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     root = tmp_path_factory.mktemp("batch-project")
     shutil.copy(PROJECT / "params.yaml", root / "params.yaml")
     set_params(root, **PARAMS)
-    set_params(root, paths={"expectations_dir": str(PROJECT / "expectations"), "cache_dir": str(root / "cache")})
+    set_params(root, paths={"expectations_dir": str(PROJECT / "expectations"), "cache_dir": str(root / "cache")},
+               registry={"bootstrap_champion": False})
     events, users, items = clean_tables()
     write_case(root, {"events.csv": events.to_csv(index=False).encode(),
                       "users.csv": users.to_csv(index=False).encode(),
