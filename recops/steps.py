@@ -555,9 +555,10 @@ def _bootstrap_champion(settings: Settings, version: str) -> dict[str, Any]:
     not the champion, and ``recops promote`` can try again (e.g. after the gates were changed deliberately).
     Returns ``{"champion": <version or None>, "champion_note": <why>}`` for reports/registry.json.
     """
-    from recops.registry import promote
+    from recops.registry import promote, recover_interrupted_move
     from recops.registry.promotion import CHAMPION, current_aliases
 
+    recover_interrupted_move(settings)  # a promotion killed mid-way: finish or forget it first
     current = current_aliases(settings).get(CHAMPION)
     if current is not None:
         return {"champion": current, "champion_note": f"champion stays version {current}: run recops ab"}

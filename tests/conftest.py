@@ -38,10 +38,16 @@ def make_workspace(target: Path) -> Path:
     return target
 
 
+# workspace -> API URL of the session's shared Prefect server, for workspaces created with prefect_api=...
+_PREFECT_API: dict[Path, str] = {}
+
+
 def run_env(workspace: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PREFECT_HOME"] = str(workspace / ".prefect")
+    if workspace in _PREFECT_API:
+        env["PREFECT_API_URL"] = _PREFECT_API[workspace]
     return env
 
 
@@ -89,10 +95,58 @@ NO_GATES = {"metric": "ndcg@10", "min_lift_over": {}, "min_value": 0.0}
 
 @pytest.fixture(scope="session")
 def fresh_workspace(tmp_path_factory):
-    """Factory of fresh project copies."""
-    def make(name: str) -> Path:
-        return make_workspace(tmp_path_factory.mktemp(name))
+    """Factory of fresh project copies; ``prefect_api`` (the :func:`prefect_api` fixture's URL) makes their
+    commands run their flows on that server instead of each starting Prefect's temporary one."""
+    def make(name: str, prefect_api: str | None = None) -> Path:
+        workspace = make_workspace(tmp_path_factory.mktemp(name))
+        if prefect_api:
+            _PREFECT_API[workspace] = prefect_api
+        return workspace
     return make
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory) -> Iterator[str]:
+    """One local Prefect server (SQLite) for the session: the API URL.
+
+    Every command without PREFECT_API_URL starts a temporary server of its own (8 s, 16 s on a new database); the
+    lifecycle tests run many commands and share this one. The temporary-server path a newcomer's `make run` takes
+    stays covered by the ML-100k run in test_pipeline.py.
+    """
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**run_env(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_PORT": str(port)}
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=home, env=env, stdout=open(home / "server.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the Prefect server did not start: " + (home / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield url
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGINT)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
 
 
 POSTGRES_HOST, POSTGRES_PORT, POSTGRES_ADMIN_DB = "127.0.0.1", 5432, "test"

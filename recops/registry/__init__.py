@@ -22,6 +22,7 @@ from recops.registry.promotion import (
     list_models,
     promote,
     promotion_history,
+    recover_interrupted_move,
     rollback,
     set_challenger,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "mlflow_metric_key",
     "promote",
     "promotion_history",
+    "recover_interrupted_move",
     "rollback",
     "set_challenger",
 ]

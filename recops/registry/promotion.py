@@ -22,7 +22,12 @@ call, and only then is the move recorded. What is recorded:
   ``recops.promotion_history.1``, ``.2``, ...; :func:`promotion_history` reads them back as one list.
 
 If recording fails after the alias moved, the alias (and whatever was recorded) is put back, and the error says
-so. MLflow has no transactions across these calls, so two promotions of the same model at the same moment can
+so. A process killed mid-move (kill -9, power loss) cannot put anything back, so every move first writes its
+intent to the registered-model tag ``recops.pending_move``; the alias move is the commit point. The next
+``promote`` / ``rollback`` (or :func:`recover_interrupted_move`) finishes a move whose alias had moved (records it,
+once) and forgets one whose alias had not; re-running the interrupted command then reports the finished move
+instead of moving again. The champion alias only ever points at a registered version, and a version is only
+registered after its files were logged, so it always names a complete, loadable model. MLflow has no transactions across these calls, so two promotions of the same model at the same moment can
 still interleave; run promotions from one place (the CLI or one flow).
 
 What this module must not do: set a global MLflow tracking URI, import MLflow at import time, or register
@@ -55,6 +60,8 @@ logger = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "recops.promotion_history"
+# Write-ahead record of a champion move in progress (see _move_champion / _recover_interrupted_move).
+PENDING_TAG = "recops.pending_move"
 
 PROMOTED_ON_AB_TEST = "ab_test"
 PROMOTED_ON_GATES = "first_model_gates"
@@ -221,6 +228,9 @@ def promote(
     client = _client(settings)
     name = settings.registry.model_name
     registered = _registered_model(client, settings)
+    resumed = _recover_interrupted_move(client, registered)
+    if resumed is not None:
+        registered = _registered_model(client, settings)
     champion = _alias_version(registered, CHAMPION)
     if version is None:
         challenger = _alias_version(registered, CHALLENGER)
@@ -233,6 +243,9 @@ def promote(
     target = _existing_version(client, settings, version)
     to_version = str(target.version)
     if to_version == champion:
+        if resumed is not None and resumed["action"] == "promote" and resumed["to_version"] == to_version:
+            promoted_on = client.get_model_version(name, to_version).tags.get(TAG_PROMOTED_ON)
+            return {"model_name": name, **resumed, "promoted_on": promoted_on, "evidence": {}, "resumed": True}
         raise RecopsError(
             f"version {to_version} of {name!r} already is the champion: train and register a new version to "
             "challenge it"
@@ -299,6 +312,11 @@ def rollback(settings: Settings, *, actor: str | None = None, reason: str | None
     client = _client(settings)
     name = settings.registry.model_name
     registered = _registered_model(client, settings)
+    resumed = _recover_interrupted_move(client, registered)
+    if resumed is not None and resumed["action"] == "rollback":
+        return {"model_name": name, **resumed, "resumed": True}  # the interrupted rollback is now complete
+    if resumed is not None:
+        registered = _registered_model(client, settings)
     champion = _alias_version(registered, CHAMPION)
     if champion is None:
         raise RecopsError(f"model {name!r} has no champion to roll back: promote a version first")
@@ -501,29 +519,26 @@ def _move_champion(
     entry: dict[str, Any],
     version_tags: dict[str, dict[str, str]],
 ) -> None:
-    """Set the alias once, then record; on a recording failure put everything back and say what happened."""
+    """Write the intent, set the alias once (the commit point), then record and clear the intent; on a recording
+    failure put everything back and say what happened. A kill at any point is repaired by
+    :func:`_recover_interrupted_move`."""
     name = registered.name
     old_model_tags = dict(registered.tags or {})
     model_tags = _history_tags(old_model_tags, entry)  # computed (and size-checked) before anything is written
     old_version_tags = {v: dict(client.get_model_version(name, v).tags or {}) for v in version_tags}
     undo: list[tuple[str, Callable[[], None]]] = []
 
-    client.set_registered_model_alias(name, CHAMPION, entry["to_version"])
-    # Each write registers its undo once it succeeded: a write that failed changed nothing to put back.
-    if champion is None:
-        undo.append(("champion alias", lambda: client.delete_registered_model_alias(name, CHAMPION)))
-    else:
-        undo.append(("champion alias", lambda: client.set_registered_model_alias(name, CHAMPION, champion)))
     try:
-        for number, tags in version_tags.items():
-            for key, value in tags.items():
-                client.set_model_version_tag(name, number, key, value)
-                undo.append((f"tag {key} of version {number}",
-                             _restore_version_tag(client, name, number, key, old_version_tags[number].get(key))))
-        # Archives first: if writing the main tag fails, the entries are still only in the old main tag.
-        for key, value in sorted(model_tags.items(), key=lambda kv: kv[0] == HISTORY_TAG):
-            client.set_registered_model_tag(name, key, value)
-            undo.append((f"tag {key}", _restore_model_tag(client, name, key, old_model_tags.get(key))))
+        client.set_registered_model_tag(name, PENDING_TAG, _pending_record(entry, version_tags))
+        undo.append(("pending-move record", lambda: client.delete_registered_model_tag(name, PENDING_TAG)))
+        client.set_registered_model_alias(name, CHAMPION, entry["to_version"])
+        # Each write registers its undo once it succeeded: a write that failed changed nothing to put back.
+        if champion is None:
+            undo.append(("champion alias", lambda: client.delete_registered_model_alias(name, CHAMPION)))
+        else:
+            undo.append(("champion alias", lambda: client.set_registered_model_alias(name, CHAMPION, champion)))
+        _record_move(client, name, old_model_tags, model_tags, version_tags, old_version_tags, undo)
+        client.delete_registered_model_tag(name, PENDING_TAG)
     except Exception as exc:
         failed_undo = []
         for what, action in reversed(undo):
@@ -536,13 +551,97 @@ def _move_champion(
         if failed_undo:
             raise RecopsError(
                 f"the champion of {name!r} moved ({moved}) but recording it failed ({exc}), and restoring "
-                f"{', '.join(failed_undo)} failed too: check the registry, the champion alias may point at "
-                f"version {entry['to_version']} without a record"
+                f"{', '.join(failed_undo)} failed too: check the registry; the next recops promote / rollback "
+                f"finishes or forgets the move from its {PENDING_TAG} record"
             ) from exc
         raise RecopsError(
             f"recording the champion move {moved} of {name!r} failed ({exc}); the champion alias was restored to "
             f"{champion or 'unset'} and nothing was recorded. Fix the registry connection and try again"
         ) from exc
+
+
+def _record_move(
+    client: MlflowClient,
+    name: str,
+    old_model_tags: Mapping[str, str],
+    model_tags: Mapping[str, str],
+    version_tags: Mapping[str, Mapping[str, str]],
+    old_version_tags: Mapping[str, Mapping[str, str]] | None,
+    undo: list[tuple[str, Callable[[], None]]] | None = None,
+) -> None:
+    """Write the version tags and the history tags of a move (registering an undo for each when asked)."""
+    for number, tags in version_tags.items():
+        for key, value in tags.items():
+            client.set_model_version_tag(name, number, key, value)
+            if undo is not None and old_version_tags is not None:
+                undo.append((f"tag {key} of version {number}",
+                             _restore_version_tag(client, name, number, key, old_version_tags[number].get(key))))
+    # Archives first: if writing the main tag fails, the entries are still only in the old main tag.
+    for key, value in sorted(model_tags.items(), key=lambda kv: kv[0] == HISTORY_TAG):
+        client.set_registered_model_tag(name, key, value)
+        if undo is not None:
+            undo.append((f"tag {key}", _restore_model_tag(client, name, key, old_model_tags.get(key))))
+
+
+def _pending_record(entry: dict[str, Any], version_tags: dict[str, dict[str, str]]) -> str:
+    """The intent of a move as one tag value: the history entry and the version tags to write. Evidence tags that
+    would not fit in a registered-model tag are left out of the record (a recovered move then lacks them)."""
+    record = _dumps_obj({"entry": entry, "version_tags": version_tags})
+    if len(record) <= _MAX_REGISTERED_MODEL_TAG_VALUE:
+        return record
+    core = {TAG_PROMOTED_AT, TAG_PROMOTED_BY, TAG_PROMOTION_REASON, TAG_PROMOTED_ON, TAG_ROLLED_BACK_AT,
+            TAG_ROLLED_BACK_BY, TAG_ROLLBACK_REASON}
+    slim = {v: {k: t for k, t in tags.items() if k in core} for v, tags in version_tags.items()}
+    return _dumps_obj({"entry": entry, "version_tags": slim})
+
+
+def _recover_interrupted_move(client: MlflowClient, registered: RegisteredModel) -> dict[str, Any] | None:
+    """Finish or forget a champion move whose process died; return the history entry of a finished one.
+
+    The alias is the commit point: if it points at the move's target, the move happened and is recorded now
+    (version tags and history entry, the entry once); otherwise nothing happened and the record is dropped.
+    """
+    name = registered.name
+    tags = dict(registered.tags or {})
+    raw = tags.get(PENDING_TAG)
+    if not raw:
+        return None
+    try:
+        pending = json.loads(raw)
+        entry, version_tags = dict(pending["entry"]), dict(pending.get("version_tags") or {})
+        target = str(entry["to_version"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        logger.warning("%s: unreadable %s tag dropped: %r", name, PENDING_TAG, raw[:200])
+        client.delete_registered_model_tag(name, PENDING_TAG)
+        return None
+    if _alias_version(registered, CHAMPION) != target:
+        logger.warning("%s: an interrupted %s (%s -> %s, at %s) never moved the champion: forgotten", name,
+                       entry.get("action"), entry.get("from_version") or "unset", target, entry.get("at"))
+        client.delete_registered_model_tag(name, PENDING_TAG)
+        return None
+    history = _read_history(tags)
+    model_tags = {} if entry in history[-1:] else _history_tags(tags, entry)
+    _record_move(client, name, tags, model_tags, version_tags, None)
+    client.delete_registered_model_tag(name, PENDING_TAG)
+    logger.warning("%s: finished recording an interrupted %s (%s -> %s, at %s)", name, entry.get("action"),
+                   entry.get("from_version") or "unset", target, entry.get("at"))
+    return entry
+
+
+def recover_interrupted_move(settings: Settings) -> dict[str, Any] | None:
+    """Finish or forget a champion move interrupted by a killed process (see the module docstring).
+
+    Returns the history entry of a move that was finished now, None when there was nothing to do or the move
+    had not happened.
+    """
+    client = _client(settings)
+    try:
+        registered = client.get_registered_model(settings.registry.model_name)
+    except Exception as exc:
+        if _not_found(exc):
+            return None
+        raise
+    return _recover_interrupted_move(client, registered)
 
 
 def _restore_version_tag(
@@ -595,6 +694,10 @@ def _archive_keys(model_tags: Mapping[str, str]) -> list[str]:
 
 def _dumps(entries: list[dict[str, Any]]) -> str:
     return json.dumps(entries, separators=(",", ":"), ensure_ascii=False)
+
+
+def _dumps_obj(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _flat_report(report: Mapping[str, Any], prefix: str = "", depth: int = 2) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""Faults with a real MLflow tracking server: away for a moment (Prefect retries, the run completes) and away for
-good (the run fails, nothing is registered, the champion stays).
+"""Faults with a real MLflow tracking server: away for a moment (Prefect retries, the run completes), away for
+good (the run fails, nothing is registered, the champion stays), and a training run killed with SIGKILL in the
+middle of a stage (the champion still points at a complete model that onnxruntime loads; a rerun finishes).
+Promotions killed at every write are in tests/unit/test_promotion.py.
 
 The project logs to `mlflow server` over HTTP (`registry.tracking_uri`), with MLflow's own HTTP retries off so
 that the outage reaches the flow. The server is started only once the export stage has written its report, so
@@ -62,8 +64,8 @@ class TrackingServer:
 
 
 @pytest.fixture(scope="module")
-def project(fresh_workspace):
-    ws = fresh_workspace("faults")
+def project(fresh_workspace, prefect_api):
+    ws = fresh_workspace("faults", prefect_api)
     events, users, items = clean_tables()
     write_case(ws, {"events.csv": events.to_csv(index=False).encode(), "users.csv": users.to_csv(index=False).encode(),
                     "items.csv": items.to_csv(index=False).encode()})
@@ -130,3 +132,67 @@ def test_a_tracking_server_away_for_good_fails_the_run_and_moves_nothing(project
     client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
     versions = client.search_model_versions(f"name = '{settings.registry.model_name}'")
     assert [str(v.version) for v in versions] == ["1"]
+
+
+def registered(ws: Path) -> list[str]:
+    from recops.config import load_settings
+    from recops.registry import list_versions
+
+    return [v["version"] for v in list_versions(load_settings(ws / "params.yaml"))]
+
+
+def champion_loads_and_scores(ws: Path, tmp: Path) -> None:
+    """The champion's files download whole and its ONNX ranker scores a batch in onnxruntime."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from recops.config import load_settings
+    from recops.registry import download_version_files
+
+    settings = load_settings(ws / "params.yaml")
+    files = download_version_files(settings, aliases(ws)["champion"], tmp)
+    session = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+    n_features = len(files["manifest"]["features"])
+    scores = session.run(None, {session.get_inputs()[0].name: np.zeros((7, n_features), np.float32)})[0]
+    assert np.asarray(scores).reshape(-1).shape == (7,) and np.isfinite(scores).all()
+
+
+# stage to kill -> the last file the stage before it writes (atomically): once it is new, the stage is running
+KILL_AFTER = {"train_ranker": "data/features/feature_names.json", "export": "reports/plots/feature_importance.csv"}
+
+
+@pytest.mark.parametrize("stage", list(KILL_AFTER))
+def test_a_run_killed_mid_stage_leaves_the_champion_whole(project, tmp_path, stage):
+    ws, env, server = project
+    server.start()
+    before = (registered(ws), aliases(ws))
+    params = (ws / "params.yaml").read_text()
+    set_params(ws, ranker={"n_estimators": 2000, "early_stopping_rounds": 2000})  # a stage that lasts seconds
+    marker = ws / KILL_AFTER[stage]
+    started = time.time()
+    run = subprocess.Popen([str(BIN / "recops"), "run", "--no-push"], cwd=ws, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        while not (marker.exists() and marker.stat().st_mtime > started):
+            assert run.poll() is None, "the run ended before the stage: " + run.stdout.read()[-3000:]
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+    finally:
+        (ws / "params.yaml").write_text(params)
+    assert run.returncode == -signal.SIGKILL
+    assert (registered(ws), aliases(ws)) == before  # nothing registered, no alias moved
+    champion_loads_and_scores(ws, tmp_path)
+
+
+def test_the_rerun_after_a_killed_run_finishes_the_job(project, tmp_path):
+    ws, env, server = project
+    before = registered(ws)
+    proc = subprocess.run([str(BIN / "recops"), "run", "--no-push"], cwd=ws, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    new = str(int(before[-1]) + 1)
+    assert registered(ws) == [*before, new]
+    assert aliases(ws) == {"champion": "1", "challenger": new}
+    champion_loads_and_scores(ws, tmp_path)

@@ -48,8 +48,8 @@ def refused(proc, *words: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def ws(fresh_workspace):
-    ws = fresh_workspace("lifecycle")
+def ws(fresh_workspace, prefect_api):
+    ws = fresh_workspace("lifecycle", prefect_api)
     ws.joinpath("params.default.yaml").write_text((ws / "params.yaml").read_text())
     return ws
 

@@ -26,8 +26,8 @@ def md5(path) -> str:
 
 
 @pytest.fixture(scope="module")
-def replayed(fresh_workspace):
-    ws = fresh_workspace("replay")
+def replayed(fresh_workspace, prefect_api):
+    ws = fresh_workspace("replay", prefect_api)
     from recops import steps
     from recops.config import load_settings
 

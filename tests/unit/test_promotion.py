@@ -322,8 +322,12 @@ def test_failed_recording_restores_the_champion_alias(
     promote(settings, ab_report=None)
     second = register()
 
-    def unavailable(*args: object, **kwargs: object) -> None:
-        raise MlflowException("database is locked")
+    original = MlflowClient.set_registered_model_tag
+
+    def unavailable(self: MlflowClient, name: str, key: str, value: str) -> None:
+        if key == "recops.promotion_history":  # after the alias moved and the version tags were written
+            raise MlflowException("database is locked")
+        original(self, name, key, value)
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_tag", unavailable)
     with pytest.raises(RecopsError, match="database is locked.*champion alias was restored to " + first):
@@ -332,6 +336,7 @@ def test_failed_recording_restores_the_champion_alias(
     assert aliases(client, settings)[CHAMPION] == first
     assert "recops.promoted_at" not in client.get_model_version(settings.registry.model_name, second).tags
     assert len(promotion_history(settings)) == 1
+    assert "recops.pending_move" not in client.get_registered_model(settings.registry.model_name).tags
 
 
 # --- rollback -------------------------------------------------------------------------------------------------
@@ -425,3 +430,84 @@ def test_list_models_shows_aliases_lineage_and_promotion(
     assert models[third]["promoted_at"] is None and models[third]["promotion_metrics"] == {}
     assert models[third]["status"] == "READY" and models[third]["created_at"]
     json.dumps(list(models.values()))  # plain data for `recops models --json`
+
+
+# ---------------------------------------------------------------------------------- a process killed mid-move
+# The promoting process dies (os._exit, as under kill -9: no finally, no undo) at a chosen write; another process
+# then looks at the registry. A fork of this test process does the move, so the registry is the real one.
+KILL_POINTS = {
+    "before the intent": ("set_registered_model_tag", "before", "recops.pending_move"),
+    "before the alias": ("set_registered_model_alias", "before", None),
+    "right after the alias": ("set_registered_model_alias", "after", None),
+    "before the history": ("set_registered_model_tag", "before", "recops.promotion_history"),
+    "before clearing the intent": ("delete_registered_model_tag", "before", "recops.pending_move"),
+}
+
+
+def _die_during(settings: Settings, action: Callable[[], object], point: str) -> int:
+    import multiprocessing
+    import os
+
+    method, when, key = KILL_POINTS[point]
+
+    def child() -> None:
+        original = getattr(MlflowClient, method)
+
+        def dying(self, *args, **kwargs):
+            hit = key is None or key in args
+            if hit and when == "before":
+                os._exit(137)
+            result = original(self, *args, **kwargs)
+            if hit:
+                os._exit(137)
+            return result
+
+        setattr(MlflowClient, method, dying)
+        action()
+        os._exit(0)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(60)
+    return process.exitcode
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_a_promotion_killed_anywhere_leaves_a_consistent_registry_and_a_rerun_finishes_it(
+    settings: Settings, client: MlflowClient, register: Register, point: str
+) -> None:
+    first = register()
+    promote(settings, ab_report=None)
+    second = register()
+    report = ship(first, second)
+    assert _die_during(settings, lambda: promote(settings, ab_report=report, reason="ship it"), point) == 137
+    # the champion names a registered version whatever the point: the old one, or the new one
+    moved = aliases(client, settings)[CHAMPION]
+    assert moved == (first if point in ("before the intent", "before the alias") else second)
+    # the rerun of the same command finishes the job: one promotion recorded, tags on the version
+    entry = promote(settings, ab_report=report, reason="ship it")
+    assert (entry["from_version"], entry["to_version"]) == (first, second)
+    assert aliases(client, settings)[CHAMPION] == second
+    history = promotion_history(settings)
+    assert [(e["action"], e["from_version"], e["to_version"]) for e in history] == [
+        ("promote", None, first), ("promote", first, second)]
+    tags = client.get_model_version(settings.registry.model_name, second).tags
+    assert tags["recops.promotion_reason"] == "ship it" and tags["recops.promoted_on"] == "ab_test"
+    assert "recops.pending_move" not in client.get_registered_model(settings.registry.model_name).tags
+    # and the history still supports a rollback to the first champion
+    assert rollback(settings)["to_version"] == first
+
+
+@pytest.mark.parametrize("point", ["before the alias", "right after the alias", "before the history"])
+def test_a_rollback_killed_mid_way_is_finished_or_forgotten_by_the_rerun(
+    settings: Settings, client: MlflowClient, register: Register, point: str
+) -> None:
+    first = register()
+    promote(settings, ab_report=None)
+    second = register()
+    promote(settings, ab_report=ship(first, second))
+    assert _die_during(settings, lambda: rollback(settings, reason="alarm"), point) == 137
+    entry = rollback(settings, reason="alarm")  # the rerun: rolls back once, never twice
+    assert (entry["action"], entry["from_version"], entry["to_version"]) == ("rollback", second, first)
+    assert aliases(client, settings)[CHAMPION] == first
+    assert [e["action"] for e in promotion_history(settings)] == ["promote", "promote", "rollback"]
