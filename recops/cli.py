@@ -409,15 +409,44 @@ def batch_score(
     params: Params = Path("params.yaml"),
     version: Annotated[str, typer.Option(help="Alias or version number to score with.")] = "champion",
     k: Annotated[int | None, typer.Option(help="List length per user (default: deployments.batch_k).")] = None,
+    cache: Annotated[bool | None, typer.Option(
+        help="Also write the lists to the serving cache (default: when serving.cache.backend is redis).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Top-k of every user by a registered version (the champion by default) to reports/batch/*.parquet."""
     from recops.serving import batch_score as run_batch
 
     _, manifest = _with_settings(params, quiet,
-                                 lambda s: run_batch(s, version=version, k=k or s.deployments.batch_k))
+                                 lambda s: run_batch(s, version=version, k=k or s.deployments.batch_k, cache=cache))
+    cached = manifest.get("cached")
     console.print(f"version {manifest['version']}: {manifest['users']} users x {manifest['k']} -> "
-                  f"{manifest['file']} ({manifest['seconds']:.1f} s)")
+                  f"{manifest['file']} ({manifest['seconds']:.1f} s, {manifest['users_per_second']:.0f} users/s)"
+                  + (f"; {cached['lists']} lists to the {cached['backend']} cache" if cached else ""))
+
+
+@app.command()
+def serve(
+    params: Params = Path("params.yaml"),
+    version: Annotated[str, typer.Option(help="Alias (followed: hot swap when it moves) or version number.")]
+    = "champion",
+    host: Annotated[str | None, typer.Option(help="Bind address (default: serving.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serving.port).")] = None,
+    bundle: Annotated[Path | None, typer.Option(
+        help="Serve this local bundle folder (e.g. models/serving) instead of the registry's version.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """The online API: GET /recommendations/{user_id}, POST /events, /health, /ready, /metrics, /docs."""
+    import uvicorn
+
+    from recops.serving.api import create_app
+
+    settings, app_ = _with_settings(params, quiet, lambda s: create_app(s, version=version, bundle_dir=bundle))
+    cfg = settings.serving
+    model = app_.state.holder.current
+    console.print(f"serving {model.model_name} version {model.version} on http://{host or cfg.host}:"
+                  f"{port or cfg.port} (docs: /docs)")
+    uvicorn.run(app_, host=host or cfg.host, port=port or cfg.port, workers=1, log_level="warning",
+                access_log=False)
 
 
 @app.command()

@@ -42,6 +42,7 @@ class Paths(Strict):
     ranker_manifest: str = "models/ranker_manifest.json"
     onnx_model: str = "models/ranker.onnx"
     onnx_manifest: str = "models/ranker_onnx.json"
+    serving_bundle: str = "models/serving"  # what recops serve loads (see recops.serving.bundle)
     reports_dir: str = "reports"
     candidates_metrics: str = "reports/candidates_metrics.json"
     ranker_metrics: str = "reports/ranker_metrics.json"
@@ -254,6 +255,46 @@ class RegistryConfig(Strict):
     bootstrap_champion: bool = True
 
 
+class ExplorationConfig(Strict):
+    """Explore/exploit: some list positions may show an under-exposed item instead of the ranker's choice."""
+
+    policy: Literal["none", "epsilon_greedy", "thompson"] = "none"
+    slots: int = Field(1, ge=0)  # how many positions (the last ones of the list) may explore
+    epsilon: float = Field(0.1, ge=0.0, le=1.0)  # epsilon_greedy: probability that a slot explores
+    # items whose exposure (interaction count) is below this quantile of all items form the exploration pool
+    underexposed_quantile: float = Field(0.5, gt=0.0, le=1.0)
+    seed: int = 0
+
+
+class CacheConfig(Strict):
+    """Where recommendation lists are cached: ``memory`` (in-process, the embedded default) or ``redis``."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    ttl_seconds: int = Field(3600, ge=1)  # a cached list older than this is not served
+    key_prefix: str = "recops"
+    max_entries: int = Field(100_000, ge=1)  # memory backend: least recently used entries are evicted beyond this
+
+
+class ServingConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    default_k: int = Field(10, ge=1)
+    max_k: int = Field(1000, ge=1)
+    threads: int = Field(1, ge=1)  # onnxruntime / BLAS threads per request (1 is fastest on small machines)
+    blocked_items: list[str] = []  # item ids never recommended (original ids, as text)
+    # at most this many items sharing a value of ``cap_attribute`` (an item multi-label or categorical attribute,
+    # e.g. genres) in one list; null: no cap
+    category_cap: int | None = Field(None, ge=1)
+    cap_attribute: str | None = None
+    exploration: ExplorationConfig = ExplorationConfig()
+    cache: CacheConfig = CacheConfig()
+    reload_poll_seconds: float = Field(30.0, ge=0.0)  # how often to look for a moved champion alias; 0: never
+    admin_token_env: str = "RECOPS_ADMIN_TOKEN"  # admin endpoints are off unless this variable holds a token
+    max_body_bytes: int = Field(65_536, ge=1)
+    event_log_dir: str = "data/events"  # durable log of POST /events (Parquet parts) for the next snapshot
+
+
 class Settings(Strict):
     seed: int = 42
     threads: int = Field(1, ge=1)
@@ -271,6 +312,7 @@ class Settings(Strict):
     orchestration: OrchestrationConfig = OrchestrationConfig()
     deployments: DeploymentsConfig = DeploymentsConfig()
     registry: RegistryConfig = RegistryConfig()
+    serving: ServingConfig = ServingConfig()
 
     # Not from params.yaml: the folder holding it, against which relative paths resolve.
     root: Path = Field(default_factory=Path.cwd, exclude=True)

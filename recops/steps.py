@@ -520,8 +520,13 @@ def register(settings: Settings) -> dict[str, float]:
     onnx_path = settings.path("onnx_model")
     if not onnx_path.is_file():
         raise RecopsError(f"{onnx_path} not found: run the export stage first (recops run)")
+    from recops.serving.bundle import MANIFEST, SHA_TAG, sha256_file
+
+    bundle_manifest = settings.path("serving_bundle") / MANIFEST
+    if not bundle_manifest.is_file():
+        raise RecopsError(f"{bundle_manifest} not found: run the bundle stage first (recops run)")
     lineage = {"git_commit": _git_commit(settings.root), "params_hash": settings.params_hash(),
-               "data_source": settings.data.source}
+               "data_source": settings.data.source, SHA_TAG: sha256_file(bundle_manifest)}
     for name in TABLES:
         lineage[f"data_md5.{name}"] = _md5(settings.path(name))
     artifacts = {
@@ -530,6 +535,7 @@ def register(settings: Settings) -> dict[str, float]:
         "ranker_manifest": settings.path("ranker_manifest"),
         "onnx_manifest": settings.path("onnx_manifest"),
         "reports": settings.path("reports_dir"),
+        "serving": settings.path("serving_bundle"),
     }
     names = _feature_names(settings)
     example = read_parquet(settings.path("features_dir") / "test.parquet")[names].head(5).to_numpy(np.float32)
@@ -574,7 +580,19 @@ def _bootstrap_champion(settings: Settings, version: str) -> dict[str, Any]:
     return {"champion": version, "champion_note": entry["reason"]}
 
 
+def bundle(settings: Settings) -> dict[str, float]:
+    """The serving bundle (recops.serving.bundle): the version's sources and feature statistics fitted on all
+    interactions, as arrays recops serve loads without unpickling."""
+    from recops.serving.bundle import build_bundle
+
+    started = time.perf_counter()
+    manifest = build_bundle(settings)
+    size = sum(p.stat().st_size for p in settings.path("serving_bundle").rglob("*") if p.is_file())
+    return _timed("bundle", {"bundle.files": float(len(manifest["files"])), "bundle.megabytes": size / 1e6,
+                             "bundle.history_rows": float(manifest["history_rows"])}, started)
+
+
 STAGES = {
     "ingest": ingest, "validate": validate, "split": split, "candidates": candidates, "features": features,
-    "train_ranker": train_ranker, "evaluate": evaluate, "export": export, "register": register,
+    "train_ranker": train_ranker, "evaluate": evaluate, "export": export, "bundle": bundle, "register": register,
 }

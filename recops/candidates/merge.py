@@ -69,37 +69,48 @@ def merged_candidates(sources: dict[str, object], config: CandidatesConfig, user
                       user_items: sp.csr_matrix, block_users: int = 512) -> pd.DataFrame:
     """(user_idx, item_idx, <source>_score, <source>_rank ..., n_sources), ``config.n_candidates`` rows per user
     at most, in merged order (``merged_rank`` ascending) within each user."""
+    frames = [pd.DataFrame(columns) for columns in merged_candidate_blocks(sources, config, users, user_items,
+                                                                          block_users)]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=np.float32) for c in [Columns.USER, Columns.ITEM,
+                                                                        *source_columns(config)]})
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def merged_candidate_blocks(sources: dict[str, object], config: CandidatesConfig, users: np.ndarray,
+                            user_items: sp.csr_matrix, block_users: int = 512):
+    """The columns of :func:`merged_candidates` (a dict of arrays) for each block of users, as a generator: the
+    serving engine uses them directly, without a DataFrame."""
     n_items = user_items.shape[1]
     n = min(config.n_candidates, n_items)
     names = list(config.sources)
-    has_history = np.diff(user_items.indptr) > 0
-    frames = []
     for start in range(0, len(users), block_users):
         batch = np.asarray(users[start:start + block_users], dtype=np.int32)
-        warm = has_history[batch]
+        rows = _BlockRows(user_items, batch)  # the block's rows, sliced once for every source
+        warm = np.diff(rows.block.indptr) > 0
         scores: dict[str, np.ndarray] = {}
         tops: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name in names:
-            block = exclude_seen(sources[name].score(batch, user_items), batch, user_items)
+            block = exclude_seen(sources[name].score(batch, rows), batch, rows)
             if name != POPULARITY:
                 block[~warm] = -np.inf  # nothing to go on: the source abstains for users without history
             scores[name] = block
             tops[name] = top_n(block, n)
         if POPULARITY not in names and (~warm).any():
-            block = exclude_seen(sources[POPULARITY].score(batch, user_items), batch, user_items)
+            block = exclude_seen(sources[POPULARITY].score(batch, rows), batch, rows)
             block[warm] = -np.inf
             tops[POPULARITY] = top_n(block, n)
         # Round-robin merge: slot = rank * n_lists + list position; the smallest slot of each item wins.
         slot = np.full((len(batch), n_items), np.inf, dtype=np.float32)
-        rows = np.arange(len(batch))[:, None]
+        row_index = np.arange(len(batch))[:, None]
         for j, (items, values) in enumerate(tops.values()):
             found = items >= 0
             position = (np.arange(items.shape[1])[None, :] * len(tops) + j).astype(np.float32)
-            r, c = np.broadcast_to(rows, items.shape)[found], items[found]
+            r, c = np.broadcast_to(row_index, items.shape)[found], items[found]
             slot[r, c] = np.minimum(slot[r, c], np.broadcast_to(position, items.shape)[found])
         merged, merged_slot = top_n(-slot, n)
         keep = merged >= 0
-        row_of = np.broadcast_to(rows, merged.shape)[keep]
+        row_of = np.broadcast_to(row_index, merged.shape)[keep]
         item_of = merged[keep]
         frame = {Columns.USER: batch[row_of], Columns.ITEM: item_of.astype(np.int32)}
         n_sources = np.zeros(len(item_of), dtype=np.float32)
@@ -114,8 +125,19 @@ def merged_candidates(sources: dict[str, object], config: CandidatesConfig, user
             frame[f"{name}_rank"] = np.where(retrieved, rank, n + 1).astype(np.float32)
             n_sources += retrieved
         frame["n_sources"] = n_sources
-        frames.append(pd.DataFrame(frame))
-    if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=np.float32) for c in [Columns.USER, Columns.ITEM,
-                                                                        *source_columns(config)]})
-    return pd.concat(frames, ignore_index=True)
+        yield frame
+
+
+class _BlockRows:
+    """``user_items`` for one block of users: indexing with exactly that block returns the rows sliced once."""
+
+    def __init__(self, user_items, batch: np.ndarray) -> None:
+        self.user_items, self.batch = user_items, batch
+        self.block = user_items[batch].tocsr()
+        self.shape = user_items.shape
+
+    def __getitem__(self, users):
+        if users is self.batch or (isinstance(users, np.ndarray) and users.shape == self.batch.shape
+                                   and np.array_equal(users, self.batch)):
+            return self.block
+        return self.user_items[users]

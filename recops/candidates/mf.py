@@ -14,7 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from implicit.cpu.bpr import BayesianPersonalizedRanking
-from threadpoolctl import threadpool_limits
+from recops.threads import blas_limits
 
 from recops.columns import Columns
 from recops.config import CandidatesConfig
@@ -62,7 +62,7 @@ class MFCandidateGenerator:
         )
 
     def fit(self, user_items: sp.csr_matrix) -> MFCandidateGenerator:
-        with threadpool_limits(limits=self.threads, user_api="blas"):
+        with blas_limits(self.threads):
             model = self._model()  # implicit checks the BLAS thread pool when a model is built
             model.fit(user_items.tocsr().astype(np.float32), show_progress=False)
         self.model_ = model
@@ -80,7 +80,7 @@ class MFCandidateGenerator:
         n = min(n, n_items)
         items = np.full((len(users), n), -1, dtype=np.int32)
         scores = np.full((len(users), n), -np.inf, dtype=np.float32)
-        with threadpool_limits(limits=self.threads, user_api="blas"):
+        with blas_limits(self.threads):
             for start in range(0, len(users), batch_size):
                 batch = users[start:start + batch_size]
                 ids, vals = self.model_.recommend(batch, user_items[batch], N=n, filter_already_liked_items=True)

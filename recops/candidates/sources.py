@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+from recops.threads import blas_limits
 
 from recops.candidates.mf import MFCandidateGenerator
 from recops.config import CandidatesConfig
@@ -51,6 +51,16 @@ class MostPopular:
     def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         return np.broadcast_to(self.popularity_, (len(users), len(self.popularity_))).copy()
 
+    def arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
+        """The fitted state as arrays (what a serving bundle stores; see ``from_arrays``)."""
+        return {"popularity": self.popularity_}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> MostPopular:
+        source = cls(config.popularity_half_life_days)
+        source.popularity_ = np.asarray(arrays["popularity"], dtype=np.float32)
+        return source
+
 
 def _binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
     matrix = user_items.tocsr().astype(np.float32, copy=True)
@@ -80,6 +90,15 @@ class ItemKNN:
     def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         return np.asarray((_binary(user_items[users]) @ self.similarity_).toarray(), dtype=np.float32)
 
+    def arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
+        return {"similarity": self.similarity_}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> ItemKNN:
+        source = cls(config.knn_neighbours, config.knn_shrinkage, threads)
+        source.similarity_ = arrays["similarity"].tocsr()
+        return source
+
 
 def _top_k_per_column(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int, k: int) -> sp.csr_matrix:
     """Sparse n x n keeping, in each column j, the k largest entries (the k nearest neighbours of item j)."""
@@ -106,7 +125,7 @@ class EASE:
                 f"EASE needs an {n_items} x {n_items} matrix inverse, above candidates.ease_max_items="
                 f"{self.max_items}; remove 'ease' from candidates.sources or raise the limit")
         x = _binary(user_items)
-        with threadpool_limits(limits=self.threads, user_api="blas"):
+        with blas_limits(self.threads):
             gram = (x.T @ x).toarray().astype(np.float64)
             gram[np.diag_indices(n_items)] += self.l2
             precision = np.linalg.inv(gram)
@@ -116,8 +135,17 @@ class EASE:
         return self
 
     def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        with threadpool_limits(limits=self.threads, user_api="blas"):
+        with blas_limits(self.threads):
             return np.asarray(_binary(user_items[users]) @ self.weights_, dtype=np.float32)
+
+    def arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
+        return {"weights": self.weights_}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> EASE:
+        source = cls(config.ease_l2, config.ease_max_items, threads)
+        source.weights_ = np.asarray(arrays["weights"], dtype=np.float32)
+        return source
 
 
 class MatrixFactorization:
@@ -142,10 +170,44 @@ class MatrixFactorization:
         return self.generator_.item_factors_
 
     def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        with threadpool_limits(limits=self.threads, user_api="blas"):
+        with blas_limits(self.threads):
             out = self.generator_.user_factors_[users] @ self.generator_.item_factors_.T
         out[~self.generator_.has_history_[users]] = 0.0
         return out.astype(np.float32, copy=False)
+
+    def arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
+        g = self.generator_
+        return {"user_factors": g.user_factors_, "item_factors": g.item_factors_, "has_history": g.has_history_}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> MatrixFactorization:
+        """A fitted source from stored factors (writable copies: live updates fold users in)."""
+        source = cls(config, threads=threads)
+        generator = MFCandidateGenerator(config, threads=threads)
+        generator.user_factors_ = np.array(arrays["user_factors"], dtype=np.float32)
+        generator.item_factors_ = np.ascontiguousarray(arrays["item_factors"], dtype=np.float32)
+        generator.has_history_ = np.array(arrays["has_history"], dtype=bool)
+        source.generator_ = generator
+        return source
+
+    def fold_in(self, user: int, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Recompute one user's factor vector from their whole history with the item factors fixed (ALS's
+        closed-form user step, as in implicit's ``recalculate_user``): ``(Y'CY + reg I)^-1 Y'C p`` with
+        confidence ``C = 1 + alpha * weight``. BPR has no closed form; the same least-squares step is its
+        fold-in approximation. Updates the source in place and returns the vector."""
+        g = self.generator_
+        y = g.item_factors_[np.asarray(items, dtype=np.int64)].astype(np.float64)
+        confidence = 1.0 + self.config.alpha * np.asarray(weights, dtype=np.float64)
+        with blas_limits(self.threads):
+            if getattr(self, "_gram", None) is None:  # Y'Y (the zero-preference part), once per item factors
+                full = g.item_factors_.astype(np.float64)
+                self._gram = full.T @ full
+            a = self._gram + (y.T * (confidence - 1.0)) @ y + self.config.regularization * np.eye(y.shape[1])
+            b = (y.T * confidence).sum(axis=1)
+            vector = np.linalg.solve(a, b).astype(np.float32)
+        g.user_factors_[user] = vector
+        g.has_history_[user] = len(items) > 0
+        return vector
 
 
 def exclude_seen(scores: np.ndarray, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:

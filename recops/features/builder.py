@@ -233,15 +233,23 @@ def _nan_mean_max(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np
 def gather_features(candidates: pd.DataFrame, stats: HistoryStatistics, chunk_rows: int) -> pd.DataFrame:
     """Feature matrix (float32 columns, in ``feature_names`` order) for candidate rows."""
     sources = [c for c in candidates.columns if c not in (Columns.USER, Columns.ITEM)]
-    names = feature_names(stats, sources)
-    out = np.empty((len(candidates), len(names)), dtype=np.float32)
-    users_all = candidates[Columns.USER].to_numpy()
-    items_all = candidates[Columns.ITEM].to_numpy()
     source_values = candidates[sources].to_numpy(dtype=np.float32) if sources else None
-    for start in range(0, len(candidates), chunk_rows):
-        stop = min(start + chunk_rows, len(candidates))
+    out = gather_feature_matrix(candidates[Columns.USER].to_numpy(), candidates[Columns.ITEM].to_numpy(),
+                                source_values, stats, chunk_rows)
+    return pd.DataFrame(out, columns=feature_names(stats, sources))
+
+
+def gather_feature_matrix(users_all: np.ndarray, items_all: np.ndarray, source_values: np.ndarray | None,
+                          stats: HistoryStatistics, chunk_rows: int) -> np.ndarray:
+    """The float32 matrix of :func:`gather_features` from arrays: candidate users, items and the source columns
+    (``n x len(sources)``, in the candidate table's order). The serving engine calls this directly."""
+    n_sources = 0 if source_values is None else source_values.shape[1]
+    n_features = len(feature_names(stats, [""] * n_sources))
+    out = np.empty((len(users_all), n_features), dtype=np.float32)
+    for start in range(0, len(users_all), chunk_rows):
+        stop = min(start + chunk_rows, len(users_all))
         u, i = users_all[start:stop], items_all[start:stop]
-        cols = [source_values[start:stop, j] for j in range(len(sources))]
+        cols = [source_values[start:stop, j] for j in range(n_sources)]
         cols += [values[i] for values in stats.item.values()]
         cols += [values[u] for values in stats.user.values()]
         for name, profiles in stats.user_profiles.items():
@@ -265,7 +273,7 @@ def gather_features(candidates: pd.DataFrame, stats: HistoryStatistics, chunk_ro
             cos = np.einsum("pf,pkf->pk", f[i], f[np.maximum(last, 0)])
             cols += list(_nan_mean_max(cos, valid))
         out[start:stop] = np.column_stack(cols).astype(np.float32)
-    return pd.DataFrame(out, columns=names)
+    return out
 
 
 def build_features(candidates: pd.DataFrame, history: pd.DataFrame, n_users: int, n_items: int,

@@ -42,13 +42,13 @@ LATEST = "latest.json"
 
 
 def batch_score(settings: Settings, version: str = "champion", k: int | None = None,
-                out_dir: Path | None = None) -> dict[str, Any]:
+                out_dir: Path | None = None, block_users: int = 1024, cache: bool | None = None) -> dict[str, Any]:
     """Score every user of the index with registered ``version`` (an alias or a version number); write the top-k
     lists, their manifest and ``latest.json`` to ``out_dir``; return the manifest."""
     from recops import steps
     from recops.evaluation.abtest import resolve_version
-    from recops.evaluation.versions import rebuild_lists
-    from recops.registry.mlflow_registry import download_version_files
+    from recops.serving.bundle import download_bundle, load_bundle
+    from recops.serving.engine import Recommender
 
     started = time.perf_counter()
     k = DEFAULT_K if k is None else k
@@ -57,20 +57,21 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
     k = int(k)
     asked = str(version)
     number = resolve_version(settings, asked)
-    index = steps._index(settings)
-    if k > index.n_items:
-        raise RecopsError(f"k = {k} is more than the {index.n_items} items in the catalogue: ask for at most "
-                          f"{index.n_items}")
-    history, target = steps._fold_tables(settings, "test")
-    history = pd.concat([history, target], ignore_index=True)  # everything known now
-    users_attr, items_attr = steps._attributes(settings, index)
-    users = np.arange(index.n_users, dtype=np.int32)
     data_md5 = {name: steps._md5(settings.path(name)) for name in steps.TABLES}
     with tempfile.TemporaryDirectory(prefix="recops-batch-") as tmp:
-        files = download_version_files(settings, number, Path(tmp))
-        built = rebuild_lists(settings, files, history, users, index.n_users, index.n_items, users_attr,
-                              items_attr, k, measure_latency=False)
-    frame = recommendation_frame(index.user_ids, index.item_ids, built.users, built.lists, built.scores)
+        folder, expected, run_id = download_bundle(settings, number, Path(tmp))
+        bundle = load_bundle(folder, expected)
+        model = Recommender(bundle, settings.serving, number, settings.registry.model_name)
+        if k > model.n_items:
+            raise RecopsError(f"k = {k} is more than the {model.n_items} items in the catalogue: ask for at most "
+                              f"{model.n_items}")
+        users = np.arange(model.n_users, dtype=np.int32)
+        scored = time.perf_counter()
+        lists, scores, _ = model.recommend_users(users, k, block_users=block_users)
+        scoring_seconds = time.perf_counter() - scored
+        bundle_sha256 = bundle.manifest_sha256
+    index = model  # the version's own ids
+    frame = recommendation_frame(model.user_ids, model.item_ids, users, lists, np.nan_to_num(scores, nan=0.0))
     per_user = np.bincount(np.searchsorted(index.user_ids, frame[Columns.USER_ID].to_numpy()),
                            minlength=index.n_users)
     short = int((per_user < k).sum())
@@ -84,7 +85,7 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
         "version": number,
         "requested": asked,
         "alias": None if asked.isdigit() else asked,
-        "run_id": files["version"].get("run_id"),
+        "run_id": run_id,
         "k": k,
         "users": int((per_user > 0).sum()),
         "users_in_index": int(index.n_users),
@@ -93,11 +94,15 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
         "file": f"{name}.parquet",
         "columns": list(frame.columns),
         "history": "train+valid+test",
+        "bundle_sha256": bundle_sha256,
+        "scoring_seconds": scoring_seconds,
         "data_md5": data_md5,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": seconds,
         "users_per_second": index.n_users / seconds if seconds > 0 else None,
     }
+    if cache if cache is not None else settings.serving.cache.backend == "redis":
+        manifest["cached"] = _write_cache(settings, number, frame)
     out_dir = Path(out_dir) if out_dir is not None else settings.path("reports_dir") / "batch"
     steps.write_parquet(frame, out_dir / f"{name}.parquet")
     steps.write_json(manifest, out_dir / f"{name}.json")
@@ -120,3 +125,28 @@ def recommendation_frame(user_ids: np.ndarray, item_ids: np.ndarray, users: np.n
         Columns.RANK: np.tile(np.arange(1, depth + 1, dtype=np.int32), len(users))[filled.ravel()],
         Columns.SCORE: scores[filled].astype(np.float32),
     })
+
+
+def _write_cache(settings: Settings, version: str, frame: pd.DataFrame) -> dict[str, Any]:
+    """Every user's list into the serving cache (Redis in production) under the version's keys, with its TTL."""
+    from recops.serving.cache import make_cache
+
+    started = time.perf_counter()
+    cache = make_cache(settings.serving.cache, settings.registry.model_name)
+    try:
+        users = frame[Columns.USER_ID].astype(str).to_numpy()
+        items = frame[Columns.ITEM_ID].astype(str).to_numpy()
+        scores = frame[Columns.SCORE].to_numpy(np.float64)
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        ends = np.r_[starts[1:], len(users)]
+        written = 0
+        for chunk in range(0, len(starts), 10_000):
+            lists = {users[a]: (items[a:b].tolist(), scores[a:b].tolist())
+                     for a, b in zip(starts[chunk:chunk + 10_000], ends[chunk:chunk + 10_000])}
+            written += cache.put_many(version, lists, source="batch")
+    finally:
+        cache.close()
+    seconds = time.perf_counter() - started
+    log.info("%d lists of version %s written to the %s cache in %.1f s", written, version, cache.backend, seconds)
+    return {"backend": cache.backend, "lists": written, "ttl_seconds": settings.serving.cache.ttl_seconds,
+            "seconds": seconds}

@@ -1,0 +1,368 @@
+"""The online API (``recops serve``): FastAPI over the champion's serving bundle, hot-swapped when the alias moves.
+
+Endpoints:
+
+- ``GET /recommendations/{user_id}?k=10[&explain=true][&request_id=...]``: the engine's list
+  (``recops.serving.engine``) with original item ids, scores, the model version, a reason per item and, for
+  users the version does not know, the popularity fallback marked as such. A fresh cached list (batch scoring's
+  or an earlier answer's, keyed by model version; ``recops.serving.cache``) is served when there is one for at
+  least ``k`` items and the user has no live event since; otherwise the list is scored live.
+- ``POST /events``: ``{"user_id", "item_id", "timestamp"?, "weight"?}`` (or ``{"events": [...]}``, at most
+  1000): appended to the durable event log (JSON lines, flushed and fsynced before the answer, in
+  ``serving.event_log_dir``) and applied to the served model at once (history overlay, MF fold-in), so the next
+  GET reflects it. An event for a user the version does not know is logged (the next snapshot trains on it) and
+  reported as not applied; an unknown item is refused (404).
+- ``GET /health`` (the process answers), ``GET /ready`` (a model is loaded and verified: 503 until then, with
+  details, including the last failed reload), ``GET /metrics`` (Prometheus text), ``/docs`` (OpenAPI).
+- ``POST /admin/reload``: look at the registry now. Admin endpoints exist only when the environment variable
+  named by ``serving.admin_token_env`` holds a token, and need ``Authorization: Bearer <token>``.
+
+Hot swap: a background thread looks at the ``champion`` alias every ``serving.reload_poll_seconds``; when it
+points at another version, that version's bundle is downloaded, verified against the registry's sha256, loaded
+and the live events received so far are replayed onto it, all while the old model keeps serving; then one
+reference assignment switches requests over. A request holds the model it started with, so in-flight requests
+finish on the old one. A failed load keeps the old model and is reported in ``/ready`` and the log.
+
+The server never unpickles: it loads ``.npy`` (``allow_pickle=False``), Parquet, ONNX and LightGBM's text model.
+"""
+
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from recops.config import Settings
+from recops.errors import RecopsError
+from recops.serving.bundle import download_bundle, load_bundle
+from recops.serving.engine import Recommender, UnknownIdError
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS_PER_REQUEST = 1000
+ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"  # any printable text up to 256 characters
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | int = Field(description="the user's original id")
+    item_id: str | int = Field(description="the item's original id")
+    timestamp: float | None = Field(None, ge=0, description="unix seconds; default: when received")
+    weight: float = Field(1.0, gt=0, le=1e6, description="interaction strength (for rating/weight confidence)")
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)
+
+
+class ModelHolder:
+    """The served :class:`Recommender`, how it was loaded, and the hot swap."""
+
+    def __init__(self, settings: Settings, version: str = "champion", bundle_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.requested = str(version)
+        self.bundle_dir = bundle_dir  # serve a local bundle (no registry): development and tests
+        self.current: Recommender | None = None
+        self.last_error: str | None = None
+        self.last_check: float | None = None
+        self.swaps = 0
+        self._events: list[dict[str, Any]] = []  # applied since start: replayed onto a newly loaded version
+        self._lock = threading.Lock()
+        self._reloading = threading.Lock()
+        self._stop = threading.Event()
+        self._tmp = tempfile.TemporaryDirectory(prefix="recops-serve-")
+
+    # --- loading ----------------------------------------------------------------------------------------------
+
+    def target_version(self) -> str:
+        from recops.evaluation.abtest import resolve_version
+
+        return str(resolve_version(self.settings, self.requested))
+
+    def load(self, version: str | None = None) -> Recommender:
+        """Download (registry) or open (local) a bundle, verify it and build the engine; not yet served."""
+        cfg = self.settings
+        if self.bundle_dir is not None:
+            bundle = load_bundle(self.bundle_dir, None)
+            number = version or "local"
+        else:
+            number = version or self.target_version()
+            folder, expected, _ = download_bundle(cfg, number, Path(self._tmp.name) / f"v{number}-{uuid.uuid4().hex[:8]}")
+            bundle = load_bundle(folder, expected)
+        model = Recommender(bundle, cfg.serving, number, cfg.registry.model_name)
+        model.recommend(model.user_ids[0], 1)  # warm-up: the first request should not pay for lazy imports
+        return model
+
+    def reload(self) -> dict[str, Any]:
+        """Swap to the version the alias names now, if it changed; returns what happened. Never raises."""
+        if not self._reloading.acquire(blocking=False):
+            return {"changed": False, "detail": "a reload is already running"}
+        try:
+            self.last_check = time.time()
+            try:
+                target = "local" if self.bundle_dir is not None else self.target_version()
+            except Exception as exc:  # the registry is away: keep serving
+                self.last_error = f"could not resolve {self.requested!r}: {exc}"
+                log.warning("%s", self.last_error)
+                return {"changed": False, "error": self.last_error}
+            current = self.current
+            if current is not None and current.version == target:
+                return {"changed": False, "version": target}
+            started = time.perf_counter()
+            try:
+                model = self.load(target if self.bundle_dir is None else None)
+                with self._lock:
+                    for event in self._events:  # what this server was told since it started
+                        try:
+                            model.add_event(**event)
+                        except UnknownIdError:
+                            pass
+                    previous, self.current = self.current, model  # the swap: one reference assignment
+                    self.swaps += previous is not None
+            except Exception as exc:
+                self.last_error = f"loading version {target} failed, still serving " + (
+                    f"version {current.version}" if current is not None else "nothing") + f": {exc}"
+                log.error("%s", self.last_error)
+                return {"changed": False, "error": self.last_error}
+            self.last_error = None
+            log.info("serving version %s (was %s), loaded in %.1f s", target,
+                     previous.version if previous else "none", time.perf_counter() - started)
+            return {"changed": True, "version": target, "previous": previous.version if previous else None,
+                    "seconds": time.perf_counter() - started}
+        finally:
+            self._reloading.release()
+
+    def start_polling(self) -> None:
+        interval = self.settings.serving.reload_poll_seconds
+        if interval <= 0 or self.bundle_dir is not None:
+            return
+
+        def poll() -> None:
+            while not self._stop.wait(interval):
+                self.reload()
+
+        threading.Thread(target=poll, name="recops-reload", daemon=True).start()
+
+    def record_event(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self._events.append(event)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._tmp.cleanup()
+
+
+class EventLog:
+    """Append-only JSON lines, one file per UTC day, flushed and fsynced before an event is acknowledged."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._lock = threading.Lock()
+
+    def append(self, events: list[dict[str, Any]]) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"events-{time.strftime('%Y%m%d', time.gmtime())}.jsonl"
+        text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+        with self._lock, path.open("a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return path
+
+
+def create_app(settings: Settings, version: str = "champion", bundle_dir: Path | None = None,
+               load: bool = True) -> FastAPI:
+    """The API. ``load=False`` defers the first load to the app's startup (``recops serve``); tests load now."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    from recops.serving.cache import make_cache
+
+    cfg = settings.serving
+    holder = ModelHolder(settings, version, bundle_dir)
+    cache = make_cache(cfg.cache, settings.registry.model_name)
+    events_log = EventLog(settings.root / cfg.event_log_dir)
+    fresh_users: dict[tuple[str, str], float] = {}  # (version, user) -> time of the last live event
+
+    registry = CollectorRegistry()
+    requests_total = Counter("recops_requests_total", "HTTP requests", ["endpoint", "status"], registry=registry)
+    latency = Histogram("recops_request_seconds", "request latency", ["endpoint"], registry=registry,
+                        buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+    cache_lookups = Counter("recops_cache_lookups_total", "cache lookups", ["result"], registry=registry)
+    events_total = Counter("recops_events_total", "events received", ["applied"], registry=registry)
+    model_version = Gauge("recops_model_version", "served model version (0: local bundle)", registry=registry)
+    swaps = Gauge("recops_model_swaps", "hot swaps since start", registry=registry)
+
+    app = FastAPI(title="recops", version="1", description="Recommendations from the registered champion.")
+    app.state.holder, app.state.cache = holder, cache
+
+    def admin_token() -> str | None:
+        return os.environ.get(cfg.admin_token_env) or None
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > cfg.max_body_bytes):
+            response = JSONResponse({"detail": f"request body larger than serving.max_body_bytes = "
+                                               f"{cfg.max_body_bytes} bytes"}, status_code=413)
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        requests_total.labels(endpoint, str(response.status_code)).inc()
+        latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RecopsError)
+    async def recops_error(request: Request, exc: RecopsError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    def served() -> Recommender:
+        model = holder.current
+        if model is None:
+            raise HTTPException(503, detail="no model loaded yet: see /ready")
+        return model
+
+    @app.get("/recommendations/{user_id}", summary="Top-k items for a user")
+    def recommendations(
+        user_id: Annotated[str, PathParam(pattern=ID_PATTERN, description="the user's original id")],
+        k: Annotated[int, Query(ge=1, le=cfg.max_k, description="list length")] = cfg.default_k,
+        explain: Annotated[bool, Query(description="add the ranker's top feature contributions")] = False,
+        request_id: Annotated[str | None, Query(max_length=128, pattern=ID_PATTERN)] = None,
+    ) -> dict[str, Any]:
+        model = served()  # this request's model, whatever a swap does meanwhile
+        cacheable = not explain and request_id is None
+        if cacheable and (model.version, user_id) not in fresh_users:
+            hit = cache.get(model.version, user_id, k)
+            if hit is not None:
+                cache_lookups.labels("hit").inc()
+                ids = [model.item_ids[j].item() if hasattr(model.item_ids[j], "item") else model.item_ids[j]
+                       for j in (model.item_index(i) for i in hit.items) if j is not None]
+                return {"user_id": user_id, "model_name": model.model_name, "model_version": model.version,
+                        "items": [{"item_id": i, "score": s} for i, s in zip(ids, hit.scores)],
+                        "fallback": None, "cached": True, "cache_source": hit.source}
+            cache_lookups.labels("miss").inc()
+        rec = model.recommend(user_id, k, request_id=request_id, explain=explain)
+        if cacheable and rec.fallback is None and not any(rec.explored):
+            cache.put(model.version, user_id, [str(i) for i in rec.items], [float(s) for s in rec.scores])
+        items = []
+        for position, item in enumerate(rec.items):
+            entry = {"item_id": item, "score": rec.scores[position]}
+            if rec.explored and rec.explored[position]:
+                entry["explored"] = True
+            if rec.reasons and rec.reasons[position] is not None:
+                entry["reason"] = rec.reasons[position]
+            items.append(entry)
+        return {"user_id": user_id, "model_name": model.model_name, "model_version": model.version,
+                "items": items, "fallback": rec.fallback, "cached": False}
+
+    @app.post("/events", status_code=202, summary="Record interactions and apply them to the served model",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "anyOf": [Event.model_json_schema(), EventBatch.model_json_schema()]}}}}})
+    async def events(request: Request) -> dict[str, Any]:
+        body = await request.body()
+        if len(body) > cfg.max_body_bytes:
+            raise HTTPException(413, detail=f"request body larger than serving.max_body_bytes = "
+                                            f"{cfg.max_body_bytes} bytes")
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HTTPException(400, detail=f"the body is not JSON: {exc}") from None
+        try:
+            batch = (EventBatch.model_validate(payload) if isinstance(payload, dict) and "events" in payload
+                     else EventBatch(events=[Event.model_validate(payload)]))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                                 for e in exc.errors(include_url=False))
+            raise HTTPException(422, detail=f"invalid event: {problems}") from None
+        model = served()
+        records = []
+        for event in batch.events:
+            if model.item_index(event.item_id) is None:
+                raise HTTPException(404, detail=f"item {event.item_id!r} is not in the catalogue of version "
+                                                f"{model.version}: no event of this request was recorded")
+            records.append({"user_id": str(event.user_id), "item_id": str(event.item_id),
+                            "timestamp": event.timestamp if event.timestamp is not None else time.time(),
+                            "weight": event.weight, "received_at": time.time()})
+        events_log.append(records)
+        results = []
+        for record in records:
+            event = {k: record[k] for k in ("user_id", "item_id", "timestamp", "weight")}
+            try:
+                change = model.add_event(**event)
+                holder.record_event(event)
+                fresh_users[(model.version, record["user_id"])] = time.time()
+                try:  # the user is in fresh_users: their cached list is bypassed even if this fails
+                    cache.invalidate(model.version, record["user_id"])
+                except RecopsError as exc:
+                    log.warning("cache invalidation failed: %s", exc)
+                events_total.labels("true").inc()
+                results.append({"user_id": record["user_id"], "item_id": record["item_id"], "applied": True,
+                                "fold_in_ms": round(change["fold_in_ms"], 3)})
+            except UnknownIdError as exc:
+                events_total.labels("false").inc()
+                results.append({"user_id": record["user_id"], "item_id": record["item_id"], "applied": False,
+                                "detail": str(exc)})
+        return {"recorded": len(records), "model_version": model.version, "events": results}
+
+    @app.get("/health", summary="The process answers")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="A model is loaded and verified")
+    def ready() -> JSONResponse:
+        model = holder.current
+        details = {"requested": holder.requested, "last_error": holder.last_error, "last_check": holder.last_check,
+                   "swaps": holder.swaps, "cache": cache.backend}
+        if model is None:
+            return JSONResponse({"ready": False, **details}, status_code=503)
+        return JSONResponse({"ready": True, **model.describe(), **details})
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        model = holder.current
+        model_version.set(float(model.version) if model is not None and model.version.isdigit() else 0.0)
+        swaps.set(holder.swaps)
+        return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
+
+    if admin_token() is not None:
+        @app.post("/admin/reload", summary="Look at the registry now and swap if the alias moved")
+        def admin_reload(request: Request) -> dict[str, Any]:
+            token = admin_token()
+            if request.headers.get("authorization") != f"Bearer {token}":
+                raise HTTPException(401, detail="admin endpoints need Authorization: Bearer <token>")
+            return holder.reload()
+
+    @app.on_event("startup")
+    def startup() -> None:
+        if holder.current is None:
+            holder.reload()
+        holder.start_polling()
+
+    @app.on_event("shutdown")
+    def shutdown() -> None:
+        holder.close()
+        cache.close()
+
+    if load:
+        outcome = holder.reload()
+        if holder.current is None:
+            raise RecopsError(outcome.get("error") or "no model could be loaded")
+    return app
+
+
+def recommendation_dict(rec) -> dict[str, Any]:
+    return asdict(rec)

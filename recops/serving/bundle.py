@@ -1,0 +1,262 @@
+"""The serving bundle: everything the online API needs to answer for a model version, as plain arrays.
+
+A registered version is its configuration plus its ONNX ranker (``recops.evaluation.versions``); answering a request
+also needs the version's candidate sources fitted on everything known (MF factors, EASE weights, item-kNN
+similarities, popularity), the feature statistics of that history and the users' histories. The ``bundle`` stage
+(after ``export``) fits and computes them once, on all interactions of the split outputs (train + valid + test:
+what the model serves from), and writes them as files the server can load **without unpickling anything**:
+
+- ``arrays/<path>.npy`` (``np.load(allow_pickle=False)``): dense arrays; a sparse matrix is stored as its CSR
+  ``data`` / ``indices`` / ``indptr`` / ``shape`` arrays;
+- ``ids_users.parquet`` / ``ids_items.parquet``: the original ids in dense-index order (any id type);
+- ``ranker.onnx`` (scored by onnxruntime) and ``ranker.txt`` (LightGBM's text format, read only to explain a
+  list with ``pred_contrib``);
+- ``manifest.json``: format, the model sections of the settings, the feature names in the ranker's input order,
+  the layout of the arrays, and the sha256 of every file.
+
+Registration logs the folder as the version's ``serving`` artifact and records the sha256 of ``manifest.json`` as
+the version tag ``recops.serving.manifest_sha256``; :func:`load_bundle` refuses a bundle whose manifest or any file
+does not match, so the server only ever runs bytes the registry vouches for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recops.columns import Columns
+from recops.config import Settings
+from recops.errors import RecopsError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+SHA_TAG = "recops.serving.manifest_sha256"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- a tree of arrays <-> files ---------------------------------------------------------------------------------
+
+
+def _save_tree(root: Path, name: str, value: Any) -> Any:
+    """Write ``value`` (array, CSR matrix, dict of those, or None) under ``root/name``; return its layout."""
+    if value is None:
+        return {"kind": "none"}
+    if isinstance(value, dict):
+        return {"kind": "dict", "items": {str(k): _save_tree(root, f"{name}/{k}", v) for k, v in value.items()}}
+    if sp.issparse(value):
+        matrix = sp.csr_matrix(value)
+        for part in ("data", "indices", "indptr"):
+            _save_array(root, f"{name}/{part}", getattr(matrix, part))
+        return {"kind": "csr", "path": name, "shape": [int(n) for n in matrix.shape]}
+    _save_array(root, name, np.asarray(value))
+    return {"kind": "array", "path": name}
+
+
+def _save_array(root: Path, name: str, array: np.ndarray) -> None:
+    if array.dtype == object:
+        raise RecopsError(f"serving bundle array {name} has dtype object: only numeric arrays are stored")
+    path = root / "arrays" / f"{name}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _load_tree(root: Path, layout: dict[str, Any]) -> Any:
+    kind = layout["kind"]
+    if kind == "none":
+        return None
+    if kind == "dict":
+        return {k: _load_tree(root, v) for k, v in layout["items"].items()}
+    if kind == "csr":
+        parts = [_load_array(root, f"{layout['path']}/{p}") for p in ("data", "indices", "indptr")]
+        return sp.csr_matrix(tuple(parts), shape=tuple(layout["shape"]))
+    return _load_array(root, layout["path"])
+
+
+def _load_array(root: Path, name: str) -> np.ndarray:
+    return np.load(root / "arrays" / f"{name}.npy", allow_pickle=False)
+
+
+# --- build --------------------------------------------------------------------------------------------------------
+
+
+def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
+    """Fit the version's sources and feature statistics on all interactions and write the bundle; returns the
+    manifest. Writes into a temporary sibling folder and swaps it in, so a failure leaves the previous bundle."""
+    from recops import steps
+    from recops.candidates import fit_sources, interaction_matrix
+    from recops.candidates.merge import source_columns
+    from recops.features.builder import history_statistics
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir) if out_dir is not None else settings.path("serving_bundle")
+    onnx_path, booster_path = settings.path("onnx_model"), settings.path("ranker_model")
+    for path in (onnx_path, booster_path):
+        if not path.is_file():
+            raise RecopsError(f"{path} not found: run the train_ranker and export stages first (recops run)")
+    names = steps._feature_names(settings)
+    index = steps._index(settings)
+    history, target = steps._fold_tables(settings, "test")
+    history = pd.concat([history, target], ignore_index=True)  # everything known now
+    users_attr, items_attr = steps._attributes(settings, index)
+    n_users, n_items = index.n_users, index.n_items
+    sources, _ = fit_sources(history, n_users, n_items, settings.candidates, settings.seed, settings.threads)
+    mf = sources.get("mf")
+    stats = history_statistics(history, n_users, n_items, settings.features, users_attr, items_attr,
+                               None if mf is None else mf.item_factors_)
+    user_items = interaction_matrix(history, n_users, n_items, "binary")
+    weights = interaction_matrix(history, n_users, n_items, settings.candidates.confidence)
+
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    layout = {
+        "user_items": _save_tree(tmp, "user_items", user_items),
+        "confidence": _save_tree(tmp, "confidence", weights),
+        "sources": {name: _save_tree(tmp, f"sources/{name}", source.arrays()) for name, source in sources.items()},
+        "stats": {f.name: _save_tree(tmp, f"stats/{f.name}", getattr(stats, f.name)) for f in fields(stats)},
+        "item_attributes": {
+            "multi_label": _save_tree(tmp, "item_attributes/multi_label", dict(items_attr.multi_label)),
+            "categorical": _save_tree(tmp, "item_attributes/categorical", dict(items_attr.categorical)),
+        },
+    }
+    pd.DataFrame({"id": index.user_ids}).to_parquet(tmp / "ids_users.parquet", index=False)
+    pd.DataFrame({"id": index.item_ids}).to_parquet(tmp / "ids_items.parquet", index=False)
+    shutil.copyfile(onnx_path, tmp / "ranker.onnx")
+    shutil.copyfile(booster_path, tmp / "ranker.txt")
+    files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    manifest = {
+        "format": FORMAT,
+        "settings": {key: settings.model_dump(mode="json")[key] for key in ("seed", "candidates", "features")},
+        "feature_names": names,
+        "source_columns": source_columns(settings.candidates),
+        "n_users": int(n_users),
+        "n_items": int(n_items),
+        "history_rows": int(len(history)),
+        "history_end": float(history[Columns.TIMESTAMP].max()) if len(history) else None,
+        "layout": layout,
+        "files": files,
+        "created_at": time.time(),
+    }
+    # key order matters (the feature statistics are gathered in dict order): never sort the keys
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    if out_dir.exists():
+        old = out_dir.with_name(out_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
+    manifest["seconds"] = time.perf_counter() - started
+    log.info("serving bundle of %d users x %d items (%d files) in %.1f s -> %s", n_users, n_items, len(files),
+             manifest["seconds"], out_dir)
+    return manifest
+
+
+# --- load ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bundle:
+    """A verified bundle, loaded: what :class:`recops.serving.engine.Recommender` is built from."""
+
+    root: Path
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    user_items: sp.csr_matrix
+    confidence: sp.csr_matrix
+    sources: dict[str, dict[str, Any]]
+    stats: dict[str, Any]
+    item_attributes: dict[str, dict[str, Any]]
+    onnx_bytes: bytes
+    booster_path: Path
+
+
+def verify_bundle(root: Path, expected_manifest_sha256: str | None) -> dict[str, Any]:
+    """Check the manifest against the registry's sha256 and every file against the manifest; return it."""
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise RecopsError(f"{root} holds no serving bundle ({MANIFEST} missing): register the version with this "
+                          "recops (the bundle stage writes it)")
+    actual = sha256_file(manifest_path)
+    if expected_manifest_sha256 is not None and actual != expected_manifest_sha256:
+        raise RecopsError(f"the serving bundle's {MANIFEST} has sha256 {actual}, the registry recorded "
+                          f"{expected_manifest_sha256}: refusing to load files the registry does not vouch for")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise RecopsError(f"serving bundle format {manifest.get('format')} is not {FORMAT}: rebuild it")
+    bad = [name for name, digest in manifest["files"].items()
+           if not (root / name).is_file() or sha256_file(root / name) != digest]
+    if bad:
+        raise RecopsError(f"serving bundle files missing or changed since registration: {', '.join(bad[:5])}"
+                          + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+    return manifest
+
+
+def load_bundle(root: Path, expected_manifest_sha256: str | None) -> Bundle:
+    """Verify, then load the bundle at ``root`` (arrays with ``allow_pickle=False``, ids from Parquet)."""
+    root = Path(root)
+    manifest = verify_bundle(root, expected_manifest_sha256)
+    layout = manifest["layout"]
+    return Bundle(
+        root=root,
+        manifest=manifest,
+        manifest_sha256=sha256_file(root / MANIFEST),
+        user_ids=pd.read_parquet(root / "ids_users.parquet")["id"].to_numpy(),
+        item_ids=pd.read_parquet(root / "ids_items.parquet")["id"].to_numpy(),
+        user_items=_load_tree(root, layout["user_items"]),
+        confidence=_load_tree(root, layout["confidence"]),
+        sources={name: _load_tree(root, spec) for name, spec in layout["sources"].items()},
+        stats={name: _load_tree(root, spec) for name, spec in layout["stats"].items()},
+        item_attributes={kind: _load_tree(root, spec) for kind, spec in layout["item_attributes"].items()},
+        onnx_bytes=(root / "ranker.onnx").read_bytes(),
+        booster_path=root / "ranker.txt",
+    )
+
+
+def download_bundle(settings: Settings, version: str | int, dst_dir: Path) -> tuple[Path, str, str]:
+    """Download version ``version``'s ``serving`` artifact; return (folder, the sha256 the registry recorded, the
+    version's run id)."""
+    import mlflow.artifacts
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = settings.tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = settings.registry.model_name
+    try:
+        record = client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise RecopsError(f"model {name!r} has no version {version}: {exc.message}") from None
+    expected = (record.tags or {}).get(SHA_TAG)
+    if not expected:
+        raise RecopsError(f"version {version} of {name!r} has no serving bundle (tag {SHA_TAG}): it was registered "
+                          "before recops wrote one; train and register a new version to serve it")
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=record.run_id, artifact_path="serving",
+                                                    dst_path=str(dst_dir), tracking_uri=uri)
+    except (MlflowException, OSError) as exc:
+        raise RecopsError(f"could not download the serving bundle of version {version} of {name!r}: {exc}") from None
+    return Path(local), expected, record.run_id

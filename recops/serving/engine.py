@@ -1,0 +1,364 @@
+"""The serving engine: a loaded bundle turned into ranked, rule-checked, explained lists — for one request or for
+every user at once, through the same code.
+
+For a block of known users (one user for an online request; thousands for batch scoring) the engine runs the
+pipeline's own functions on the bundle's arrays: ``merged_candidates`` over the version's sources (seen items
+masked), ``gather_features`` from the precomputed statistics, the ONNX ranker in onnxruntime, then the business
+rules of ``serving`` in params: blocked items never appear, at most ``category_cap`` items per value of
+``cap_attribute`` (e.g. genre) per list, and the exploration policy (``recops.serving.exploration``) on the last
+``exploration.slots`` positions. Users unknown to the version get the popularity list (blocked items removed),
+marked ``fallback: unknown_user``; known users without history get their candidates from popularity (the merge's
+cold-start rule) ranked with their attributes, marked ``fallback: cold_user``.
+
+Live updates (:meth:`Recommender.add_event`): the interaction joins the user's history (an overlay on the
+bundle's matrix: seen-item masking, EASE and item-kNN scores use it at once), the user's MF vector is recomputed
+by fold-in (least squares with the item factors fixed, :meth:`MatrixFactorization.fold_in`), and the user's
+sequence features (last items, last activity) move on; the very next request reflects it. Other statistics
+(popularity, co-occurrence) change only with the next training run.
+
+Reasons: each item of a list names the item of the user's history most similar to it (cosine of MF item factors,
+or item-kNN similarity without MF): "because you interacted with X". ``explain=True`` adds the ranker's top
+feature contributions (LightGBM ``pred_contrib`` on the version's text model, read — never unpickled — from the
+bundle and loaded on first use).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recops.candidates.sources import EASE, ItemKNN, MatrixFactorization, MostPopular
+from recops.columns import Columns
+from recops.config import CandidatesConfig, FeaturesConfig, ServingConfig
+from recops.errors import RecopsError
+from recops.features.builder import HistoryStatistics
+from recops.serving.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+SOURCE_CLASSES = {"popularity": MostPopular, "itemknn": ItemKNN, "ease": EASE, "mf": MatrixFactorization}
+UNKNOWN_USER = "unknown_user"
+COLD_USER = "cold_user"
+
+
+class UnknownIdError(RecopsError):
+    """A user or item id the served version does not know."""
+
+
+class OverlayMatrix:
+    """The bundle's users x items binary matrix plus the items live events added, indexed like a CSR matrix.
+
+    ``matrix[users]`` (what the sources and the merge call) returns the CSR rows with the added items, so a live
+    event reaches every source without rebuilding the whole matrix.
+    """
+
+    def __init__(self, base: sp.csr_matrix) -> None:
+        self.base = base.tocsr()
+        self.shape = self.base.shape
+        self.added: dict[int, list[int]] = {}
+
+    def add(self, user: int, item: int) -> None:
+        self.added.setdefault(int(user), []).append(int(item))
+
+    def __getitem__(self, users: Any) -> sp.csr_matrix:
+        users = np.atleast_1d(np.asarray(users, dtype=np.int64))
+        rows = self.base[users]
+        if not self.added:
+            return rows
+        hit = [(r, self.added[u]) for r, u in enumerate(users.tolist()) if u in self.added]
+        if not hit:
+            return rows
+        r = np.concatenate([np.full(len(items), row) for row, items in hit])
+        c = np.concatenate([np.asarray(items) for _, items in hit])
+        extra = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=rows.shape)
+        out = (rows + extra).tocsr()
+        out.data[:] = 1.0
+        return out
+
+    def row_items(self, user: int) -> np.ndarray:
+        base = self.base.indices[self.base.indptr[user]:self.base.indptr[user + 1]]
+        return np.unique(np.r_[base, self.added.get(int(user), [])]).astype(np.int64)
+
+
+@dataclass
+class Recommendation:
+    user_id: str
+    items: list[Any]
+    scores: list[float]
+    version: str
+    fallback: str | None = None
+    explored: list[bool] = field(default_factory=list)
+    reasons: list[dict[str, Any] | None] = field(default_factory=list)
+
+
+def cap_positions(lists: np.ndarray, categories: np.ndarray, cap: int, k: int) -> np.ndarray:
+    """Positions (``n x k``, -1 padded) of the entries of each row of ``lists`` to keep so that at most ``cap``
+    items of any one category are kept (first come, first kept; category -1 is never capped), the first ``k``
+    of them in list order. Vectorised over rows."""
+    n, depth = lists.shape
+    cat = np.where(lists >= 0, categories[np.maximum(lists, 0)], -1).astype(np.int64)
+    n_cat = int(cat.max(initial=-1)) + 2
+    key = (np.arange(n, dtype=np.int64)[:, None] * n_cat + cat + 1).ravel()
+    order = np.argsort(key, kind="stable")  # groups (row, category), positions ascending within a group
+    sorted_key = key[order]
+    first = np.r_[True, sorted_key[1:] != sorted_key[:-1]]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(len(key)), 0))
+    occurrence = np.empty(len(key), dtype=np.int64)
+    occurrence[order] = np.arange(len(key)) - group_start
+    keep = ((occurrence.reshape(n, depth) < cap) | (cat < 0)) & (lists >= 0)
+    position = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    return np.where(np.take_along_axis(keep, position, axis=1), position, -1)
+
+
+class Recommender:
+    """One served model version: ``recommend`` (one request), ``recommend_users`` (a block), ``add_event``."""
+
+    def __init__(self, bundle: Bundle, config: ServingConfig, version: str, model_name: str = "") -> None:
+        from recops.export import inference_session
+        from recops.serving.exploration import ExplorationPolicy
+
+        self.version = str(version)
+        self.model_name = model_name
+        self.config = config
+        self.bundle_sha256 = bundle.manifest_sha256
+        manifest = bundle.manifest
+        self.candidates_config = CandidatesConfig.model_validate(manifest["settings"]["candidates"])
+        self.features_config = FeaturesConfig.model_validate(manifest["settings"]["features"])
+        self.feature_names: list[str] = list(manifest["feature_names"])
+        self.source_columns: list[str] = list(manifest["source_columns"])
+        self.user_ids, self.item_ids = bundle.user_ids, bundle.item_ids
+        self.n_users, self.n_items = len(self.user_ids), len(self.item_ids)
+        self._user_lookup = {str(u): i for i, u in enumerate(self.user_ids.tolist())}
+        self._item_lookup = {str(v): i for i, v in enumerate(self.item_ids.tolist())}
+        threads = config.threads
+        self.sources = {name: SOURCE_CLASSES[name].from_arrays(arrays, self.candidates_config, threads)
+                        for name, arrays in bundle.sources.items()}
+        self.stats = HistoryStatistics(**bundle.stats)
+        self.user_items = OverlayMatrix(bundle.user_items)
+        self.confidence = bundle.confidence.tocsr()
+        self._added_weights: dict[int, list[float]] = {}
+        from recops.features.builder import feature_names
+
+        computed = feature_names(self.stats, self.source_columns)
+        if computed != self.feature_names:
+            raise RecopsError(f"version {version}'s ranker expects features {self.feature_names}, this recops "
+                              f"computes {computed} from its bundle: serve it with the recops that trained it")
+        self.session = inference_session(bundle.onnx_bytes, threads=threads)
+        self._input = self.session.get_inputs()[0].name
+        self._booster_path = bundle.booster_path
+        self._booster = None
+        self.blocked = np.zeros(self.n_items, dtype=bool)
+        for item in config.blocked_items:
+            if item in self._item_lookup:
+                self.blocked[self._item_lookup[item]] = True
+        self.categories = self._cap_categories(bundle, config)
+        popularity = self.sources["popularity"].popularity_
+        order = np.lexsort((np.arange(self.n_items), -popularity))
+        self.popular = order[~self.blocked[order]]
+        self.exploration = ExplorationPolicy(config.exploration, exposure=self.stats.item["item_pop"])
+        self._lock = threading.RLock()
+        self.loaded_at = time.time()
+        self.events_applied = 0
+
+    @staticmethod
+    def _cap_categories(bundle: Bundle, config: ServingConfig) -> np.ndarray | None:
+        if config.category_cap is None:
+            return None
+        multi, categorical = bundle.item_attributes.get("multi_label") or {}, bundle.item_attributes.get(
+            "categorical") or {}
+        name = config.cap_attribute or next(iter(multi), None) or next(iter(categorical), None)
+        if name in multi:  # an item's category for the cap: its first label
+            labels = multi[name].tocsr()
+            has = np.diff(labels.indptr) > 0
+            first = np.where(has, labels.indices[np.minimum(labels.indptr[:-1], max(len(labels.indices) - 1, 0))],
+                             -1)
+            return first.astype(np.int64)
+        if name in categorical:
+            return np.asarray(categorical[name], dtype=np.int64)
+        raise RecopsError(f"serving.cap_attribute {name!r} is not an item attribute of this version "
+                          f"(multi-label: {sorted(multi)}, categorical: {sorted(categorical)})")
+
+    # --- lookups ------------------------------------------------------------------------------------------------
+
+    def user_index(self, user_id: Any) -> int | None:
+        return self._user_lookup.get(str(user_id))
+
+    def item_index(self, item_id: Any) -> int | None:
+        return self._item_lookup.get(str(item_id))
+
+    def seen_items(self, user_id: Any) -> list[Any]:
+        index = self.user_index(user_id)
+        return [] if index is None else self.item_ids[self.user_items.row_items(index)].tolist()
+
+    # --- scoring ------------------------------------------------------------------------------------------------
+
+    def recommend_users(self, users: np.ndarray, k: int, keys: np.ndarray | None = None,
+                        block_users: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lists, scores, explored) of ``users`` (dense indices), each ``len(users) x k``, -1 / -inf padded."""
+        from recops.candidates.merge import merged_candidate_blocks
+        from recops.features.builder import gather_feature_matrix
+        from recops.ranking import top_k_lists
+        from recops.serving.exploration import request_keys
+
+        users = np.asarray(users, dtype=np.int32)
+        k = int(k)
+        lists = np.full((len(users), k), -1, dtype=np.int64)
+        scores = np.full((len(users), k), -np.inf, dtype=np.float32)
+        depth = max(k, self.candidates_config.n_candidates) if self.categories is not None else k
+        with self._lock:
+            for start in range(0, len(users), block_users):
+                batch = users[start:start + block_users]
+                for columns in merged_candidate_blocks(self.sources, self.candidates_config, batch, self.user_items,
+                                                       block_users=block_users):
+                    allowed = ~self.blocked[columns[Columns.ITEM]]
+                    if not allowed.any():
+                        continue
+                    cand_users = columns[Columns.USER][allowed]
+                    cand_items = columns[Columns.ITEM][allowed]
+                    source_values = np.column_stack([columns[c][allowed] for c in self.source_columns])
+                    x = gather_feature_matrix(cand_users, cand_items, source_values.astype(np.float32), self.stats,
+                                              self.features_config.chunk_rows)
+                    raw = self.session.run(None, {self._input: x})[0].reshape(-1).astype(np.float32)
+                    listed, items, values = top_k_lists(cand_users, cand_items, raw, depth)
+                    if self.categories is not None:
+                        kept = cap_positions(items, self.categories, self.config.category_cap, k)
+                        safe = np.maximum(kept, 0)
+                        items = np.where(kept >= 0, np.take_along_axis(items, safe, axis=1), -1)
+                        values = np.where(kept >= 0, np.take_along_axis(values, safe, axis=1), -np.inf)
+                    position = start + (np.searchsorted(batch, listed) if _sorted(batch)
+                                        else pd.Index(batch).get_indexer(listed))
+                    lists[position] = items[:, :k]
+                    scores[position] = values[:, :k]
+            if keys is None:
+                keys = request_keys(users, None, self.config.exploration.seed)
+            excluded = self.user_items[users]
+            blocked = np.flatnonzero(self.blocked)
+            if len(blocked):
+                rows = np.repeat(np.arange(len(users)), len(blocked))
+                excluded = (excluded + sp.csr_matrix((np.ones(len(rows), np.float32), (rows, np.tile(blocked,
+                            len(users)))), shape=excluded.shape)).tocsr()
+            explored_lists, explored = self.exploration.apply(lists, keys, excluded)
+        scores = np.where(explored, np.nan, scores).astype(np.float32)
+        return explored_lists, scores, explored
+
+    def recommend(self, user_id: Any, k: int, request_id: str | None = None,
+                  explain: bool = False) -> Recommendation:
+        """One request: the top-``k`` of ``user_id`` with reasons (and feature contributions when ``explain``)."""
+        from recops.serving.exploration import request_keys
+
+        index = self.user_index(user_id)
+        if index is None:
+            items = self.popular[:k]
+            return Recommendation(str(user_id), self.item_ids[items].tolist(),
+                                  self.sources["popularity"].popularity_[items].astype(float).tolist(),
+                                  self.version, fallback=UNKNOWN_USER, explored=[False] * len(items),
+                                  reasons=[None] * len(items))
+        users = np.array([index], dtype=np.int32)
+        keys = request_keys(users, None if request_id is None else [request_id], self.config.exploration.seed)
+        lists, scores, explored = self.recommend_users(users, k, keys)
+        keep = lists[0] >= 0
+        items = lists[0][keep]
+        history = self.user_items.row_items(index)
+        reasons = self._reasons(history, items)
+        if explain:
+            for reason, contribution in zip(reasons, self._contributions(index, items)):
+                reason["features"] = contribution
+        return Recommendation(
+            str(user_id), self.item_ids[items].tolist(),
+            [None if not np.isfinite(s) else float(s) for s in scores[0][keep]], self.version,
+            fallback=None if len(history) else COLD_USER, explored=explored[0][keep].tolist(), reasons=reasons)
+
+    def _reasons(self, history: np.ndarray, items: np.ndarray) -> list[dict[str, Any] | None]:
+        if not len(history) or not len(items):
+            return [{"because": None, "text": "popular with users like you"} for _ in items]
+        unit = self.stats.item_unit_factors
+        if unit is not None:
+            similarity = unit[items] @ unit[history].T
+        else:
+            similarity = self.stats.similarity[history][:, items].toarray().T
+        best = similarity.argmax(axis=1)
+        out = []
+        for row, item in enumerate(items):
+            because = self.item_ids[history[best[row]]]
+            out.append({"because": _plain(because), "similarity": float(similarity[row, best[row]]),
+                        "text": f"because you interacted with {because}"})
+        return out
+
+    def _contributions(self, user: int, items: np.ndarray, top: int = 3) -> list[list[dict[str, Any]]]:
+        """The ranker's ``top`` largest feature contributions (LightGBM pred_contrib) for each listed item."""
+        from recops.candidates import merged_candidates
+        from recops.features.builder import gather_features
+
+        if not len(items):
+            return []
+        if self._booster is None:
+            import lightgbm as lgb
+
+            self._booster = lgb.Booster(model_file=str(self._booster_path))  # LightGBM's text format
+        with self._lock:
+            cands = merged_candidates(self.sources, self.candidates_config, np.array([user], np.int32),
+                                      self.user_items)
+            cands = cands.set_index(Columns.ITEM).reindex(items).reset_index()
+            cands[Columns.USER] = user
+            cands = cands[[Columns.USER, Columns.ITEM, *self.source_columns]]
+            features = gather_features(cands, self.stats, self.features_config.chunk_rows)
+        contrib = self._booster.predict(features[self.feature_names].to_numpy(np.float64), pred_contrib=True)
+        contrib = contrib[:, :-1]  # the last column is the expected value
+        order = np.argsort(-np.abs(contrib), axis=1)[:, :top]
+        return [[{"feature": self.feature_names[j], "contribution": float(contrib[r, j])} for j in order[r]]
+                for r in range(len(items))]
+
+    # --- live updates -------------------------------------------------------------------------------------------
+
+    def add_event(self, user_id: Any, item_id: Any, timestamp: float | None = None,
+                  weight: float = 1.0) -> dict[str, Any]:
+        """Apply one interaction now (see the module docstring); return what changed."""
+        user, item = self.user_index(user_id), self.item_index(item_id)
+        if user is None:
+            raise UnknownIdError(f"user {user_id!r} is not known to version {self.version}: the event is logged "
+                                 "for the next snapshot but cannot change this version's recommendations")
+        if item is None:
+            raise UnknownIdError(f"item {item_id!r} is not in the catalogue of version {self.version}")
+        ts = time.time() if timestamp is None else float(timestamp)
+        started = time.perf_counter()
+        with self._lock:
+            self.user_items.add(user, item)
+            self._added_weights.setdefault(user, []).append(float(weight))
+            mf = self.sources.get("mf")
+            if mf is not None:
+                row = self.confidence[user]
+                extra_items = np.asarray(self.user_items.added[user], dtype=np.int64)
+                items = np.r_[row.indices.astype(np.int64), extra_items]
+                weights = np.r_[row.data.astype(np.float64), np.asarray(self._added_weights[user])]
+                merged = pd.Series(weights).groupby(items).sum()  # a repeated pair sums, as in training
+                if self.candidates_config.confidence == "binary":
+                    merged[:] = 1.0
+                mf.fold_in(user, merged.index.to_numpy(), merged.to_numpy())
+            stats = self.stats
+            if ts >= stats.user_last_ts[user] or not np.isfinite(stats.user_last_ts[user]):
+                last = stats.last_items[user]
+                stats.last_items[user] = np.r_[item, last[last != item]][: last.shape[0]]
+                stats.user_last_ts[user] = ts
+            stats.user["user_activity"][user] += 1.0
+            self.events_applied += 1
+        return {"user_index": user, "item_index": item, "fold_in_ms": (time.perf_counter() - started) * 1000.0}
+
+    def describe(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "version": self.version, "bundle_sha256": self.bundle_sha256,
+                "users": self.n_users, "items": self.n_items, "loaded_at": self.loaded_at,
+                "events_applied": self.events_applied}
+
+
+def _sorted(values: np.ndarray) -> bool:
+    return bool(len(values) < 2 or (np.diff(values) > 0).all())
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

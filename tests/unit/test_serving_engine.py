@@ -1,0 +1,218 @@
+"""The serving bundle and engine against a real pipeline run and a real MLflow registry (SQLite, temporary).
+
+A small own-data project (tests/data/cases.py: 60 users x 120 items with attributes) goes through every stage
+in-process and is registered once. The bundle is downloaded from the registry and verified as the server does.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recops import steps
+from recops.columns import Columns
+from recops.config import ServingConfig, Settings, load_settings
+from recops.errors import RecopsError
+from recops.serving.bundle import download_bundle, load_bundle, sha256_file
+from recops.serving.engine import COLD_USER, UNKNOWN_USER, Recommender, UnknownIdError, cap_positions
+from tests.conftest import PROJECT, set_params
+from tests.data.cases import PARAMS, clean_tables, write_case
+
+K = 10
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    root = tmp_path_factory.mktemp("serving-project")
+    shutil.copy(PROJECT / "params.yaml", root / "params.yaml")
+    set_params(root, **PARAMS)
+    set_params(root, paths={"expectations_dir": str(PROJECT / "expectations"), "cache_dir": str(root / "cache")},
+               registry={"bootstrap_champion": False})
+    events, users, items = clean_tables()
+    write_case(root, {"events.csv": events.to_csv(index=False).encode(),
+                      "users.csv": users.to_csv(index=False).encode(),
+                      "items.csv": items.to_csv(index=False).encode()})
+    settings = load_settings(root / "params.yaml")
+    for stage in steps.STAGES.values():
+        stage(settings)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def downloaded(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    folder, expected, _ = download_bundle(settings, "1", tmp_path_factory.mktemp("bundle"))
+    return folder, expected
+
+
+def engine(settings: Settings, downloaded, **serving) -> Recommender:
+    folder, expected = downloaded
+    config = ServingConfig.model_validate({**settings.serving.model_dump(), **serving})
+    return Recommender(load_bundle(folder, expected), config, "1", settings.registry.model_name)
+
+
+@pytest.fixture(scope="module")
+def model(settings: Settings, downloaded) -> Recommender:
+    return engine(settings, downloaded)
+
+
+def seen(settings: Settings) -> dict[str, set[str]]:
+    log = pd.read_parquet(settings.path("interactions"))
+    return log.groupby(log[Columns.USER_ID].astype(str))[Columns.ITEM_ID].agg(lambda s: set(map(str, s))).to_dict()
+
+
+# ------------------------------------------------------------------------------------------------------ bundle
+def test_the_registry_vouches_for_the_bundle(settings, downloaded):
+    folder, expected = downloaded
+    assert sha256_file(folder / "manifest.json") == expected
+    arrays = list((folder / "arrays").rglob("*.npy"))
+    assert arrays and all(np.load(p, allow_pickle=False) is not None for p in arrays)  # nothing needs pickle
+
+
+def test_a_changed_file_is_refused_naming_it(downloaded, tmp_path):
+    folder, expected = downloaded
+    copy = tmp_path / "bundle"
+    shutil.copytree(folder, copy)
+    target = next((copy / "arrays").rglob("*.npy"))
+    array = np.load(target)
+    np.save(target, array + 1 if array.dtype != bool else ~array)
+    with pytest.raises(RecopsError, match=target.name):
+        load_bundle(copy, expected)
+
+
+def test_a_manifest_the_registry_did_not_record_is_refused(downloaded):
+    folder, _ = downloaded
+    with pytest.raises(RecopsError, match="registry recorded"):
+        load_bundle(folder, "0" * 64)
+
+
+# ------------------------------------------------------------------------------------------------------ lists
+def test_the_engine_gives_the_lists_the_pipeline_gives(settings, model, downloaded, tmp_path):
+    """The bundle's arrays and the engine's array path reproduce the pipeline's own rebuild of the version on the
+    same history (the A/B path: sources refitted, DataFrames throughout), list for list."""
+    from recops.evaluation.versions import rebuild_lists
+    from recops.registry.mlflow_registry import download_version_files
+
+    index = steps._index(settings)
+    history, target = steps._fold_tables(settings, "test")
+    history = pd.concat([history, target], ignore_index=True)
+    users_attr, items_attr = steps._attributes(settings, index)
+    users = np.arange(index.n_users, dtype=np.int32)
+    files = download_version_files(settings, "1", tmp_path)
+    built = rebuild_lists(settings, files, history, users, index.n_users, index.n_items, users_attr, items_attr, K,
+                          measure_latency=False)
+    lists, scores, explored = model.recommend_users(users, K)
+    assert not explored.any()
+    np.testing.assert_array_equal(lists[built.users], built.lists)
+    np.testing.assert_allclose(scores[built.users], built.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_lists_have_k_unseen_items_with_reasons_from_the_history(settings, model):
+    known = seen(settings)
+    for user in model.user_ids[:20]:
+        rec = model.recommend(user, K)
+        assert len(rec.items) == K and len(set(rec.items)) == K and rec.fallback is None
+        assert not set(map(str, rec.items)) & known[str(user)]
+        assert rec.scores == sorted(rec.scores, reverse=True)
+        assert all(str(r["because"]) in known[str(user)] for r in rec.reasons)
+
+
+def test_explain_adds_the_rankers_top_feature_contributions(model):
+    rec = model.recommend(model.user_ids[3], 5, explain=True)
+    for reason in rec.reasons:
+        names = [f["feature"] for f in reason["features"]]
+        assert len(names) == 3 and set(names) <= set(model.feature_names)
+
+
+def test_an_unknown_user_gets_the_popularity_fallback_marked_as_such(model):
+    rec = model.recommend("someone-new", K)
+    assert rec.fallback == UNKNOWN_USER and len(rec.items) == K
+    popularity = model.sources["popularity"].popularity_
+    counts = [popularity[model.item_index(i)] for i in rec.items]
+    assert counts == sorted(counts, reverse=True) and counts[0] == popularity.max()
+
+
+def test_blocked_items_never_appear(settings, downloaded, model):
+    users = np.arange(model.n_users)
+    before, _, _ = model.recommend_users(users, K)
+    top = pd.Series(before[:, 0]).value_counts().index[:3]
+    blocked = [str(model.item_ids[i]) for i in top]
+    strict = engine(settings, downloaded, blocked_items=blocked)
+    after, _, _ = strict.recommend_users(users, K)
+    assert not np.isin(after, top).any() and (after >= 0).all()
+    assert not set(map(str, strict.recommend("someone-new", K).items)) & set(blocked)
+
+
+def test_the_category_cap_limits_items_per_category(settings, downloaded):
+    capped = engine(settings, downloaded, category_cap=2, cap_attribute="tags")
+    lists, _, _ = capped.recommend_users(np.arange(capped.n_users), K)
+    categories = np.where(lists >= 0, capped.categories[np.maximum(lists, 0)], -1)
+    for row in categories:
+        values, counts = np.unique(row[row >= 0], return_counts=True)
+        assert counts.max() <= 2
+    assert (lists >= 0).sum(axis=1).min() >= K // 2
+
+
+def test_cap_positions_keeps_order_and_the_first_of_each_category():
+    lists = np.array([[5, 6, 7, 8, 9], [1, 2, 3, -1, -1]])
+    categories = np.array([0, 0, 0, 1, 1, 0, 0, 0, 1, -1])
+    kept = cap_positions(lists, categories, cap=1, k=3)
+    assert kept.tolist() == [[0, 3, 4], [0, 2, -1]]  # 5 (cat 0), 8 (cat 1), 9 (none); 1 (cat 0), 3 (cat 1)
+
+
+def test_exploration_marks_the_explored_slot_and_is_deterministic(settings, downloaded):
+    exploring = engine(settings, downloaded, exploration={"policy": "epsilon_greedy", "epsilon": 1.0, "slots": 1})
+    user = exploring.user_ids[5]
+    first = exploring.recommend(user, K, request_id="req-1")
+    again = exploring.recommend(user, K, request_id="req-1")
+    assert first.items == again.items and first.explored == again.explored
+    assert first.explored[-1] and not any(first.explored[:-1])
+    assert exploring.item_index(first.items[-1]) in set(exploring.exploration.pool.tolist())
+
+
+# --------------------------------------------------------------------------------------------------- live events
+def test_an_event_changes_the_very_next_answer(settings, downloaded):
+    live = engine(settings, downloaded)
+    user = live.user_ids[7]
+    before = live.recommend(user, K)
+    vector = live.sources["mf"].user_factors_[live.user_index(user)].copy()
+    clicked = before.items[0]
+    change = live.add_event(user, clicked)
+    after = live.recommend(user, K)
+    assert clicked not in after.items  # now seen
+    assert not np.allclose(vector, live.sources["mf"].user_factors_[live.user_index(user)])  # folded in
+    assert change["fold_in_ms"] < 1000
+    assert live.stats.last_items[live.user_index(user)][0] == live.item_index(clicked)
+
+
+def test_fold_in_of_a_users_own_history_reproduces_the_trained_vector(model):
+    mf = model.sources["mf"]
+    user = 11
+    stored = mf.user_factors_[user].copy()
+    row = model.confidence[user]
+    vector = mf.fold_in(user, row.indices, row.data)
+    cosine = float(vector @ stored / np.linalg.norm(vector) / np.linalg.norm(stored))
+    mf.user_factors_[user] = stored
+    assert cosine > 0.95
+
+
+def test_events_for_unknown_ids_are_refused_naming_them(model):
+    with pytest.raises(UnknownIdError, match="user 'ghost'"):
+        model.add_event("ghost", model.item_ids[0])
+    with pytest.raises(UnknownIdError, match="item 'nothing'"):
+        model.add_event(model.user_ids[0], "nothing")
+
+
+def test_a_cold_user_is_marked(settings, downloaded):
+    cold = engine(settings, downloaded)
+    user = cold.user_index(cold.user_ids[0])
+    cold.user_items.base = cold.user_items.base.tolil()
+    cold.user_items.base[user] = 0
+    cold.user_items.base = cold.user_items.base.tocsr()
+    cold.user_items.base.eliminate_zeros()
+    cold.sources["mf"].generator_.has_history_[user] = False
+    rec = cold.recommend(cold.user_ids[0], K)
+    assert rec.fallback == COLD_USER and len(rec.items) == K
