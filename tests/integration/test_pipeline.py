@@ -102,6 +102,28 @@ def test_outputs_are_where_the_readme_says(trained):
     assert "the first champion" in trained[1].stdout
 
 
+def test_the_champion_answers_every_movielens_user_with_k_unseen_items(trained):
+    """What `recops serve` answers after `make run`: the app on the registry's champion, every ML-100k user."""
+    from fastapi.testclient import TestClient
+
+    from recops.config import load_settings
+    from recops.serving.api import create_app
+
+    ws = trained[0]
+    settings = load_settings(ws / "params.yaml")
+    log = pd.read_parquet(ws / "data" / "prepared" / "interactions.parquet")
+    seen = log.groupby("user_id")["item_id"].agg(set)
+    assert len(seen) == 943
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        for user, items in seen.items():
+            body = client.get(f"/recommendations/{user}", params={"k": 10}).json()
+            got = [entry["item_id"] for entry in body["items"]]
+            assert len(got) == 10 == len(set(got)) and not set(got) & items, (user, body)
+            assert body["fallback"] is None and all(entry["reason"]["because"] in items for entry in body["items"])
+        assert client.get("/ready").json()["version"] == json.loads(
+            (ws / "reports" / "registry.json").read_text())["champion"]
+
+
 def test_dvc_has_nothing_to_do_after_the_flow_and_outputs_round_trip_the_remote(trained):
     ws = trained[0]
     status = run_dvc(ws, "status")

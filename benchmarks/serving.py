@@ -1,0 +1,301 @@
+"""Serving performance of the trained project's bundle (``models/serving``), all in one process and one run.
+
+    .venv/bin/python -m benchmarks.serving [--params params.yaml] [--requests 2000] [--http-seconds 60]
+
+Run after `make run`. Measures, and prints as Markdown for BENCHMARKS.md:
+
+1. one request in process (``Recommender.recommend``: retrieval from every source, features, ONNX ranker, rules,
+   reasons): p50 / p99 / mean over ``--requests`` requests of random users, after a warm-up;
+2. the ranker alone on the same inputs (each request's candidate feature matrix): onnxruntime against native
+   LightGBM ``predict`` (1 thread each), as a ratio measured in the same process;
+3. an event to a fresh answer (``add_event`` then ``recommend``), in process;
+4. batch scoring of every user (top-100) through the same engine: users/second, and the MF scoring's share of
+   the machine's single-thread float32 GEMM peak (a large ``sgemm`` timed in the same process);
+5. exploration: the cost in NDCG@10 and the gain in coverage@10 / novelty@10 of each policy, applied to the
+   held-out lists of the evaluate stage (reports/recommendations_test.parquet) and compared with the A/B paired
+   test (recops.evaluation.ab);
+6. over HTTP on loopback: `recops serve --bundle models/serving` (1 uvicorn worker), a closed-loop async httpx
+   client at 1, 2 and 4 concurrent connections for ``--http-seconds`` each: requests/second, p50 / p99, errors,
+   and the server's resident memory at the start and end of each level. The client runs on the same 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def percentiles(ms: np.ndarray) -> str:
+    return f"{np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f} | {ms.mean():.2f}"
+
+
+def in_process(model, users: np.ndarray, k: int) -> np.ndarray:
+    for user in users[:50]:
+        model.recommend(model.user_ids[user], k)
+    out = np.empty(len(users))
+    for j, user in enumerate(users):
+        started = time.perf_counter()
+        model.recommend(model.user_ids[user], k)
+        out[j] = (time.perf_counter() - started) * 1000
+    return out
+
+
+def ranker_only(model, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-request ranker time, onnxruntime vs native LightGBM, on each request's own feature matrix."""
+    import lightgbm as lgb
+
+    from recops.candidates.merge import merged_candidate_blocks
+    from recops.features.builder import gather_feature_matrix
+
+    booster = lgb.Booster(model_file=str(model._booster_path))
+    matrices = []
+    for user in users:
+        columns = next(merged_candidate_blocks(model.sources, model.candidates_config, np.array([user], np.int32),
+                                               model.user_items))
+        values = np.column_stack([columns[c] for c in model.source_columns]).astype(np.float32)
+        matrices.append(gather_feature_matrix(columns["user_idx"], columns["item_idx"], values, model.stats,
+                                              model.features_config.chunk_rows))
+    name = model.session.get_inputs()[0].name
+    onnx_ms, native_ms = np.empty(len(users)), np.empty(len(users))
+    for x in matrices[:20]:
+        model.session.run(None, {name: x})
+        booster.predict(x, num_threads=1)
+    for j, x in enumerate(matrices):
+        started = time.perf_counter()
+        model.session.run(None, {name: x})
+        onnx_ms[j] = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        booster.predict(x, num_threads=1)
+        native_ms[j] = (time.perf_counter() - started) * 1000
+    return onnx_ms, native_ms, int(np.mean([len(x) for x in matrices]))
+
+
+def gemm_peak_gflops(n: int = 2048, repeat: int = 3) -> float:
+    from recops.threads import blas_limits
+
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    best = np.inf
+    with blas_limits(1):
+        for _ in range(repeat):
+            started = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best / 1e9
+
+
+def mf_scoring_gflops(model, block: int = 1024, repeat: int = 3) -> float:
+    from recops.threads import blas_limits
+
+    mf = model.sources["mf"]
+    u, v = mf.user_factors_, mf.generator_.item_factors_
+    best = np.inf
+    with blas_limits(1):
+        for _ in range(repeat):
+            started = time.perf_counter()
+            for start in range(0, len(u), block):
+                u[start:start + block] @ v.T
+            best = min(best, time.perf_counter() - started)
+    return 2 * u.shape[0] * v.shape[0] * u.shape[1] / best / 1e9
+
+
+def exploration_rows(settings, model) -> list[str]:
+    """Each policy's effect on the evaluate stage's held-out test lists, with the A/B paired test."""
+    import pandas as pd
+
+    from recops import steps
+    from recops.candidates import interaction_matrix
+    from recops.columns import Columns
+    from recops.config import ExplorationConfig
+    from recops.evaluation.ab import paired_test, per_user_metric, relevant_users_mask
+    from recops.evaluation.metrics import evaluate_lists
+    from recops.serving.exploration import ExplorationPolicy, request_keys
+
+    index = steps._index(settings)
+    history, target = steps._fold_tables(settings, "test")
+    recs = pd.read_parquet(settings.path("recommendations"))
+    users = index.user_index(recs[Columns.USER_ID].drop_duplicates().to_numpy())
+    recs = recs.assign(u=index.user_index(recs[Columns.USER_ID].to_numpy()),
+                       i=index.item_index(recs[Columns.ITEM_ID].to_numpy()))
+    recs = recs[recs[Columns.RANK] <= 10]
+    order = np.argsort(users)
+    users = users[order]
+    lists = np.full((len(users), 10), -1, dtype=np.int64)
+    lists[np.searchsorted(users, recs["u"].to_numpy()), recs[Columns.RANK].to_numpy() - 1] = recs["i"].to_numpy()
+    truth = interaction_matrix(target, index.n_users, index.n_items, "binary")
+    seen = interaction_matrix(history, index.n_users, index.n_items, "binary")
+    scored = relevant_users_mask(users, truth)
+    users, lists = users[scored], lists[scored]
+    exposure = np.bincount(history[Columns.ITEM].to_numpy(), minlength=index.n_items).astype(np.float64)
+    counts = np.diff(seen.tocsc().indptr).astype(np.float64)
+    n_history = int((np.diff(seen.indptr) > 0).sum())
+
+    def metrics(listed: np.ndarray) -> dict[str, float]:
+        return evaluate_lists(users, listed, truth, [10], item_user_counts=counts, n_history_users=n_history,
+                              item_vectors=None)
+
+    base = metrics(lists)
+    base_ndcg = per_user_metric(users, lists, truth, "ndcg@10")
+    rows = [f"| none (the ranker's list) | {base['ndcg@10']:.4f} | | | {base['coverage@10']:.4f} | "
+            f"{base['novelty@10']:.3f} |"]
+    keys = request_keys(users, None, settings.seed)
+    for policy, extra in (("epsilon_greedy", {"epsilon": 0.1}), ("epsilon_greedy", {"epsilon": 0.3}),
+                          ("thompson", {})):
+        config = ExplorationConfig(policy=policy, slots=1, **extra)
+        explored, _ = ExplorationPolicy(config, exposure).apply(lists, keys, seen[users])
+        m = metrics(explored)
+        test = paired_test(base_ndcg, per_user_metric(users, explored, truth, "ndcg@10"), seed=settings.seed)
+        label = policy + (f" eps={extra['epsilon']}" if extra else "") + ", 1 slot"
+        rows.append(f"| {label} | {m['ndcg@10']:.4f} | {m['ndcg@10'] / base['ndcg@10'] - 1:+.1%} "
+                    f"[{test.ci_low:+.4f}, {test.ci_high:+.4f}] | {test.p_value:.3g} | {m['coverage@10']:.4f} | "
+                    f"{m['novelty@10']:.3f} |")
+    return rows
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def load(base: str, users: list[str], concurrency: int, seconds: float) -> tuple[np.ndarray, int]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(offset: int, client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        i = offset
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                response = await client.get(f"/recommendations/{users[i % len(users)]}",
+                                            params={"k": 10, "request_id": f"b{offset}-{i}"})  # live, not cached
+                if response.status_code != 200:
+                    errors += 1
+            except httpx.HTTPError:
+                errors += 1
+            latencies.append((time.perf_counter() - started) * 1000)
+            i += concurrency
+
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        await asyncio.gather(*(worker(n, client) for n in range(concurrency)))
+    return np.asarray(latencies), errors
+
+
+def http_rows(params: Path, users: list[str], seconds: float) -> list[str]:
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "recops.cli", "serve", "--params", str(params), "--bundle",
+                               "models/serving", "--port", str(port), "-q"], cwd=params.parent,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("recops serve did not become ready")
+            time.sleep(0.3)
+        asyncio.run(load(base, users, 2, 3.0))  # warm-up
+        rows = []
+        for concurrency in (1, 2, 4):
+            before = rss_mb(server.pid)
+            ms, errors = asyncio.run(load(base, users, concurrency, seconds))
+            after = rss_mb(server.pid)
+            rows.append(f"| {concurrency} | {len(ms) / seconds:.0f} | {percentiles(ms)} | {errors} | "
+                        f"{before:.0f} -> {after:.0f} |")
+        return rows
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--http-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    params = Path(args.params).resolve()
+    from recops.entry import configure_logging, prepare_environment
+
+    prepare_environment(params.parent)
+    configure_logging(logging.WARNING)
+    from recops.config import load_settings
+    from recops.serving.bundle import load_bundle
+    from recops.serving.engine import Recommender
+
+    settings = load_settings(params)
+    model = Recommender(load_bundle(settings.path("serving_bundle"), None), settings.serving, "local")
+    rng = np.random.default_rng(settings.seed)
+    users = rng.integers(0, model.n_users, args.requests)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
+          f"{platform.python_version()}; {model.n_users} users x {model.n_items} items, "
+          f"{model.candidates_config.n_candidates} candidates, {len(model.feature_names)} features, "
+          f"serving.threads={settings.serving.threads}\n")
+
+    one = in_process(model, users, 10)
+    print("| in process, one request (k=10) | p50 ms | p99 ms | mean ms |\n|---|---:|---:|---:|")
+    print(f"| retrieve + features + ONNX rank + rules + reasons | {percentiles(one)} |")
+    onnx_ms, native_ms, rows = ranker_only(model, users[:500])
+    print(f"| ranker only: onnxruntime ({rows} candidates) | {percentiles(onnx_ms)} |")
+    print(f"| ranker only: native LightGBM predict, same inputs | {percentiles(native_ms)} |")
+    print(f"\nnative / ONNX mean time: {native_ms.mean() / onnx_ms.mean():.1f}x\n")
+
+    fresh = np.empty(200)
+    items = rng.integers(0, model.n_items, len(fresh))
+    for j, (user, item) in enumerate(zip(users[:200], items)):
+        started = time.perf_counter()
+        model.add_event(model.user_ids[user], model.item_ids[item])
+        model.recommend(model.user_ids[user], 10)
+        fresh[j] = (time.perf_counter() - started) * 1000
+    print("| event -> fresh answer, in process | p50 ms | p99 ms | mean ms |\n|---|---:|---:|---:|")
+    print(f"| add_event (MF fold-in, history, sequence) + recommend | {percentiles(fresh)} |\n")
+
+    batch_model = Recommender(load_bundle(settings.path("serving_bundle"), None), settings.serving, "local")
+    all_users = np.arange(batch_model.n_users)
+    started = time.perf_counter()
+    batch_model.recommend_users(all_users, 100, block_users=1024)
+    batch_seconds = time.perf_counter() - started
+    peak, achieved = gemm_peak_gflops(), mf_scoring_gflops(batch_model)
+    print(f"batch top-100, every user, one process: {batch_model.n_users / batch_seconds:.0f} users/s "
+          f"({batch_seconds:.2f} s); MF scoring {achieved:.1f} GFLOP/s = {achieved / peak:.0%} of the "
+          f"single-thread sgemm peak ({peak:.1f} GFLOP/s, 2048^3)\n")
+
+    print("| exploration policy | ndcg@10 | lift [95% CI of the delta] | p | coverage@10 | novelty@10 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print("\n".join(exploration_rows(settings, model)))
+
+    if args.http_seconds > 0:
+        ids = [str(u) for u in model.user_ids.tolist()]
+        print(f"\nover HTTP, 1 uvicorn worker, closed loop for {args.http_seconds:.0f} s per level (live scoring: "
+              "a request id per request bypasses the cache)\n")
+        print("| connections | requests/s | p50 ms | p99 ms | mean ms | errors | server RSS MB |")
+        print("|---:|---:|---:|---:|---:|---:|---|")
+        print("\n".join(http_rows(params, ids, args.http_seconds)))
+
+
+if __name__ == "__main__":
+    main()

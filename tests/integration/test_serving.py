@@ -1,0 +1,293 @@
+"""`recops serve` as a user runs it: a real uvicorn process on loopback, the registry's champion, Redis.
+
+A small own-data project (tests/data/cases.py) is trained and registered twice in-process (version 1, the
+champion by the first-model gates; version 2, a challenger with another ranker). The server follows the
+``champion`` alias (polling every 0.5 s) and caches in the machine's Redis (127.0.0.1:6379) under a prefix of its
+own. Bad input runs against the app in-process (FastAPI's TestClient) with hypothesis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from urllib.parse import quote
+
+import httpx
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from recops import steps
+from recops.columns import Columns
+from recops.config import load_settings
+from tests.conftest import BIN, NO_GATES, replace_param, run_env, set_params
+from tests.data.cases import PARAMS, clean_tables, write_case
+
+pytestmark = pytest.mark.integration
+TOKEN = "test-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_or_skip() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis not reachable at 127.0.0.1:6379: {exc}")
+        pytest.skip(f"Redis not reachable at 127.0.0.1:6379: {exc}")
+
+
+@pytest.fixture(scope="module")
+def project(fresh_workspace):
+    redis_or_skip()
+    ws = fresh_workspace("serving")
+    events, users, items = clean_tables()
+    write_case(ws, {"events.csv": events.to_csv(index=False).encode(), "users.csv": users.to_csv(index=False).encode(),
+                    "items.csv": items.to_csv(index=False).encode()})
+    set_params(ws, **PARAMS)
+    prefix = f"recops-test-{uuid.uuid4().hex[:8]}"
+    set_params(ws, serving={"reload_poll_seconds": 0.5, "cache": {"backend": "redis", "key_prefix": prefix}})
+    replace_param(ws, "registry.first_model_gates", NO_GATES)
+    settings = load_settings(ws / "params.yaml")
+    for stage in steps.STAGES.values():  # version 1: the champion (first-model gates)
+        stage(settings)
+    set_params(ws, ranker={"n_estimators": 5, "num_leaves": 4})
+    settings = load_settings(ws / "params.yaml")
+    for name in ("train_ranker", "evaluate", "export", "bundle", "register"):  # version 2: the challenger
+        steps.STAGES[name](settings)
+    yield ws, settings
+    import redis
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        client.unlink(key)
+
+
+def aliases(settings) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
+    return {k: str(v) for k, v in client.get_registered_model(settings.registry.model_name).aliases.items()}
+
+
+def set_alias(settings, version: str) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
+    client.set_registered_model_alias(settings.registry.model_name, "champion", version)
+
+
+@pytest.fixture(scope="module")
+def server(project):
+    ws, settings = project
+    assert aliases(settings) == {"champion": "1", "challenger": "2"}
+    port = free_port()
+    env = {**run_env(ws), "RECOPS_ADMIN_TOKEN": TOKEN}
+    log = open(ws / "serve.log", "w")
+    proc = subprocess.Popen([str(BIN / "recops"), "serve", "--port", str(port)], cwd=ws, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, (ws / "serve.log").read_text()[-3000:]
+        time.sleep(0.3)
+    yield base, ws, settings
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def seen_by_user(settings) -> dict[str, set]:
+    log = pd.read_parquet(settings.path("interactions"))
+    return log.groupby(log[Columns.USER_ID].astype(str))[Columns.ITEM_ID].agg(set).to_dict()
+
+
+def test_every_user_gets_k_unseen_items_from_the_champion(server):
+    base, _, settings = server
+    seen = seen_by_user(settings)
+    with httpx.Client(base_url=base) as client:
+        for user, items in seen.items():
+            body = client.get(f"/recommendations/{user}", params={"k": 10}).json()
+            got = [entry["item_id"] for entry in body["items"]]
+            assert len(got) == 10 == len(set(got)) and not set(got) & items, (user, body)
+            assert body["model_version"] == "1" and body["fallback"] is None
+
+
+def test_batch_lists_in_redis_are_served_from_the_cache(server):
+    base, ws, settings = server
+    proc = subprocess.run([str(BIN / "recops"), "batch-score", "--k", "20", "--cache", "-q"], cwd=ws,
+                          env=run_env(ws), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lists to the redis cache" in proc.stdout
+    latest = json.loads((ws / "reports" / "batch" / "latest.json").read_text())
+    batch = pd.read_parquet(ws / "reports" / "batch" / latest["file"])
+    user = str(batch[Columns.USER_ID].iloc[0])
+    expected = batch[batch[Columns.USER_ID].astype(str) == user].sort_values(Columns.RANK)[Columns.ITEM_ID].tolist()
+    body = httpx.get(f"{base}/recommendations/{user}", params={"k": 10}).json()
+    assert body["cached"] is True and body["cache_source"] == "batch"
+    assert [e["item_id"] for e in body["items"]] == expected[:10]
+    live = httpx.get(f"{base}/recommendations/{user}", params={"k": 10, "request_id": "no-cache"}).json()
+    assert live["cached"] is False and [e["item_id"] for e in live["items"]] == expected[:10]  # batch == online
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'recops_cache_lookups_total{result="hit"}' in metrics
+
+
+def test_a_posted_event_shows_in_the_next_answer(server):
+    base, _, settings = server
+    user = next(iter(seen_by_user(settings)))
+    with httpx.Client(base_url=base) as client:
+        before = [e["item_id"] for e in client.get(f"/recommendations/{user}", params={"k": 10}).json()["items"]]
+        started = time.perf_counter()
+        posted = client.post("/events", json={"user_id": user, "item_id": before[0]})
+        after = client.get(f"/recommendations/{user}", params={"k": 10}).json()
+        elapsed = time.perf_counter() - started
+    assert posted.status_code == 202 and posted.json()["events"][0]["applied"] is True
+    assert before[0] not in [e["item_id"] for e in after["items"]] and after["cached"] is False
+    assert elapsed < 2.0
+    logged = list((settings.root / settings.serving.event_log_dir).glob("events-*.jsonl"))
+    assert logged and str(before[0]) in logged[0].read_text()
+
+
+def test_admin_needs_the_token(server):
+    base, _, _ = server
+    assert httpx.post(f"{base}/admin/reload").status_code == 401
+    assert httpx.post(f"{base}/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    ok = httpx.post(f"{base}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json()["changed"] is False
+
+
+def test_a_failed_load_keeps_the_old_model_and_says_why(server):
+    from mlflow import MlflowClient
+
+    base, _, settings = server
+    client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
+    name = settings.registry.model_name
+    good = client.get_model_version(name, "2").tags["recops.serving.manifest_sha256"]
+    client.set_model_version_tag(name, "2", "recops.serving.manifest_sha256", "0" * 64)
+    try:
+        set_alias(settings, "2")
+        deadline = time.monotonic() + 30
+        while not (httpx.get(f"{base}/ready").json().get("last_error") or time.monotonic() > deadline):
+            time.sleep(0.2)
+        ready = httpx.get(f"{base}/ready").json()
+        assert ready["version"] == "1" and "registry recorded" in ready["last_error"]
+        assert httpx.get(f"{base}/recommendations/1").json()["model_version"] == "1"
+    finally:
+        set_alias(settings, "1")
+        client.set_model_version_tag(name, "2", "recops.serving.manifest_sha256", good)
+
+
+def test_the_champion_swaps_under_load_with_no_failed_request(server):
+    base, _, settings = server
+    users = list(seen_by_user(settings))
+    stop = threading.Event()
+    outcomes: Counter = Counter()
+    versions: Counter = Counter()
+
+    def hammer(offset: int) -> None:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            i = offset
+            while not stop.is_set():
+                try:
+                    response = client.get(f"/recommendations/{users[i % len(users)]}",
+                                          params={"k": 10, "request_id": f"r{i}"})
+                    outcomes[response.status_code] += 1
+                    if response.status_code == 200:
+                        versions[response.json()["model_version"]] += 1
+                except httpx.HTTPError as exc:
+                    outcomes[type(exc).__name__] += 1
+                i += 4
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    set_alias(settings, "2")  # the promotion
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{base}/ready").json()["version"] != "2":
+        assert time.monotonic() < deadline, httpx.get(f"{base}/ready").json()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert set(outcomes) == {200}, outcomes  # not one failed request
+    assert versions["1"] > 0 and versions["2"] > 0, versions
+    assert httpx.get(f"{base}/ready").json()["swaps"] >= 1
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def app_client(project):
+    from fastapi.testclient import TestClient
+
+    from recops.serving.api import create_app
+
+    _, settings = project
+    local = settings.model_copy(update={"serving": settings.serving.model_copy(update={
+        "cache": settings.serving.cache.model_copy(update={"backend": "memory"})})})
+    with TestClient(create_app(local, version="1"), raise_server_exceptions=False) as client:
+        yield client
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(user=st.text(max_size=300), k=st.one_of(st.integers(-5, 2000), st.text(max_size=5)),
+       explain=st.sampled_from(["true", "false", "maybe"]))
+def test_any_recommendation_request_is_answered_without_a_server_error(app_client, user, k, explain):
+    response = app_client.get(f"/recommendations/{quote(user, safe='') or '%20'}",
+                              params={"k": k, "explain": explain})
+    assert response.status_code < 500, (user, k, response.text)
+    if response.status_code == 200:
+        assert 0 < len(response.json()["items"]) <= int(k)
+    elif response.status_code != 404:
+        assert response.json()["detail"]
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+                           max_leaves=8)
+event_like = st.fixed_dictionaries({"user_id": st.one_of(st.text(max_size=5), st.integers(0, 100)),
+                                    "item_id": st.one_of(st.text(max_size=5), st.integers(0, 200))},
+                                   optional={"timestamp": st.one_of(st.floats(), st.integers(), st.text()),
+                                             "weight": st.one_of(st.floats(), st.integers(-3, 3))})
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.one_of(st.binary(max_size=200), json_values.map(json.dumps), event_like.map(json.dumps)))
+def test_any_event_body_is_answered_without_a_server_error(app_client, body):
+    response = app_client.post("/events", content=body, headers={"content-type": "application/json"})
+    assert response.status_code in (202, 400, 404, 413, 422), (body, response.text)
+    assert response.status_code == 202 or response.json()["detail"]
+
+
+def test_oversized_and_malformed_requests_get_clear_4xx(app_client):
+    big = app_client.post("/events", content=b"{" + b" " * 70_000 + b"}")
+    assert big.status_code == 413 and "max_body_bytes" in big.json()["detail"]
+    assert app_client.post("/events", content=b"\xff\xfe").status_code == 400
+    assert "not JSON" in app_client.post("/events", content=b"{nope").json()["detail"]
+    too_many = app_client.get("/recommendations/1", params={"k": 5000})
+    assert too_many.status_code == 422
+    assert app_client.post("/admin/reload").status_code in (404, 405)  # admin is off without a token here
+    assert app_client.get("/docs").status_code == 200 and "/recommendations/{user_id}" in app_client.get(
+        "/openapi.json").json()["paths"]
