@@ -62,7 +62,9 @@ class MostPopular:
         return source
 
 
-def _binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
+def _binary(user_items: sp.csr_matrix | np.ndarray) -> sp.csr_matrix | np.ndarray:
+    if isinstance(user_items, np.ndarray):  # dense rows (a small block, see merge._BlockRows)
+        return (user_items != 0).astype(np.float32)
     matrix = user_items.tocsr().astype(np.float32, copy=True)
     matrix.data[:] = 1.0
     return matrix
@@ -87,8 +89,22 @@ class ItemKNN:
         self.similarity_ = _top_k_per_column(rows, cols, sims.astype(np.float32), x.shape[1], self.neighbours)
         return self
 
+    # A similarity matrix denser than this, small enough to hold as a dense float32 matrix, is scored with BLAS:
+    # with hundreds of neighbours per item (ML-100k: 30% dense) that is 5x faster than the sparse product.
+    DENSE_DENSITY = 0.02
+    DENSE_MAX_BYTES = 512 * 2**20
+
     def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        return np.asarray((_binary(user_items[users]) @ self.similarity_).toarray(), dtype=np.float32)
+        rows = _binary(user_items[users])
+        dense = getattr(self, "_dense", None)
+        if dense is None:
+            n = self.similarity_.shape[0]
+            use_dense = (self.similarity_.nnz >= self.DENSE_DENSITY * n * n and 4 * n * n <= self.DENSE_MAX_BYTES)
+            dense = self._dense = self.similarity_.toarray().astype(np.float32) if use_dense else False
+        if dense is False:
+            return np.asarray((rows @ self.similarity_).toarray(), dtype=np.float32)
+        with blas_limits(self.threads):
+            return np.asarray(rows @ dense, dtype=np.float32)
 
     def arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
         return {"similarity": self.similarity_}
@@ -212,7 +228,11 @@ class MatrixFactorization:
 
 def exclude_seen(scores: np.ndarray, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
     """Set the scores of items in each user's history to -inf (in place) and return the block."""
-    block = user_items[users].tocoo()
+    block = user_items[users]
+    if isinstance(block, np.ndarray):
+        scores[block != 0] = -np.inf
+        return scores
+    block = block.tocoo()
     scores[block.row, block.col] = -np.inf
     return scores
 

@@ -141,6 +141,11 @@ class Recommender:
         self.sources = {name: SOURCE_CLASSES[name].from_arrays(arrays, self.candidates_config, threads)
                         for name, arrays in bundle.sources.items()}
         self.stats = HistoryStatistics(**bundle.stats)
+        similarity = self.stats.similarity
+        n = similarity.shape[0]
+        if similarity.nnz >= 0.02 * n * n and 4 * n * n <= 512 * 2**20:
+            # gathered 5 x 200 times per request: a dense lookup instead of scipy's sparse sampling
+            self.stats.similarity = similarity.toarray().astype(np.float32)
         self.user_items = OverlayMatrix(bundle.user_items)
         self.confidence = bundle.confidence.tocsr()
         self._added_weights: dict[int, list[float]] = {}
@@ -236,6 +241,8 @@ class Recommender:
                                         else pd.Index(batch).get_indexer(listed))
                     lists[position] = items[:, :k]
                     scores[position] = values[:, :k]
+            if not self.exploration.active:
+                return lists, scores, np.zeros(lists.shape, dtype=bool)
             if keys is None:
                 keys = request_keys(users, None, self.config.exploration.seed)
             excluded = self.user_items[users]
@@ -282,7 +289,8 @@ class Recommender:
         if unit is not None:
             similarity = unit[items] @ unit[history].T
         else:
-            similarity = self.stats.similarity[history][:, items].toarray().T
+            block = self.stats.similarity[history][:, items]
+            similarity = (block.toarray() if sp.issparse(block) else np.asarray(block)).T
         best = similarity.argmax(axis=1)
         out = []
         for row, item in enumerate(items):
