@@ -72,7 +72,8 @@ def _served(fresh_workspace, prefect_db: tuple[str, str], mlflow_db: tuple[str, 
     env = {**run_env(ws), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "PREFECT_API_DATABASE_CONNECTION_URL": postgres_uri(*prefect_db, driver="asyncpg"),
            "PREFECT_SERVER_API_PORT": str(port), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+           "PREFECT_RUNNER_POLL_FREQUENCY": "2"}  # the served deployments pick up triggered runs sooner
     logs = ws / "logs"
     logs.mkdir()
     server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
