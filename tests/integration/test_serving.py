@@ -32,6 +32,7 @@ from tests.data.cases import PARAMS, clean_tables, write_case
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-admin-token"
+CLICKS: dict[str, object] = {}  # user -> item clicked through POST /events (read by the hot-swap test)
 
 
 def free_port() -> int:
@@ -52,9 +53,9 @@ def redis_or_skip() -> None:
 
 
 @pytest.fixture(scope="module")
-def project(fresh_workspace):
+def project(fresh_workspace, prefect_api):
     redis_or_skip()
-    ws = fresh_workspace("serving")
+    ws = fresh_workspace("serving", prefect_api)
     events, users, items = clean_tables()
     write_case(ws, {"events.csv": events.to_csv(index=False).encode(), "users.csv": users.to_csv(index=False).encode(),
                     "items.csv": items.to_csv(index=False).encode()})
@@ -163,6 +164,7 @@ def test_a_posted_event_shows_in_the_next_answer(server):
         after = client.get(f"/recommendations/{user}", params={"k": 10}).json()
         elapsed = time.perf_counter() - started
     assert posted.status_code == 202 and posted.json()["events"][0]["applied"] is True
+    CLICKS[user] = before[0]
     assert before[0] not in [e["item_id"] for e in after["items"]] and after["cached"] is False
     assert elapsed < 2.0
     logged = list((settings.root / settings.serving.event_log_dir).glob("events-*.jsonl"))
@@ -235,6 +237,31 @@ def test_the_champion_swaps_under_load_with_no_failed_request(server):
     assert set(outcomes) == {200}, outcomes  # not one failed request
     assert versions["1"] > 0 and versions["2"] > 0, versions
     assert httpx.get(f"{base}/ready").json()["swaps"] >= 1
+    # the event posted to version 1 (test_a_posted_event...) was replayed onto version 2
+    assert httpx.get(f"{base}/ready").json()["events_applied"] >= 1
+    for user, item in CLICKS.items():
+        answer = httpx.get(f"{base}/recommendations/{user}", params={"k": 10}).json()
+        assert answer["model_version"] == "2" and answer["cached"] is False
+        assert item not in [e["item_id"] for e in answer["items"]]
+
+
+def test_the_next_snapshot_picks_up_the_served_events(server):
+    base, ws, settings = server
+    user, item = 7, None
+    served = httpx.get(f"{base}/recommendations/{user}", params={"k": 1, "request_id": "pick"}).json()
+    item = served["items"][0]["item_id"]
+    assert httpx.post(f"{base}/events", json={"user_id": user, "item_id": item, "timestamp": 1.6e9}).status_code \
+        == 202
+    snapshot = ws / "snapshot.csv"
+    snapshot.write_bytes((ws / "data" / "external" / "events.csv").read_bytes())  # upstream: nothing new
+    proc = subprocess.run([str(BIN / "recops"), "snapshot", str(snapshot), "--no-train"], cwd=ws, env=run_env(ws),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    prepared = pd.read_parquet(settings.path("interactions"))
+    row = prepared[(prepared[Columns.USER_ID] == user) & (prepared[Columns.ITEM_ID] == item)]
+    assert len(row) == 1 and row[Columns.TIMESTAMP].iloc[0] == 1_600_000_000
+    log_dir = settings.root / settings.serving.event_log_dir
+    assert not list(log_dir.glob("events-*.jsonl")) and list((log_dir / "ingested").glob("events-*.jsonl"))
 
 
 # ------------------------------------------------------------------------------------------------- bad input
