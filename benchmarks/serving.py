@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import platform
@@ -249,6 +250,8 @@ def main() -> None:
 
     settings = load_settings(params)
     model = Recommender(load_bundle(settings.path("serving_bundle"), None), settings.serving, "local")
+    gc.collect()
+    gc.freeze()  # as recops serve does after loading a version
     rng = np.random.default_rng(settings.seed)
     users = rng.integers(0, model.n_users, args.requests)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "

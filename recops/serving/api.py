@@ -27,6 +27,7 @@ The server never unpickles: it loads ``.npy`` (``allow_pickle=False``), Parquet,
 """
 
 
+import gc
 import json
 import logging
 import os
@@ -137,6 +138,12 @@ class ModelHolder:
                             pass
                     previous, self.current = self.current, model  # the swap: one reference assignment
                     self.swaps += previous is not None
+                previous_version = previous.version if previous is not None else None
+                del previous  # the old model is freed once its in-flight requests end
+                # The loaded arrays and lookups are long-lived: move them out of the cyclic GC's generations so
+                # that a full collection (a pause proportional to the live objects) never scans them.
+                gc.collect()
+                gc.freeze()
             except Exception as exc:
                 self.last_error = f"loading version {target} failed, still serving " + (
                     f"version {current.version}" if current is not None else "nothing") + f": {exc}"
@@ -144,8 +151,8 @@ class ModelHolder:
                 return {"changed": False, "error": self.last_error}
             self.last_error = None
             log.info("serving version %s (was %s), loaded in %.1f s", target,
-                     previous.version if previous else "none", time.perf_counter() - started)
-            return {"changed": True, "version": target, "previous": previous.version if previous else None,
+                     previous_version or "none", time.perf_counter() - started)
+            return {"changed": True, "version": target, "previous": previous_version,
                     "seconds": time.perf_counter() - started}
         finally:
             self._reloading.release()

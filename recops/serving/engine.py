@@ -63,12 +63,22 @@ class OverlayMatrix:
         self.base = base.tocsr()
         self.shape = self.base.shape
         self.added: dict[int, list[int]] = {}
+        self._rows: dict[int, sp.csr_matrix] = {}  # merged row of a user with live events, built on first use
 
     def add(self, user: int, item: int) -> None:
         self.added.setdefault(int(user), []).append(int(item))
+        self._rows.pop(int(user), None)
 
     def __getitem__(self, users: Any) -> sp.csr_matrix:
         users = np.atleast_1d(np.asarray(users, dtype=np.int64))
+        if len(users) == 1 and int(users[0]) in self.added:  # an online request of a user with live events
+            user = int(users[0])
+            row = self._rows.get(user)
+            if row is None:
+                items = self.row_items(user)
+                row = self._rows[user] = sp.csr_matrix(
+                    (np.ones(len(items), np.float32), items, np.array([0, len(items)])), shape=(1, self.shape[1]))
+            return row
         rows = self.base[users]
         if not self.added:
             return rows
@@ -268,7 +278,8 @@ class Recommender:
                                   self.version, fallback=UNKNOWN_USER, explored=[False] * len(items),
                                   reasons=[None] * len(items))
         users = np.array([index], dtype=np.int32)
-        keys = request_keys(users, None if request_id is None else [request_id], self.config.exploration.seed)
+        keys = (request_keys(users, None if request_id is None else [request_id], self.config.exploration.seed)
+                if self.exploration.active else None)
         lists, scores, explored = self.recommend_users(users, k, keys)
         keep = lists[0] >= 0
         items = lists[0][keep]
@@ -345,10 +356,11 @@ class Recommender:
                 extra_items = np.asarray(self.user_items.added[user], dtype=np.int64)
                 items = np.r_[row.indices.astype(np.int64), extra_items]
                 weights = np.r_[row.data.astype(np.float64), np.asarray(self._added_weights[user])]
-                merged = pd.Series(weights).groupby(items).sum()  # a repeated pair sums, as in training
+                unique, where = np.unique(items, return_inverse=True)
+                summed = np.bincount(where, weights=weights)  # a repeated pair sums, as in training
                 if self.candidates_config.confidence == "binary":
-                    merged[:] = 1.0
-                mf.fold_in(user, merged.index.to_numpy(), merged.to_numpy())
+                    summed[:] = 1.0
+                mf.fold_in(user, unique, summed)
             stats = self.stats
             if ts >= stats.user_last_ts[user] or not np.isfinite(stats.user_last_ts[user]):
                 last = stats.last_items[user]

@@ -45,6 +45,8 @@ class TrackingServer:
         self.ws, self.port, self.env, self.proc = ws, port, env, None
 
     def start(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return  # already serving (a second server would fail to bind and orphan this one)
         self.proc = subprocess.Popen(
             [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.ws / 'tracking.db'}",
@@ -60,6 +62,11 @@ class TrackingServer:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=30)
+        if self.proc is not None:
+            try:  # mlflow server's job consumers (huey) can outlive it: nothing of the group may stay behind
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc = None
 
 
