@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_NAME = "ranker"
 METRIC_KEYS_ARTIFACT = "metric_keys.json"
+# version tag: sha256 of the serving bundle's manifest.json (recops.serving.bundle), checked before serving it
+SERVING_MANIFEST_TAG = "recops.serving.manifest_sha256"
 
 # MLflow: params / tags / metric names are at most 250 characters; param values at most 6000.
 _MAX_KEY_LENGTH = 250
@@ -494,3 +496,30 @@ def _onnx_signature(model: Any) -> Any:
 
 def _pinned_requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in _MODEL_REQUIREMENTS]
+
+
+def download_serving_bundle(settings: Settings, version: str | int, dst_dir: Path) -> tuple[Path, str, str]:
+    """Download version ``version``'s ``serving`` artifact; return (folder, the sha256 the registry recorded, the
+    version's run id)."""
+    import mlflow.artifacts
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = settings.tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = settings.registry.model_name
+    try:
+        record = client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise RecopsError(f"model {name!r} has no version {version}: {exc.message}") from None
+    expected = (record.tags or {}).get(SERVING_MANIFEST_TAG)
+    if not expected:
+        raise RecopsError(f"version {version} of {name!r} has no serving bundle (tag {SERVING_MANIFEST_TAG}): it "
+                          "was registered "
+                          "before recops wrote one; train and register a new version to serve it")
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=record.run_id, artifact_path="serving",
+                                                    dst_path=str(dst_dir), tracking_uri=uri)
+    except (MlflowException, OSError) as exc:
+        raise RecopsError(f"could not download the serving bundle of version {version} of {name!r}: {exc}") from None
+    return Path(local), expected, record.run_id

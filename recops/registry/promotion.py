@@ -27,8 +27,9 @@ intent to the registered-model tag ``recops.pending_move``; the alias move is th
 ``promote`` / ``rollback`` (or :func:`recover_interrupted_move`) finishes a move whose alias had moved (records it,
 once) and forgets one whose alias had not; re-running the interrupted command then reports the finished move
 instead of moving again. The champion alias only ever points at a registered version, and a version is only
-registered after its files were logged, so it always names a complete, loadable model. MLflow has no transactions across these calls, so two promotions of the same model at the same moment can
-still interleave; run promotions from one place (the CLI or one flow).
+registered after its files were logged, so it always names a complete, loadable model. MLflow has no
+transactions across these calls, so two promotions of the same model at the same moment can still interleave;
+run promotions from one place (the CLI or one flow).
 
 What this module must not do: set a global MLflow tracking URI, import MLflow at import time, or register
 versions (that is :mod:`recops.registry.mlflow_registry`).

@@ -45,7 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recops.config import Settings
 from recops.errors import RecopsError
-from recops.serving.bundle import download_bundle, load_bundle
+from recops.registry.mlflow_registry import download_serving_bundle
+from recops.serving.bundle import load_bundle
 from recops.serving.engine import Recommender, UnknownIdError
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ class ModelHolder:
             number = version or "local"
         else:
             number = version or self.target_version()
-            folder, expected, _ = download_bundle(cfg, number, Path(self._tmp.name) / f"v{number}-{uuid.uuid4().hex[:8]}")
+            target = Path(self._tmp.name) / f"v{number}-{uuid.uuid4().hex[:8]}"
+            folder, expected, _ = download_serving_bundle(cfg, number, target)
             bundle = load_bundle(folder, expected)
         model = Recommender(bundle, cfg.serving, number, cfg.registry.model_name)
         model.recommend(model.user_ids[0], 1)  # warm-up: the first request should not pay for lazy imports

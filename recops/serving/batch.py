@@ -47,7 +47,8 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
     lists, their manifest and ``latest.json`` to ``out_dir``; return the manifest."""
     from recops import steps
     from recops.evaluation.abtest import resolve_version
-    from recops.serving.bundle import download_bundle, load_bundle
+    from recops.registry.mlflow_registry import download_serving_bundle
+    from recops.serving.bundle import load_bundle
     from recops.serving.engine import Recommender
 
     started = time.perf_counter()
@@ -59,7 +60,7 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
     number = resolve_version(settings, asked)
     data_md5 = {name: steps._md5(settings.path(name)) for name in steps.TABLES}
     with tempfile.TemporaryDirectory(prefix="recops-batch-") as tmp:
-        folder, expected, run_id = download_bundle(settings, number, Path(tmp))
+        folder, expected, run_id = download_serving_bundle(settings, number, Path(tmp))
         bundle = load_bundle(folder, expected)
         model = Recommender(bundle, settings.serving, number, settings.registry.model_name)
         if k > model.n_items:

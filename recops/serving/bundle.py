@@ -37,12 +37,12 @@ import scipy.sparse as sp
 from recops.columns import Columns
 from recops.config import Settings
 from recops.errors import RecopsError
+from recops.registry.mlflow_registry import SERVING_MANIFEST_TAG as SHA_TAG  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 MANIFEST = "manifest.json"
-SHA_TAG = "recops.serving.manifest_sha256"
 
 
 def sha256_file(path: Path) -> str:
@@ -234,29 +234,3 @@ def load_bundle(root: Path, expected_manifest_sha256: str | None) -> Bundle:
         onnx_bytes=(root / "ranker.onnx").read_bytes(),
         booster_path=root / "ranker.txt",
     )
-
-
-def download_bundle(settings: Settings, version: str | int, dst_dir: Path) -> tuple[Path, str, str]:
-    """Download version ``version``'s ``serving`` artifact; return (folder, the sha256 the registry recorded, the
-    version's run id)."""
-    import mlflow.artifacts
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    uri = settings.tracking_uri()
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    name = settings.registry.model_name
-    try:
-        record = client.get_model_version(name, str(version))
-    except MlflowException as exc:
-        raise RecopsError(f"model {name!r} has no version {version}: {exc.message}") from None
-    expected = (record.tags or {}).get(SHA_TAG)
-    if not expected:
-        raise RecopsError(f"version {version} of {name!r} has no serving bundle (tag {SHA_TAG}): it was registered "
-                          "before recops wrote one; train and register a new version to serve it")
-    try:
-        local = mlflow.artifacts.download_artifacts(run_id=record.run_id, artifact_path="serving",
-                                                    dst_path=str(dst_dir), tracking_uri=uri)
-    except (MlflowException, OSError) as exc:
-        raise RecopsError(f"could not download the serving bundle of version {version} of {name!r}: {exc}") from None
-    return Path(local), expected, record.run_id

@@ -17,7 +17,8 @@ from recops import steps
 from recops.columns import Columns
 from recops.config import ServingConfig, Settings, load_settings
 from recops.errors import RecopsError
-from recops.serving.bundle import download_bundle, load_bundle, sha256_file
+from recops.registry.mlflow_registry import download_serving_bundle
+from recops.serving.bundle import load_bundle, sha256_file
 from recops.serving.engine import COLD_USER, UNKNOWN_USER, Recommender, UnknownIdError, cap_positions
 from tests.conftest import PROJECT, set_params
 from tests.data.cases import PARAMS, clean_tables, write_case
@@ -44,7 +45,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="module")
 def downloaded(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    folder, expected, _ = download_bundle(settings, "1", tmp_path_factory.mktemp("bundle"))
+    folder, expected, _ = download_serving_bundle(settings, "1", tmp_path_factory.mktemp("bundle"))
     return folder, expected
 
 
