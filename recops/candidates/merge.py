@@ -91,10 +91,11 @@ def merged_candidate_blocks(sources: dict[str, object], config: CandidatesConfig
         seen = rows.block.tocoo()
         scores: dict[str, np.ndarray] = {}
         tops: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        all_warm = bool(warm.all())
         for name in names:
             block = sources[name].score(batch, rows)
             block[seen.row, seen.col] = -np.inf  # exclude_seen, with the rows' coordinates computed once
-            if name != POPULARITY:
+            if name != POPULARITY and not all_warm:
                 block[~warm] = -np.inf  # nothing to go on: the source abstains for users without history
             scores[name] = block
             tops[name] = top_n(block, n)
@@ -121,7 +122,10 @@ def merged_candidate_blocks(sources: dict[str, object], config: CandidatesConfig
             value = scores[name][row_of, item_of]
             top_values = tops[name][1]
             # rank in the source's top n: 1 + number of its top-n entries scoring higher (n + 1 when outside)
-            rank = 1 + (top_values[row_of] > value[:, None]).sum(axis=1)
+            if len(batch) == 1:  # one request: the same count by binary search in the (descending) top n
+                rank = 1 + np.searchsorted(-top_values[0], -value, side="left")
+            else:
+                rank = 1 + (top_values[row_of] > value[:, None]).sum(axis=1)
             # retrieved: scores at least the source's n-th best (ties at the cut count as retrieved)
             retrieved = np.isfinite(value) & (value >= top_values[row_of, -1])
             frame[f"{name}_score"] = np.where(np.isfinite(value), value, np.nan).astype(np.float32)

@@ -173,6 +173,7 @@ class Recommender:
         for item in config.blocked_items:
             if item in self._item_lookup:
                 self.blocked[self._item_lookup[item]] = True
+        self._any_blocked = bool(self.blocked.any())
         self.categories = self._cap_categories(bundle, config)
         popularity = self.sources["popularity"].popularity_
         order = np.lexsort((np.arange(self.n_items), -popularity))
@@ -232,12 +233,13 @@ class Recommender:
                 batch = users[start:start + block_users]
                 for columns in merged_candidate_blocks(self.sources, self.candidates_config, batch, self.user_items,
                                                        block_users=block_users):
-                    allowed = ~self.blocked[columns[Columns.ITEM]]
-                    if not allowed.any():
-                        continue
-                    cand_users = columns[Columns.USER][allowed]
-                    cand_items = columns[Columns.ITEM][allowed]
-                    source_values = np.column_stack([columns[c][allowed] for c in self.source_columns])
+                    if self._any_blocked:
+                        allowed = ~self.blocked[columns[Columns.ITEM]]
+                        if not allowed.any():
+                            continue
+                        columns = {name: values[allowed] for name, values in columns.items()}
+                    cand_users, cand_items = columns[Columns.USER], columns[Columns.ITEM]
+                    source_values = np.column_stack([columns[c] for c in self.source_columns])
                     x = gather_feature_matrix(cand_users, cand_items, source_values.astype(np.float32), self.stats,
                                               self.features_config.chunk_rows)
                     raw = self.session.run(None, {self._input: x})[0].reshape(-1).astype(np.float32)
