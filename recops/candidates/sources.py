@@ -62,9 +62,7 @@ class MostPopular:
         return source
 
 
-def _binary(user_items: sp.csr_matrix | np.ndarray) -> sp.csr_matrix | np.ndarray:
-    if isinstance(user_items, np.ndarray):  # dense rows (a small block, see merge._BlockRows)
-        return (user_items != 0).astype(np.float32)
+def _binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
     matrix = user_items.tocsr().astype(np.float32, copy=True)
     matrix.data[:] = 1.0
     return matrix
@@ -228,11 +226,7 @@ class MatrixFactorization:
 
 def exclude_seen(scores: np.ndarray, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
     """Set the scores of items in each user's history to -inf (in place) and return the block."""
-    block = user_items[users]
-    if isinstance(block, np.ndarray):
-        scores[block != 0] = -np.inf
-        return scores
-    block = block.tocoo()
+    block = user_items[users].tocoo()
     scores[block.row, block.col] = -np.inf
     return scores
 

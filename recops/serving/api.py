@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -392,6 +391,3 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
             raise RecopsError(outcome.get("error") or "no model could be loaded")
     return app
 
-
-def recommendation_dict(rec) -> dict[str, Any]:
-    return asdict(rec)

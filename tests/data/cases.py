@@ -6,10 +6,15 @@ The clean log is synthetic but shaped like a real one (users x items with timest
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from recops.config import Settings
 
 N_USERS, N_ITEMS, PER_USER = 60, 120, 25
 
@@ -95,6 +100,27 @@ def cases() -> list[tuple[str, dict[str, bytes], dict, list[str]]]:
                 ["items", "item_id", "7"]))
     out.append(("too_few_rows", with_events(events.head(100)), {}, ["500"]))
     return out
+
+
+def trained_project(root: Path, project: Path, **params) -> Settings:
+    """A small own-data project in ``root`` (the clean tables, ``PARAMS``, then ``params``) with every stage run
+    in-process, registration included (version 1 in the project's own MLflow store)."""
+    from recops import steps
+    from recops.config import load_settings
+    from tests.conftest import set_params
+
+    shutil.copy(project / "params.yaml", root / "params.yaml")
+    set_params(root, **PARAMS)
+    set_params(root, paths={"expectations_dir": str(project / "expectations"), "cache_dir": str(root / "cache")},
+               **params)
+    events, users, items = clean_tables()
+    write_case(root, {"events.csv": events.to_csv(index=False).encode(),
+                      "users.csv": users.to_csv(index=False).encode(),
+                      "items.csv": items.to_csv(index=False).encode()})
+    settings = load_settings(root / "params.yaml")
+    for stage in steps.STAGES.values():
+        stage(settings)
+    return settings
 
 
 def write_case(workspace: Path, files: dict[str, bytes]) -> None:

@@ -7,7 +7,6 @@ indices leaking into the output would show) goes through every stage in-process 
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -17,29 +16,19 @@ import pytest
 
 from recops import steps
 from recops.columns import Columns
-from recops.config import Settings, load_settings
+from recops.config import Settings
 from recops.errors import RecopsError
 from recops.serving import batch_score
-from tests.conftest import PROJECT, set_params
-from tests.data.cases import N_ITEMS, N_USERS, PARAMS, clean_tables, write_case
+from tests.conftest import PROJECT
+from tests.data.cases import N_ITEMS, N_USERS, trained_project
 
 K = 10
 
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    root = tmp_path_factory.mktemp("batch-project")
-    shutil.copy(PROJECT / "params.yaml", root / "params.yaml")
-    set_params(root, **PARAMS)
-    set_params(root, paths={"expectations_dir": str(PROJECT / "expectations"), "cache_dir": str(root / "cache")},
-               registry={"bootstrap_champion": False})
-    events, users, items = clean_tables()
-    write_case(root, {"events.csv": events.to_csv(index=False).encode(),
-                      "users.csv": users.to_csv(index=False).encode(),
-                      "items.csv": items.to_csv(index=False).encode()})
-    settings = load_settings(root / "params.yaml")
-    for stage in steps.STAGES.values():
-        stage(settings)
+    settings = trained_project(tmp_path_factory.mktemp("batch-project"), PROJECT,
+                               registry={"bootstrap_champion": False})
     steps.register(settings)  # version 2; the challenger alias moves to it
     return settings
 

@@ -15,32 +15,21 @@ import pytest
 
 from recops import steps
 from recops.columns import Columns
-from recops.config import ServingConfig, Settings, load_settings
+from recops.config import ServingConfig, Settings
 from recops.errors import RecopsError
 from recops.registry.mlflow_registry import download_serving_bundle
 from recops.serving.bundle import load_bundle, sha256_file
 from recops.serving.engine import COLD_USER, UNKNOWN_USER, Recommender, UnknownIdError, cap_positions
-from tests.conftest import PROJECT, set_params
-from tests.data.cases import PARAMS, clean_tables, write_case
+from tests.conftest import PROJECT
+from tests.data.cases import trained_project
 
 K = 10
 
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    root = tmp_path_factory.mktemp("serving-project")
-    shutil.copy(PROJECT / "params.yaml", root / "params.yaml")
-    set_params(root, **PARAMS)
-    set_params(root, paths={"expectations_dir": str(PROJECT / "expectations"), "cache_dir": str(root / "cache")},
-               registry={"bootstrap_champion": False})
-    events, users, items = clean_tables()
-    write_case(root, {"events.csv": events.to_csv(index=False).encode(),
-                      "users.csv": users.to_csv(index=False).encode(),
-                      "items.csv": items.to_csv(index=False).encode()})
-    settings = load_settings(root / "params.yaml")
-    for stage in steps.STAGES.values():
-        stage(settings)
-    return settings
+    return trained_project(tmp_path_factory.mktemp("serving-project"), PROJECT,
+                           registry={"bootstrap_champion": False})
 
 
 @pytest.fixture(scope="module")
