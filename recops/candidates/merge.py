@@ -86,6 +86,11 @@ def merged_candidate_blocks(sources: dict[str, object], config: CandidatesConfig
     names = list(config.sources)
     for start in range(0, len(users), block_users):
         batch = np.asarray(users[start:start + block_users], dtype=np.int32)
+        if len(batch) == 1:  # an online request: the same columns from 1-D arrays, without sparse blocks
+            history = user_history(user_items, int(batch[0]))
+            if len(history):
+                yield _merge_user(sources, names, int(batch[0]), history, n_items, n)
+                continue
         rows = _BlockRows(user_items, batch)  # the block's rows, sliced once for every source
         warm = np.diff(rows.block.indptr) > 0
         seen = rows.block.tocoo()
@@ -133,6 +138,62 @@ def merged_candidate_blocks(sources: dict[str, object], config: CandidatesConfig
             n_sources += retrieved
         frame["n_sources"] = n_sources
         yield frame
+
+
+def user_history(user_items, user: int) -> np.ndarray:
+    """The item indices (sorted, unique) of one user's row of ``user_items`` (a CSR matrix, or any matrix with a
+    ``row_items`` method such as the serving engine's overlay of live events)."""
+    if hasattr(user_items, "row_items"):
+        return user_items.row_items(user)
+    matrix = user_items if sp.isspmatrix_csr(user_items) or isinstance(user_items, sp.csr_array) else None
+    if matrix is None:
+        return np.asarray(user_items[np.array([user])].tocsr().indices, dtype=np.int64)
+    return np.unique(matrix.indices[matrix.indptr[user]:matrix.indptr[user + 1]]).astype(np.int64)
+
+
+def _top_user(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``top_n`` of one row as 1-D arrays (the same selection and order as the block version)."""
+    n = min(n, len(scores))
+    part = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+    part_scores = scores[part]
+    order = np.argsort(-part_scores, kind="stable")
+    items, values = part[order].astype(np.int32), part_scores[order]
+    items[~np.isfinite(values)] = -1
+    return items, values
+
+
+def _merge_user(sources: dict[str, object], names: list[str], user: int, history: np.ndarray, n_items: int,
+                n: int) -> dict[str, np.ndarray]:
+    """The columns of ``merged_candidate_blocks`` for one user with a history, in 1-D: each source scores the
+    user (``score_user``), seen items are masked, the tops are merged by the same round-robin slots and the
+    ranks are found by binary search. A test checks it against the block path on every user."""
+    scores: dict[str, np.ndarray] = {}
+    tops: list[tuple[np.ndarray, np.ndarray]] = []
+    for name in names:
+        row = sources[name].score_user(user, history)
+        row[history] = -np.inf
+        scores[name] = row
+        tops.append(_top_user(row, n))
+    slot = np.full(n_items, np.inf, dtype=np.float32)
+    for j, (items, _) in enumerate(tops):
+        found = items >= 0
+        position = (np.arange(len(items)) * len(tops) + j).astype(np.float32)[found]
+        listed = items[found]
+        slot[listed] = np.minimum(slot[listed], position)
+    merged, _ = _top_user(-slot, n)
+    item_of = merged[merged >= 0]
+    frame = {Columns.USER: np.full(len(item_of), user, dtype=np.int32), Columns.ITEM: item_of.astype(np.int32)}
+    n_sources = np.zeros(len(item_of), dtype=np.float32)
+    for name, (_, top_values) in zip(names, tops):
+        value = scores[name][item_of]
+        rank = 1 + np.searchsorted(-top_values, -value, side="left")
+        finite = np.isfinite(value)
+        retrieved = finite & (value >= top_values[-1])
+        frame[f"{name}_score"] = np.where(finite, value, np.nan).astype(np.float32)
+        frame[f"{name}_rank"] = np.where(retrieved, rank, n + 1).astype(np.float32)
+        n_sources += retrieved
+    frame["n_sources"] = n_sources
+    return frame
 
 
 class _BlockRows:

@@ -51,6 +51,10 @@ class MostPopular:
     def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         return np.broadcast_to(self.popularity_, (len(users), len(self.popularity_))).copy()
 
+    def score_user(self, user: int, history: np.ndarray) -> np.ndarray:
+        """``score`` of one user from the item indices of their history (sorted, unique), as a 1-D array."""
+        return self.popularity_.copy()
+
     def arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
         """The fitted state as arrays (what a serving bundle stores; see ``from_arrays``)."""
         return {"popularity": self.popularity_}
@@ -60,6 +64,19 @@ class MostPopular:
         source = cls(config.popularity_half_life_days)
         source.popularity_ = np.asarray(arrays["popularity"], dtype=np.float32)
         return source
+
+
+def _sum_rows(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``binary_row @ matrix`` for one user's history rows: the rows summed in index order, in float32 — the same
+    additions in the same order as the sparse-times-dense product of ``score``, without building a sparse row."""
+    if not len(rows):
+        return np.zeros(matrix.shape[1], dtype=np.float32)
+    return np.add.reduce(matrix[rows], axis=0, dtype=np.float32)
+
+
+def _history_row(history: np.ndarray, n_items: int) -> sp.csr_matrix:
+    return sp.csr_matrix((np.ones(len(history), np.float32), np.asarray(history, np.int32),
+                          np.array([0, len(history)], np.int32)), shape=(1, n_items))
 
 
 def _binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
@@ -92,17 +109,28 @@ class ItemKNN:
     DENSE_DENSITY = 0.02
     DENSE_MAX_BYTES = 512 * 2**20
 
-    def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        rows = _binary(user_items[users])
+    def _dense_similarity(self) -> np.ndarray | None:
         dense = getattr(self, "_dense", None)
         if dense is None:
             n = self.similarity_.shape[0]
             use_dense = (self.similarity_.nnz >= self.DENSE_DENSITY * n * n and 4 * n * n <= self.DENSE_MAX_BYTES)
             dense = self._dense = self.similarity_.toarray().astype(np.float32) if use_dense else False
-        if dense is False:
+        return None if dense is False else dense
+
+    def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        rows = _binary(user_items[users])
+        dense = self._dense_similarity()
+        if dense is None:
             return np.asarray((rows @ self.similarity_).toarray(), dtype=np.float32)
         with blas_limits(self.threads):
             return np.asarray(rows @ dense, dtype=np.float32)
+
+    def score_user(self, user: int, history: np.ndarray) -> np.ndarray:
+        """``score`` of one user from their history's item indices (sorted, unique), as a 1-D array."""
+        dense = self._dense_similarity()
+        if dense is None:
+            return self.score(np.zeros(1, np.int32), _history_row(history, self.similarity_.shape[0]))[0]
+        return _sum_rows(dense, history)
 
     def arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
         return {"similarity": self.similarity_}
@@ -152,6 +180,10 @@ class EASE:
         with blas_limits(self.threads):
             return np.asarray(_binary(user_items[users]) @ self.weights_, dtype=np.float32)
 
+    def score_user(self, user: int, history: np.ndarray) -> np.ndarray:
+        """``score`` of one user from their history's item indices (sorted, unique), as a 1-D array."""
+        return _sum_rows(self.weights_, history)
+
     def arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
         return {"weights": self.weights_}
 
@@ -188,6 +220,15 @@ class MatrixFactorization:
             out = self.generator_.user_factors_[users] @ self.generator_.item_factors_.T
         out[~self.generator_.has_history_[users]] = 0.0
         return out.astype(np.float32, copy=False)
+
+    def score_user(self, user: int, history: np.ndarray) -> np.ndarray:
+        """``score`` of one user (the same product, on a one-row block), as a 1-D array."""
+        g = self.generator_
+        with blas_limits(self.threads):
+            out = g.user_factors_[user:user + 1] @ g.item_factors_.T
+        if not g.has_history_[user]:
+            out[:] = 0.0
+        return out[0].astype(np.float32, copy=False)
 
     def arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
         g = self.generator_

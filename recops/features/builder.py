@@ -99,6 +99,20 @@ class HistoryStatistics:
     last_items: np.ndarray                        # n_users x sequence_length, most recent first, -1 padded
     similarity: sp.csr_matrix                     # item-item co-occurrence cosine (k nearest neighbours)
     item_unit_factors: np.ndarray | None          # MF item factors scaled to unit norm
+    _dense_labels: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    # Label vocabularies (e.g. genres) are small: users x labels and items x labels as dense float64 arrays cost
+    # little memory and make the affinity a row-wise dot product (10x cheaper than the sparse product per row).
+    DENSE_LABELS_MAX_BYTES = 256 * 2**20
+
+    def dense_labels(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(user profiles, item labels) of multi-label attribute ``name`` as dense arrays, when small enough."""
+        if name not in self._dense_labels:
+            profiles, labels = self.user_profiles[name], self.item_labels[name]
+            size = 8 * (profiles.shape[0] + labels.shape[0]) * profiles.shape[1]
+            self._dense_labels[name] = ((profiles.toarray(), labels.toarray())
+                                        if size <= self.DENSE_LABELS_MAX_BYTES else None)
+        return self._dense_labels[name]
 
 
 def _last_items(history: pd.DataFrame, n_users: int, length: int) -> np.ndarray:
@@ -253,7 +267,11 @@ def gather_feature_matrix(users_all: np.ndarray, items_all: np.ndarray, source_v
         cols += [values[i] for values in stats.item.values()]
         cols += [values[u] for values in stats.user.values()]
         for name, profiles in stats.user_profiles.items():
-            cols.append(np.asarray(profiles[u].multiply(stats.item_labels[name][i]).sum(axis=1)).ravel())
+            dense = stats.dense_labels(name)
+            if dense is None:
+                cols.append(np.asarray(profiles[u].multiply(stats.item_labels[name][i]).sum(axis=1)).ravel())
+            else:
+                cols.append(np.einsum("pl,pl->p", dense[0][u], dense[1][i]))
         cols.append(stats.item["item_log_pop"][i] - stats.user["user_mean_log_pop"][u])
         for name, means in stats.user_numeric_means.items():
             cols.append(stats.item_numeric[name][i] - means[u])

@@ -132,7 +132,8 @@ def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, A
         "user_items": _save_tree(tmp, "user_items", user_items),
         "confidence": _save_tree(tmp, "confidence", weights),
         "sources": {name: _save_tree(tmp, f"sources/{name}", source.arrays()) for name, source in sources.items()},
-        "stats": {f.name: _save_tree(tmp, f"stats/{f.name}", getattr(stats, f.name)) for f in fields(stats)},
+        "stats": {f.name: _save_tree(tmp, f"stats/{f.name}", getattr(stats, f.name)) for f in fields(stats)
+                  if f.init},
         "item_attributes": {
             "multi_label": _save_tree(tmp, "item_attributes/multi_label", dict(items_attr.multi_label)),
             "categorical": _save_tree(tmp, "item_attributes/categorical", dict(items_attr.categorical)),

@@ -100,6 +100,35 @@ def test_the_engine_gives_the_lists_the_pipeline_gives(settings, model, download
     np.testing.assert_allclose(scores[built.users], built.scores, rtol=1e-5, atol=1e-6)
 
 
+def test_an_online_request_gives_the_block_paths_candidates_and_list(model):
+    """One request runs the 1-D merge (``score_user`` of each source); a block of users runs the sparse block path.
+    Every user's candidates, source columns and final list agree; scores exactly, but for MF's one-row BLAS
+    product, which may differ from the block product in the last bits of float32 (both paths use the same
+    one-row product for an online request)."""
+    from recops.candidates.merge import merged_candidate_blocks
+
+    users = np.arange(model.n_users, dtype=np.int32)
+    block = {}
+    for columns in merged_candidate_blocks(model.sources, model.candidates_config, users, model.user_items,
+                                           block_users=16):
+        for name, values in columns.items():
+            block.setdefault(name, []).append(values)
+    single = {}
+    for user in users:
+        for name, values in next(merged_candidate_blocks(model.sources, model.candidates_config,
+                                                         np.array([user], np.int32), model.user_items)).items():
+            single.setdefault(name, []).append(values)
+    for name in block:
+        expected, got = np.concatenate(block[name]), np.concatenate(single[name])
+        if name.startswith("mf_"):
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 if name == "mf_score" else 1.0)
+        else:
+            np.testing.assert_array_equal(got, expected, err_msg=name)
+    lists, _, _ = model.recommend_users(users, K)
+    for user in users:
+        np.testing.assert_array_equal(model.recommend_users(np.array([user]), K)[0][0], lists[user])
+
+
 def test_lists_have_k_unseen_items_with_reasons_from_the_history(settings, model):
     known = seen(settings)
     for user in model.user_ids[:20]:
