@@ -178,6 +178,10 @@ class RankerConfig(Strict):
     bagging_fraction: float = 0.9
     lambdarank_truncation_level: int = 20
     early_stopping_rounds: int = 30
+    # Users whose candidates train the ranker (fit fold) and drive its early stopping (valid fold): a seeded
+    # sample of each fold's target users when there are more; null = all. The ranker's cost grows with
+    # users x n_candidates rows; tens of thousands of users are plenty of queries for LambdaRank.
+    max_users: int | None = Field(None, ge=10)
 
 
 class EvaluationConfig(Strict):
@@ -186,6 +190,9 @@ class EvaluationConfig(Strict):
     # candidates.sources is fitted for this alone); an empty list reports popularity only
     baselines: list[CandidateSource] = ["popularity", "mf", "ease", "itemknn"]
     top_n_report: int = Field(100, ge=1)
+    # Test users evaluated: a seeded sample when there are more (reported as test.candidates.users and
+    # test.candidates.users_total); null = all.
+    max_users: int | None = Field(None, ge=10)
 
 
 class ExportConfig(Strict):

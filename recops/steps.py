@@ -101,7 +101,9 @@ def ingest(settings: Settings) -> dict[str, float]:
             items = (data.load_attributes(settings.resolve(cfg.items_path), cfg.item_attributes, Columns.ITEM_ID, cfg)
                      if cfg.items_path else None)
             for name, source in sources.items():
-                if source:
+                if source and settings.resolve(source).is_dir():  # partitioned Parquet
+                    shutil.copytree(settings.resolve(source), staging / Path(source).name)
+                elif source:
                     shutil.copy2(settings.resolve(source), staging / Path(source).name)
         (staging / "sources.json").write_text(json.dumps({k: v for k, v in sources.items() if v}, indent=2) + "\n")
         _replace_dir(staging, raw_dir)
@@ -214,6 +216,10 @@ def candidates(settings: Settings) -> dict[str, float]:
     for fold in FOLDS:
         history, target = _fold_tables(settings, fold)
         users = np.unique(target[Columns.USER].to_numpy()).astype(np.int32)
+        metrics[f"{fold}.candidates.users_total"] = float(len(users))
+        users = sample_users(users, settings.evaluation.max_users if fold == "test" else settings.ranker.max_users,
+                             settings.seed + FOLDS.index(fold))
+        target = target[np.isin(target[Columns.USER].to_numpy(), users)]  # recall over the sampled users
         cands, sources, seconds = fold_candidates(settings, history, users, index.n_users, index.n_items)
         write_parquet(cands, out_dir / f"{fold}.parquet")
         factors_path = out_dir / f"{fold}_item_factors.npy"
@@ -231,7 +237,9 @@ def candidates(settings: Settings) -> dict[str, float]:
             metrics[f"{fold}.candidates.{name}.recall@{n}"] = candidate_recall(cand_users[own], cand_items[own], truth)
             metrics[f"{fold}.candidates.{name}.fit_seconds"] = seconds.get(name, float("nan"))
         metrics[f"{fold}.candidates.users"] = float(len(users))
+        metrics[f"{fold}.candidates.merge_seconds"] = seconds["merge"]
         if fold != "fit":
+            baselines_started = time.perf_counter()
             user_items = interaction_matrix(history, index.n_users, index.n_items, "binary")
             lists = []
             for name in settings.evaluation.baselines:
@@ -248,10 +256,18 @@ def candidates(settings: Settings) -> dict[str, float]:
                                                                       len(users))[valid.ravel()].astype(np.int32),
                     Columns.SCORE: scores[valid]}))
             write_parquet(pd.concat(lists, ignore_index=True), out_dir / f"{fold}_baselines.parquet")
+            metrics[f"{fold}.candidates.baselines_seconds"] = time.perf_counter() - baselines_started
         if fold == "test" and "mf" in sources:
             _write_mf(settings, sources["mf"], index)
     write_json(metrics, settings.path("candidates_metrics"))
     return _timed("candidates", metrics, started)
+
+
+def sample_users(users: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """``users`` (sorted), or a seeded sample of ``limit`` of them (sorted) when there are more."""
+    if limit is None or len(users) <= limit:
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, size=limit, replace=False)).astype(users.dtype)
 
 
 def _write_mf(settings: Settings, generator, index) -> None:
@@ -302,8 +318,10 @@ def features(settings: Settings) -> dict[str, float]:
         cands = read_parquet(cand_dir / f"{fold}.parquet")
         factors_path = cand_dir / f"{fold}_item_factors.npy"
         factors = np.load(factors_path, allow_pickle=False) if "mf" in settings.candidates.sources else None
+        fold_started = time.perf_counter()
         table = fold_features(settings, cands, history, target, index.n_users, index.n_items, users_attr,
                               items_attr, factors)
+        metrics[f"{fold}.features.seconds"] = time.perf_counter() - fold_started
         write_parquet(table, out_dir / f"{fold}.parquet")
         names = feature_columns(table)
         metrics[f"{fold}.features.rows"] = float(len(table))
@@ -324,7 +342,9 @@ def train_ranker(settings: Settings) -> dict[str, float]:
     names = _feature_names(settings)
     fit = read_parquet(settings.path("features_dir") / "fit.parquet")
     valid = read_parquet(settings.path("features_dir") / "valid.parquet")
+    fit_started = time.perf_counter()
     booster, stopped = fit_ranker(settings, fit, valid, names)
+    lightgbm_seconds = time.perf_counter() - fit_started
     model_path = settings.path("ranker_model")
     with _atomic(model_path) as tmp:
         booster.save_model(str(tmp), num_iteration=booster.best_iteration or None)
@@ -346,7 +366,8 @@ def train_ranker(settings: Settings) -> dict[str, float]:
     users, ranked, _ = _ranked_lists(valid, stopped.predict(valid[names].to_numpy(np.float32),
                                                             num_threads=settings.threads), depth)
     values = ranking_metrics(users, ranked, _truth(target, index.n_users, index.n_items), settings.evaluation.ks)
-    metrics = {"ranker.trees": float(trees), "ranker.early_stopping_trees": float(manifest["early_stopping_iteration"])}
+    metrics = {"ranker.trees": float(trees), "ranker.early_stopping_trees": float(manifest["early_stopping_iteration"]),
+               "ranker.lightgbm_seconds": lightgbm_seconds, "ranker.rows": float(len(fit) + len(valid))}
     metrics.update({f"valid.ranker.{name}": value for name, value in values.items()})
     write_json(metrics, settings.path("ranker_metrics"))
     return _timed("train_ranker", metrics, started)

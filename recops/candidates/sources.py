@@ -97,9 +97,13 @@ class ItemKNN:
         x = _binary(user_items).tocsc()
         counts = np.asarray(x.sum(axis=0)).ravel()
         norms = np.sqrt(counts)
-        co = (x.T @ x).tocoo()
+        co = (x.T @ x).tocsr()
+        co.sort_indices()
+        co = co.tocoo()
         keep = co.row != co.col
-        rows, cols, data = co.row[keep], co.col[keep], co.data[keep].astype(np.float32)
+        # co is symmetric: row j holds column j's entries, grouped by j and in ascending neighbour order — the
+        # order the per-column selection below then finds almost sorted.
+        rows, cols, data = co.col[keep], co.row[keep], co.data[keep].astype(np.float32)
         sims = data / (norms[rows] * norms[cols] + self.shrinkage + 1e-12)
         self.similarity_ = _top_k_per_column(rows, cols, sims.astype(np.float32), x.shape[1], self.neighbours)
         return self
@@ -144,7 +148,16 @@ class ItemKNN:
 
 def _top_k_per_column(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int, k: int) -> sp.csr_matrix:
     """Sparse n x n keeping, in each column j, the k largest entries (the k nearest neighbours of item j)."""
-    order = np.lexsort((-values, cols))
+    # The order of np.lexsort((-values, cols)) (ties in original order), as one stable sort of a 64-bit key:
+    # column, then the value's bits inverted (for non-negative float32, the bit pattern orders as the value).
+    # lexsort took 50 s on the 22M co-occurrences of a 1M-interaction log.
+    values = np.asarray(values, dtype=np.float32)
+    if len(values) and values.min() >= 0 and n < 2**31:
+        bits = values.view(np.uint32).astype(np.uint64)
+        order = np.argsort((cols.astype(np.uint64) << np.uint64(32)) | (np.uint64(0xFFFFFFFF) - bits),
+                           kind="stable")
+    else:
+        order = np.lexsort((-values, cols))
     rows, cols, values = rows[order], cols[order], values[order]
     starts = np.searchsorted(cols, np.arange(n))
     position = np.arange(len(cols)) - starts[cols]

@@ -22,6 +22,8 @@ Feature groups:
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +33,8 @@ import scipy.sparse as sp
 from recops.candidates.mf import interaction_matrix
 from recops.columns import Columns
 from recops.config import AttributeColumns, FeaturesConfig
+
+log = logging.getLogger(__name__)
 
 DAY = 86_400.0
 
@@ -300,8 +304,12 @@ def build_features(candidates: pd.DataFrame, history: pd.DataFrame, n_users: int
     """(user_idx, item_idx, label, features...) for every candidate row; label is 1 when the pair is in ``target``.
 
     ``item_factors``: MF item factors fitted on the same ``history`` (for the sequence similarity features)."""
+    started = time.perf_counter()
     stats = history_statistics(history, n_users, n_items, config, users, items, item_factors)
+    statistics_seconds = time.perf_counter() - started
     features = gather_features(candidates, stats, config.chunk_rows)
+    log.info("features: history statistics %.1f s, %d rows gathered in %.1f s", statistics_seconds,
+             len(candidates), time.perf_counter() - started - statistics_seconds)
     keys = candidates[Columns.USER].to_numpy(np.int64) * n_items + candidates[Columns.ITEM].to_numpy()
     if target is not None and len(target):
         target_keys = target[Columns.USER].to_numpy(np.int64) * n_items + target[Columns.ITEM].to_numpy()

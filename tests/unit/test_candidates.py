@@ -148,3 +148,32 @@ def test_sources_must_be_known_and_unique():
         CandidatesConfig(sources=["mf", "mf"])
     with pytest.raises(ValueError):
         CandidatesConfig(sources=["nonsense"])
+
+
+def test_top_k_per_column_keeps_lexsorts_choice_including_ties():
+    """The 64-bit key sort picks, per column, the k largest values with ties in original order — the same entries
+    as sorting by (column, -value) with lexsort."""
+    from recops.candidates.sources import _top_k_per_column
+
+    rng = np.random.default_rng(3)
+    n, k = 50, 4
+    rows, cols = rng.integers(0, n, 5000), rng.integers(0, n, 5000)
+    values = rng.choice(np.array([0.1, 0.25, 0.5, 0.9], np.float32), 5000)  # many exact ties
+    got = _top_k_per_column(rows, cols, values, n, k).toarray()
+    order = np.lexsort((-values, cols))
+    r, c, v = rows[order], cols[order], values[order]
+    position = np.arange(len(c)) - np.searchsorted(c, np.arange(n))[c]
+    keep = position < k
+    expected = sp.csr_matrix((v[keep], (r[keep], c[keep])), shape=(n, n)).toarray()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_sampled_users_are_seeded_sorted_and_bounded():
+    from recops.steps import sample_users
+
+    users = np.arange(0, 1000, 3, dtype=np.int32)
+    assert sample_users(users, None, 1) is users and sample_users(users, 5000, 1) is users
+    sample = sample_users(users, 50, 7)
+    assert len(sample) == 50 and np.all(np.diff(sample) > 0) and np.isin(sample, users).all()
+    np.testing.assert_array_equal(sample, sample_users(users, 50, 7))
+    assert not np.array_equal(sample, sample_users(users, 50, 8))
