@@ -494,6 +494,44 @@ def replay(
 
 
 @app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write (created; an earlier synth output is replaced).")],
+    rows: Annotated[int, typer.Option(help="Number of interactions.")] = 1_000_000,
+    users: Annotated[int | None, typer.Option(help="Number of users (default: scales with --rows, 140k at 20M).")]
+    = None,
+    items: Annotated[int | None, typer.Option(help="Number of items (default: scales with --rows, 40k at 20M).")]
+    = None,
+    seed: Annotated[int, typer.Option(help="Random seed: the same arguments write byte-identical files.")] = 42,
+    quiet: Quiet = False,
+) -> None:
+    """Write a seeded synthetic interaction log (partitioned Parquet) with user and item tables, for scale tests."""
+    import time
+
+    from recops.data.synth import INTERACTIONS_DIR, ITEMS_FILE, MANIFEST, USERS_FILE, generate
+
+    configure_logging(logging.WARNING if quiet else logging.INFO)
+    started = time.perf_counter()
+    try:
+        manifest = generate(out_dir, rows, seed=seed, n_users=users, n_items=items)
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+        return
+    counts = manifest["rows"]
+    parts = sum(1 for name in manifest["files"] if name.startswith(f"{INTERACTIONS_DIR}/"))
+    base = out_dir.as_posix().rstrip("/")
+    console.print(f"wrote {counts['interactions']:,} interactions ({counts['users']:,} users, {counts['items']:,} "
+                  f"items, seed {seed}) in {time.perf_counter() - started:.1f} s:\n"
+                  f"  {base}/{INTERACTIONS_DIR}/ ({parts} Parquet file{'s' if parts != 1 else ''})\n"
+                  f"  {base}/{USERS_FILE}\n  {base}/{ITEMS_FILE}\n"
+                  f"  {base}/{MANIFEST} (arguments, row counts, sha256 of every file)", highlight=False, soft_wrap=True)
+    console.print("to use it, set in params.yaml (paths relative to the folder of params.yaml; the default "
+                  "data.columns and *_attributes already fit):", highlight=False, soft_wrap=True)
+    console.print(f"data:\n  source: file\n  interactions_path: {base}/{INTERACTIONS_DIR}\n"
+                  f"  users_path: {base}/{USERS_FILE}\n  items_path: {base}/{ITEMS_FILE}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
 def deploy(params: Params = Path("params.yaml"),
            limit: Annotated[int | None, typer.Option(help="Flow runs executed at once.")] = None) -> None:
     """Register the scheduled deployments (training, evaluate-and-promote, batch-score, ingest-snapshot) and run

@@ -4,16 +4,23 @@ The loader renames mapped columns to recops' canonical names and converts timest
 is lossless; it does not otherwise coerce or drop anything, so that validation (Great Expectations) sees the
 data as the user gave it and can name the offending values. Problems that stop a file from being read at all
 (missing file, empty file, not UTF-8, malformed CSV, a mapped column that is absent) raise RecopsError here.
+
+A path may also be a folder of Parquet files holding one table in parts (``part-00000.parquet``, ..., as Spark,
+DuckDB or ``recops synth`` write them; hive-style ``key=value`` sub-folders become columns). Parquet is read
+column by column, so only the mapped columns are read from disk, which matters for logs of tens of millions of
+rows.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from recops.columns import Columns
@@ -23,18 +30,27 @@ from recops.errors import RecopsError
 log = logging.getLogger(__name__)
 
 _UNIT_SECONDS = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+_PARQUET_SUFFIXES = {".parquet", ".pq"}
 
 
-def read_table(path: Path, csv_separator: str = ",") -> pd.DataFrame:
-    """A CSV or Parquet file as a DataFrame; unreadable files raise RecopsError naming the file and the cause."""
+def read_table(path: Path, csv_separator: str = ",", columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A CSV or Parquet file, or a folder of Parquet files, as a DataFrame; unreadable input raises RecopsError
+    naming the file and the cause.
+
+    ``columns``: only these columns (Parquet reads nothing else from disk); one that is absent raises RecopsError.
+    """
+    if path.is_dir():
+        return _read_parquet_dataset(_parquet_dataset(path), path, columns)
     if not path.is_file():
         raise RecopsError(f"{path}: file not found (check data.*_path in params.yaml)")
     if path.stat().st_size == 0:
         raise RecopsError(f"{path}: the file is empty")
     suffix = path.suffix.lower()
-    if suffix in {".parquet", ".pq"}:
+    if suffix in _PARQUET_SUFFIXES:
+        if columns is not None:
+            _require_requested(_parquet_file_columns(path), path, columns)
         try:
-            return pq.read_table(path).to_pandas()
+            return pq.read_table(path, columns=None if columns is None else list(columns)).to_pandas()
         except (pa.ArrowException, OSError) as exc:
             raise RecopsError(f"{path}: not a readable Parquet file ({exc})") from None
     if suffix not in {".csv", ".tsv", ".txt", ".gz"}:
@@ -50,7 +66,75 @@ def read_table(path: Path, csv_separator: str = ",") -> pd.DataFrame:
     if frame.empty:
         raise RecopsError(f"{path}: the file has a header ({', '.join(map(str, frame.columns))}) but no rows")
     _check_last_row_complete(path, sep, len(frame.columns), len(frame) + 1)
+    if columns is not None:
+        _require_requested(list(frame.columns), path, columns)
+        frame = frame[list(columns)]
     return frame
+
+
+def _parquet_columns(path: Path) -> list[str] | None:
+    """The column names of a Parquet file or folder (from the footers, no data); None for CSV and for paths
+    ``read_table`` will refuse (it names the problem)."""
+    try:
+        if path.is_dir():
+            return _schema_columns(_parquet_dataset(path).schema)
+        if path.is_file() and path.stat().st_size > 0 and path.suffix.lower() in _PARQUET_SUFFIXES:
+            return _parquet_file_columns(path)
+    except RecopsError:
+        return None
+    return None
+
+
+def _parquet_file_columns(path: Path) -> list[str]:
+    """Column names from the file's footer, less the index columns pandas stores (they become the index)."""
+    try:
+        return _schema_columns(pq.read_schema(path))
+    except (pa.ArrowException, OSError) as exc:
+        raise RecopsError(f"{path}: not a readable Parquet file ({exc})") from None
+
+
+def _schema_columns(schema: pa.Schema) -> list[str]:
+    index = {c for c in ((schema.pandas_metadata or {}).get("index_columns") or []) if isinstance(c, str)}
+    return [name for name in schema.names if name not in index]
+
+
+def _parquet_dataset(folder: Path) -> ds.Dataset:
+    """The Parquet files under ``folder`` as one dataset, in file-name order; hidden and ``_``-prefixed entries
+    (``_SUCCESS``, ``.crc`` files, staging folders) are skipped, as Spark and Arrow do."""
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in _PARQUET_SUFFIXES and p.is_file()
+        and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
+    )
+    if not files:
+        raise RecopsError(f"{folder}: a folder with no Parquet files (*.parquet) in it; data.*_path takes a CSV or "
+                          "Parquet file or a folder of Parquet parts")
+    empty = [p for p in files if p.stat().st_size == 0]
+    if empty:
+        raise RecopsError(f"{empty[0]}: the file is empty (a part of the table in {folder})")
+    schemas = [_parquet_file_columns(p) for p in files]
+    for part, names in zip(files[1:], schemas[1:]):
+        if names != schemas[0]:
+            raise RecopsError(f"{folder}: its parts have different columns: {files[0].name} has "
+                              f"{', '.join(schemas[0])}; {part.relative_to(folder)} has {', '.join(names)}")
+    try:
+        return ds.dataset([str(p) for p in files], format="parquet", partitioning="hive",
+                          partition_base_dir=str(folder))
+    except (pa.ArrowException, OSError) as exc:
+        raise RecopsError(f"{folder}: not a readable folder of Parquet files ({exc})") from None
+
+
+def _read_parquet_dataset(dataset: ds.Dataset, folder: Path, columns: Sequence[str] | None) -> pd.DataFrame:
+    if columns is not None:
+        _require_requested(_schema_columns(dataset.schema), folder, columns)
+    try:
+        # Rows come back in file order, then row order: the table reads as the parts laid end to end.
+        table = dataset.to_table(columns=None if columns is None else list(columns))
+    except (pa.ArrowException, OSError) as exc:
+        raise RecopsError(f"{folder}: its Parquet parts cannot be read as one table ({exc}); do they share one "
+                          "schema (same column types)?") from None
+    # self_destruct frees each Arrow column once converted: peak memory about one copy of the table, not two.
+    return table.to_pandas(self_destruct=True, split_blocks=True)
 
 
 def _check_last_row_complete(path: Path, sep: str, n_columns: int, last_line: int) -> None:
@@ -96,13 +180,32 @@ def _check_utf8(path: Path, block: int = 1 << 24) -> None:
         raise RecopsError(f"{path}: not valid UTF-8: the file ends inside a multi-byte character (truncated?)")
 
 
-def _require_columns(frame: pd.DataFrame, path: Path, wanted: dict[str, str]) -> None:
-    missing = [f"'{src}' (for {role})" for role, src in wanted.items() if src not in frame.columns]
+def _require_columns(present: Sequence[str], path: Path, wanted: dict[str, str]) -> None:
+    missing = [f"'{src}' (for {role})" for role, src in wanted.items() if src not in present]
     if missing:
         raise RecopsError(
             f"{path}: missing column {', '.join(missing)}; columns present: "
-            f"{', '.join(repr(str(c)) for c in frame.columns)} (set the mapping in params.yaml data.columns)"
+            f"{', '.join(repr(str(c)) for c in present)} (set the mapping in params.yaml data.columns)"
         )
+
+
+def _require_requested(present: Sequence[str], path: Path, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise RecopsError(f"{path}: missing column {', '.join(map(repr, missing))}; columns present: "
+                          f"{', '.join(repr(str(c)) for c in present)}")
+
+
+def _read_mapped(path: Path, config: DataConfig, wanted: dict[str, str]) -> pd.DataFrame:
+    """The columns named in ``wanted`` (role -> column): from Parquet only those are read; for CSV the whole
+    file is read (and checked) first. A missing column is reported with its role."""
+    present = _parquet_columns(path)
+    if present is None:
+        frame = read_table(path, config.csv_separator)
+        _require_columns(list(frame.columns), path, wanted)
+        return frame
+    _require_columns(present, path, wanted)
+    return read_table(path, config.csv_separator, columns=list(dict.fromkeys(wanted.values())))
 
 
 def to_epoch_seconds(values: pd.Series, unit: str) -> pd.Series:
@@ -125,13 +228,12 @@ def to_epoch_seconds(values: pd.Series, unit: str) -> pd.Series:
 
 def load_interactions(path: Path, config: DataConfig) -> pd.DataFrame:
     """The interaction log with canonical column names (user_id, item_id, timestamp, rating?, weight?, split?)."""
-    frame = read_table(path, config.csv_separator)
     mapping = config.columns
     roles = {"user": mapping.user, "item": mapping.item, "timestamp": mapping.timestamp}
     for optional in ("rating", "weight", "split"):
         if getattr(mapping, optional):
             roles[optional] = getattr(mapping, optional)
-    _require_columns(frame, path, roles)
+    frame = _read_mapped(path, config, roles)
     canonical = {
         "user": Columns.USER_ID, "item": Columns.ITEM_ID, "timestamp": Columns.TIMESTAMP,
         "rating": Columns.RATING, "weight": Columns.WEIGHT, "split": Columns.SPLIT,
@@ -146,9 +248,8 @@ def load_interactions(path: Path, config: DataConfig) -> pd.DataFrame:
 
 def load_attributes(path: Path, spec: AttributeColumns, id_name: str, config: DataConfig) -> pd.DataFrame:
     """An attribute table with its id column renamed to ``id_name`` and only the declared columns kept."""
-    frame = read_table(path, config.csv_separator)
     declared = [spec.id, *spec.numeric, *spec.categorical, *spec.multi_label]
-    _require_columns(frame, path, {f"attribute '{c}'" if c != spec.id else "id": c for c in declared})
+    frame = _read_mapped(path, config, {f"attribute '{c}'" if c != spec.id else "id": c for c in declared})
     out = frame[declared].rename(columns={spec.id: id_name})
     if config.id_type == "string":
         out[id_name] = out[id_name].astype("string")
