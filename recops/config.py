@@ -241,6 +241,17 @@ class OrchestrationConfig(Strict):
     retry_delay_seconds: float = Field(10.0, ge=0)
 
 
+class ComputeConfig(Strict):
+    # Where the heavy stages run. local: in the stage's process. dask: feature building (dask.dataframe over the
+    # candidate partitions), the ranker (lightgbm.dask, distributed LambdaRank) and batch scoring on a Dask
+    # cluster, and the training flow on Prefect's DaskTaskRunner; MF stays on one process (implicit).
+    engine: Literal["local", "dask"] = "local"
+    address: str | None = None          # a running scheduler (tcp://host:8786); null: a LocalCluster per stage
+    n_workers: int = Field(2, ge=1)     # the LocalCluster's worker processes (address null)
+    threads_per_worker: int = Field(1, ge=1)
+    ranker_retries: int = Field(1, ge=0)  # refits of the distributed ranker after a worker is lost
+
+
 class DeploymentsConfig(Strict):
     # Schedules of the Prefect deployments served by `recops deploy` (cron in the server's time zone, UTC)
     training_cron: str = "0 3 * * *"
@@ -317,6 +328,7 @@ class Settings(Strict):
     tuning: TuningConfig = TuningConfig()
     ab: ABConfig = ABConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    compute: ComputeConfig = ComputeConfig()
     deployments: DeploymentsConfig = DeploymentsConfig()
     registry: RegistryConfig = RegistryConfig()
     serving: ServingConfig = ServingConfig()

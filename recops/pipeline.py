@@ -51,11 +51,19 @@ def fold_candidates(settings: Settings, history: pd.DataFrame, users: np.ndarray
 
 def fold_features(settings: Settings, candidates: pd.DataFrame, history: pd.DataFrame, target: pd.DataFrame | None,
                   n_users: int, n_items: int, users_attr: Attributes, items_attr: Attributes,
-                  item_factors: np.ndarray | None) -> pd.DataFrame:
+                  item_factors: np.ndarray | None, client=None) -> pd.DataFrame:
+    """The labelled feature table of a fold's candidates; with a Dask ``client`` (``compute.engine: dask``) the
+    history statistics are computed here and the rows gathered on the cluster, partition by partition."""
     from recops.features import build_features
 
-    return build_features(candidates, history, n_users, n_items, settings.features, users_attr, items_attr,
-                          target=target, item_factors=item_factors)
+    if client is None:
+        return build_features(candidates, history, n_users, n_items, settings.features, users_attr, items_attr,
+                              target=target, item_factors=item_factors)
+    from recops.features.builder import history_statistics
+    from recops.features.distributed import build_features_distributed
+
+    stats = history_statistics(history, n_users, n_items, settings.features, users_attr, items_attr, item_factors)
+    return build_features_distributed(client, candidates, stats, n_items, settings.features.chunk_rows, target)
 
 
 def run_fold(settings: Settings, history: pd.DataFrame, target: pd.DataFrame | None, users: np.ndarray,
@@ -75,12 +83,26 @@ def feature_columns(table: pd.DataFrame) -> list[str]:
 
 
 def fit_ranker(settings: Settings, fit_table: pd.DataFrame, valid_table: pd.DataFrame, names: list[str],
-               seed: int | None = None):
+               seed: int | None = None, client=None):
     """(final booster, early-stopped booster): LambdaRank on ``fit`` early-stopped on ``valid``, then (with
-    ``ranker.refit_on_valid``) the same number of trees refitted on fit + valid."""
+    ``ranker.refit_on_valid``) the same number of trees refitted on fit + valid. With a Dask ``client``: the
+    same on the cluster with ``lightgbm.dask`` (recops.ranking.dask_ranker: the stopping point is chosen by a
+    validation pass over the trees, as lightgbm.dask has no early stopping)."""
     from recops.ranking import refit_ranker, train_ranker
 
     seed = settings.seed if seed is None else seed
+    if client is not None:
+        from recops.ranking.dask_ranker import refit_ranker_dask, train_ranker_dask
+
+        retries = settings.compute.ranker_retries
+        stopped = train_ranker_dask(client, fit_table, valid_table, names, settings.ranker, seed, settings.threads,
+                                    retries=retries)
+        if not settings.ranker.refit_on_valid:
+            return stopped, stopped
+        n_trees = stopped.best_iteration or stopped.num_trees()
+        final = refit_ranker_dask(client, [fit_table, valid_table], names, settings.ranker, seed, settings.threads,
+                                  n_trees, retries=retries)
+        return final, stopped
     stopped = train_ranker(fit_table, valid_table, names, settings.ranker, seed, settings.threads)
     if not settings.ranker.refit_on_valid:
         return stopped, stopped

@@ -313,21 +313,31 @@ def features(settings: Settings) -> dict[str, float]:
     cand_dir = settings.path("candidates_dir")
     metrics: dict[str, float] = {}
     names: list[str] = []
-    for fold in FOLDS:
-        history, target = _fold_tables(settings, fold)
-        cands = read_parquet(cand_dir / f"{fold}.parquet")
-        factors_path = cand_dir / f"{fold}_item_factors.npy"
-        factors = np.load(factors_path, allow_pickle=False) if "mf" in settings.candidates.sources else None
-        fold_started = time.perf_counter()
-        table = fold_features(settings, cands, history, target, index.n_users, index.n_items, users_attr,
-                              items_attr, factors)
-        metrics[f"{fold}.features.seconds"] = time.perf_counter() - fold_started
-        write_parquet(table, out_dir / f"{fold}.parquet")
-        names = feature_columns(table)
-        metrics[f"{fold}.features.rows"] = float(len(table))
-        metrics[f"{fold}.features.positive_share"] = float(table[Columns.LABEL].mean()) if len(table) else 0.0
+    with _compute_client(settings) as client:
+        for fold in FOLDS:
+            history, target = _fold_tables(settings, fold)
+            cands = read_parquet(cand_dir / f"{fold}.parquet")
+            factors_path = cand_dir / f"{fold}_item_factors.npy"
+            factors = np.load(factors_path, allow_pickle=False) if "mf" in settings.candidates.sources else None
+            fold_started = time.perf_counter()
+            table = fold_features(settings, cands, history, target, index.n_users, index.n_items, users_attr,
+                                  items_attr, factors, client=client)
+            metrics[f"{fold}.features.seconds"] = time.perf_counter() - fold_started
+            write_parquet(table, out_dir / f"{fold}.parquet")
+            names = feature_columns(table)
+            metrics[f"{fold}.features.rows"] = float(len(table))
+            metrics[f"{fold}.features.positive_share"] = (float(table[Columns.LABEL].mean()) if len(table)
+                                                          else 0.0)
     write_json({"features": names}, out_dir / "feature_names.json")
     return _timed("features", metrics, started)
+
+
+def _compute_client(settings: Settings):
+    """None (compute.engine: local) or a Dask client for the stage (recops.compute.stage_client)."""
+    from recops.compute import stage_client
+
+    cfg = settings.compute
+    return stage_client(cfg.engine, cfg.address, cfg.n_workers, cfg.threads_per_worker)
 
 
 def _feature_names(settings: Settings) -> list[str]:
@@ -343,7 +353,8 @@ def train_ranker(settings: Settings) -> dict[str, float]:
     fit = read_parquet(settings.path("features_dir") / "fit.parquet")
     valid = read_parquet(settings.path("features_dir") / "valid.parquet")
     fit_started = time.perf_counter()
-    booster, stopped = fit_ranker(settings, fit, valid, names)
+    with _compute_client(settings) as client:
+        booster, stopped = fit_ranker(settings, fit, valid, names, client=client)
     lightgbm_seconds = time.perf_counter() - fit_started
     model_path = settings.path("ranker_model")
     with _atomic(model_path) as tmp:
