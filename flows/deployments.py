@@ -25,12 +25,12 @@ def build_deployments(settings: Settings, params_path: str) -> list:
     from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
     from flows.lifecycle import batch_score_flow, evaluate_and_promote_flow, ingest_snapshot_flow
-    from flows.training import training_flow
+    from flows.training import training_flow_for
 
     cfg = settings.deployments
     tags = ["recops", settings.registry.model_name]
     return [
-        training_flow.to_deployment(
+        training_flow_for(params_path).to_deployment(
             name="training", schedule=CronSchedule(cron=cfg.training_cron, timezone=cfg.timezone),
             parameters={"params_path": params_path}, tags=tags,
             description="ingest .. register: a new challenger, recorded in DVC and pushed"),

@@ -27,7 +27,7 @@ from recops.config import load_settings
 from recops.data.events import mark_ingested, stage_snapshot
 from recops.errors import RecopsError
 
-from flows.training import training_flow, transient_only, with_retries
+from flows.training import training_flow_for, transient_only, with_retries
 
 NOTHING_TO_DO = "none"  # the decision when the challenger already is the champion
 TASK = {"cache_policy": NO_CACHE, "persist_result": False, "retry_condition_fn": transient_only}
@@ -143,7 +143,7 @@ def ingest_snapshot_flow(snapshot_path: str, params_path: str = "params.yaml", t
     params_path = str(Path(params_path).resolve())
     out: dict[str, Any] = {"snapshot": take_snapshot(params_path, snapshot_path, include_events)}
     if train:
-        out["training"] = training_flow(params_path=params_path, dvc=True, push=push)
+        out["training"] = training_flow_for(params_path)(params_path=params_path, dvc=True, push=push)
         if promote:
             out["promotion"] = evaluate_and_promote_flow(params_path=params_path)
     return out

@@ -6,8 +6,8 @@ PREFECT_API_URL points elsewhere) and runs scheduled flow runs in this process u
 
 from __future__ import annotations
 
-from flows.training import training_flow
+from flows.training import training_flow_for
 
 
 def serve(params_path: str, cron: str, name: str = "recops-training-scheduled") -> None:
-    training_flow.serve(name=name, cron=cron, parameters={"params_path": params_path})
+    training_flow_for(params_path).serve(name=name, cron=cron, parameters={"params_path": params_path})

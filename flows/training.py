@@ -79,11 +79,25 @@ def training_flow(params_path: str = "params.yaml", dvc: bool = True, push: bool
     """Run ingest -> validate -> split -> candidates -> features -> train_ranker -> evaluate -> export ->
     register, in that order; return all metrics."""
     params_path = str(Path(params_path).resolve())
+    # compute.engine: dask: each stage is submitted to the flow's task runner (a DaskTaskRunner, see
+    # training_flow_for) and runs on a worker; local: called in the flow's process, as always
+    submit = load_settings(params_path).compute.engine == "dask"
     metrics: dict[str, float] = {}
     for name, stage in STAGE_TASKS.items():
         if name in RETRIED:
             stage = with_retries(stage, params_path)
-        metrics.update(stage(params_path))
+        metrics.update(stage.submit(params_path).result() if submit else stage(params_path))
     if dvc:
         dvc_commit(params_path, push)
     return metrics
+
+
+def training_flow_for(params_path: str):
+    """``training_flow`` on the task runner of params.yaml's ``compute`` section: a ``DaskTaskRunner``
+    (prefect-dask) on ``compute.address``, or on a LocalCluster of its own, for ``engine: dask``; the default
+    runner for ``local``."""
+    from recops.compute import prefect_task_runner
+
+    cfg = load_settings(params_path).compute
+    runner = prefect_task_runner(cfg.engine, cfg.address, cfg.n_workers, cfg.threads_per_worker)
+    return training_flow if runner is None else training_flow.with_options(task_runner=runner)

@@ -186,10 +186,10 @@ def run(
         if engine == "dvc":
             _dvc_repro(settings.root, push)
         else:
-            from flows.training import training_flow
+            from flows.training import training_flow_for
 
             _quiet_user_error_tracebacks()
-            training_flow(params_path=str(params.resolve()), push=push)
+            training_flow_for(str(params.resolve()))(params_path=str(params.resolve()), push=push)
         from recops.steps import all_metrics, read_json
 
         metrics = all_metrics(settings)

@@ -68,11 +68,22 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
                               f"{model.n_items}")
         users = np.arange(model.n_users, dtype=np.int32)
         scored = time.perf_counter()
-        lists, scores, _ = model.recommend_users(users, k, block_users=block_users)
+        if settings.compute.engine == "dask":
+            # the same engine on every worker, each loading the verified bundle from this folder once (workers on
+            # other machines need it at the same path: a shared file system)
+            from recops.serving.distributed_batch import score_users_distributed
+
+            with steps._compute_client(settings) as client:
+                frame = score_users_distributed(client, folder, expected, settings.serving, number, k,
+                                                Path(tmp) / "parts", model_name=settings.registry.model_name,
+                                                users=users, block_users=block_users).read()
+        else:
+            lists, scores, _ = model.recommend_users(users, k, block_users=block_users)
+            frame = recommendation_frame(model.user_ids, model.item_ids, users, lists,
+                                         np.nan_to_num(scores, nan=0.0))
         scoring_seconds = time.perf_counter() - scored
         bundle_sha256 = bundle.manifest_sha256
     index = model  # the version's own ids
-    frame = recommendation_frame(model.user_ids, model.item_ids, users, lists, np.nan_to_num(scores, nan=0.0))
     per_user = np.bincount(np.searchsorted(index.user_ids, frame[Columns.USER_ID].to_numpy()),
                            minlength=index.n_users)
     short = int((per_user < k).sum())

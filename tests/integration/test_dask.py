@@ -274,6 +274,31 @@ def test_the_stages_on_the_dask_engine_give_the_local_features_and_a_ranker_with
     assert abs(distributed - local) <= NDCG_TOLERANCE, (local, distributed)
 
 
+def test_the_training_flow_runs_every_stage_on_a_dask_task_runner(settings, tmp_path, prefect_api, monkeypatch):
+    """``recops run`` with ``compute.engine: dask``: the training flow gets a DaskTaskRunner (its own LocalCluster
+    here), every stage is a task on a worker, and the stages inside use that worker's cluster; the run ends with
+    a registered version and the export's parity checked. The workers report to a real Prefect server (else
+    each would start a temporary one)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.training import training_flow_for
+    from recops.config import load_settings
+    from tests.conftest import set_params
+
+    root = tmp_path / "flow-project"
+    shutil.copytree(settings.root, root)
+    set_params(root, compute={"engine": "dask", "address": None, "n_workers": 2})
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)  # inherited by the runner's worker processes
+    params = str(root / "params.yaml")
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        flow = training_flow_for(params)
+        assert type(flow.task_runner).__name__ == "DaskTaskRunner"
+        metrics = flow(params_path=params, dvc=False, push=False)
+    assert metrics["registry.model_version"] >= 1
+    assert metrics["export.parity.max_abs_diff"] <= load_settings(params).export.max_abs_diff
+    assert load_settings(params).path("serving_bundle").joinpath("manifest.json").is_file()
+
+
 def test_an_unreachable_scheduler_is_an_error_naming_its_address():
     from recops.compute import dask_client
 
