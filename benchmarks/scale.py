@@ -86,7 +86,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/recops-scale"))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--stages", nargs="+", default=STAGES)
+    parser.add_argument("--report", action="store_true", help="print the tables of <work>/scale.json and stop")
     args = parser.parse_args()
+    if args.report:
+        saved = json.loads((args.work / "scale.json").read_text())
+        report({int(size): stages for size, stages in saved.items()})
+        return
     overrides = yaml.safe_load((ROOT / "benchmarks" / "scale.yaml").read_text())
     results: dict[int, dict[str, dict]] = {}
     for rows in args.rows:
@@ -113,6 +118,24 @@ def report(results: dict[int, dict[str, dict]]) -> None:
     totals = {s: sum(r["seconds"] for r in results[s].values()) for s in sizes}
     peaks = {s: max(r["peak_gb"] for r in results[s].values()) for s in sizes}
     print("| **all** | " + " | ".join(f"**{totals[s]:.1f}** | **{peaks[s]:.2f}**" for s in sizes) + " |")
+    print("\n| size | MF fits (implicit) / candidates | item-kNN fits / candidates | LightGBM / train_ranker |")
+    print("|---|---:|---:|---:|")
+    for size in sizes:
+        cand = results[size].get("candidates")
+        rank = results[size].get("train_ranker")
+        cells = []
+        for source in ("mf", "itemknn"):
+            if cand:
+                fits = sum(v for k, v in cand["metrics"].items() if k.endswith(f".{source}.fit_seconds"))
+                cells.append(f"{fits:.1f} s ({fits / cand['seconds']:.0%})")
+            else:
+                cells.append("")
+        if rank and "ranker.lightgbm_seconds" in rank["metrics"]:
+            lgb = rank["metrics"]["ranker.lightgbm_seconds"]
+            cells.append(f"{lgb:.1f} s ({lgb / rank['seconds']:.0%})")
+        else:
+            cells.append("")
+        print(f"| {size / 1e6:g}M | " + " | ".join(cells) + " |")
     if len(sizes) > 1:
         print("\n| stage | " + " | ".join(f"{b / 1e6:g}M / {a / 1e6:g}M time | memory"
                                           for a, b in zip(sizes, sizes[1:])) + " |")
