@@ -143,6 +143,10 @@ class CandidatesConfig(Strict):
     # itemknn: cosine item-item similarity with shrinkage, k nearest neighbours per item
     knn_neighbours: int = Field(200, ge=1)
     knn_shrinkage: float = Field(10.0, ge=0)
+    # co-occurrences counted over each user's most recent knn_max_history items (null: all). The co-occurrence
+    # product costs the sum of squared history lengths, which heavy users make grow faster than the log; the cap
+    # makes it linear in users.
+    knn_max_history: int | None = Field(None, ge=2)
     # popularity: interaction counts, exponentially decayed with this half-life (null: plain counts)
     popularity_half_life_days: float | None = Field(None, gt=0)
 
@@ -161,6 +165,7 @@ class FeaturesConfig(Strict):
     sequence_length: int = Field(5, ge=1)       # the user's last items compared with each candidate
     similarity_neighbours: int = Field(200, ge=1)
     similarity_shrinkage: float = Field(10.0, ge=0)
+    similarity_max_history: int | None = Field(None, ge=2)  # as candidates.knn_max_history
     recent_window_days: float = Field(30.0, gt=0)
     chunk_rows: int = Field(2_000_000, ge=10_000)
 

@@ -88,3 +88,17 @@ class MFCandidateGenerator:
                 scores[start:start + len(batch), : ids.shape[1]] = vals
         items[~np.isfinite(scores)] = -1
         return items, scores
+
+
+def most_recent(history: pd.DataFrame, max_per_user: int | None) -> pd.DataFrame:
+    """Each user's ``max_per_user`` most recent interactions (ties: the higher item index first, as the sequence
+    features order them), in ``history``'s row order; ``history`` itself when ``max_per_user`` is None."""
+    if max_per_user is None or not len(history):
+        return history
+    users = history[Columns.USER].to_numpy()
+    order = np.lexsort((-history[Columns.ITEM].to_numpy(), -history[Columns.TIMESTAMP].to_numpy(np.float64), users))
+    sorted_users = users[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    kept = np.sort(order[position < max_per_user])
+    return history if len(kept) == len(history) else history.iloc[kept]

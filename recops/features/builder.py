@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.candidates.mf import interaction_matrix
+from recops.candidates.mf import interaction_matrix, most_recent
 from recops.columns import Columns
 from recops.config import AttributeColumns, FeaturesConfig
 
@@ -211,7 +211,9 @@ def history_statistics(history: pd.DataFrame, n_users: int, n_items: int, config
             user_numeric_means[name] = np.where(counts > 0, sums / counts, np.nan)
     from recops.candidates.sources import ItemKNN
 
-    similarity = ItemKNN(config.similarity_neighbours, config.similarity_shrinkage).fit(seen).similarity_.tocsr()
+    recent = (seen if config.similarity_max_history is None else
+              interaction_matrix(most_recent(history, config.similarity_max_history), n_users, n_items, "binary"))
+    similarity = ItemKNN(config.similarity_neighbours, config.similarity_shrinkage).fit(recent).similarity_.tocsr()
     unit = None
     if item_factors is not None:
         norms = np.linalg.norm(item_factors, axis=1, keepdims=True)

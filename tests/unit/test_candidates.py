@@ -177,3 +177,17 @@ def test_sampled_users_are_seeded_sorted_and_bounded():
     assert len(sample) == 50 and np.all(np.diff(sample) > 0) and np.isin(sample, users).all()
     np.testing.assert_array_equal(sample, sample_users(users, 50, 7))
     assert not np.array_equal(sample, sample_users(users, 50, 8))
+
+
+def test_most_recent_keeps_each_users_latest_interactions_and_the_cap_bounds_the_cooccurrences():
+    from recops.candidates.mf import most_recent
+
+    log = pd.DataFrame({Columns.USER: [0, 0, 0, 0, 1, 1], Columns.ITEM: [5, 6, 7, 8, 5, 6],
+                        Columns.TIMESTAMP: [1, 4, 3, 4, 9, 2]})
+    kept = most_recent(log, 2)
+    assert kept.index.tolist() == [1, 3, 4, 5]  # user 0: the two at t=4; user 1: both; original row order
+    assert most_recent(log, None) is log and most_recent(log, 4) is log
+    history, _ = block_log()
+    full = ItemKNN(10, 1.0).fit(interaction_matrix(history, 40, 40, "binary")).similarity_
+    capped = ItemKNN(10, 1.0).fit(interaction_matrix(most_recent(history, 3), 40, 40, "binary")).similarity_
+    assert capped.nnz < full.nnz and (capped.toarray() > 0).sum() > 0
