@@ -95,19 +95,32 @@ class ItemKNN:
         self.shrinkage = shrinkage
         self.threads = threads
 
+    # The co-occurrence matrix is built a block of items at a time, at most about this many item-item entries per
+    # block (block items x catalogue), each block pruned to its k neighbours before the next: memory stays
+    # bounded whatever the catalogue (one 5M-interaction log took 12.5 GB unblocked).
+    BLOCK_ENTRIES = 40_000_000
+
     def fit(self, user_items: sp.csr_matrix) -> ItemKNN:
-        x = _binary(user_items).tocsc()
+        x = _binary(user_items).tocsr()
+        n = x.shape[1]
         counts = np.asarray(x.sum(axis=0)).ravel()
         norms = np.sqrt(counts)
-        co = (x.T @ x).tocsr()
-        co.sort_indices()
-        co = co.tocoo()
-        keep = co.row != co.col
-        # co is symmetric: row j holds column j's entries, grouped by j and in ascending neighbour order — the
-        # order the per-column selection below then finds almost sorted.
-        rows, cols, data = co.col[keep], co.row[keep], co.data[keep].astype(np.float32)
-        sims = data / (norms[rows] * norms[cols] + self.shrinkage + 1e-12)
-        self.similarity_ = _top_k_per_column(rows, cols, sims.astype(np.float32), x.shape[1], self.neighbours)
+        items_by_user = x.T.tocsr()
+        step = max(1, self.BLOCK_ENTRIES // max(n, 1))
+        parts = []
+        for start in range(0, n, step):
+            co = (items_by_user[start:start + step] @ x).tocsr()  # rows start.. of the symmetric co-occurrences
+            co.sort_indices()
+            co = co.tocoo()
+            items = co.row.astype(np.int64) + start
+            keep = co.col != items
+            # co is symmetric: row j holds column j's entries, grouped by j and in ascending neighbour order — the
+            # order the per-column selection below then finds almost sorted.
+            rows, cols, data = co.col[keep], items[keep], co.data[keep].astype(np.float32)
+            sims = data / (norms[rows] * norms[cols] + self.shrinkage + 1e-12)
+            parts.append(_top_k_entries(rows, cols, sims.astype(np.float32), n, self.neighbours))
+        rows, cols, values = (np.concatenate(arrays) for arrays in zip(*parts)) if parts else ([], [], [])
+        self.similarity_ = sp.csr_matrix((values, (rows, cols)), shape=(n, n), dtype=np.float32)
         return self
 
     # A similarity matrix denser than this, small enough to hold as a dense float32 matrix, is scored with BLAS:
@@ -150,6 +163,13 @@ class ItemKNN:
 
 def _top_k_per_column(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int, k: int) -> sp.csr_matrix:
     """Sparse n x n keeping, in each column j, the k largest entries (the k nearest neighbours of item j)."""
+    rows, cols, values = _top_k_entries(rows, cols, values, n, k)
+    return sp.csr_matrix((values, (rows, cols)), shape=(n, n), dtype=np.float32)
+
+
+def _top_k_entries(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int,
+                   k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (rows, cols, values) entries of :func:`_top_k_per_column`."""
     # The order of np.lexsort((-values, cols)) (ties in original order), as one stable sort of a 64-bit key:
     # column, then the value's bits inverted (for non-negative float32, the bit pattern orders as the value).
     # lexsort took 50 s on the 22M co-occurrences of a 1M-interaction log.
@@ -164,7 +184,7 @@ def _top_k_per_column(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n:
     starts = np.searchsorted(cols, np.arange(n))
     position = np.arange(len(cols)) - starts[cols]
     keep = position < k
-    return sp.csr_matrix((values[keep], (rows[keep], cols[keep])), shape=(n, n), dtype=np.float32)
+    return rows[keep], cols[keep], values[keep]
 
 
 class EASE:

@@ -191,3 +191,17 @@ def test_most_recent_keeps_each_users_latest_interactions_and_the_cap_bounds_the
     full = ItemKNN(10, 1.0).fit(interaction_matrix(history, 40, 40, "binary")).similarity_
     capped = ItemKNN(10, 1.0).fit(interaction_matrix(most_recent(history, 3), 40, 40, "binary")).similarity_
     assert capped.nnz < full.nnz and (capped.toarray() > 0).sum() > 0
+
+
+def test_itemknn_built_block_by_block_equals_the_whole_matrix(monkeypatch):
+    """The co-occurrences are computed a block of items at a time (bounded memory); any block size gives the same
+    neighbours and similarities."""
+    x = sp.random(300, 120, density=0.08, random_state=1, format="csr", dtype=np.float32)
+    x.data[:] = 1.0
+    whole = ItemKNN(7, 2.0).fit(x).similarity_.toarray()
+    for entries in (120 * 7, 120):  # 7 items per block; one item per block
+        monkeypatch.setattr(ItemKNN, "BLOCK_ENTRIES", entries)
+        np.testing.assert_array_equal(ItemKNN(7, 2.0).fit(x).similarity_.toarray(), whole)
+    full = (x.T @ x).toarray()
+    np.fill_diagonal(full, 0)
+    assert (whole > 0).sum(axis=0).max() == 7 and (whole[full == 0] == 0).all()
