@@ -139,7 +139,7 @@ def report(results: dict[int, dict[str, dict]]) -> None:
     if len(sizes) > 1:
         print("\n| stage | " + " | ".join(f"{b / 1e6:g}M / {a / 1e6:g}M time | memory"
                                           for a, b in zip(sizes, sizes[1:])) + " |")
-        print("|---|" + "---:|" * (len(sizes) - 1))
+        print("|---|" + "---:|---:|" * (len(sizes) - 1))
         for name in [*stages, None]:
             cells = []
             for a, b in zip(sizes, sizes[1:]):
