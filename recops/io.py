@@ -6,6 +6,7 @@ previous file as it was. Used by the pipeline stages, the tuner, the A/B report 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -45,3 +46,9 @@ def write_json(payload: Any, path: Path) -> None:
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in blocks (hashlib.file_digest)."""
+    with Path(path).open("rb") as fh:
+        return hashlib.file_digest(fh, algorithm).hexdigest()

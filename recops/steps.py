@@ -32,7 +32,7 @@ import pandas as pd
 from recops.columns import Columns
 from recops.config import Settings
 from recops.errors import RecopsError
-from recops.io import atomic_path, write_json, write_parquet  # noqa: F401 (re-exported)
+from recops.io import atomic_path, file_digest, write_json, write_parquet  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,7 @@ def _replace_dir(staging: Path, target: Path) -> None:
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _timed(stage: str, metrics: dict[str, float], started: float) -> dict[str, float]:

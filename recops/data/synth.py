@@ -77,7 +77,6 @@ This module only generates data and writes the files named above; it knows nothi
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -97,6 +96,7 @@ import pyarrow.parquet as pq
 
 from recops.columns import Columns
 from recops.errors import RecopsError
+from recops.io import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def generate(
         files[USERS_FILE] = {"rows": users_table.num_rows}
         files[ITEMS_FILE] = {"rows": items_table.num_rows}
         for name, entry in files.items():
-            entry["sha256"] = _sha256(staging / name)
+            entry["sha256"] = file_digest(staging / name, "sha256")
         manifest = {
             "generator": "recops.data.synth",
             "format_version": FORMAT_VERSION,
@@ -632,9 +632,3 @@ def _replace(source: Path, target: Path) -> None:
     os.replace(source, target)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

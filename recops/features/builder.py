@@ -312,10 +312,22 @@ def build_features(candidates: pd.DataFrame, history: pd.DataFrame, n_users: int
     features = gather_features(candidates, stats, config.chunk_rows)
     log.info("features: history statistics %.1f s, %d rows gathered in %.1f s", statistics_seconds,
              len(candidates), time.perf_counter() - started - statistics_seconds)
-    keys = candidates[Columns.USER].to_numpy(np.int64) * n_items + candidates[Columns.ITEM].to_numpy()
-    if target is not None and len(target):
-        target_keys = target[Columns.USER].to_numpy(np.int64) * n_items + target[Columns.ITEM].to_numpy()
-        label = np.isin(keys, target_keys).astype(np.int8)
+    return with_labels(features, candidates, target_keys(target, n_items), n_items)
+
+
+def target_keys(target: pd.DataFrame | None, n_items: int) -> np.ndarray | None:
+    """Sorted ``user * n_items + item`` of the target pairs, or None without a target."""
+    if target is None or not len(target):
+        return None
+    return np.unique(target[Columns.USER].to_numpy(np.int64) * n_items + target[Columns.ITEM].to_numpy())
+
+
+def with_labels(features: pd.DataFrame, candidates: pd.DataFrame, keys: np.ndarray | None,
+                n_items: int) -> pd.DataFrame:
+    """``features`` of ``candidates`` with user_idx, item_idx and label (1: the pair is among ``keys``) in front."""
+    if keys is not None and len(keys):
+        pairs = candidates[Columns.USER].to_numpy(np.int64) * n_items + candidates[Columns.ITEM].to_numpy()
+        label = np.isin(pairs, keys).astype(np.int8)
     else:
         label = np.zeros(len(candidates), dtype=np.int8)
     features.insert(0, Columns.LABEL, label)

@@ -28,7 +28,7 @@ import pandas as pd
 
 from recops.columns import Columns
 from recops.errors import RecopsError
-from recops.features.builder import HistoryStatistics, gather_features
+from recops.features.builder import HistoryStatistics, gather_features, target_keys, with_labels
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -39,19 +39,9 @@ log = logging.getLogger(__name__)
 
 def labelled_features(candidates: pd.DataFrame, stats: HistoryStatistics, target_keys: np.ndarray | None,
                       n_items: int, chunk_rows: int) -> pd.DataFrame:
-    """(user_idx, item_idx, label, features...) of candidate rows, exactly as
-    :func:`recops.features.builder.build_features` lays them out; ``target_keys``: sorted ``user * n_items + item``
-    of the target pairs (label 1), or None (labels 0)."""
-    features = gather_features(candidates, stats, chunk_rows)
-    if target_keys is not None and len(target_keys):
-        keys = candidates[Columns.USER].to_numpy(np.int64) * n_items + candidates[Columns.ITEM].to_numpy()
-        label = np.isin(keys, target_keys).astype(np.int8)
-    else:
-        label = np.zeros(len(candidates), dtype=np.int8)
-    features.insert(0, Columns.LABEL, label)
-    features.insert(0, Columns.ITEM, candidates[Columns.ITEM].to_numpy(np.int32))
-    features.insert(0, Columns.USER, candidates[Columns.USER].to_numpy(np.int32))
-    return features
+    """(user_idx, item_idx, label, features...) of candidate rows, laid out as
+    :func:`recops.features.builder.build_features` lays them out."""
+    return with_labels(gather_features(candidates, stats, chunk_rows), candidates, target_keys, n_items)
 
 
 def _partition_features(part: pd.DataFrame, stats: HistoryStatistics, target_keys: np.ndarray | None,
@@ -59,12 +49,6 @@ def _partition_features(part: pd.DataFrame, stats: HistoryStatistics, target_key
     out = labelled_features(part, stats, target_keys, n_items, chunk_rows)
     out.index = part.index  # keep the partition's index so the result lines up with the candidates'
     return out
-
-
-def target_keys(target: pd.DataFrame | None, n_items: int) -> np.ndarray | None:
-    if target is None or not len(target):
-        return None
-    return np.unique(target[Columns.USER].to_numpy(np.int64) * n_items + target[Columns.ITEM].to_numpy())
 
 
 def candidate_partitions(candidates: pd.DataFrame | dd.DataFrame | str | Path, npartitions: int) -> dd.DataFrame:

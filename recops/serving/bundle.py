@@ -21,7 +21,6 @@ does not match, so the server only ever runs bytes the registry vouches for.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -37,6 +36,7 @@ import scipy.sparse as sp
 from recops.columns import Columns
 from recops.config import Settings
 from recops.errors import RecopsError
+from recops.io import file_digest
 from recops.registry.mlflow_registry import SERVING_MANIFEST_TAG as SHA_TAG  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,7 @@ MANIFEST = "manifest.json"
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 # --- a tree of arrays <-> files ---------------------------------------------------------------------------------
