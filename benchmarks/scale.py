@@ -8,7 +8,8 @@ pipeline run as its own process (``recops stage NAME``, what ``dvc repro`` runs)
 resident memory from ``wait4``. Prints Markdown tables for BENCHMARKS.md: seconds and peak GB per stage and size,
 the growth ratio between consecutive sizes (rows ratio alongside), and, per stage, the share of its time spent in
 the core library calls (implicit fit, LightGBM training, candidate scoring) as the stages report them in their
-metrics. Results also go to ``<work>/scale.json``.
+metrics. Results also go to ``<work>/scale.json``, stage by stage (``--report`` prints its tables again; a
+rerun of some stages or sizes replaces their entries and keeps the others).
 """
 
 from __future__ import annotations
@@ -93,15 +94,17 @@ def main() -> None:
         report({int(size): stages for size, stages in saved.items()})
         return
     overrides = yaml.safe_load((ROOT / "benchmarks" / "scale.yaml").read_text())
-    results: dict[int, dict[str, dict]] = {}
+    saved = args.work / "scale.json"  # every stage's result is added as soon as it is measured (a long run that
+    results: dict[int, dict[str, dict]] = {}  # stops keeps what it measured; a rerun stage replaces its entry)
+    if saved.is_file():
+        results = {int(size): stages for size, stages in json.loads(saved.read_text()).items()}
     for rows in args.rows:
         folder = project(args.work, rows, args.seed, overrides)
-        results[rows] = {}
         for name in args.stages:
-            results[rows][name] = run_stage(folder, name)
-            r = results[rows][name]
+            r = results.setdefault(rows, {})[name] = run_stage(folder, name)
+            saved.write_text(json.dumps({str(k): v for k, v in sorted(results.items())}, indent=1))
             print(f"{rows:>11,} {name:13s} {r['seconds']:8.1f} s {r['peak_gb']:6.2f} GB", file=sys.stderr)
-    (args.work / "scale.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+    results = {size: results[size] for size in args.rows}
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}\n")
     report(results)
@@ -111,12 +114,12 @@ def report(results: dict[int, dict[str, dict]]) -> None:
     sizes = sorted(results)
     print("| stage | " + " | ".join(f"{s / 1e6:g}M s | {s / 1e6:g}M GB" for s in sizes) + " |")
     print("|---|" + "---:|---:|" * len(sizes))
-    stages = list(results[sizes[0]])
+    stages = [name for name in STAGES if all(name in results[size] for size in sizes)]
     for name in stages:
         print(f"| {name} | " + " | ".join(f"{results[s][name]['seconds']:.1f} | {results[s][name]['peak_gb']:.2f}"
                                           for s in sizes) + " |")
-    totals = {s: sum(r["seconds"] for r in results[s].values()) for s in sizes}
-    peaks = {s: max(r["peak_gb"] for r in results[s].values()) for s in sizes}
+    totals = {s: sum(results[s][name]["seconds"] for name in stages) for s in sizes}
+    peaks = {s: max(results[s][name]["peak_gb"] for name in stages) for s in sizes}
     print("| **all** | " + " | ".join(f"**{totals[s]:.1f}** | **{peaks[s]:.2f}**" for s in sizes) + " |")
     print("\n| size | MF fits (implicit) / candidates | item-kNN fits / candidates | LightGBM / train_ranker |")
     print("|---|---:|---:|---:|")

@@ -12,14 +12,17 @@ describes what the flow produced and ``dvc repro`` has nothing to redo; then ``d
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from recops import steps
+from recops.compute import check_engine, check_sizes
 from recops.config import load_settings
 from recops.errors import RecopsError
 
@@ -92,12 +95,33 @@ def training_flow(params_path: str = "params.yaml", dvc: bool = True, push: bool
     return metrics
 
 
+def task_runner(engine: str, address: str | None, n_workers: int = 2,
+                        threads_per_worker: int = 1) -> Any | None:
+    """The task runner a flow should run on: a ``prefect_dask.DaskTaskRunner`` for ``dask`` (on the scheduler at
+    ``address``, or on a LocalCluster it starts and stops with the flow run), None for ``local`` (keep the flow's
+    default). Use it as ``flow.with_options(task_runner=runner)`` when it is not None.
+
+    Tasks run on the Dask workers only when they are submitted (``task.submit(...)``); a task called directly runs
+    in the flow's process. A worker process running Prefect tasks needs ``PREFECT_API_URL`` in its environment
+    (a real Prefect server): without it each worker starts a temporary server of its own (20-40 s).
+    """
+    check_engine(engine)
+    if engine == "local":
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    check_sizes(n_workers, threads_per_worker)
+    return DaskTaskRunner(cluster_kwargs={
+        "n_workers": n_workers, "threads_per_worker": threads_per_worker, "processes": True, "host": "127.0.0.1",
+        "dashboard_address": None, "silence_logs": logging.WARNING})
+
+
 def training_flow_for(params_path: str):
     """``training_flow`` on the task runner of params.yaml's ``compute`` section: a ``DaskTaskRunner``
     (prefect-dask) on ``compute.address``, or on a LocalCluster of its own, for ``engine: dask``; the default
     runner for ``local``."""
-    from recops.compute import prefect_task_runner
-
     cfg = load_settings(params_path).compute
-    runner = prefect_task_runner(cfg.engine, cfg.address, cfg.n_workers, cfg.threads_per_worker)
+    runner = task_runner(cfg.engine, cfg.address, cfg.n_workers, cfg.threads_per_worker)
     return training_flow if runner is None else training_flow.with_options(task_runner=runner)

@@ -8,8 +8,8 @@ retrying or data placement of recops's own. Dask retries a task whose worker die
 recover surfaces here as one :class:`~recops.errors.RecopsError` that says what happened.
 
 Nothing happens at import: dask and distributed are imported by the functions that use them, so the local
-engine never loads them. The Prefect task runner (:func:`prefect_task_runner`) is the one piece that names
-Prefect; it imports ``prefect_dask`` only when called (flows call it; stages never do).
+engine never loads them. Prefect is not named here: the flows' task runner (``flows.training.task_runner``,
+prefect-dask's ``DaskTaskRunner``) lives with the flows.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from recops.errors import RecopsError
 
@@ -37,12 +37,12 @@ _DASK_LOGGERS = ("distributed", "distributed.scheduler", "distributed.nanny", "d
                  "distributed.core", "distributed.http.proxy", "distributed.shuffle")
 
 
-def _check_engine(engine: str) -> None:
+def check_engine(engine: str) -> None:
     if engine not in ENGINES:
         raise RecopsError(f"compute.engine must be one of {', '.join(ENGINES)}, got {engine!r}")
 
 
-def _check_sizes(n_workers: int, threads_per_worker: int) -> None:
+def check_sizes(n_workers: int, threads_per_worker: int) -> None:
     if n_workers < 1 or threads_per_worker < 1:
         raise RecopsError(f"a local Dask cluster needs at least 1 worker with at least 1 thread, got "
                           f"n_workers={n_workers}, threads_per_worker={threads_per_worker} (compute section of "
@@ -98,7 +98,7 @@ def dask_client(address: str | None, n_workers: int = 2, threads_per_worker: int
             yield client
         return
     if address is None:
-        _check_sizes(n_workers, threads_per_worker)
+        check_sizes(n_workers, threads_per_worker)
         from distributed import Client, LocalCluster
 
         with quiet_dask_logs():
@@ -174,35 +174,12 @@ def lost_work_as_error(stage: str) -> Iterator[None]:
                           "Nothing was written: check the scheduler and workers, then rerun") from exc
 
 
-def prefect_task_runner(engine: str, address: str | None, n_workers: int = 2,
-                        threads_per_worker: int = 1) -> Any | None:
-    """The task runner a flow should run on: a ``prefect_dask.DaskTaskRunner`` for ``dask`` (on the scheduler at
-    ``address``, or on a LocalCluster it starts and stops with the flow run), None for ``local`` (keep the flow's
-    default). Use it as ``flow.with_options(task_runner=runner)`` when it is not None.
-
-    Tasks run on the Dask workers only when they are submitted (``task.submit(...)``); a task called directly runs
-    in the flow's process. A worker process running Prefect tasks needs ``PREFECT_API_URL`` in its environment
-    (a real Prefect server): without it each worker starts a temporary server of its own (20-40 s).
-    """
-    _check_engine(engine)
-    if engine == "local":
-        return None
-    from prefect_dask import DaskTaskRunner
-
-    if address:
-        return DaskTaskRunner(address=address)
-    _check_sizes(n_workers, threads_per_worker)
-    return DaskTaskRunner(cluster_kwargs={
-        "n_workers": n_workers, "threads_per_worker": threads_per_worker, "processes": True, "host": "127.0.0.1",
-        "dashboard_address": None, "silence_logs": logging.WARNING})
-
-
 @contextmanager
 def stage_client(engine: str, address: str | None, n_workers: int = 2, threads_per_worker: int = 1
                  ) -> Iterator[Client | None]:
     """What a stage runs on: None for the local engine (the stage computes in its own process), else a Dask client
     (:func:`dask_client`) held for the whole stage, so its folds share one cluster."""
-    _check_engine(engine)
+    check_engine(engine)
     if engine == "local":
         yield None
         return

@@ -137,6 +137,11 @@ class CandidatesConfig(Strict):
     alpha: float = 10.0
     learning_rate: float = 0.05
     confidence: Literal["binary", "rating", "weight"] = "binary"
+    # Warm start: a fit on a history that extends an earlier one (the valid fold's after the fit fold's, the test
+    # fold's after the valid fold's, the serving bundle's after the test fold's) starts from the earlier fit's
+    # factors and runs this many iterations instead of `iterations` from random factors (null: never). ALS from
+    # a near solution needs few iterations: large logs save most of the MF time (BENCHMARKS.md, "Scale").
+    warm_start_iterations: int | None = Field(None, ge=1)
     # ease: closed-form item-item model; refuses catalogues above ease_max_items (n_items^2 memory)
     ease_l2: float = Field(100.0, gt=0)
     ease_max_items: int = Field(30_000, ge=1)

@@ -36,17 +36,26 @@ class FoldResult:
 
 
 def fold_candidates(settings: Settings, history: pd.DataFrame, users: np.ndarray, n_users: int,
-                    n_items: int, seed: int | None = None) -> tuple[pd.DataFrame, dict[str, object], dict[str, float]]:
-    """Merged multi-source candidates of ``users`` from ``history``; the fitted sources; fit seconds per source."""
+                    n_items: int, seed: int | None = None, previous: dict[str, object] | None = None
+                    ) -> tuple[pd.DataFrame, dict[str, object], dict[str, float]]:
+    """Merged multi-source candidates of ``users`` from ``history``; the fitted sources; fit seconds per source.
+    ``previous``: the sources of a fold whose history this one extends (MF warm start, when configured)."""
     from recops.candidates import fit_sources, interaction_matrix, merged_candidates
 
     seed = settings.seed if seed is None else seed
-    sources, seconds = fit_sources(history, n_users, n_items, settings.candidates, seed, settings.threads)
+    sources, seconds = fit_sources(history, n_users, n_items, settings.candidates, seed, settings.threads,
+                                   mf_init(previous))
     started = time.perf_counter()
     user_items = interaction_matrix(history, n_users, n_items, "binary")
     frame = merged_candidates(sources, settings.candidates, np.unique(users).astype(np.int32), user_items)
     seconds["merge"] = time.perf_counter() - started
     return frame, sources, seconds
+
+
+def mf_init(sources: dict[str, object] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (user, item) factors of ``sources``' MF, to warm-start the next fold's fit from (None without)."""
+    mf = None if sources is None else sources.get("mf")
+    return None if mf is None else (mf.user_factors_, mf.item_factors_)
 
 
 def fold_features(settings: Settings, candidates: pd.DataFrame, history: pd.DataFrame, target: pd.DataFrame | None,
@@ -68,8 +77,8 @@ def fold_features(settings: Settings, candidates: pd.DataFrame, history: pd.Data
 
 def run_fold(settings: Settings, history: pd.DataFrame, target: pd.DataFrame | None, users: np.ndarray,
              n_users: int, n_items: int, users_attr: Attributes, items_attr: Attributes,
-             seed: int | None = None) -> FoldResult:
-    cands, sources, seconds = fold_candidates(settings, history, users, n_users, n_items, seed)
+             seed: int | None = None, previous: dict[str, object] | None = None) -> FoldResult:
+    cands, sources, seconds = fold_candidates(settings, history, users, n_users, n_items, seed, previous)
     started = time.perf_counter()
     mf = sources.get("mf")
     table = fold_features(settings, cands, history, target, n_users, n_items, users_attr, items_attr,
@@ -130,9 +139,9 @@ def two_stage_recommend(settings: Settings, train: pd.DataFrame, valid: pd.DataF
     ranker_history, holdout = history_and_holdout(train, settings.ranker.holdout_fraction, settings.split)
     args = (n_users, n_items, users_attr, items_attr, seed)
     fit = run_fold(settings, ranker_history, holdout, np.unique(holdout[Columns.USER]), *args)
-    valid_fold = run_fold(settings, train, valid, np.unique(valid[Columns.USER]), *args)
+    valid_fold = run_fold(settings, train, valid, np.unique(valid[Columns.USER]), *args, previous=fit.sources)
     history = pd.concat([train, valid], ignore_index=True)
-    test_fold = run_fold(settings, history, None, np.unique(users), *args)
+    test_fold = run_fold(settings, history, None, np.unique(users), *args, previous=valid_fold.sources)
     names = feature_columns(fit.table)
     booster, _ = fit_ranker(settings, fit.table, valid_fold.table, names, seed)
     scores = predict_scores(booster, test_fold.table, names, settings.threads)

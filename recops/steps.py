@@ -209,6 +209,7 @@ def candidates(settings: Settings) -> dict[str, float]:
     depth = max(max(settings.evaluation.ks), settings.evaluation.top_n_report)
     out_dir = settings.path("candidates_dir")
     metrics: dict[str, float] = {}
+    previous = None  # the previous fold's sources: its history is part of this fold's (MF warm start)
     for fold in FOLDS:
         history, target = _fold_tables(settings, fold)
         users = np.unique(target[Columns.USER].to_numpy()).astype(np.int32)
@@ -216,7 +217,9 @@ def candidates(settings: Settings) -> dict[str, float]:
         users = sample_users(users, settings.evaluation.max_users if fold == "test" else settings.ranker.max_users,
                              settings.seed + FOLDS.index(fold))
         target = target[np.isin(target[Columns.USER].to_numpy(), users)]  # recall over the sampled users
-        cands, sources, seconds = fold_candidates(settings, history, users, index.n_users, index.n_items)
+        cands, sources, seconds = fold_candidates(settings, history, users, index.n_users, index.n_items,
+                                                  previous=previous)
+        previous = {"mf": sources["mf"]} if "mf" in sources else None
         write_parquet(cands, out_dir / f"{fold}.parquet")
         factors_path = out_dir / f"{fold}_item_factors.npy"
         if "mf" in sources:
@@ -232,6 +235,8 @@ def candidates(settings: Settings) -> dict[str, float]:
             own = cands[f"{name}_rank"].to_numpy() <= n
             metrics[f"{fold}.candidates.{name}.recall@{n}"] = candidate_recall(cand_users[own], cand_items[own], truth)
             metrics[f"{fold}.candidates.{name}.fit_seconds"] = seconds.get(name, float("nan"))
+        if "mf" in sources:
+            metrics[f"{fold}.candidates.mf.iterations"] = float(sources["mf"].generator_.iterations_)
         metrics[f"{fold}.candidates.users"] = float(len(users))
         metrics[f"{fold}.candidates.merge_seconds"] = seconds["merge"]
         if fold != "fit":

@@ -33,8 +33,10 @@ POPULARITY = "popularity"
 
 
 def fit_sources(history: pd.DataFrame, n_users: int, n_items: int, config: CandidatesConfig, seed: int,
-                threads: int) -> tuple[dict[str, object], dict[str, float]]:
-    """Every configured source (plus popularity, the cold-start fallback) fitted on ``history``; fit seconds."""
+                threads: int, mf_init: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[dict[str, object], dict[str, float]]:
+    """Every configured source (plus popularity, the cold-start fallback) fitted on ``history``; fit seconds.
+    ``mf_init``: MF (user, item) factors of a fit on an earlier part of ``history`` to warm-start from."""
     user_items = interaction_matrix(history, n_users, n_items, "binary")
     fitted: dict[str, object] = {}
     seconds: dict[str, float] = {}
@@ -43,7 +45,7 @@ def fit_sources(history: pd.DataFrame, n_users: int, n_items: int, config: Candi
         started = time.perf_counter()
         if name == "mf":
             weighted = interaction_matrix(history, n_users, n_items, config.confidence)
-            fitted[name] = MatrixFactorization(config, seed=seed, threads=threads).fit(weighted)
+            fitted[name] = MatrixFactorization(config, seed=seed, threads=threads).fit(weighted, mf_init)
         elif name == "ease":
             fitted[name] = EASE(config.ease_l2, config.ease_max_items, threads=threads).fit(user_items)
         elif name == "itemknn":
@@ -147,10 +149,9 @@ def user_history(user_items, user: int) -> np.ndarray:
     ``row_items`` method such as the serving engine's overlay of live events)."""
     if hasattr(user_items, "row_items"):
         return user_items.row_items(user)
-    matrix = user_items if sp.isspmatrix_csr(user_items) or isinstance(user_items, sp.csr_array) else None
-    if matrix is None:
-        return np.asarray(user_items[np.array([user])].tocsr().indices, dtype=np.int64)
-    return np.unique(matrix.indices[matrix.indptr[user]:matrix.indptr[user + 1]]).astype(np.int64)
+    matrix = user_items if sp.issparse(user_items) and user_items.format == "csr" else sp.csr_matrix(user_items[[user]])
+    row = user if matrix is user_items else 0
+    return np.unique(matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]]).astype(np.int64)
 
 
 def _top_user(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

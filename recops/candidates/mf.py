@@ -40,6 +40,11 @@ def interaction_matrix(frame: pd.DataFrame, n_users: int, n_items: int, confiden
     return matrix
 
 
+def factor_width(config: CandidatesConfig) -> int:
+    """Columns of the fitted factor matrices: implicit's BPR keeps an item bias in one extra column."""
+    return config.factors + (1 if config.algorithm == "bpr" else 0)
+
+
 class MFCandidateGenerator:
     """Implicit-feedback matrix factorisation producing the top-N unseen items per user."""
 
@@ -61,10 +66,25 @@ class MFCandidateGenerator:
             calculate_training_loss=False,
         )
 
-    def fit(self, user_items: sp.csr_matrix) -> MFCandidateGenerator:
+    def fit(self, user_items: sp.csr_matrix,
+            init: tuple[np.ndarray, np.ndarray] | None = None) -> MFCandidateGenerator:
+        """Fit from random factors, or, with ``init`` (user and item factors of an earlier fit on a history this
+        one extends, same index) and ``config.warm_start_iterations`` set, continue from them for that many
+        iterations (implicit keeps factors that are already set)."""
         with blas_limits(self.threads):
             model = self._model()  # implicit checks the BLAS thread pool when a model is built
+            warm = init is not None and self.config.warm_start_iterations is not None
+            if warm:
+                users, items = init
+                width = factor_width(self.config)
+                if users.shape != (user_items.shape[0], width) or items.shape != (user_items.shape[1], width):
+                    raise ValueError(f"warm start factors of shape {users.shape} / {items.shape} do not fit a "
+                                     f"{user_items.shape} matrix with {width} factor columns")
+                model.user_factors = np.array(users, dtype=np.float32)
+                model.item_factors = np.array(items, dtype=np.float32)
+                model.iterations = self.config.warm_start_iterations
             model.fit(user_items.tocsr().astype(np.float32), show_progress=False)
+        self.iterations_ = model.iterations
         self.model_ = model
         self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)

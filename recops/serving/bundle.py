@@ -94,6 +94,27 @@ def _load_array(root: Path, name: str) -> np.ndarray:
 # --- build --------------------------------------------------------------------------------------------------------
 
 
+def _test_fold_factors(settings: Settings, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The test fold's MF factors (``paths.mf_dir``, fitted on train + valid) to warm-start the bundle's fit on
+    all interactions from, when ``candidates.warm_start_iterations`` is set and they match the index."""
+    from recops.candidates.mf import factor_width
+
+    mf_dir = settings.path("mf_dir")
+    if settings.candidates.warm_start_iterations is None or "mf" not in settings.candidates.sources:
+        return None
+    try:
+        users = np.load(mf_dir / "user_factors.npy", allow_pickle=False)
+        items = np.load(mf_dir / "item_factors.npy", allow_pickle=False)
+    except OSError:
+        log.warning("no MF factors in %s: the bundle's MF is fitted from random factors", mf_dir)
+        return None
+    width = factor_width(settings.candidates)
+    if users.shape != (n_users, width) or items.shape != (n_items, width):
+        log.warning("MF factors in %s do not match this split: the bundle's MF is fitted from random factors", mf_dir)
+        return None
+    return users, items
+
+
 def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
     """Fit the version's sources and feature statistics on all interactions and write the bundle; returns the
     manifest. Writes into a temporary sibling folder and swaps it in, so a failure leaves the previous bundle."""
@@ -114,7 +135,8 @@ def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, A
     history = pd.concat([history, target], ignore_index=True)  # everything known now
     users_attr, items_attr = steps._attributes(settings, index)
     n_users, n_items = index.n_users, index.n_items
-    sources, _ = fit_sources(history, n_users, n_items, settings.candidates, settings.seed, settings.threads)
+    sources, _ = fit_sources(history, n_users, n_items, settings.candidates, settings.seed, settings.threads,
+                             _test_fold_factors(settings, n_users, n_items))
     mf = sources.get("mf")
     stats = history_statistics(history, n_users, n_items, settings.features, users_attr, items_attr,
                                None if mf is None else mf.item_factors_)

@@ -308,17 +308,17 @@ def test_an_unreachable_scheduler_is_an_error_naming_its_address():
             pass
 
 
-def test_the_prefect_task_runner_follows_the_engine():
+def test_the_flows_task_runner_follows_the_engine():
     from prefect_dask import DaskTaskRunner
 
-    from recops.compute import prefect_task_runner
+    from flows.training import task_runner
 
-    assert prefect_task_runner("local", None) is None
-    runner = prefect_task_runner("dask", "tcp://127.0.0.1:8786")
+    assert task_runner("local", None) is None
+    runner = task_runner("dask", "tcp://127.0.0.1:8786")
     assert isinstance(runner, DaskTaskRunner) and runner.address == "tcp://127.0.0.1:8786"
-    assert prefect_task_runner("dask", None, n_workers=3).cluster_kwargs["n_workers"] == 3
+    assert task_runner("dask", None, n_workers=3).cluster_kwargs["n_workers"] == 3
     with pytest.raises(RecopsError, match="compute.engine"):
-        prefect_task_runner("ray", None)
+        task_runner("ray", None)
 
 
 # ------------------------------------------------------------------------ a separately started Dask cluster

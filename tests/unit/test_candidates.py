@@ -150,22 +150,31 @@ def test_sources_must_be_known_and_unique():
         CandidatesConfig(sources=["nonsense"])
 
 
-def test_top_k_per_column_keeps_lexsorts_choice_including_ties():
-    """The 64-bit key sort picks, per column, the k largest values with ties in original order — the same entries
-    as sorting by (column, -value) with lexsort."""
-    from recops.candidates.sources import _top_k_per_column
+def test_top_k_of_rows_keeps_lexsorts_choice_including_ties():
+    """The one-key sort picks, per item (row of a co-occurrence block), the k largest similarities with ties to the
+    lower neighbour index, the item itself left out — the same entries as a lexsort by (item, -sim, neighbour)."""
+    from recops.candidates.sources import _top_k_of_rows
 
     rng = np.random.default_rng(3)
-    n, k = 50, 4
-    rows, cols = rng.integers(0, n, 5000), rng.integers(0, n, 5000)
-    values = rng.choice(np.array([0.1, 0.25, 0.5, 0.9], np.float32), 5000)  # many exact ties
-    got = _top_k_per_column(rows, cols, values, n, k).toarray()
-    order = np.lexsort((-values, cols))
-    r, c, v = rows[order], cols[order], values[order]
-    position = np.arange(len(c)) - np.searchsorted(c, np.arange(n))[c]
+    n, k, start, n_rows = 50, 4, 10, 20
+    counts = sp.random(n_rows, n, density=0.6, random_state=4, format="csr", dtype=np.float32)
+    counts.data[:] = rng.integers(1, 4, counts.nnz)  # few distinct counts: many exact ties
+    norms = np.ones(n, np.float32)
+    norms[::7] = 2.0
+    got_rows, got_cols, got_values = _top_k_of_rows(counts, start, norms, 1.0, k)
+    got = sp.csr_matrix((got_values, (got_rows, got_cols)), shape=(n, n)).toarray()
+    coo = counts.tocoo()
+    item, neighbour = coo.row + start, coo.col
+    sims = (coo.data / (norms[neighbour] * norms[item] + np.float32(1.0 + 1e-12))).astype(np.float32)
+    off = neighbour != item
+    item, neighbour, sims = item[off], neighbour[off], sims[off]
+    order = np.lexsort((neighbour, -sims, item))
+    item, neighbour, sims = item[order], neighbour[order], sims[order]
+    position = np.arange(len(item)) - np.searchsorted(item, np.arange(n))[item]
     keep = position < k
-    expected = sp.csr_matrix((v[keep], (r[keep], c[keep])), shape=(n, n)).toarray()
+    expected = sp.csr_matrix((sims[keep], (neighbour[keep], item[keep])), shape=(n, n)).toarray()
     np.testing.assert_array_equal(got, expected)
+    assert (got > 0).sum(axis=0)[start:start + n_rows].max() == k and not got.diagonal().any()
 
 
 def test_sampled_users_are_seeded_sorted_and_bounded():
@@ -205,3 +214,37 @@ def test_itemknn_built_block_by_block_equals_the_whole_matrix(monkeypatch):
     full = (x.T @ x).toarray()
     np.fill_diagonal(full, 0)
     assert (whole > 0).sum(axis=0).max() == 7 and (whole[full == 0] == 0).all()
+
+
+def test_mf_warm_start_continues_from_the_earlier_fit_and_needs_few_iterations():
+    """With warm_start_iterations, a fit on a history that extends an earlier one starts from that fit's factors:
+    two ALS iterations from there reach nearly the loss of a long fit from random factors, far below two from
+    random; without the setting the factors passed in are ignored."""
+    from implicit.cpu._als import calculate_loss
+
+    from recops.candidates.mf import MFCandidateGenerator
+
+    rng = np.random.default_rng(0)
+    taste = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 150))
+    full = sp.csr_matrix((taste > 1.5).astype(np.float32))
+    prefix = full.copy()
+    prefix.data[rng.random(prefix.nnz) < 0.15] = 0.0  # the earlier history: 85% of the interactions
+    prefix.eliminate_zeros()
+    config = CandidatesConfig(factors=8, iterations=20, regularization=0.1, alpha=1.0, warm_start_iterations=2)
+    earlier = MFCandidateGenerator(config, seed=1).fit(prefix)
+    init = (earlier.user_factors_, earlier.item_factors_)
+
+    def loss(model):
+        return calculate_loss(full, model.user_factors_, model.item_factors_, config.regularization)
+
+    warm = MFCandidateGenerator(config, seed=1).fit(full, init)
+    long_cold = MFCandidateGenerator(config, seed=1).fit(full)
+    short_cold = MFCandidateGenerator(config.model_copy(update={"iterations": 2}), seed=1).fit(full)
+    assert (warm.iterations_, long_cold.iterations_) == (2, 20)
+    # two warm iterations close most of the gap between two and twenty iterations from random factors
+    assert loss(warm) < loss(long_cold) + 0.2 * (loss(short_cold) - loss(long_cold))
+    np.testing.assert_array_equal(init[0], earlier.user_factors_)  # the earlier fit is left as it was
+    ignored = MFCandidateGenerator(config.model_copy(update={"warm_start_iterations": None}), seed=1).fit(full, init)
+    np.testing.assert_array_equal(ignored.item_factors_, long_cold.item_factors_)
+    with pytest.raises(ValueError, match="factor columns"):
+        MFCandidateGenerator(config, seed=1).fit(full, (init[0][:, :4], init[1][:, :4]))
