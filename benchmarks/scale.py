@@ -1,6 +1,7 @@
 """The pipeline on synthetic logs of growing size: wall time and peak memory of every stage, and how they grow.
 
     .venv/bin/python -m benchmarks.scale --rows 1000000 5000000 20000000 [--work /tmp/recops-scale]
+    .venv/bin/python -m benchmarks.scale --rows 5000000 --engine dask --work /tmp/recops-scale-dask
 
 For each size: ``recops synth`` data (generated once per size and seed, then reused), a project directory whose
 params.yaml is the repository's params.yaml with ``benchmarks/scale.yaml`` laid over it, and every stage of the
@@ -88,12 +89,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--stages", nargs="+", default=STAGES)
     parser.add_argument("--report", action="store_true", help="print the tables of <work>/scale.json and stop")
+    parser.add_argument("--engine", choices=["local", "dask"], default="local",
+                        help="compute.engine; dask: a LocalCluster of 2 single-threaded worker processes (use "
+                             "another --work folder to keep the local results apart)")
     args = parser.parse_args()
     if args.report:
         saved = json.loads((args.work / "scale.json").read_text())
         report({int(size): stages for size, stages in saved.items()})
         return
     overrides = yaml.safe_load((ROOT / "benchmarks" / "scale.yaml").read_text())
+    overrides["compute"] = {"engine": args.engine, "address": None, "n_workers": 2, "threads_per_worker": 1}
     saved = args.work / "scale.json"  # every stage's result is added as soon as it is measured (a long run that
     results: dict[int, dict[str, dict]] = {}  # stops keeps what it measured; a rerun stage replaces its entry)
     if saved.is_file():
