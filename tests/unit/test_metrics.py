@@ -77,3 +77,23 @@ def test_candidate_recall_counts_each_users_share():
     users = np.array([0, 0, 1])
     items = np.array([1, 4, 5])
     assert candidate_recall(users, items, truth) == pytest.approx((0.5 + 0.0) / 2)
+
+
+def test_hits_matrix_equals_a_direct_membership_test():
+    """Listed users in any order (repeated, without truth, or missing from the list set), -1 slots, duplicated
+    truth entries: a hit is exactly "the item is in that user's truth row"."""
+    from recops.evaluation.metrics import hits_matrix
+
+    rng = np.random.default_rng(5)
+    n_users, n_items = 60, 40
+    rows, cols = rng.integers(0, n_users, 400), rng.integers(0, n_items, 400)
+    truth = sp.csr_matrix((np.ones(400), (rows, cols)), shape=(n_users, n_items))  # duplicates summed
+    truth.has_canonical_format = False
+    users = rng.permutation(np.r_[rng.choice(n_users, 30, replace=False), [3, 3]])
+    recommended = rng.integers(-1, n_items, (len(users), 12))
+    dense = truth.toarray() > 0
+    expected = np.array([[item >= 0 and dense[user, item] for item in row] for user, row in zip(users, recommended)])
+    np.testing.assert_array_equal(hits_matrix(users, recommended, truth), expected)
+    assert expected.any()
+    empty = sp.csr_matrix((n_users, n_items))
+    assert not hits_matrix(users, recommended, empty).any()
