@@ -18,6 +18,7 @@ import pandas as pd
 
 from recops.columns import SPLIT_VALUES, Columns
 from recops.config import SplitConfig
+from recops.data.order import user_time_order
 from recops.errors import RecopsError
 
 TRAIN, VALID, TEST = SPLIT_VALUES
@@ -31,7 +32,8 @@ def _tail_counts(sizes: np.ndarray, fraction: float) -> np.ndarray:
 def per_user_temporal_labels(frame: pd.DataFrame, valid_fraction: float, test_fraction: float) -> np.ndarray:
     """Split label of each row of ``frame`` (in the frame's row order)."""
     users = frame[Columns.USER].to_numpy()
-    order = np.lexsort((frame[Columns.ITEM].to_numpy(), frame[Columns.TIMESTAMP].to_numpy(), users))
+    order = user_time_order(users, frame[Columns.ITEM].to_numpy(), frame[Columns.TIMESTAMP].to_numpy(),
+                            newest_first=False)
     sorted_users = users[order]
     starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
     sizes = np.diff(np.r_[starts, len(order)])

@@ -18,6 +18,7 @@ from recops.threads import blas_limits
 
 from recops.columns import Columns
 from recops.config import CandidatesConfig
+from recops.data.order import user_time_order
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,11 @@ def most_recent(history: pd.DataFrame, max_per_user: int | None) -> pd.DataFrame
     if max_per_user is None or not len(history):
         return history
     users = history[Columns.USER].to_numpy()
-    order = np.lexsort((-history[Columns.ITEM].to_numpy(), -history[Columns.TIMESTAMP].to_numpy(np.float64), users))
+    order = user_time_order(users, history[Columns.ITEM].to_numpy(), history[Columns.TIMESTAMP].to_numpy(),
+                            newest_first=True)
     sorted_users = users[order]
     starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
     position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
     kept = np.sort(order[position < max_per_user])
     return history if len(kept) == len(history) else history.iloc[kept]
+

@@ -33,6 +33,7 @@ import scipy.sparse as sp
 from recops.candidates.mf import interaction_matrix, most_recent
 from recops.columns import Columns
 from recops.config import AttributeColumns, FeaturesConfig
+from recops.data.order import user_time_order
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,8 @@ class HistoryStatistics:
 def _last_items(history: pd.DataFrame, n_users: int, length: int) -> np.ndarray:
     """Each user's ``length`` most recent items (ties by item id), most recent first; -1 where fewer."""
     u = history[Columns.USER].to_numpy()
-    order = np.lexsort((-history[Columns.ITEM].to_numpy(), -history[Columns.TIMESTAMP].to_numpy(np.float64), u))
+    order = user_time_order(u, history[Columns.ITEM].to_numpy(), history[Columns.TIMESTAMP].to_numpy(),
+                            newest_first=True)
     u_sorted = u[order]
     starts = np.searchsorted(u_sorted, np.arange(n_users))
     position = np.arange(len(order)) - starts[u_sorted]

@@ -248,3 +248,21 @@ def test_mf_warm_start_continues_from_the_earlier_fit_and_needs_few_iterations()
     np.testing.assert_array_equal(ignored.item_factors_, long_cold.item_factors_)
     with pytest.raises(ValueError, match="factor columns"):
         MFCandidateGenerator(config, seed=1).fit(full, (init[0][:, :4], init[1][:, :4]))
+
+
+def test_user_time_order_is_the_lexsort_order_and_falls_back_when_the_key_overflows():
+    from recops.data.order import user_time_order
+
+    rng = np.random.default_rng(2)
+    users, items = rng.integers(0, 30, 2000), rng.integers(0, 50, 2000)
+    timestamps = rng.integers(0, 40, 2000) * 1000  # many ties of (user, time) and of (user, time, item)
+    newest = np.lexsort((-items, -timestamps.astype(np.float64), users))
+    oldest = np.lexsort((items, timestamps, users))
+    for stamps in (timestamps, timestamps / 7.0, timestamps.astype("datetime64[s]")):  # int, float, datetime
+        np.testing.assert_array_equal(user_time_order(users, items, stamps, newest_first=True), newest)
+        np.testing.assert_array_equal(user_time_order(users, items, stamps, newest_first=False), oldest)
+    huge = users.astype(np.int64) * 2**40  # users x times x items above 2**63: the lexsort itself
+    for stamps in (timestamps, timestamps.astype("datetime64[s]")):
+        np.testing.assert_array_equal(user_time_order(huge, items, stamps, newest_first=True),
+                                      np.lexsort((-items, -timestamps.astype(np.float64), huge)))
+    assert len(user_time_order(users[:0], items[:0], timestamps[:0], newest_first=False)) == 0
