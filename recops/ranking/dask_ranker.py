@@ -177,7 +177,20 @@ def _fit_once(client: Client, parts: dd.DataFrame, features: list[str], config: 
         # the scikit-learn wrapper always carries n_jobs (None); lightgbm.dask drops it, with a warning
         warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored", category=UserWarning)
         model.fit(parts[features], parts[Columns.LABEL], group=group, eval_at=(10,))
-    return model.booster_
+    return without_network(model.booster_)
+
+
+# The cluster's network settings that lightgbm.dask writes into a model's parameters: the workers' addresses and
+# random ports. They say nothing about the model and would make every run's model file differ (DVC would see a
+# new model each time); a booster that is saved or predicts locally never uses them.
+_NETWORK_PARAMETERS = ("machines", "local_listen_port", "num_machines", "machine_list_filename", "time_out")
+
+
+def without_network(booster: lgb.Booster) -> lgb.Booster:
+    """The same trees, without the cluster's network settings in the model's parameters."""
+    lines = booster.model_to_string().split("\n")
+    kept = [line for line in lines if not any(line.startswith(f"[{name}: ") for name in _NETWORK_PARAMETERS)]
+    return lgb.Booster(model_str="\n".join(kept))
 
 
 def _fit(client: Client, parts: dd.DataFrame, features: list[str], config: RankerConfig, seed: int,

@@ -183,6 +183,8 @@ def test_the_dask_ranker_sets_the_best_iteration_of_its_validation_pass(settings
     config = settings.ranker.model_copy(update={"n_estimators": 40})
     booster = train_ranker_dask(client, folder, valid, names(settings), config, settings.seed, 1)
     assert booster.num_trees() == 40
+    text = booster.model_to_string()  # the cluster's addresses and ports stay out of the model file
+    assert "[machines: " not in text and "[local_listen_port: " not in text and "[num_leaves: " in text
     curve = ndcg_curve(booster, valid, names(settings), k=10)
     assert booster.best_iteration == best_iteration(curve, config.early_stopping_rounds) >= 1
 
