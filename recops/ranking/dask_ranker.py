@@ -190,7 +190,9 @@ def without_network(booster: lgb.Booster) -> lgb.Booster:
     """The same trees, without the cluster's network settings in the model's parameters."""
     lines = booster.model_to_string().split("\n")
     kept = [line for line in lines if not any(line.startswith(f"[{name}: ") for name in _NETWORK_PARAMETERS)]
-    return lgb.Booster(model_str="\n".join(kept))
+    rebuilt = lgb.Booster(model_str="\n".join(kept))
+    rebuilt.best_iteration = booster.best_iteration  # one read from text says -1 (unknown): keep the trained one's
+    return rebuilt
 
 
 def _fit(client: Client, parts: dd.DataFrame, features: list[str], config: RankerConfig, seed: int,
