@@ -95,8 +95,7 @@ def training_flow(params_path: str = "params.yaml", dvc: bool = True, push: bool
     return metrics
 
 
-def task_runner(engine: str, address: str | None, n_workers: int = 2,
-                        threads_per_worker: int = 1) -> Any | None:
+def task_runner(engine: str, address: str | None, n_workers: int = 2, threads_per_worker: int = 1) -> Any | None:
     """The task runner a flow should run on: a ``prefect_dask.DaskTaskRunner`` for ``dask`` (on the scheduler at
     ``address``, or on a LocalCluster it starts and stops with the flow run), None for ``local`` (keep the flow's
     default). Use it as ``flow.with_options(task_runner=runner)`` when it is not None.

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.candidates.mf import interaction_matrix, most_recent
+from recops.candidates.mf import cooccurrence_rows, interaction_matrix
 from recops.candidates.sources import EASE, ItemKNN, MatrixFactorization, MostPopular, top_n
 from recops.columns import Columns
 from recops.config import CandidatesConfig
@@ -49,8 +49,7 @@ def fit_sources(history: pd.DataFrame, n_users: int, n_items: int, config: Candi
         elif name == "ease":
             fitted[name] = EASE(config.ease_l2, config.ease_max_items, threads=threads).fit(user_items)
         elif name == "itemknn":
-            recent = (user_items if config.knn_max_history is None else
-                      interaction_matrix(most_recent(history, config.knn_max_history), n_users, n_items, "binary"))
+            recent = cooccurrence_rows(history, n_users, n_items, config.knn_max_history, user_items)
             fitted[name] = ItemKNN(config.knn_neighbours, config.knn_shrinkage, threads=threads).fit(recent)
         else:
             ts = history[Columns.TIMESTAMP].to_numpy(dtype=np.float64)

@@ -41,9 +41,15 @@ def interaction_matrix(frame: pd.DataFrame, n_users: int, n_items: int, confiden
     return matrix
 
 
-def factor_width(config: CandidatesConfig) -> int:
-    """Columns of the fitted factor matrices: implicit's BPR keeps an item bias in one extra column."""
-    return config.factors + (1 if config.algorithm == "bpr" else 0)
+def warm_start_mismatch(config: CandidatesConfig, n_users: int, n_items: int, users: np.ndarray,
+                        items: np.ndarray) -> str | None:
+    """Why (user, item) factors cannot start a fit of ``n_users x n_items`` with ``config``, or None when they
+    can (implicit's BPR keeps an item bias in one extra factor column)."""
+    width = config.factors + (1 if config.algorithm == "bpr" else 0)
+    if users.shape != (n_users, width) or items.shape != (n_items, width):
+        return (f"warm start factors of shape {users.shape} / {items.shape} do not fit a ({n_users}, {n_items}) "
+                f"matrix with {width} factor columns")
+    return None
 
 
 class MFCandidateGenerator:
@@ -77,10 +83,9 @@ class MFCandidateGenerator:
             warm = init is not None and self.config.warm_start_iterations is not None
             if warm:
                 users, items = init
-                width = factor_width(self.config)
-                if users.shape != (user_items.shape[0], width) or items.shape != (user_items.shape[1], width):
-                    raise ValueError(f"warm start factors of shape {users.shape} / {items.shape} do not fit a "
-                                     f"{user_items.shape} matrix with {width} factor columns")
+                problem = warm_start_mismatch(self.config, *user_items.shape, users, items)
+                if problem:
+                    raise ValueError(problem)
                 model.user_factors = np.array(users, dtype=np.float32)
                 model.item_factors = np.array(items, dtype=np.float32)
                 model.iterations = self.config.warm_start_iterations
@@ -125,3 +130,12 @@ def most_recent(history: pd.DataFrame, max_per_user: int | None) -> pd.DataFrame
     kept = np.sort(order[position < max_per_user])
     return history if len(kept) == len(history) else history.iloc[kept]
 
+
+def cooccurrence_rows(history: pd.DataFrame, n_users: int, n_items: int, max_history: int | None,
+                      seen: sp.csr_matrix) -> sp.csr_matrix:
+    """The binary users x items matrix item-item co-occurrences are counted over: ``seen`` (the whole history),
+    or with ``max_history`` each user's most recent ``max_history`` items only (``candidates.knn_max_history``,
+    ``features.similarity_max_history``)."""
+    if max_history is None:
+        return seen
+    return interaction_matrix(most_recent(history, max_history), n_users, n_items, "binary")

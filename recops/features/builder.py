@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.candidates.mf import interaction_matrix, most_recent
+from recops.candidates.mf import cooccurrence_rows, interaction_matrix
 from recops.columns import Columns
 from recops.config import AttributeColumns, FeaturesConfig
 from recops.data.order import user_time_order
@@ -213,8 +213,7 @@ def history_statistics(history: pd.DataFrame, n_users: int, n_items: int, config
             user_numeric_means[name] = np.where(counts > 0, sums / counts, np.nan)
     from recops.candidates.sources import ItemKNN
 
-    recent = (seen if config.similarity_max_history is None else
-              interaction_matrix(most_recent(history, config.similarity_max_history), n_users, n_items, "binary"))
+    recent = cooccurrence_rows(history, n_users, n_items, config.similarity_max_history, seen)
     similarity = ItemKNN(config.similarity_neighbours, config.similarity_shrinkage).fit(recent).similarity_.tocsr()
     unit = None
     if item_factors is not None:

@@ -97,7 +97,7 @@ def _load_array(root: Path, name: str) -> np.ndarray:
 def _test_fold_factors(settings: Settings, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The test fold's MF factors (``paths.mf_dir``, fitted on train + valid) to warm-start the bundle's fit on
     all interactions from, when ``candidates.warm_start_iterations`` is set and they match the index."""
-    from recops.candidates.mf import factor_width
+    from recops.candidates.mf import warm_start_mismatch
 
     mf_dir = settings.path("mf_dir")
     if settings.candidates.warm_start_iterations is None or "mf" not in settings.candidates.sources:
@@ -108,9 +108,9 @@ def _test_fold_factors(settings: Settings, n_users: int, n_items: int) -> tuple[
     except OSError:
         log.warning("no MF factors in %s: the bundle's MF is fitted from random factors", mf_dir)
         return None
-    width = factor_width(settings.candidates)
-    if users.shape != (n_users, width) or items.shape != (n_items, width):
-        log.warning("MF factors in %s do not match this split: the bundle's MF is fitted from random factors", mf_dir)
+    problem = warm_start_mismatch(settings.candidates, n_users, n_items, users, items)
+    if problem:
+        log.warning("MF factors in %s: %s; the bundle's MF is fitted from random factors", mf_dir, problem)
         return None
     return users, items
 
