@@ -83,7 +83,7 @@ def _quiet_user_error_tracebacks() -> None:
             handler.addFilter(drop)
 
 
-MODEL_ORDER = ("popularity", "mf", "ease", "itemknn")
+MODEL_ORDER = ("popularity", "recent_popularity", "decayed_popularity", "mf", "ease", "itemknn", "recent_itemknn")
 METRIC_ORDER = ("ndcg", "recall", "precision", "map", "mrr", "hitrate", "coverage", "novelty", "ild")
 
 

@@ -121,7 +121,8 @@ class SplitConfig(Strict):
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
 
 
-CandidateSource = Literal["mf", "ease", "itemknn", "popularity"]
+CandidateSource = Literal["mf", "ease", "itemknn", "popularity", "recent_popularity", "decayed_popularity",
+                          "recent_itemknn"]
 
 
 class CandidatesConfig(Strict):
@@ -154,6 +155,12 @@ class CandidatesConfig(Strict):
     knn_max_history: int | None = Field(None, ge=2)
     # popularity: interaction counts, exponentially decayed with this half-life (null: plain counts)
     popularity_half_life_days: float | None = Field(None, gt=0)
+    # time-aware sources, as of the history's end (a fold's cut): recent_popularity counts the interactions of
+    # the last recent_popularity_days; decayed_popularity weighs each by 2^(-age / half-life);
+    # recent_itemknn is item-kNN over the co-occurrences of the last recent_cooccurrence_days only
+    recent_popularity_days: float = Field(30.0, gt=0)
+    decayed_popularity_half_life_days: float = Field(14.0, gt=0)
+    recent_cooccurrence_days: float = Field(60.0, gt=0)
 
     @field_validator("sources")
     @classmethod
@@ -177,6 +184,11 @@ class FeaturesConfig(Strict):
 
 class RankerConfig(Strict):
     holdout_fraction: float = Field(0.2, gt=0, lt=0.5)
+    # How the ranker's label fold is cut from the training period: per_user (each user's most recent
+    # holdout_fraction), global_time (one cut for everybody: the last label_days, or the most recent
+    # holdout_fraction of the rows), auto (global_time when the split is global in time, else per_user)
+    holdout: Literal["auto", "per_user", "global_time"] = "auto"
+    label_days: float | None = Field(None, gt=0)
     # After early stopping on the valid fold, refit with the chosen number of trees on the fit and valid folds
     # together (the test fold's ranker then has seen the most recent labels before test).
     refit_on_valid: bool = True

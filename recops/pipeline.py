@@ -133,10 +133,11 @@ def two_stage_recommend(settings: Settings, train: pd.DataFrame, valid: pd.DataF
     ``train`` (ranker labels from its holdout, early stopping on ``valid``) and applied with train + valid as
     history — what the DVC / Prefect pipeline computes for the test fold, in memory."""
     from recops.ranking import predict_scores
-    from recops.split import history_and_holdout
+    from recops.split import history_and_holdout, holdout_kind
 
     seed = settings.seed if seed is None else seed
-    ranker_history, holdout = history_and_holdout(train, settings.ranker.holdout_fraction, settings.split)
+    kind = holdout_kind(settings.ranker, settings.split, {"train": train, "valid": valid})
+    ranker_history, holdout = history_and_holdout(train, settings.ranker, kind)
     args = (n_users, n_items, users_attr, items_attr, seed)
     fit = run_fold(settings, ranker_history, holdout, np.unique(holdout[Columns.USER]), *args)
     valid_fold = run_fold(settings, train, valid, np.unique(valid[Columns.USER]), *args, previous=fit.sources)

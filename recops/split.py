@@ -6,7 +6,7 @@
 - ``predefined``: the input's own ``split`` column (values train / valid / test).
 
 The same functions make the ranker's label holdout inside the training period (``history_and_holdout``), so no
-valid/test interaction reaches anything that is fitted. All work is vectorised (sorts and group sizes).
+valid/test interaction reaches anything that is fitted; it follows the split's time structure (``holdout_kind``). All work is vectorised (sorts and group sizes).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 
 from recops.columns import SPLIT_VALUES, Columns
-from recops.config import SplitConfig
+from recops.config import RankerConfig, SplitConfig
 from recops.data.order import user_time_order
 from recops.errors import RecopsError
 
 TRAIN, VALID, TEST = SPLIT_VALUES
+DAY = 86_400.0
 log = logging.getLogger(__name__)
 
 
@@ -116,12 +117,44 @@ def check_no_leakage(parts: dict[str, pd.DataFrame], per_user: bool) -> None:
             raise RecopsError(f"{later} starts before {earlier} ends: the split leaks the future")
 
 
-def history_and_holdout(train: pd.DataFrame, fraction: float, config: SplitConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The training period cut once more in time: (history for fitting, most recent part for ranker labels)."""
-    if config.method == "global_time":
-        labels = global_time_labels(train, fraction / 2, fraction / 2)
-        held = labels != TRAIN
+def periods_are_global(parts: dict[str, pd.DataFrame]) -> bool:
+    """Whether the (non-empty) parts follow each other in time for everybody at once: each earlier part ends no
+    later than the next one starts, globally (a global time cut), rather than per user."""
+    present = [parts[name] for name in SPLIT_VALUES if name in parts and len(parts[name])]
+    return all(a[Columns.TIMESTAMP].max() <= b[Columns.TIMESTAMP].min() for a, b in zip(present, present[1:]))
+
+
+def holdout_kind(ranker: RankerConfig, split: SplitConfig, parts: dict[str, pd.DataFrame]) -> str:
+    """``per_user`` or ``global_time``: how the ranker's label holdout is cut from the training period.
+
+    ``ranker.holdout: auto`` follows the split: a global cut (``global_time``, or a ``predefined`` split whose
+    periods are global in time) gives global-time label windows, so the ranker learns the task it is judged on
+    ("what will users do after this date"), not "continue each user's own sequence"."""
+    if ranker.holdout != "auto":
+        return ranker.holdout
+    if split.method == "global_time" or (split.method == "predefined" and periods_are_global(parts)):
+        return "global_time"
+    return "per_user"
+
+
+def history_and_holdout(train: pd.DataFrame, ranker: RankerConfig, kind: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training period cut once more in time: (history for fitting, most recent part for ranker labels).
+
+    ``global_time``: the last ``ranker.label_days`` before the training period's end (or, without it, the most
+    recent ``holdout_fraction`` of its rows) for everybody; ``per_user``: each user's most recent
+    ``holdout_fraction``."""
+    if kind == "global_time":
+        ts = train[Columns.TIMESTAMP].to_numpy(dtype=np.float64)
+        if ranker.label_days is not None:
+            start = ts.max(initial=0.0) - ranker.label_days * DAY
+        else:
+            start = np.quantile(ts, 1.0 - ranker.holdout_fraction) if len(ts) else 0.0
+        held = ts > start if ranker.label_days is not None else ts >= start
+        if len(ts) and (held.all() or not held.any()):
+            raise RecopsError(
+                f"ranker label window (global_time, {ranker.label_days or ranker.holdout_fraction} "
+                f"{'days' if ranker.label_days else 'of the rows'}) leaves no history or no labels in a training "
+                f"period of {(ts.max() - ts.min()) / DAY:.1f} days; change ranker.label_days / holdout_fraction")
     else:
-        labels = per_user_temporal_labels(train, 0.0, fraction)
-        held = labels == TEST
+        held = per_user_temporal_labels(train, 0.0, ranker.holdout_fraction) == TEST
     return train[~held].reset_index(drop=True), train[held].reset_index(drop=True)

@@ -143,14 +143,16 @@ def validate(settings: Settings) -> dict[str, float]:
 def split(settings: Settings) -> dict[str, float]:
     """Encode ids densely and split train / valid / test, plus the ranker's history / label holdout."""
     from recops.data import IdIndex
-    from recops.split import history_and_holdout, split_interactions
+    from recops.split import history_and_holdout, holdout_kind, split_interactions
 
     started = time.perf_counter()
     interactions = read_parquet(settings.path("interactions"))
     index = IdIndex.from_interactions(interactions)
     encoded = index.encode(interactions)
     parts = split_interactions(encoded, settings.split)
-    history, holdout = history_and_holdout(parts["train"], settings.ranker.holdout_fraction, settings.split)
+    kind = holdout_kind(settings.ranker, settings.split, parts)
+    history, holdout = history_and_holdout(parts["train"], settings.ranker, kind)
+    log.info("split: ranker labels from a %s holdout of the training period", kind)
     out_dir = settings.path("split_dir")
     users_index, items_index = index.to_frames()
     outputs = {**parts, "ranker_history": history, "ranker_holdout": holdout,

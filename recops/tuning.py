@@ -48,6 +48,17 @@ SOURCE_SPACES: dict[str, dict[str, Callable[[Any], Any]]] = {
         "knn_neighbours": lambda t: t.suggest_int("knn_neighbours", 10, 1000, log=True),
         "knn_shrinkage": lambda t: t.suggest_float("knn_shrinkage", 0.0, 200.0),
     },
+    # the time-aware sources: how far back "now" reaches, chosen on the validation window
+    "recent_popularity": {
+        "recent_popularity_days": lambda t: t.suggest_float("recent_popularity_days", 2.0, 180.0, log=True),
+    },
+    "decayed_popularity": {
+        "decayed_popularity_half_life_days":
+            lambda t: t.suggest_float("decayed_popularity_half_life_days", 1.0, 180.0, log=True),
+    },
+    "recent_itemknn": {
+        "recent_cooccurrence_days": lambda t: t.suggest_float("recent_cooccurrence_days", 7.0, 365.0, log=True),
+    },
 }
 RANKER_SPACE: dict[str, Callable[[Any], Any]] = {
     "learning_rate": lambda t: t.suggest_float("learning_rate", 0.01, 0.2, log=True),

@@ -8,12 +8,14 @@ import pandas as pd
 from recops.candidates.merge import fit_sources, merged_candidates, source_columns
 from recops.candidates.mf import MFCandidateGenerator, interaction_matrix
 from recops.candidates.popularity import item_popularity, popular_unseen
-from recops.candidates.sources import EASE, ItemKNN, MatrixFactorization, MostPopular, recommend, top_n
+from recops.candidates.sources import (EASE, DecayedPopularity, ItemKNN, MatrixFactorization, MostPopular,
+                                       RecentItemKNN, RecentPopularity, recommend, top_n)
 from recops.columns import Columns
 from recops.config import CandidatesConfig
 
 __all__ = [
-    "EASE", "ItemKNN", "MFCandidateGenerator", "MatrixFactorization", "MostPopular", "fit_sources",
+    "EASE", "DecayedPopularity", "ItemKNN", "MFCandidateGenerator", "MatrixFactorization", "MostPopular",
+    "RecentItemKNN", "RecentPopularity", "fit_sources",
     "generate_candidates", "interaction_matrix", "item_popularity", "merged_candidates", "popular_unseen",
     "recommend", "source_columns", "top_n",
 ]

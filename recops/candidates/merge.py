@@ -22,7 +22,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recops.candidates.mf import cooccurrence_rows, interaction_matrix
-from recops.candidates.sources import EASE, ItemKNN, MatrixFactorization, MostPopular, top_n
+from recops.candidates.sources import (EASE, DecayedPopularity, ItemKNN, MatrixFactorization, MostPopular,
+                                       RecentItemKNN, RecentPopularity, top_n)
 from recops.columns import Columns
 from recops.config import CandidatesConfig
 
@@ -51,13 +52,29 @@ def fit_sources(history: pd.DataFrame, n_users: int, n_items: int, config: Candi
         elif name == "itemknn":
             recent = cooccurrence_rows(history, n_users, n_items, config.knn_max_history, user_items)
             fitted[name] = ItemKNN(config.knn_neighbours, config.knn_shrinkage, threads=threads).fit(recent)
+        elif name == "recent_itemknn":
+            window = recent_part(history, config.recent_cooccurrence_days)
+            rows = cooccurrence_rows(window, n_users, n_items, config.knn_max_history,
+                                     interaction_matrix(window, n_users, n_items, "binary"))
+            fitted[name] = RecentItemKNN(config.knn_neighbours, config.knn_shrinkage, threads=threads).fit(rows)
         else:
             ts = history[Columns.TIMESTAMP].to_numpy(dtype=np.float64)
             ages = (ts.max(initial=0.0) - ts) / DAY
-            fitted[name] = MostPopular(config.popularity_half_life_days).fit(
-                user_items, ages, history[Columns.ITEM].to_numpy())
+            kind = POPULARITY_SOURCES[name]
+            fitted[name] = kind.configured(config).fit(user_items, ages, history[Columns.ITEM].to_numpy())
         seconds[name] = time.perf_counter() - started
     return fitted, seconds
+
+
+POPULARITY_SOURCES = {cls.name: cls for cls in (MostPopular, RecentPopularity, DecayedPopularity)}
+
+
+def recent_part(history: pd.DataFrame, days: float) -> pd.DataFrame:
+    """The interactions of ``history`` at most ``days`` before its latest timestamp."""
+    ts = history[Columns.TIMESTAMP].to_numpy(dtype=np.float64)
+    if not len(ts):
+        return history
+    return history[ts >= ts.max() - days * DAY]
 
 
 def source_columns(config: CandidatesConfig) -> list[str]:
@@ -103,7 +120,7 @@ def merged_candidate_blocks(sources: dict[str, object], config: CandidatesConfig
         for name in names:
             block = sources[name].score(batch, rows)
             block[seen.row, seen.col] = -np.inf  # exclude_seen, with the rows' coordinates computed once
-            if name != POPULARITY and not all_warm:
+            if name not in POPULARITY_SOURCES and not all_warm:
                 block[~warm] = -np.inf  # nothing to go on: the source abstains for users without history
             scores[name] = block
             tops[name] = top_n(block, n)

@@ -7,9 +7,13 @@ top-n selection, seen-item exclusion and merging code (``recops.candidates.merge
 single-stage peers of the quality benchmark (``benchmarks/quality.py``), so the ranker is compared with exactly the
 models that feed it.
 
-- ``MostPopular``: interaction counts, optionally exponentially decayed by age (a recency-aware popularity).
+- ``MostPopular``: interaction counts, optionally exponentially decayed by age or limited to a recent window;
+  ``RecentPopularity`` (the last N days: "trending now") and ``DecayedPopularity`` (half-life decay) are the two
+  time-aware variants as sources of their own.
 - ``ItemKNN``: item-item cosine similarity of the interaction columns with shrinkage, pruned to the k nearest
   neighbours of each item; a user's score for item j sums the similarities of j to the items in the history.
+  ``RecentItemKNN`` counts the co-occurrences of the recent window only ("what people who just consumed X
+  consume now").
 - ``EASE``: the closed-form linear item-item model (Steck, 2019): ``B = I - P / diag(P)`` with
   ``P = (X'X + l2 I)^-1``. It inverts an ``n_items x n_items`` matrix, so it refuses catalogues above
   ``max_items`` (memory ~ 8 n_items^2 bytes, time ~ n_items^3).
@@ -30,18 +34,28 @@ DAY = 86_400.0
 
 
 class MostPopular:
+    """Interaction counts as of the history's end: all of them, or (``window_days``) only those at most that many
+    days old, each optionally weighed ``2 ** (-age / half_life_days)``."""
+
     name = "popularity"
 
-    def __init__(self, half_life_days: float | None = None) -> None:
+    def __init__(self, half_life_days: float | None = None, window_days: float | None = None) -> None:
         self.half_life_days = half_life_days
+        self.window_days = window_days
 
     def fit(self, user_items: sp.csr_matrix, item_ages_days: np.ndarray | None = None,
             ages_item_index: np.ndarray | None = None) -> MostPopular:
-        """Counts per item; with ``half_life_days`` and the age (days before the history's end) of every
-        interaction, each interaction weighs ``2 ** (-age / half_life)`` instead of 1."""
+        """Counts per item; ``item_ages_days`` (days before the history's end of every interaction) and
+        ``ages_item_index`` (its item) are needed for a window or a decay, which a time-blind matrix cannot give."""
         n_items = user_items.shape[1]
-        if self.half_life_days and item_ages_days is not None and ages_item_index is not None:
-            weights = np.exp2(-np.asarray(item_ages_days, dtype=np.float64) / self.half_life_days)
+        timed = item_ages_days is not None and ages_item_index is not None
+        if (self.half_life_days or self.window_days) and not timed:
+            raise ValueError(f"{self.name}: a window or a half-life needs the interactions' ages")
+        if timed and (self.half_life_days or self.window_days):
+            ages = np.asarray(item_ages_days, dtype=np.float64)
+            weights = np.exp2(-ages / self.half_life_days) if self.half_life_days else np.ones(len(ages))
+            if self.window_days:
+                weights = np.where(ages <= self.window_days, weights, 0.0)
             counts = np.bincount(ages_item_index, weights=weights, minlength=n_items)
         else:
             counts = np.bincount(user_items.indices, minlength=n_items).astype(np.float64)
@@ -60,10 +74,43 @@ class MostPopular:
         return {"popularity": self.popularity_}
 
     @classmethod
+    def configured(cls, config: CandidatesConfig) -> MostPopular:
+        return cls(config.popularity_half_life_days)
+
+    @classmethod
     def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> MostPopular:
-        source = cls(config.popularity_half_life_days)
+        source = cls.configured(config)
         source.popularity_ = np.asarray(arrays["popularity"], dtype=np.float32)
         return source
+
+
+class RecentPopularity(MostPopular):
+    """What is trending now: interactions of the last ``candidates.recent_popularity_days`` before the history's
+    end. On a global timeline this is a strong peer (ML-100k: far above all-time counts), so it is a source and
+    a baseline of its own, not only a feature."""
+
+    name = "recent_popularity"
+
+    def __init__(self, window_days: float = 30.0) -> None:
+        super().__init__(None, window_days)
+
+    @classmethod
+    def configured(cls, config: CandidatesConfig) -> RecentPopularity:
+        return cls(config.recent_popularity_days)
+
+
+class DecayedPopularity(MostPopular):
+    """Counts decayed by age with half-life ``candidates.decayed_popularity_half_life_days``: recent
+    interactions count most, older ones still a little (smoother than a hard window for sparse catalogues)."""
+
+    name = "decayed_popularity"
+
+    def __init__(self, half_life_days: float = 14.0) -> None:
+        super().__init__(half_life_days, None)
+
+    @classmethod
+    def configured(cls, config: CandidatesConfig) -> DecayedPopularity:
+        return cls(config.decayed_popularity_half_life_days)
 
 
 def _sum_rows(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -152,6 +199,14 @@ class ItemKNN:
         source = cls(config.knn_neighbours, config.knn_shrinkage, threads)
         source.similarity_ = arrays["similarity"].tocsr()
         return source
+
+
+class RecentItemKNN(ItemKNN):
+    """Item-kNN whose co-occurrences are counted over the last ``candidates.recent_cooccurrence_days`` of the
+    history only (fitted by ``merge.fit_sources`` on that window): the neighbours of what a user just consumed
+    are what people consume with it now, not over the catalogue's whole life."""
+
+    name = "recent_itemknn"
 
 
 def _top_k_of_rows(co: sp.csr_matrix, start: int, norms: np.ndarray, shrinkage: float,

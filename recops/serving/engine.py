@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.candidates.sources import EASE, ItemKNN, MatrixFactorization, MostPopular
+from recops.candidates.sources import (EASE, DecayedPopularity, ItemKNN, MatrixFactorization, MostPopular,
+                                       RecentItemKNN, RecentPopularity)
 from recops.columns import Columns
 from recops.config import CandidatesConfig, FeaturesConfig, ServingConfig
 from recops.errors import RecopsError
@@ -43,7 +44,8 @@ from recops.serving.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
-SOURCE_CLASSES = {"popularity": MostPopular, "itemknn": ItemKNN, "ease": EASE, "mf": MatrixFactorization}
+SOURCE_CLASSES = {cls.name: cls for cls in (MostPopular, RecentPopularity, DecayedPopularity, ItemKNN,
+                                             RecentItemKNN, EASE)} | {"mf": MatrixFactorization}
 UNKNOWN_USER = "unknown_user"
 COLD_USER = "cold_user"
 

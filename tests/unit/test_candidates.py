@@ -266,3 +266,40 @@ def test_user_time_order_is_the_lexsort_order_and_falls_back_when_the_key_overfl
         np.testing.assert_array_equal(user_time_order(huge, items, stamps, newest_first=True),
                                       np.lexsort((-items, -timestamps.astype(np.float64), huge)))
     assert len(user_time_order(users[:0], items[:0], timestamps[:0], newest_first=False)) == 0
+
+
+def trending_log(days=60, n_users=30):
+    """Item 0 is the all-time favourite, consumed in the first half; item 1 appears in the last 10 days and is what
+    everybody consumes now; items 2.. are background."""
+    rows = []
+    for u in range(n_users):
+        rows.append((u, 0, 86_400 * (u % 25)))
+        rows.append((u, 2 + u % 5, 86_400 * (30 + u % 20)))
+        if u % 3 == 0:
+            rows.append((u, 1, 86_400 * (days - 1 - u % 10)))
+    return pd.DataFrame(rows, columns=[Columns.USER, Columns.ITEM, Columns.TIMESTAMP])
+
+
+@pytest.mark.parametrize("source", ["recent_popularity", "decayed_popularity"])
+def test_time_aware_popularity_ranks_what_is_trending_now_first(source):
+    from recops.candidates import fit_sources
+
+    history = trending_log()
+    config = CandidatesConfig(sources=[source], recent_popularity_days=14, decayed_popularity_half_life_days=5)
+    fitted, _ = fit_sources(history, 30, 8, config, seed=0, threads=1)
+    assert int(np.argmax(fitted[source].popularity_)) == 1
+    assert int(np.argmax(fitted["popularity"].popularity_)) == 0  # all-time counts still favour the old item
+    with pytest.raises(ValueError, match="ages"):
+        fitted[source].__class__().fit(interaction_matrix(history, 30, 8, "binary"))
+
+
+def test_recent_itemknn_counts_only_the_recent_window():
+    from recops.candidates import fit_sources
+
+    history = trending_log()
+    config = CandidatesConfig(sources=["recent_itemknn", "itemknn"], recent_cooccurrence_days=20,
+                              knn_neighbours=5, knn_shrinkage=0.0)
+    fitted, _ = fit_sources(history, 30, 8, config, seed=0, threads=1)
+    recent = fitted["recent_itemknn"].similarity_.toarray()
+    assert recent[0].sum() == 0  # item 0 was last consumed 35+ days before the end
+    assert fitted["itemknn"].similarity_.toarray()[0].sum() > 0

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from recops.columns import Columns
-from recops.config import SplitConfig
+from recops.config import RankerConfig, SplitConfig
 from recops.errors import RecopsError
-from recops.split import check_no_leakage, history_and_holdout, split_interactions
+from recops.split import check_no_leakage, history_and_holdout, holdout_kind, split_interactions
 
 
 def log(n_users=20, per_user=20, seed=0):
@@ -63,7 +63,7 @@ def test_leakage_check_rejects_a_test_interaction_older_than_training():
 
 def test_ranker_holdout_is_the_most_recent_part_of_training_only():
     parts = split_interactions(log(), SplitConfig())
-    history, holdout = history_and_holdout(parts["train"], 0.25, SplitConfig())
+    history, holdout = history_and_holdout(parts["train"], RankerConfig(holdout_fraction=0.25), "per_user")
     assert len(history) + len(holdout) == len(parts["train"])
     assert (history.groupby(Columns.USER)[Columns.TIMESTAMP].max()
             <= holdout.groupby(Columns.USER)[Columns.TIMESTAMP].min()).all()
@@ -76,3 +76,19 @@ def test_too_short_histories_are_reported():
     frame = pd.DataFrame({Columns.USER: [0, 1], Columns.ITEM: [0, 1], Columns.TIMESTAMP: [1, 2]})
     with pytest.raises(RecopsError, match="empty"):
         split_interactions(frame, SplitConfig())
+
+
+def test_global_holdout_is_one_cut_for_everybody_and_auto_follows_the_split():
+    parts = split_interactions(log(), SplitConfig(method="global_time"))
+    ranker = RankerConfig(holdout_fraction=0.25)
+    assert holdout_kind(ranker, SplitConfig(method="global_time"), parts) == "global_time"
+    assert holdout_kind(ranker, SplitConfig(), split_interactions(log(), SplitConfig())) == "per_user"
+    # a predefined split whose periods follow each other globally is a global cut
+    assert holdout_kind(ranker, SplitConfig(method="predefined"), parts) == "global_time"
+    assert holdout_kind(RankerConfig(holdout="per_user"), SplitConfig(method="global_time"), parts) == "per_user"
+    history, holdout = history_and_holdout(parts["train"], ranker, "global_time")
+    assert len(history) + len(holdout) == len(parts["train"])
+    assert history[Columns.TIMESTAMP].max() <= holdout[Columns.TIMESTAMP].min()
+    span = parts["train"][Columns.TIMESTAMP].max() - parts["train"][Columns.TIMESTAMP].min()
+    with pytest.raises(RecopsError, match="label window"):
+        history_and_holdout(parts["train"], RankerConfig(label_days=span / 86_400 * 2), "global_time")
