@@ -13,8 +13,9 @@ What runs, in one process, for each protocol:
    - ``positive_rating4``: only interactions rated 4 or 5 exist (filtered before encoding, so the catalogue is the
      items with at least one positive), then the per-user temporal split. Low-rated items are neither history nor
      truth, so they can be recommended and count as misses.
-2. Peers (``recops.candidates.sources``, the same classes that feed the ranker): popularity, item-kNN, EASE,
-   implicit ALS and BPR (and LightFM when it imports). Each is tuned on validation only (fit on train, rank every
+2. Peers (``recops.evaluation.peers`` over ``recops.candidates.sources``, the same classes that feed the ranker):
+   all-time, recent-window and decayed popularity (as of the fold's cut), item-kNN, EASE, implicit ALS and BPR
+   (and LightFM when it imports). Each is tuned on validation only (fit on train, rank every
    item for the users with valid interactions, their train items excluded) by NDCG@10 over a fixed grid (stochastic
    models with the first seed); ties go to the first grid point. The chosen parameters are refitted on train+valid
    and evaluated once on test (users with test interactions, train+valid items excluded). Stochastic models are
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import itertools
 import json
 import logging
 import math
@@ -49,6 +49,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recops.evaluation.peers import (METRICS, PEERS, TUNING_METRIC, Fold, Peer, fit_peer, list_metrics,
+                                     parameter_grid, recommend_lists, tune)
 from recops.io import write_json
 
 log = logging.getLogger("benchmarks.quality")
@@ -56,8 +58,6 @@ log = logging.getLogger("benchmarks.quality")
 PROTOCOLS = ("per_user_temporal", "global_time", "positive_rating4")
 POSITIVE_RATING = 4
 TOP_K = 20
-TUNING_METRIC = "ndcg@10"
-METRICS = ("ndcg@10", "recall@10", "recall@20", "map@10", "mrr@10", "hitrate@10", "coverage@10", "novelty@10")
 LIFT_METRICS = ("ndcg@10", "recall@20")
 LIFT_TARGET_PCT = 10.0
 RECOPS = "recops"
@@ -79,33 +79,6 @@ class ProtocolData:
     n_items: int
     users_attr: Any
     items_attr: Any
-
-
-@dataclass(frozen=True)
-class Fold:
-    """(history, target) as matrices; ``users`` are the users with at least one target interaction."""
-
-    history: sp.csr_matrix
-    truth: sp.csr_matrix
-    users: np.ndarray
-    item_user_counts: np.ndarray
-    n_history_users: int
-
-    @property
-    def warm(self) -> np.ndarray:
-        """Which of ``users`` have at least one history interaction."""
-        return np.diff(self.history.indptr)[self.users] > 0
-
-    @classmethod
-    def from_frames(cls, history: pd.DataFrame, target: pd.DataFrame, n_users: int, n_items: int) -> Fold:
-        from recops.candidates.mf import interaction_matrix
-
-        seen = interaction_matrix(history, n_users, n_items, "binary")
-        truth = interaction_matrix(target, n_users, n_items, "binary")
-        users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int32)
-        return cls(history=seen, truth=truth, users=users,
-                   item_user_counts=np.diff(seen.tocsc().indptr).astype(np.float64),
-                   n_history_users=int((np.diff(seen.indptr) > 0).sum()))
 
 
 def protocol_settings(settings, protocol: str):
@@ -145,48 +118,8 @@ def load_protocol(settings, protocol: str) -> ProtocolData:
 
 
 # ------------------------------------------------------------------------------------------------------ peers
-def parameter_grid(**axes: list[Any]) -> list[dict[str, Any]]:
-    """Every combination of the axes, in the order written (the first axis varies slowest)."""
-    names = list(axes)
-    return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
-
-
-@dataclass(frozen=True)
-class Peer:
-    name: str
-    build: Callable[[dict[str, Any], int, int], Any]  # (params, seed, threads) -> unfitted source
-    grid: list[dict[str, Any]]
-    quick_grid: list[dict[str, Any]]
-    stochastic: bool
-
-
-def _mf_builder(algorithm: str) -> Callable[[dict[str, Any], int, int], Any]:
-    def build(params: dict[str, Any], seed: int, threads: int):
-        from recops.candidates.sources import MatrixFactorization
-        from recops.config import CandidatesConfig
-
-        return MatrixFactorization(CandidatesConfig(algorithm=algorithm, **params), seed=seed, threads=threads)
-    return build
-
-
-def _popularity(params: dict[str, Any], seed: int, threads: int):
-    from recops.candidates.sources import MostPopular
-
-    return MostPopular()
-
-
-def _itemknn(params: dict[str, Any], seed: int, threads: int):
-    from recops.candidates.sources import ItemKNN
-
-    return ItemKNN(params["neighbours"], params["shrinkage"], threads=threads)
-
-
-def _ease(params: dict[str, Any], seed: int, threads: int):
-    from recops.candidates.sources import EASE
-
-    return EASE(params["l2"], threads=threads)
-
-
+# The peers, their grids, tuning and metrics are recops.evaluation.peers (shared with `recops backtest`);
+# LightFM is the benchmark's own extra peer, used only when it imports.
 class LightFMSource:
     """LightFM (WARP loss, no side features) behind the candidate-source interface; used only if it imports."""
 
@@ -216,24 +149,6 @@ def _lightfm(params: dict[str, Any], seed: int, threads: int):
     return LightFMSource(params["components"], params["learning_rate"], params["epochs"], seed=seed, threads=threads)
 
 
-PEERS = (
-    Peer("popularity", _popularity, [{}], [{}], stochastic=False),
-    Peer("itemknn", _itemknn,
-         parameter_grid(neighbours=[50, 100, 200, 400], shrinkage=[0.0, 10.0, 50.0]),
-         parameter_grid(neighbours=[100, 200], shrinkage=[10.0]), stochastic=False),
-    Peer("ease", _ease,
-         parameter_grid(l2=[10.0, 50.0, 100.0, 200.0, 500.0, 1000.0]),
-         parameter_grid(l2=[100.0, 500.0]), stochastic=False),
-    Peer("als", _mf_builder("als"),
-         parameter_grid(factors=[16, 32, 64, 128], regularization=[0.01, 0.1, 1.0], alpha=[1.0, 5.0, 10.0, 20.0],
-                        iterations=[15]),
-         parameter_grid(factors=[32, 64], regularization=[0.1], alpha=[10.0], iterations=[15]), stochastic=True),
-    Peer("bpr", _mf_builder("bpr"),
-         parameter_grid(factors=[32, 64, 128], learning_rate=[0.01, 0.05, 0.1], regularization=[0.001, 0.01],
-                        iterations=[50, 100]),
-         parameter_grid(factors=[64], learning_rate=[0.01, 0.05], regularization=[0.01], iterations=[100]),
-         stochastic=True),
-)
 LIGHTFM = Peer("lightfm", _lightfm,
                parameter_grid(components=[32, 64, 128], learning_rate=[0.01, 0.05], epochs=[30]),
                parameter_grid(components=[64], learning_rate=[0.05], epochs=[30]), stochastic=True)
@@ -249,17 +164,6 @@ def available_peers() -> tuple[list[Peer], dict[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
-def list_metrics(fold: Fold, users: np.ndarray, recommended: np.ndarray) -> dict[str, float]:
-    """The benchmark's metrics of one list set (rows aligned with ``users``)."""
-    from recops.evaluation.metrics import catalog_coverage, novelty, ranking_metrics
-
-    ranking = ranking_metrics(users, recommended, fold.truth, [10, 20])
-    out = {name: ranking[name] for name in METRICS if name in ranking}
-    out["coverage@10"] = catalog_coverage(recommended, 10, fold.truth.shape[1])
-    out["novelty@10"] = novelty(recommended, 10, fold.item_user_counts, fold.n_history_users)
-    return out
-
-
 def fold_metrics(fold: Fold, recommended: np.ndarray) -> tuple[dict[str, float], dict[str, float] | None]:
     """Metrics over all of the fold's users, and over its warm users only when some users have no history."""
     everyone = list_metrics(fold, fold.users, recommended)
@@ -306,36 +210,13 @@ def lift_over_best_peer(means: dict[str, dict[str, float]], metric: str, challen
 
 
 # --------------------------------------------------------------------------------------------------- protocol
-def _recommend(model, fold: Fold, users: np.ndarray, k: int) -> np.ndarray:
-    from recops.candidates.sources import recommend
-
-    items, _ = recommend(model, users, fold.history, k)
-    return items
-
-
-def tune(peer: Peer, grid: list[dict[str, Any]], fold: Fold, seed: int, threads: int) -> dict[str, Any]:
-    """Grid search on the validation fold by NDCG@10; returns the chosen params and every grid point's score."""
-    trials = []
-    for params in grid:
-        started = time.perf_counter()
-        model = peer.build(params, seed, threads).fit(fold.history)
-        score = list_metrics(fold, fold.users, _recommend(model, fold, fold.users, 10))[TUNING_METRIC]
-        trials.append({"params": params, TUNING_METRIC: score, "seconds": time.perf_counter() - started})
-        log.debug("%s %s valid %s=%.4f", peer.name, params, TUNING_METRIC, score)
-    best = max(range(len(trials)), key=lambda i: (trials[i][TUNING_METRIC], -i))
-    log.info("%s: %d grid points, best %s valid %s=%.4f", peer.name, len(trials), trials[best]["params"],
-             TUNING_METRIC, trials[best][TUNING_METRIC])
-    return {"params": trials[best]["params"], f"valid_{TUNING_METRIC}": trials[best][TUNING_METRIC],
-            "tuning": trials}
-
-
 def evaluate_peer(peer: Peer, params: dict[str, Any], fold: Fold, seeds: list[int], threads: int) -> dict[str, Any]:
     runs, warm_runs, fits, recs, defects = [], [], [], [], []
     for seed in seeds if peer.stochastic else seeds[:1]:
         started = time.perf_counter()
-        model = peer.build(params, seed, threads).fit(fold.history)
+        model = fit_peer(peer.build(params, seed, threads), fold)
         fitted = time.perf_counter()
-        lists = _recommend(model, fold, fold.users, TOP_K)
+        lists = recommend_lists(model, fold, fold.users, TOP_K)
         fits.append(fitted - started)
         recs.append(time.perf_counter() - fitted)
         everyone, warm = fold_metrics(fold, lists)

@@ -38,17 +38,17 @@ def hits_matrix(users: np.ndarray, recommended: np.ndarray, truth: sp.csr_matrix
     return (truth_keys[position] == rec_keys) & (recommended >= 0)
 
 
-def ranking_metrics(users: np.ndarray, recommended: np.ndarray, truth: sp.csr_matrix,
-                    ks: list[int]) -> dict[str, float]:
-    """Mean of each metric in RANKING_METRICS at each k over users with at least one relevant item."""
+def per_user_ranking_metrics(users: np.ndarray, recommended: np.ndarray, truth: sp.csr_matrix,
+                             ks: list[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(scored rows, one value per scored user of each metric in RANKING_METRICS at each k): the users with at
+    least one relevant item, in input order (``scored`` is a boolean mask over ``users``). Paired tests and
+    bootstraps resample these rows; ``ranking_metrics`` averages them."""
     truth = truth.tocsr()
     n_relevant = np.diff(truth.indptr)[users]
     scored = n_relevant > 0
     users, recommended, n_relevant = users[scored], recommended[scored], n_relevant[scored]
-    if len(users) == 0:
-        return {f"{m}@{k}": float("nan") for k in ks for m in RANKING_METRICS}
     hits = hits_matrix(users, recommended, truth).astype(np.float64)
-    out: dict[str, float] = {"users": float(len(users))}
+    out: dict[str, np.ndarray] = {}
     for k in ks:
         h = hits[:, :k]
         if h.shape[1] < k:  # lists shorter than k count the missing slots as misses
@@ -56,15 +56,24 @@ def ranking_metrics(users: np.ndarray, recommended: np.ndarray, truth: sp.csr_ma
         positions = np.arange(1, k + 1, dtype=np.float64)
         discounts = 1.0 / np.log2(positions + 1.0)
         n_hits = h.sum(axis=1)
-        ideal = np.cumsum(discounts)[np.minimum(n_relevant, k) - 1]
+        ideal = np.cumsum(discounts)[np.minimum(n_relevant, k) - 1] if len(users) else np.zeros(0)
         first_hit = np.where(n_hits > 0, np.argmax(h > 0, axis=1) + 1, np.inf)
-        out[f"ndcg@{k}"] = float(np.mean((h * discounts).sum(axis=1) / ideal))
-        out[f"recall@{k}"] = float(np.mean(n_hits / n_relevant))
-        out[f"precision@{k}"] = float(np.mean(n_hits / k))
-        out[f"map@{k}"] = float(np.mean((h * np.cumsum(h, axis=1) / positions).sum(axis=1) / np.minimum(n_relevant, k)))
-        out[f"mrr@{k}"] = float(np.mean(1.0 / first_hit))
-        out[f"hitrate@{k}"] = float(np.mean(n_hits > 0))
-    return out
+        out[f"ndcg@{k}"] = (h * discounts).sum(axis=1) / ideal
+        out[f"recall@{k}"] = n_hits / n_relevant
+        out[f"precision@{k}"] = n_hits / k
+        out[f"map@{k}"] = (h * np.cumsum(h, axis=1) / positions).sum(axis=1) / np.minimum(n_relevant, k)
+        out[f"mrr@{k}"] = 1.0 / first_hit
+        out[f"hitrate@{k}"] = (n_hits > 0).astype(np.float64)
+    return scored, out
+
+
+def ranking_metrics(users: np.ndarray, recommended: np.ndarray, truth: sp.csr_matrix,
+                    ks: list[int]) -> dict[str, float]:
+    """Mean of each metric in RANKING_METRICS at each k over users with at least one relevant item."""
+    scored, values = per_user_ranking_metrics(users, recommended, truth, ks)
+    if not scored.any():
+        return {f"{m}@{k}": float("nan") for k in ks for m in RANKING_METRICS}
+    return {"users": float(scored.sum()), **{name: float(np.mean(v)) for name, v in values.items()}}
 
 
 def catalog_coverage(recommended: np.ndarray, k: int, n_items: int) -> float:
