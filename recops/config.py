@@ -51,6 +51,8 @@ class Paths(Strict):
     plots_dir: str = "reports/plots"
     recommendations: str = "reports/recommendations_test.parquet"
     registry_report: str = "reports/registry.json"
+    backtest_report: str = "reports/backtest.json"
+    backtest_html: str = "reports/backtest.html"
     mlflow_db: str = "mlflow.db"
     mlflow_artifacts: str = "mlartifacts"
 
@@ -237,6 +239,38 @@ class TuningConfig(Strict):
     log_to_mlflow: bool = True                   # a `tune` run with one nested run per trial
 
 
+BacktestPeer = Literal["popularity", "recent_popularity", "decayed_popularity", "itemknn", "ease", "als", "bpr"]
+
+
+class BacktestConfig(Strict):
+    """``recops backtest``: rolling-origin evaluation on the global timeline. Window w (0 = oldest) has its cut at
+    ``end - test_days - (windows - 1 - w) * step_days`` (``end``: the log's last timestamp); everything is fitted
+    on the interactions before the cut (peers' parameters, ranker labels and number of trees chosen on the
+    ``valid_days`` before it) and judged on the ``test_days`` after it, for the users seen before the cut."""
+
+    windows: int = Field(4, ge=1, le=52)
+    test_days: float = Field(21.0, gt=0)
+    valid_days: float | None = Field(None, gt=0)   # null: test_days
+    step_days: float | None = Field(None, gt=0)    # null: test_days (windows side by side)
+    min_train_days: float = Field(28.0, ge=0)      # history needed before the first window's validation period
+    min_users: int = Field(20, ge=1)               # warm users needed in every validation and test window
+    k: int = Field(20, ge=10)
+    seeds: int = Field(1, ge=1, le=10)             # refits of the stochastic models (settings.seed + 0..n-1)
+    peers: list[BacktestPeer] = ["popularity", "recent_popularity", "decayed_popularity", "itemknn", "ease", "als"]
+    quick: bool = False                            # 2-3 grid points per peer instead of the full grids
+    bootstrap_resamples: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    log_to_mlflow: bool = True                     # a parent run with one nested run per window
+
+    @property
+    def valid(self) -> float:
+        return self.valid_days or self.test_days
+
+    @property
+    def step(self) -> float:
+        return self.step_days or self.test_days
+
+
 class GuardrailsConfig(Strict):
     max_coverage_drop: float = Field(0.10, ge=0)   # relative drop of coverage@10 allowed (challenger vs champion)
     max_novelty_drop: float = Field(0.10, ge=0)    # relative drop of novelty@10 allowed
@@ -348,6 +382,7 @@ class Settings(Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     export: ExportConfig = ExportConfig()
     tuning: TuningConfig = TuningConfig()
+    backtest: BacktestConfig = BacktestConfig()
     ab: ABConfig = ABConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     compute: ComputeConfig = ComputeConfig()
