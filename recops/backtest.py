@@ -278,3 +278,22 @@ def run_backtest(settings: Settings, run_window_fn=None) -> dict[str, Any]:
     data = load(settings)
     results = [(run_window_fn or run_window)(settings, data, w) for w in range(len(data.windows))]
     return summarise(settings, data, results, time.perf_counter() - started)
+
+
+def with_overrides(settings: Settings, **overrides: Any) -> Settings:
+    """``settings`` with these ``backtest`` keys replaced (None values ignored), validated like params.yaml: a bad
+    value is a RecopsError naming the key and the value."""
+    from pydantic import ValidationError
+
+    from recops.config import BacktestConfig
+
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if not given:
+        return settings
+    try:
+        config = BacktestConfig.model_validate({**settings.backtest.model_dump(), **given})
+    except ValidationError as exc:
+        problems = "; ".join(f"backtest.{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}"
+                             for e in exc.errors())
+        raise RecopsError(f"bad backtest parameters: {problems}") from None
+    return settings.model_copy(update={"backtest": config})

@@ -404,6 +404,79 @@ def tune(
         console.print("not written (use --write to put them into params.yaml)")
 
 
+@app.command()
+def backtest(
+    params: Params = Path("params.yaml"),
+    windows: Annotated[int | None, typer.Option(help="Number of windows (default: backtest.windows).")] = None,
+    test_days: Annotated[float | None, typer.Option(help="Days judged after each cut.")] = None,
+    valid_days: Annotated[float | None, typer.Option(help="Days before each cut for tuning / early stopping.")] = None,
+    step_days: Annotated[float | None, typer.Option(help="Days between cuts.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Refits of the stochastic models per window.")] = None,
+    quick: Annotated[bool | None, typer.Option("--quick/--full-grids", help="2-3 grid points per peer.")] = None,
+    engine: Annotated[str, typer.Option(help="prefect: the recops-backtest flow (windows as tasks, on Dask with "
+                                             "compute.engine: dask); local: in this process.")] = "prefect",
+    quiet: Quiet = False,
+) -> None:
+    """Rolling-origin backtest on the global timeline: recops and every peer, fitted before each cut and judged
+    after it; pooled metrics with bootstrap intervals -> reports/backtest.json, reports/backtest.html, MLflow."""
+    from recops import steps
+    from recops.backtest import load, with_overrides
+
+    if engine not in ("prefect", "local"):
+        _exit_on_user_error(RecopsError(f"--engine must be prefect or local, not {engine!r}"))
+    overrides = {"windows": windows, "test_days": test_days, "valid_days": valid_days, "step_days": step_days,
+                 "seeds": seeds, "quick": quick}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        settings = with_overrides(_settings(params, quiet), **overrides)
+        for name in ("ingest", "validate"):
+            steps.STAGES[name](settings)
+        load(settings)  # the window plan, checked before a flow starts or anything is fitted
+        if engine == "prefect":
+            from flows.backtest import backtest_flow_for
+
+            _quiet_user_error_tracebacks()
+            report = backtest_flow_for(str(params.resolve()))(params_path=str(params.resolve()),
+                                                              overrides=overrides)
+        else:
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=settings.threads):
+                report = steps.backtest(settings)
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+        return
+    _print_backtest(report, settings)
+
+
+def _print_backtest(report: dict, settings) -> None:
+    cfg = report["config"]
+    pooled = report["pooled"]["metrics"]
+    metrics = ("ndcg@10", "recall@10", "recall@20", "map@10", "hitrate@10")
+    table = Table(title=f"backtest: {len(report['windows'])} windows of {cfg['test_days']:g} days, pooled over "
+                        f"{report['pooled']['rows']} (window, user) rows ({report['seconds']:.0f} s)",
+                  title_justify="left")
+    table.add_column("model")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    best = {m: max(values[m] for values in pooled.values()) for m in metrics}
+    for name, values in pooled.items():
+        table.add_row(name, *[f"[bold]{values[m]:.4f}[/]" if values[m] == best[m] else f"{values[m]:.4f}"
+                              for m in metrics])
+    console.print(table)
+    level = f"{100 * cfg['confidence']:.0f}%"
+    for metric, lift in report["lift"].items():
+        line = (f"{metric}: recops {lift['recops_value']:.4f} vs best peer {lift['best_peer']} "
+                f"{lift['best_peer_value']:.4f} ({lift['lift_over_best_pct']:+.1f}%)")
+        recent = lift["over"].get("recent_popularity")
+        if recent:
+            line += (f"; over recent popularity {recent['lift_pct']:+.1f}% ({level} CI {recent['low_pct']:+.1f}% "
+                     f"to {recent['high_pct']:+.1f}%)")
+        console.print(line, highlight=False)
+    run = f", MLflow run {report['mlflow_run_id']}" if report.get("mlflow_run_id") else ""
+    console.print(f"reports: {settings.path('backtest_report')}, {settings.path('backtest_html')}{run}")
+
+
 @app.command("batch-score")
 def batch_score(
     params: Params = Path("params.yaml"),

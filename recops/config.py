@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, PositiveFloat
 
 from recops.errors import RecopsError
 
@@ -180,6 +180,8 @@ class FeaturesConfig(Strict):
     similarity_neighbours: int = Field(200, ge=1)
     similarity_shrinkage: float = Field(10.0, ge=0)
     similarity_max_history: int | None = Field(None, ge=2)  # as candidates.knn_max_history
+    # trending features: item counts over each of these windows before the cut, and their velocity
+    trend_windows_days: list[PositiveFloat] = Field([7.0, 14.0], max_length=6)
     recent_window_days: float = Field(30.0, gt=0)
     chunk_rows: int = Field(2_000_000, ge=10_000)
 

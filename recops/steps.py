@@ -631,3 +631,29 @@ STAGES = {
     "ingest": ingest, "validate": validate, "split": split, "candidates": candidates, "features": features,
     "train_ranker": train_ranker, "evaluate": evaluate, "export": export, "bundle": bundle, "register": register,
 }
+
+
+# ------------------------------------------------------------------------------------------------- backtest
+def write_backtest(settings: Settings, report: dict[str, Any]) -> dict[str, Any]:
+    """``paths.backtest_report`` (JSON) and ``paths.backtest_html``; then, with ``backtest.log_to_mlflow``, the
+    MLflow parent run with one nested run per window (its id added to the report). Nothing is registered."""
+    from recops.evaluation.backtest_report import write_html_report
+
+    json_path, html_path = settings.path("backtest_report"), settings.path("backtest_html")
+    write_json(report, json_path)
+    write_html_report(report, html_path)
+    if settings.backtest.log_to_mlflow:
+        from recops.registry.backtest_runs import log_backtest
+
+        report["mlflow_run_id"] = log_backtest(settings, report, [json_path, html_path])
+        write_json(report, json_path)
+    return report
+
+
+def backtest(settings: Settings) -> dict[str, Any]:
+    """``recops backtest`` in this process: every window of ``settings.backtest``, then the reports. The prepared
+    tables must exist (``ingest`` and ``validate`` run first); a window plan that does not fit the data stops
+    before anything is fitted, written or logged."""
+    from recops.backtest import run_backtest
+
+    return write_backtest(settings, run_backtest(settings))

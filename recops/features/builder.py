@@ -6,8 +6,9 @@ once as arrays indexed by the dense ids, then gathered for the candidate rows (n
 very large candidate sets). The reference time of a history is its latest timestamp.
 
 Feature groups:
-- item: popularity (all time, recent window, exponentially decayed), mean rating, age and days since last seen,
-  numeric and categorical attributes;
+- item: popularity (all time, recent window, exponentially decayed), trending signals (counts over the short
+  ``trend_windows_days`` and their velocity against the window before), mean rating, freshness (age and days
+  since last seen), numeric and categorical attributes;
 - user: activity, mean rating, active span, mean log-popularity of the items consumed, attributes;
 - candidate sources: each source's score and rank and the number of sources that retrieved the item (passed
   through from the candidate table);
@@ -182,6 +183,13 @@ def history_statistics(history: pd.DataFrame, n_users: int, n_items: int, config
             "item_days_since_last": np.where(np.isfinite(last_seen), (now - last_seen) / DAY, np.nan),
         }
         item_stats["item_trend"] = item_stats["item_pop_recent"] / np.maximum(item_count, 1.0)
+        # trending signals: counts over short windows before the history's end and their velocity (the last
+        # window against the one before it, log of the smoothed ratio: > 0 rising, < 0 fading)
+        for days in config.trend_windows_days:
+            last = per(i, n_items, (age_days <= days).astype(np.float64))
+            before = per(i, n_items, ((age_days > days) & (age_days <= 2 * days)).astype(np.float64))
+            item_stats[f"item_pop_{days:g}d"] = last
+            item_stats[f"item_velocity_{days:g}d"] = np.log1p(last) - np.log1p(before)
         user_stats = {
             "user_activity": user_count,
             "user_active_days": np.where(user_count > 0, (user_last - user_first) / DAY, np.nan),
