@@ -193,6 +193,11 @@ class RankerConfig(Strict):
     # holdout_fraction of the rows), auto (global_time when the split is global in time, else per_user)
     holdout: Literal["auto", "per_user", "global_time"] = "auto"
     label_days: float | None = Field(None, gt=0)
+    # global_time: this many label windows of the same length stacked as ranker queries (the most recent one,
+    # then earlier ones, each with only the interactions before it as history); the j-th earlier window's
+    # queries weigh label_window_decay ** j
+    label_windows: int = Field(1, ge=1, le=12)
+    label_window_decay: float = Field(1.0, gt=0, le=1)
     # After early stopping on the valid fold, refit with the chosen number of trees on the fit and valid folds
     # together (the test fold's ranker then has seen the most recent labels before test).
     refit_on_valid: bool = True

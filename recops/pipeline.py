@@ -91,8 +91,13 @@ def feature_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c not in (Columns.USER, Columns.ITEM, Columns.LABEL)]
 
 
-def fit_ranker(settings: Settings, fit_table: pd.DataFrame, valid_table: pd.DataFrame, names: list[str],
-               seed: int | None = None, client=None):
+def label_weights(settings: Settings, n_fit: int) -> list[float]:
+    """Query weights of ``n_fit`` stacked label folds, most recent first (``ranker.label_window_decay ** j``)."""
+    return [settings.ranker.label_window_decay ** j for j in range(n_fit)]
+
+
+def fit_ranker(settings: Settings, fit_table: pd.DataFrame | list[pd.DataFrame], valid_table: pd.DataFrame,
+               names: list[str], seed: int | None = None, client=None):
     """(final booster, early-stopped booster): LambdaRank on ``fit`` early-stopped on ``valid``, then (with
     ``ranker.refit_on_valid``) the same number of trees refitted on fit + valid. With a Dask ``client``: the
     same on the cluster with ``lightgbm.dask`` (recops.ranking.dask_ranker: the stopping point is chosen by a
@@ -100,8 +105,14 @@ def fit_ranker(settings: Settings, fit_table: pd.DataFrame, valid_table: pd.Data
     from recops.ranking import refit_ranker, train_ranker
 
     seed = settings.seed if seed is None else seed
+    fit_tables = fit_table if isinstance(fit_table, list) else [fit_table]
     if client is not None:
+        from recops.errors import RecopsError
         from recops.ranking.dask_ranker import refit_ranker_dask, train_ranker_dask
+
+        if len(fit_tables) > 1:
+            raise RecopsError("ranker.label_windows > 1 (stacked label windows) runs on compute.engine: local only")
+        fit_table = fit_tables[0]
 
         retries = settings.compute.ranker_retries
         stopped = train_ranker_dask(client, fit_table, valid_table, names, settings.ranker, seed, settings.threads,
@@ -112,11 +123,15 @@ def fit_ranker(settings: Settings, fit_table: pd.DataFrame, valid_table: pd.Data
         final = refit_ranker_dask(client, [fit_table, valid_table], names, settings.ranker, seed, settings.threads,
                                   n_trees, retries=retries)
         return final, stopped
-    stopped = train_ranker(fit_table, valid_table, names, settings.ranker, seed, settings.threads)
+    weights = label_weights(settings, len(fit_tables))
+    stopped = train_ranker(fit_tables, valid_table, names, settings.ranker, seed, settings.threads, weights)
     if not settings.ranker.refit_on_valid:
         return stopped, stopped
     n_trees = stopped.best_iteration or stopped.num_trees()
-    final = refit_ranker([fit_table, valid_table], names, settings.ranker, seed, settings.threads, n_trees)
+    # the valid fold's labels are the most recent: weight 1, the fit folds one decay step further back
+    refit_weights = [w * settings.ranker.label_window_decay for w in weights] + [1.0]
+    final = refit_ranker([*fit_tables, valid_table], names, settings.ranker, seed, settings.threads, n_trees,
+                         refit_weights)
     return final, stopped
 
 
@@ -133,18 +148,21 @@ def two_stage_recommend(settings: Settings, train: pd.DataFrame, valid: pd.DataF
     ``train`` (ranker labels from its holdout, early stopping on ``valid``) and applied with train + valid as
     history — what the DVC / Prefect pipeline computes for the test fold, in memory."""
     from recops.ranking import predict_scores
-    from recops.split import history_and_holdout, holdout_kind
+    from recops.split import holdout_kind, label_folds
 
     seed = settings.seed if seed is None else seed
     kind = holdout_kind(settings.ranker, settings.split, {"train": train, "valid": valid})
-    ranker_history, holdout = history_and_holdout(train, settings.ranker, kind)
+    folds = label_folds(train, settings.ranker, kind)
     args = (n_users, n_items, users_attr, items_attr, seed)
+    earlier = [run_fold(settings, history, labels, np.unique(labels[Columns.USER]), *args).table
+               for history, labels in folds[1:]]
+    ranker_history, holdout = folds[0]
     fit = run_fold(settings, ranker_history, holdout, np.unique(holdout[Columns.USER]), *args)
     valid_fold = run_fold(settings, train, valid, np.unique(valid[Columns.USER]), *args, previous=fit.sources)
     history = pd.concat([train, valid], ignore_index=True)
     test_fold = run_fold(settings, history, None, np.unique(users), *args, previous=valid_fold.sources)
     names = feature_columns(fit.table)
-    booster, _ = fit_ranker(settings, fit.table, valid_fold.table, names, seed)
+    booster, _ = fit_ranker(settings, [fit.table, *earlier], valid_fold.table, names, seed)
     scores = predict_scores(booster, test_fold.table, names, settings.threads)
     listed_users, items, _ = ranked_lists(test_fold.table, scores, k)
     out = np.full((len(users), k), -1, dtype=np.int64)

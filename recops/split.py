@@ -158,3 +158,23 @@ def history_and_holdout(train: pd.DataFrame, ranker: RankerConfig, kind: str) ->
     else:
         held = per_user_temporal_labels(train, 0.0, ranker.holdout_fraction) == TEST
     return train[~held].reset_index(drop=True), train[held].reset_index(drop=True)
+
+
+def label_folds(train: pd.DataFrame, ranker: RankerConfig, kind: str) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """The ranker's (history, labels) folds, most recent first: ``history_and_holdout``'s, then, for a
+    ``global_time`` holdout with ``ranker.label_windows`` > 1, earlier label windows of the same length stacked
+    behind it (each with only the interactions before it as history; windows left without history or labels
+    are skipped). More queries for the ranker, each still strictly point-in-time."""
+    history, holdout = history_and_holdout(train, ranker, kind)
+    folds = [(history, holdout)]
+    if kind != "global_time" or ranker.label_windows <= 1 or not len(holdout):
+        return folds
+    ts = train[Columns.TIMESTAMP].to_numpy(dtype=np.float64)
+    start = float(holdout[Columns.TIMESTAMP].min())
+    length = max(float(ts.max()) - start, 1.0)
+    for j in range(1, ranker.label_windows):
+        begin, end = start - j * length, start - (j - 1) * length
+        earlier, labels = ts < begin, (ts >= begin) & (ts < end)
+        if earlier.any() and labels.any():
+            folds.append((train[earlier].reset_index(drop=True), train[labels].reset_index(drop=True)))
+    return folds

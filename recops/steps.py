@@ -9,8 +9,10 @@ Folds. Three (history, target) pairs share the same candidate/feature code:
 - ``fit``: the training period minus its most recent part (history) -> that recent part (ranker labels);
 - ``valid``: the whole training period -> the validation period (early stopping, validation metrics);
 - ``test``: training + validation periods -> the test period (the reported metrics).
+With ``ranker.label_windows`` > 1 (a global-time holdout), ``fit_1``, ``fit_2`` .. are earlier label windows of
+the same length, each with only the interactions before it as history, stacked as more ranker queries.
 Nothing of a fold's target is used to compute that fold's candidates or features, and the ranker is fitted
-on ``fit`` only.
+on the fit folds only (then refitted with valid, see ``train_ranker``).
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def validate(settings: Settings) -> dict[str, float]:
 def split(settings: Settings) -> dict[str, float]:
     """Encode ids densely and split train / valid / test, plus the ranker's history / label holdout."""
     from recops.data import IdIndex
-    from recops.split import history_and_holdout, holdout_kind, split_interactions
+    from recops.split import holdout_kind, label_folds, split_interactions
 
     started = time.perf_counter()
     interactions = read_parquet(settings.path("interactions"))
@@ -151,17 +153,23 @@ def split(settings: Settings) -> dict[str, float]:
     encoded = index.encode(interactions)
     parts = split_interactions(encoded, settings.split)
     kind = holdout_kind(settings.ranker, settings.split, parts)
-    history, holdout = history_and_holdout(parts["train"], settings.ranker, kind)
-    log.info("split: ranker labels from a %s holdout of the training period", kind)
+    folds = label_folds(parts["train"], settings.ranker, kind)
+    log.info("split: ranker labels from a %s holdout of the training period (%d label window%s)", kind,
+             len(folds), "s" if len(folds) > 1 else "")
     out_dir = settings.path("split_dir")
+    for stale in [*out_dir.glob("ranker_history_*.parquet"), *out_dir.glob("ranker_holdout_*.parquet")]:
+        stale.unlink()  # earlier label windows of a previous run with more of them
     users_index, items_index = index.to_frames()
-    outputs = {**parts, "ranker_history": history, "ranker_holdout": holdout,
-               "users_index": users_index, "items_index": items_index}
+    outputs = {**parts, "users_index": users_index, "items_index": items_index}
+    for j, (history, holdout) in enumerate(folds):
+        suffix = f"_{j}" if j else ""
+        outputs[f"ranker_history{suffix}"], outputs[f"ranker_holdout{suffix}"] = history, holdout
     for name, frame in outputs.items():
         write_parquet(frame, out_dir / f"{name}.parquet")
     metrics = {f"split.{name}.rows": float(len(frame)) for name, frame in outputs.items()
                if name not in ("users_index", "items_index")}
-    metrics.update({"split.users": float(index.n_users), "split.items": float(index.n_items)})
+    metrics.update({"split.users": float(index.n_users), "split.items": float(index.n_items),
+                    "split.label_windows": float(len(folds))})
     write_json(metrics, out_dir / "summary.json")
     return _timed("split", metrics, started)
 
@@ -174,11 +182,27 @@ def _index(settings: Settings):
                                read_parquet(split_dir / "items_index.parquet"))
 
 
+def fit_folds(settings: Settings) -> list[str]:
+    """The ranker's label folds written by the split stage, most recent first: ``fit``, then ``fit_1`` ..
+    (``ranker.label_windows`` > 1 with a global-time holdout)."""
+    summary = settings.path("split_dir") / "summary.json"
+    n = int(read_json(summary).get("split.label_windows", 1)) if summary.is_file() else 1
+    return ["fit", *(f"fit_{j}" for j in range(1, n))]
+
+
+def all_folds(settings: Settings) -> list[str]:
+    """Every fold the candidates and features stages build, oldest history first (each fold's history extends
+    the previous one's, so MF can warm-start from it): the earlier label windows, fit, valid, test."""
+    return [*reversed(fit_folds(settings)[1:]), *FOLDS]
+
+
 def _fold_tables(settings: Settings, fold: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(history, target) of a fold, read from the split outputs."""
     split_dir = settings.path("split_dir")
-    if fold == "fit":
-        return read_parquet(split_dir / "ranker_history.parquet"), read_parquet(split_dir / "ranker_holdout.parquet")
+    if fold.startswith("fit"):
+        suffix = fold[len("fit"):]
+        return (read_parquet(split_dir / f"ranker_history{suffix}.parquet"),
+                read_parquet(split_dir / f"ranker_holdout{suffix}.parquet"))
     train = read_parquet(split_dir / "train.parquet")
     if fold == "valid":
         return train, read_parquet(split_dir / "valid.parquet")
@@ -212,12 +236,14 @@ def candidates(settings: Settings) -> dict[str, float]:
     out_dir = settings.path("candidates_dir")
     metrics: dict[str, float] = {}
     previous = None  # the previous fold's sources: its history is part of this fold's (MF warm start)
-    for fold in FOLDS:
+    folds = all_folds(settings)
+    for fold in folds:
         history, target = _fold_tables(settings, fold)
         users = np.unique(target[Columns.USER].to_numpy()).astype(np.int32)
         metrics[f"{fold}.candidates.users_total"] = float(len(users))
+        offset = FOLDS.index(fold) if fold in FOLDS else len(FOLDS) + folds.index(fold)
         users = sample_users(users, settings.evaluation.max_users if fold == "test" else settings.ranker.max_users,
-                             settings.seed + FOLDS.index(fold))
+                             settings.seed + offset)
         target = target[np.isin(target[Columns.USER].to_numpy(), users)]  # recall over the sampled users
         cands, sources, seconds = fold_candidates(settings, history, users, index.n_users, index.n_items,
                                                   previous=previous)
@@ -241,7 +267,7 @@ def candidates(settings: Settings) -> dict[str, float]:
             metrics[f"{fold}.candidates.mf.iterations"] = float(sources["mf"].generator_.iterations_)
         metrics[f"{fold}.candidates.users"] = float(len(users))
         metrics[f"{fold}.candidates.merge_seconds"] = seconds["merge"]
-        if fold != "fit":
+        if fold in ("valid", "test"):
             baselines_started = time.perf_counter()
             user_items = interaction_matrix(history, index.n_users, index.n_items, "binary")
             lists = []
@@ -317,7 +343,7 @@ def features(settings: Settings) -> dict[str, float]:
     metrics: dict[str, float] = {}
     names: list[str] = []
     with _compute_client(settings) as client:
-        for fold in FOLDS:
+        for fold in all_folds(settings):
             history, target = _fold_tables(settings, fold)
             cands = read_parquet(cand_dir / f"{fold}.parquet")
             factors_path = cand_dir / f"{fold}_item_factors.npy"
@@ -353,11 +379,11 @@ def train_ranker(settings: Settings) -> dict[str, float]:
 
     started = time.perf_counter()
     names = _feature_names(settings)
-    fit = read_parquet(settings.path("features_dir") / "fit.parquet")
+    fits = [read_parquet(settings.path("features_dir") / f"{fold}.parquet") for fold in fit_folds(settings)]
     valid = read_parquet(settings.path("features_dir") / "valid.parquet")
     fit_started = time.perf_counter()
     with _compute_client(settings) as client:
-        booster, stopped = fit_ranker(settings, fit, valid, names, client=client)
+        booster, stopped = fit_ranker(settings, fits if len(fits) > 1 else fits[0], valid, names, client=client)
     lightgbm_seconds = time.perf_counter() - fit_started
     model_path = settings.path("ranker_model")
     with _atomic(model_path) as tmp:
@@ -381,7 +407,8 @@ def train_ranker(settings: Settings) -> dict[str, float]:
                                                             num_threads=settings.threads), depth)
     values = ranking_metrics(users, ranked, _truth(target, index.n_users, index.n_items), settings.evaluation.ks)
     metrics = {"ranker.trees": float(trees), "ranker.early_stopping_trees": float(manifest["early_stopping_iteration"]),
-               "ranker.lightgbm_seconds": lightgbm_seconds, "ranker.rows": float(len(fit) + len(valid))}
+               "ranker.lightgbm_seconds": lightgbm_seconds,
+               "ranker.rows": float(sum(map(len, fits)) + len(valid)), "ranker.label_folds": float(len(fits))}
     metrics.update({f"valid.ranker.{name}": value for name, value in values.items()})
     write_json(metrics, settings.path("ranker_metrics"))
     return _timed("train_ranker", metrics, started)

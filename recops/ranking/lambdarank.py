@@ -47,14 +47,31 @@ def _require_signal(groups: np.ndarray) -> None:
                           "(raise candidates.n_candidates or ranker.holdout_fraction)")
 
 
-def train_ranker(train: pd.DataFrame, valid: pd.DataFrame | None, features: list[str], config: RankerConfig,
-                 seed: int, threads: int) -> lgb.Booster:
-    """Fit LambdaRank on labelled candidate rows; ``valid`` (if it has positives) drives early stopping."""
-    train, train_groups = _groups(train, require_positive=True)
+def _stacked(tables: list[pd.DataFrame], weights: list[float] | None = None
+             ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
+    """Labelled folds stacked as queries (a user is one query per fold): rows, group sizes, and per-row weights
+    (one weight per fold, constant within its queries; None when all are 1)."""
+    parts, groups, row_weights = [], [], []
+    for j, table in enumerate(tables):
+        table, table_groups = _groups(table, require_positive=True)
+        parts.append(table)
+        groups.append(table_groups)
+        row_weights.append(np.full(len(table), 1.0 if weights is None else weights[j], dtype=np.float32))
+    group = np.concatenate(groups) if groups else np.array([], dtype=np.int64)
+    stacked = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    weight = np.concatenate(row_weights) if weights is not None and any(w != 1.0 for w in weights) else None
+    return stacked, group, weight
+
+
+def train_ranker(train: pd.DataFrame | list[pd.DataFrame], valid: pd.DataFrame | None, features: list[str],
+                 config: RankerConfig, seed: int, threads: int, weights: list[float] | None = None) -> lgb.Booster:
+    """Fit LambdaRank on labelled candidate rows (or several label folds stacked as queries, weighted by
+    ``weights``); ``valid`` (if it has positives) drives early stopping."""
+    train, train_groups, weight = _stacked(train if isinstance(train, list) else [train], weights)
     _require_signal(train_groups)
     params = _params(config, seed, threads)
     train_set = lgb.Dataset(train[features].to_numpy(np.float32), label=train[Columns.LABEL].to_numpy(),
-                            group=train_groups, feature_name=features, free_raw_data=True)
+                            group=train_groups, weight=weight, feature_name=features, free_raw_data=True)
     valid_sets, callbacks = [], []
     if valid is not None:
         valid, valid_groups = _groups(valid, require_positive=True)
@@ -69,22 +86,16 @@ def train_ranker(train: pd.DataFrame, valid: pd.DataFrame | None, features: list
 
 
 def refit_ranker(tables: list[pd.DataFrame], features: list[str], config: RankerConfig, seed: int, threads: int,
-                 n_trees: int) -> lgb.Booster:
+                 n_trees: int, weights: list[float] | None = None) -> lgb.Booster:
     """Fit ``n_trees`` trees (chosen by early stopping before) on several labelled folds stacked as queries.
 
     Each fold's users are separate queries (a user appears once per fold), so the fold with the most recent labels
     (``valid``) adds training signal without being mixed with the other's history.
     """
-    parts, groups = [], []
-    for table in tables:
-        table, table_groups = _groups(table, require_positive=True)
-        parts.append(table)
-        groups.append(table_groups)
-    group = np.concatenate(groups) if groups else np.array([], dtype=np.int64)
+    stacked, group, weight = _stacked(tables, weights)
     _require_signal(group)
-    stacked = pd.concat(parts, ignore_index=True)
     data = lgb.Dataset(stacked[features].to_numpy(np.float32), label=stacked[Columns.LABEL].to_numpy(),
-                       group=group, feature_name=features, free_raw_data=True)
+                       group=group, weight=weight, feature_name=features, free_raw_data=True)
     booster = lgb.train(_params(config, seed, threads), data, num_boost_round=max(int(n_trees), 1))
     log.info("ranker refit on %d folds: %d trees, %d queries", len(tables), booster.num_trees(), len(group))
     return booster

@@ -92,3 +92,28 @@ def test_global_holdout_is_one_cut_for_everybody_and_auto_follows_the_split():
     span = parts["train"][Columns.TIMESTAMP].max() - parts["train"][Columns.TIMESTAMP].min()
     with pytest.raises(RecopsError, match="label window"):
         history_and_holdout(parts["train"], RankerConfig(label_days=span / 86_400 * 2), "global_time")
+
+
+def test_a_predefined_global_cut_gets_the_same_ranker_labels_as_global_time():
+    # The user's own split column holding one global time cut: same parts, same (stacked) label windows, so the
+    # same candidates, features and ranker as split.method global_time on that cut.
+    from recops.columns import Columns as C
+    from recops.split import global_time_labels, label_folds
+
+    frame = log(n_users=40, per_user=30).reset_index(drop=True)
+    frame[C.TIMESTAMP] = frame[C.TIMESTAMP] * 600  # ~70 days
+    ranker = RankerConfig(label_days=7, label_windows=3)
+    by_time = split_interactions(frame, SplitConfig(method="global_time"))
+    labelled = frame.assign(**{C.SPLIT: global_time_labels(frame, 0.1, 0.1)})
+    predefined = split_interactions(labelled, SplitConfig(method="predefined"))
+    for name in ("train", "valid", "test"):
+        pd.testing.assert_frame_equal(by_time[name], predefined[name])
+    kinds = [holdout_kind(ranker, SplitConfig(method=m), p)
+             for m, p in (("global_time", by_time), ("predefined", predefined))]
+    assert kinds == ["global_time", "global_time"]
+    a, b = (label_folds(p["train"], ranker, "global_time") for p in (by_time, predefined))
+    assert len(a) == len(b) == 3
+    for (h1, l1), (h2, l2) in zip(a, b):
+        pd.testing.assert_frame_equal(h1, h2)
+        pd.testing.assert_frame_equal(l1, l2)
+        assert h1[C.TIMESTAMP].max() < l1[C.TIMESTAMP].min()  # each label window strictly after its history
