@@ -36,8 +36,8 @@ test-unit: install ## Run the fast unit tests only
 tune: install ## Tune sources and ranker on the valid fold (Optuna, budget from params) and write params.yaml
 	$(BIN)/recops tune --write
 
-quality: install ## The quality benchmark: two-stage vs single-stage peers on ML-100k (3 seeds) -> reports/quality.json
-	$(BIN)/python -m benchmarks.quality --seeds 3
+quality: install ## The quality benchmark: two-stage vs single-stage peers on ML-100k, per-user split and rolling timeline (3 seeds) -> reports/quality.json
+	$(BIN)/python -m benchmarks.quality --seeds 3 --protocol headline
 
 # Backends of `make server`: SQLite in the project by default; for PostgreSQL, e.g.
 #   make server MLFLOW_BACKEND=postgresql+psycopg://postgres@127.0.0.1:5432/mlflow \

@@ -1,7 +1,10 @@
 """Recommendation quality of the two-stage pipeline against single-stage peers, one protocol for every model.
 
-    .venv/bin/python -m benchmarks.quality [--seeds 3] [--protocol per_user_temporal|global_time|positive_rating4|all]
-                                           [--out reports/quality.json] [--quick] [--params params.yaml]
+    .venv/bin/python -m benchmarks.quality [--seeds 3] [--out reports/quality.json] [--quick] [--params params.yaml]
+        [--protocol headline|per_user_temporal|global_time|positive_rating4|timeline|all]
+
+``make quality`` runs the headline: ``per_user_temporal`` (the protocol recops' params are tuned on) and
+``timeline`` (the rolling-origin backtest, the protocol a deployment lives in), side by side.
 
 What runs, in one process, for each protocol:
 
@@ -12,7 +15,11 @@ What runs, in one process, for each protocol:
      history at all, and every model then falls back to whatever it scores without one;
    - ``positive_rating4``: only interactions rated 4 or 5 exist (filtered before encoding, so the catalogue is the
      items with at least one positive), then the per-user temporal split. Low-rated items are neither history nor
-     truth, so they can be recommended and count as misses.
+     truth, so they can be recommended and count as misses;
+   - ``timeline``: ``recops.backtest`` with params.yaml's ``backtest`` windows: per window, every model fitted on
+     what precedes the cut (peers tuned, ranker early-stopped on the validation window before it) and judged on
+     the next ``test_days`` of the users seen before the cut; pooled over the windows, with paired bootstrap
+     intervals of recops' lift over every peer.
 2. Peers (``recops.evaluation.peers`` over ``recops.candidates.sources``, the same classes that feed the ranker):
    all-time, recent-window and decayed popularity (as of the fold's cut), item-kNN, EASE, implicit ALS and BPR
    (and LightFM when it imports). Each is tuned on validation only (fit on train, rank every
@@ -55,7 +62,9 @@ from recops.io import write_json
 
 log = logging.getLogger("benchmarks.quality")
 
-PROTOCOLS = ("per_user_temporal", "global_time", "positive_rating4")
+PROTOCOLS = ("per_user_temporal", "global_time", "positive_rating4", "timeline")
+# `make quality`: the protocol recops is tuned on and the one a deployment lives in, side by side
+HEADLINE = ("per_user_temporal", "timeline")
 POSITIVE_RATING = 4
 TOP_K = 20
 LIFT_METRICS = ("ndcg@10", "recall@20")
@@ -271,8 +280,65 @@ def evaluate_recops(function, data: ProtocolData, fold: Fold, seeds: list[int]) 
             "fit_seconds_includes": "fit and recommend, end to end", "defects": summary}
 
 
+def run_timeline(settings, seeds: list[int], quick: bool) -> tuple[dict[str, Any], bool]:
+    """The ``timeline`` protocol: ``recops.backtest`` (params.yaml's ``backtest`` windows, every peer of
+    ``recops.evaluation.peers`` tuned on each validation window, ``len(seeds)`` refits of the stochastic models),
+    pooled over the windows, with the paired bootstrap intervals of the lifts."""
+    from recops.backtest import LIFT_METRICS as TIMELINE_LIFTS, run_backtest, with_overrides
+    from recops.evaluation.peers import PEER_NAMES
+
+    started = time.perf_counter()
+    from recops import steps
+
+    if not all(settings.path(name).is_file() for name in steps.TABLES):
+        steps.ingest(settings)
+    bt = with_overrides(settings, seeds=len(seeds), quick=quick, peers=list(PEER_NAMES))
+    report = run_backtest(bt)
+    lift = {metric: {"best_peer": report["lift"][metric]["best_peer"],
+                     "best_peer_value": report["lift"][metric]["best_peer_value"],
+                     "recops_value": report["lift"][metric]["recops_value"],
+                     "lift_pct": report["lift"][metric]["lift_over_best_pct"],
+                     "meets_target": report["lift"][metric]["meets_target"],
+                     "interval_over": report["lift"][metric]["over"]} for metric in TIMELINE_LIFTS}
+    lift["target_pct"] = LIFT_TARGET_PCT
+    lift["target_met"] = all(lift[m]["meets_target"] for m in TIMELINE_LIFTS)
+    return {"created": report["created"], "quick": quick, "seeds": seeds, "threads": settings.threads,
+            "k": bt.backtest.k, "protocol": report["protocol"], "config": report["config"],
+            "machine": f"{platform.processor() or platform.machine()}, python {platform.python_version()}",
+            "data": report["data"], "windows": report["windows"], "pooled": report["pooled"], "lift": lift,
+            "seconds": time.perf_counter() - started}, True
+
+
+def render_timeline(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    pooled = report["pooled"]["metrics"]
+    metrics = ("ndcg@10", "recall@10", "recall@20", "map@10", "mrr@10", "hitrate@10")
+    best = {m: max(values[m] for values in pooled.values()) for m in metrics}
+    lines = [f"### timeline{' (quick grids)' if report['quick'] else ''}\n",
+             f"{report['protocol']}: {len(report['windows'])} windows of {cfg['test_days']:g} days (validation "
+             f"{cfg['valid_days'] or cfg['test_days']:g} days, step {cfg['step_days'] or cfg['test_days']:g} days); "
+             f"cuts {', '.join(w['cut'][:10] for w in report['windows'])}; {report['pooled']['rows']} (window, "
+             f"user) rows; seeds {report['seeds']}; threads={report['threads']}; {report['machine']}\n",
+             "| model | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    for name, values in pooled.items():
+        lines.append(f"| {name} | " + " | ".join(f"**{values[m]:.4f}**" if values[m] == best[m] else f"{values[m]:.4f}"
+                                                for m in metrics) + " |")
+    parts = []
+    for metric in ("ndcg@10", "recall@20"):
+        lift = report["lift"][metric]
+        recent = lift["interval_over"].get("recent_popularity", {})
+        parts.append(f"{metric}: {lift['lift_pct']:+.1f}% over {lift['best_peer']} ({lift['recops_value']:.4f} vs "
+                     f"{lift['best_peer_value']:.4f}); over recent_popularity {recent.get('lift_pct', math.nan):+.1f}% "
+                     f"(95% CI {recent.get('low_pct', math.nan):+.1f}% to {recent.get('high_pct', math.nan):+.1f}%)")
+    verdict = "met" if report["lift"]["target_met"] else "NOT met"
+    lines.append(f"\nlift of recops over the best peer — {'; '.join(parts)}; ≥{LIFT_TARGET_PCT:.0f}% target {verdict}")
+    return "\n".join(lines) + "\n"
+
+
 def run_protocol(settings, protocol: str, seeds: list[int], quick: bool) -> tuple[dict[str, Any], bool]:
     """Tune, refit and evaluate every model on one protocol; (report, whether recops ran without error)."""
+    if protocol == "timeline":
+        return run_timeline(settings, seeds, quick)
     started = time.perf_counter()
     data = load_protocol(settings, protocol)
     valid_fold = Fold.from_frames(data.train, data.valid, data.n_users, data.n_items)
@@ -351,6 +417,8 @@ def lift_line(lift: dict[str, Any] | None) -> str:
 
 
 def render(protocol: str, report: dict[str, Any]) -> str:
+    if protocol == "timeline":
+        return render_timeline(report)
     data = report["data"]
     head = (f"### {protocol}{' (quick grids)' if report['quick'] else ''}\n\n"
             f"{data['n_users']} users, {data['n_items']} items; {data['test_users']} test users "
@@ -379,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--seeds", type=int, default=3, help="refits of stochastic models (settings.seed + 0..n-1)")
-    parser.add_argument("--protocol", choices=[*PROTOCOLS, "all"], default="per_user_temporal")
+    parser.add_argument("--protocol", choices=[*PROTOCOLS, "headline", "all"], default="headline",
+                        help="headline: per_user_temporal and timeline (the rolling-origin backtest)")
     parser.add_argument("--out", default="reports/quality.json")
     parser.add_argument("--quick", action="store_true", help="2-3 grid points per peer instead of the full grids")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every grid point")
@@ -399,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     settings = load_settings(args.params)
     seeds = [settings.seed + i for i in range(args.seeds)]
-    protocols = list(PROTOCOLS) if args.protocol == "all" else [args.protocol]
+    protocols = {"all": list(PROTOCOLS), "headline": list(HEADLINE)}.get(args.protocol, [args.protocol])
     out = Path(args.out) if Path(args.out).is_absolute() else settings.root / args.out
     reports: dict[str, Any] = {}
     all_ok = True

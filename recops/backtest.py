@@ -163,7 +163,7 @@ def run_window(settings: Settings, data: BacktestData, w: int) -> dict[str, Any]
     """Fit and judge every model on window ``w``: chosen params, metrics, and per-user metric rows (for the
     pooled means and the paired bootstraps; rows in the order of ``users``)."""
     from recops.evaluation.peers import Fold, fit_peer, list_metrics, peers_named, recommend_lists, tune
-    from recops.pipeline import two_stage_recommend
+    from recops.pipeline import two_stage_lists
 
     cfg = settings.backtest
     window = data.windows[w]
@@ -189,20 +189,42 @@ def run_window(settings: Settings, data: BacktestData, w: int) -> dict[str, Any]
             metrics.append(list_metrics(test_fold, users, lists))
         models[peer.name] = _model_result(rows, metrics, fit_s, params=chosen["params"],
                                           valid_ndcg=chosen["valid_ndcg@10"])
-    rows, metrics, fit_s = [], [], 0.0
+    rows, metrics, fit_s, recall = [], [], 0.0, []
     tsettings = timeline_settings(settings)
     for seed in seeds:
         t0 = time.perf_counter()
-        lists = two_stage_recommend(tsettings, parts["train"], parts["valid"], users, data.n_users, data.n_items,
-                                    data.users_attr, data.items_attr, cfg.k, seed)
+        lists, candidates = two_stage_lists(tsettings, parts["train"], parts["valid"], users, data.n_users,
+                                            data.n_items, data.users_attr, data.items_attr, cfg.k, seed)
         fit_s += time.perf_counter() - t0
         rows.append(_per_user(test_fold, users, lists))
         metrics.append(list_metrics(test_fold, users, lists))
+        recall.append(candidate_recalls(candidates, test_fold.truth, settings.candidates))
     models[RECOPS] = _model_result(rows, metrics, fit_s, params="params.yaml")
+    models[RECOPS]["candidate_recall"] = {key: float(np.mean([r[key] for r in recall])) for key in recall[0]}
     log.info("backtest window %d (cut %s, %d users): %s in %.0f s", w, _date(window.cut), len(users),
              ", ".join(f"{name} {m['metrics']['ndcg@10']:.4f}" for name, m in models.items()),
              time.perf_counter() - started)
     return {**data.sizes[w], "users": users.tolist(), "models": models, "seconds": time.perf_counter() - started}
+
+
+def candidate_recalls(candidates: pd.DataFrame, truth, config) -> dict[str, float]:
+    """Recall@n_candidates of the merged candidates and of each source's own top n (the test interactions of the
+    listed users that the candidate stage retrieves): what the ranker can at best put in front."""
+    from recops.evaluation.metrics import candidate_recall
+
+    import scipy.sparse as sp
+
+    n = config.n_candidates
+    users, items = candidates[Columns.USER].to_numpy(), candidates[Columns.ITEM].to_numpy()
+    listed = np.zeros(truth.shape[0])
+    listed[np.unique(users)] = 1.0
+    truth = (sp.diags(listed) @ truth).tocsr()  # the listed (warm) users' test interactions only
+    truth.eliminate_zeros()
+    out = {f"merged@{n}": candidate_recall(users, items, truth)}
+    for name in config.sources:
+        own = candidates[f"{name}_rank"].to_numpy() <= n
+        out[f"{name}@{n}"] = candidate_recall(users[own], items[own], truth)
+    return out
 
 
 def _model_result(rows: list[dict[str, np.ndarray]], metrics: list[dict[str, float]], fit_s: float,
@@ -254,6 +276,8 @@ def summarise(settings: Settings, data: BacktestData, results: list[dict[str, An
                          "recops_value": pooled[RECOPS][metric], "over": per_peer,
                          "lift_over_best_pct": per_peer[best]["lift_pct"],
                          "meets_target": bool(per_peer[best]["lift_pct"] >= LIFT_TARGET_PCT)}
+    recalls = [r["models"][RECOPS].get("candidate_recall", {}) for r in results]
+    candidate_recall = {key: float(np.mean([r[key] for r in recalls])) for key in recalls[0]} if recalls[0] else {}
     windows = [{key: value for key, value in r.items() if key not in ("users", "models")}
                | {"models": {name: {k: v for k, v in m.items() if k != "per_user"}
                              for name, m in r["models"].items()}} for r in results]
@@ -266,6 +290,7 @@ def summarise(settings: Settings, data: BacktestData, results: list[dict[str, An
         "windows": windows,
         "pooled": {"rows": int(len(next(iter(pooled_rows.values()))["ndcg@10"])), "metrics": pooled},
         "lift": lifts,
+        "candidate_recall": candidate_recall,  # mean over windows, merged and per source
         "lift_target_pct": LIFT_TARGET_PCT,
         "recent_popularity_lift": {m: lifts[m]["over"].get("recent_popularity") for m in LIFT_METRICS},
         "seconds": seconds,

@@ -156,6 +156,43 @@ def segments_table(metrics: dict[str, float], metric: str = "ndcg@10") -> Table 
     return table
 
 
+# the backtest's peer names as the pipeline's baselines call them
+_BACKTEST_NAMES = {"recops": "ranker", "als": "mf"}
+
+
+def protocols_table(metrics: dict[str, float], report: dict | None, split_method: str,
+                    names: tuple[str, ...] = ("ndcg@10", "recall@20")) -> Table:
+    """The two-stage list and every single-stage peer on both protocols side by side: the pipeline's own split
+    (``split.method``) and the rolling timeline of ``recops backtest`` (pooled over its windows)."""
+    split_models = _models(metrics, "test")
+    timeline = {_BACKTEST_NAMES.get(name, name): values
+                for name, values in ((report or {}).get("pooled", {}).get("metrics", {})).items()}
+    models = [m for m in split_models if m != "ranker"]
+    models += [m for m in timeline if m not in models and m != "ranker"]
+    models.append("ranker")
+    windows = len((report or {}).get("windows", []))
+    table = Table(title=f"quality on both protocols: test split ({split_method}) | rolling timeline "
+                        f"({windows} windows, pooled; `recops backtest`)", title_justify="left")
+    table.add_column("model")
+    for protocol in ("split", "timeline"):
+        for name in names:
+            table.add_column(f"{protocol} {name}", justify="right")
+    best = {(p, n): max((v.get(n, float("-inf")) for v in source.values()), default=float("nan"))
+            for p, source in (("split", split_models), ("timeline", timeline)) for n in names}
+
+    def cell(source: dict, protocol: str, model: str, name: str) -> str:
+        value = source.get(model, {}).get(name)
+        if value is None:
+            return "-"
+        return f"[bold]{value:.4f}[/]" if value == best[(protocol, name)] else f"{value:.4f}"
+
+    for model in models:
+        table.add_row("two-stage" if model == "ranker" else model,
+                      *[cell(split_models, "split", model, n) for n in names],
+                      *[cell(timeline, "timeline", model, n) for n in names])
+    return table
+
+
 def _print_summary(metrics: dict[str, float]) -> None:
     console.print(metrics_table(metrics, "test"))
     for line in lift_lines(metrics):
@@ -175,9 +212,13 @@ def run(
     params: Params = Path("params.yaml"),
     engine: Annotated[str, typer.Option(help="prefect: the training flow (then dvc commit); dvc: dvc repro.")] = "prefect",
     push: Annotated[bool, typer.Option(help="dvc push the outputs to the default DVC remote after the run.")] = True,
+    backtest: Annotated[bool | None, typer.Option(
+        "--backtest/--no-backtest", help="Then judge the configuration on the rolling timeline too "
+                                         "(default: backtest.with_run).")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Run the whole pipeline (ingest .. register) and print the test metrics."""
+    """Run the whole pipeline (ingest .. register) and print the test metrics; then (backtest.with_run) the
+    rolling-timeline backtest, both protocols side by side."""
     if engine not in ("prefect", "dvc"):
         _exit_on_user_error(RecopsError(f"--engine must be prefect or dvc, not {engine!r}"))
     settings = None
@@ -198,6 +239,19 @@ def run(
     except RecopsError as exc:
         _exit_on_user_error(exc)
     _print_summary(metrics)
+    if backtest if backtest is not None else settings.backtest.with_run:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            from recops import steps
+
+            with threadpool_limits(limits=settings.threads):
+                report = steps.backtest(settings)
+        except RecopsError as exc:  # the model is trained and registered: say why the timeline is missing
+            err_console.print(f"[yellow]timeline backtest skipped:[/] {exc}", highlight=False, soft_wrap=True)
+        else:
+            console.print(protocols_table(metrics, report, settings.split.method))
+            _print_backtest_lifts(report)
     uri = settings.tracking_uri()
     ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
     version = str(registry["model_version"])
@@ -464,7 +518,13 @@ def _print_backtest(report: dict, settings) -> None:
         table.add_row(name, *[f"[bold]{values[m]:.4f}[/]" if values[m] == best[m] else f"{values[m]:.4f}"
                               for m in metrics])
     console.print(table)
-    level = f"{100 * cfg['confidence']:.0f}%"
+    _print_backtest_lifts(report)
+    run = f", MLflow run {report['mlflow_run_id']}" if report.get("mlflow_run_id") else ""
+    console.print(f"reports: {settings.path('backtest_report')}, {settings.path('backtest_html')}{run}")
+
+
+def _print_backtest_lifts(report: dict) -> None:
+    level = f"{100 * report['config']['confidence']:.0f}%"
     for metric, lift in report["lift"].items():
         line = (f"{metric}: recops {lift['recops_value']:.4f} vs best peer {lift['best_peer']} "
                 f"{lift['best_peer_value']:.4f} ({lift['lift_over_best_pct']:+.1f}%)")
@@ -472,9 +532,7 @@ def _print_backtest(report: dict, settings) -> None:
         if recent:
             line += (f"; over recent popularity {recent['lift_pct']:+.1f}% ({level} CI {recent['low_pct']:+.1f}% "
                      f"to {recent['high_pct']:+.1f}%)")
-        console.print(line, highlight=False)
-    run = f", MLflow run {report['mlflow_run_id']}" if report.get("mlflow_run_id") else ""
-    console.print(f"reports: {settings.path('backtest_report')}, {settings.path('backtest_html')}{run}")
+        console.print(f"  timeline {line}", highlight=False)
 
 
 @app.command("batch-score")

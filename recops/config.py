@@ -268,6 +268,7 @@ class BacktestConfig(Strict):
     bootstrap_resamples: int = Field(2000, ge=100)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     log_to_mlflow: bool = True                     # a parent run with one nested run per window
+    with_run: bool = True                          # `recops run` ends with a backtest (both protocols reported)
 
     @property
     def valid(self) -> float:

@@ -147,6 +147,14 @@ def two_stage_recommend(settings: Settings, train: pd.DataFrame, valid: pd.DataF
     """Top-k lists (``len(users) x k`` item indices, -1 padded, in ``users`` order) of the full pipeline fitted on
     ``train`` (ranker labels from its holdout, early stopping on ``valid``) and applied with train + valid as
     history — what the DVC / Prefect pipeline computes for the test fold, in memory."""
+    return two_stage_lists(settings, train, valid, users, n_users, n_items, users_attr, items_attr, k, seed)[0]
+
+
+def two_stage_lists(settings: Settings, train: pd.DataFrame, valid: pd.DataFrame, users: np.ndarray,
+                    n_users: int, n_items: int, users_attr: Attributes, items_attr: Attributes, k: int,
+                    seed: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """``two_stage_recommend``'s lists and the merged candidate table they were ranked from (every source's
+    score and rank per (user, item): per-source candidate recall)."""
     from recops.ranking import predict_scores
     from recops.split import holdout_kind, label_folds
 
@@ -169,4 +177,4 @@ def two_stage_recommend(settings: Settings, train: pd.DataFrame, valid: pd.DataF
     position = pd.Index(listed_users).get_indexer(np.asarray(users))
     found = position >= 0
     out[found] = items[position[found]]
-    return out
+    return out, test_fold.candidates

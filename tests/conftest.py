@@ -31,6 +31,9 @@ def make_workspace(target: Path) -> Path:
         dest = target / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT / rel, dest)
+    # `recops run` ends with the timeline backtest (backtest.with_run); test workspaces leave it out to keep the
+    # suite's time, and the tests of both protocols turn it on (test_pipeline, test_backtest)
+    set_params(target, backtest={"with_run": False})
     git = ["git", "-c", "user.name=recops-tests", "-c", "user.email=tests@recops.invalid"]
     subprocess.run([*git, "init", "-q"], cwd=target, check=True)
     subprocess.run([*git, "add", "-A"], cwd=target, check=True)

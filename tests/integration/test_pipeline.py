@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def trained(fresh_workspace):
     ws = fresh_workspace("pipeline")
+    set_params(ws, backtest={"with_run": True, "quick": True, "windows": 2})
     proc = run_cli(ws, "run")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return ws, proc
@@ -53,10 +54,25 @@ def test_run_prints_the_metrics_table(trained):
 BASELINES = ("popularity", "mf", "ease", "itemknn")
 
 
+def test_run_reports_both_protocols_with_time_aware_popularity(trained):
+    ws, proc = trained
+    assert "quality on both protocols" in proc.stdout and "timeline ndcg@10" in proc.stdout
+    assert "over recent popularity" in proc.stdout
+    report = json.loads((ws / "reports" / "backtest.json").read_text())
+    assert len(report["windows"]) == 2
+    pooled = report["pooled"]["metrics"]
+    assert {"recops", "recent_popularity", "decayed_popularity", "popularity"} <= set(pooled)
+    for model, values in pooled.items():
+        assert 0 < values["ndcg@10"] <= 1, model
+    m = metrics(ws)
+    for model in ("recent_popularity", "decayed_popularity"):  # the time-aware peers, on the per-user split too
+        assert 0 < m[f"test.{model}.ndcg@10"] < m["test.ranker.ndcg@10"]
+
+
 def test_two_stage_beats_every_single_stage_model(trained):
     m = metrics(trained[0])
     for name in ("ndcg@10", "recall@20"):
-        for model in BASELINES:
+        for model in (*BASELINES, "recent_popularity", "decayed_popularity"):
             assert m[f"test.ranker.{name}"] > m[f"test.{model}.{name}"], (name, model)
     # and in every user-activity segment on NDCG@10, against MF and popularity at least
     for segment in ("light", "medium", "heavy"):
