@@ -1,6 +1,6 @@
 """The scheduled deployments of recops, defined in code from params.yaml, served by one process.
 
-``recops deploy`` (``make deploy``) registers four deployments with the Prefect API (PREFECT_API_URL: the server
+``recops deploy`` (``make deploy``) registers five deployments with the Prefect API (PREFECT_API_URL: the server
 ``make server`` starts, or Prefect's ephemeral one) and executes their runs in this process until interrupted —
 Prefect's ``serve``, which needs no work pool and runs the flows from this checkout:
 
@@ -10,6 +10,7 @@ Prefect's ``serve``, which needs no work pool and runs the flows from this check
 | ``evaluate-and-promote`` | recops-evaluate-and-promote | ``promotion_cron`` |
 | ``batch-score`` | recops-batch-score | every ``batch_interval_minutes`` |
 | ``ingest-snapshot`` | recops-ingest-snapshot | none: triggered with a snapshot path |
+| ``backtest`` | recops-backtest | ``backtest_cron``: the configuration judged on the rolling timeline |
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from datetime import timedelta
 
 from recops.config import Settings
 
-DEPLOYMENT_NAMES = ("training", "evaluate-and-promote", "batch-score", "ingest-snapshot")
+DEPLOYMENT_NAMES = ("training", "evaluate-and-promote", "batch-score", "ingest-snapshot", "backtest")
 
 
 def build_deployments(settings: Settings, params_path: str) -> list:
     from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
+    from flows.backtest import backtest_flow_for
     from flows.lifecycle import batch_score_flow, evaluate_and_promote_flow, ingest_snapshot_flow
     from flows.training import training_flow_for
 
@@ -46,6 +48,10 @@ def build_deployments(settings: Settings, params_path: str) -> list:
         ingest_snapshot_flow.to_deployment(
             name="ingest-snapshot", parameters={"params_path": params_path}, tags=tags,
             description="a new interaction snapshot -> validate -> training -> evaluate-and-promote"),
+        backtest_flow_for(params_path).to_deployment(
+            name="backtest", schedule=CronSchedule(cron=cfg.backtest_cron, timezone=cfg.timezone),
+            parameters={"params_path": params_path}, tags=tags,
+            description="rolling-origin backtest of the configuration: recops vs every peer on the timeline"),
     ]
 
 

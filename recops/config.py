@@ -320,6 +320,7 @@ class DeploymentsConfig(Strict):
     # Schedules of the Prefect deployments served by `recops deploy` (cron in the server's time zone, UTC)
     training_cron: str = "0 3 * * *"
     promotion_cron: str = "0 5 * * *"
+    backtest_cron: str = "0 4 * * 0"
     batch_interval_minutes: float = Field(60.0, gt=0)
     batch_k: int = Field(100, ge=1)
     timezone: str = "UTC"
