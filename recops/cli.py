@@ -524,6 +524,10 @@ def _print_backtest(report: dict, settings) -> None:
 
 
 def _print_backtest_lifts(report: dict) -> None:
+    recall = report.get("candidate_recall") or {}
+    if recall:
+        console.print("  timeline candidate recall (mean over windows): " + ", ".join(
+            f"{name} {value:.3f}" for name, value in recall.items()), highlight=False)
     level = f"{100 * report['config']['confidence']:.0f}%"
     for metric, lift in report["lift"].items():
         line = (f"{metric}: recops {lift['recops_value']:.4f} vs best peer {lift['best_peer']} "

@@ -64,6 +64,8 @@ def write_html_report(report: Mapping[str, Any], path: Path) -> Path:
         _pooled_section(report, models),
         "<h2>Lift of recops over each peer</h2>",
         _lift_section(report, config),
+        "<h2>Candidate recall</h2>",
+        _recall_section(report),
         "<h2>Metrics per window</h2>",
     ]
     for metric, label in _PLOTTED:
@@ -149,6 +151,16 @@ def _pooled_section(report: Mapping[str, Any], models: Sequence[str]) -> str:
     values = {name: metrics.get(name) or {} for name in names}
     table = _best_table(("model",), _POOLED_COLUMNS, [(name, (), values[name]) for name in names])
     return f"<p>Mean over all (window, warm test user) rows; the best value of each column in bold.</p>{table}"
+
+
+def _recall_section(report: Mapping[str, Any]) -> str:
+    recall = report.get("candidate_recall") or {}
+    if not recall:
+        return "<p>No candidate recall in the report.</p>"
+    rows = [(name, value) for name, value in recall.items()]
+    return ("<p>Share of the warm test users' test interactions among the two-stage list's candidates (merged) "
+            "and among each source's own top n, mean over the windows: what the ranker can at best bring to the "
+            "front.</p>" + _table(("candidates", "recall"), rows))
 
 
 def _lift_section(report: Mapping[str, Any], config: Mapping[str, Any]) -> str:
