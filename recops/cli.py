@@ -173,7 +173,7 @@ def protocols_table(metrics: dict[str, float], report: dict | None, split_method
     windows = len((report or {}).get("windows", []))
     table = Table(title=f"quality on both protocols: test split ({split_method}) | rolling timeline "
                         f"({windows} windows, pooled; `recops backtest`)", title_justify="left")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     for protocol in ("split", "timeline"):
         for name in names:
             table.add_column(f"{protocol} {name}", justify="right")
@@ -331,6 +331,11 @@ def metrics(params: Params = Path("params.yaml"),
         _exit_on_user_error(exc)
     if split == "test":
         _print_summary(values)
+        backtest = settings.path("backtest_report")
+        if backtest.is_file():  # the timeline of the last `recops backtest` (or `recops run`), side by side
+            report = json.loads(backtest.read_text(encoding="utf-8"))
+            console.print(protocols_table(values, report, settings.split.method))
+            _print_backtest_lifts(report)
     else:
         console.print(metrics_table(values, split))
 
