@@ -33,7 +33,10 @@ def make_workspace(target: Path) -> Path:
         shutil.copy2(PROJECT / rel, dest)
     # `recops run` ends with the timeline backtest (backtest.with_run); test workspaces leave it out to keep the
     # suite's time, and the tests of both protocols turn it on (test_pipeline, test_backtest)
-    set_params(target, backtest={"with_run": False})
+    params = target / "params.yaml"  # a text edit: the workspace's params.yaml keeps its comments
+    text = params.read_text()
+    assert text.count("\n  with_run: true") == 1, "params.yaml: backtest.with_run not found"
+    params.write_text(text.replace("\n  with_run: true", "\n  with_run: false"))
     git = ["git", "-c", "user.name=recops-tests", "-c", "user.email=tests@recops.invalid"]
     subprocess.run([*git, "init", "-q"], cwd=target, check=True)
     subprocess.run([*git, "add", "-A"], cwd=target, check=True)

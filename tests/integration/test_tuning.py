@@ -25,7 +25,8 @@ def test_every_search_ran_and_started_from_the_current_params(tuned):
     ws, before, proc = tuned
     report = json.loads((ws / "reports" / "tuning.json").read_text())
     old = yaml.safe_load(before)
-    assert set(report["sources"]) == {"mf", "ease", "itemknn"}
+    # tuning.sources that are among candidates.sources (the time-aware ones too)
+    assert set(report["sources"]) == {"mf", "ease", "itemknn", "recent_popularity"}
     for name, result in report["sources"].items():
         first = result["trials"][0]
         assert all(old["candidates"][key] == pytest.approx(value) for key, value in first["params"].items())
