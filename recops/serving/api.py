@@ -11,7 +11,12 @@ Endpoints:
   1000): appended to the durable event log (JSON lines, flushed and fsynced before the answer, in
   ``serving.event_log_dir``) and applied to the served model at once (history overlay, MF fold-in), so the next
   GET reflects it. An event for a user the version does not know is logged (the next snapshot trains on it) and
-  reported as not applied; an unknown item is refused (404).
+  reported as not applied; an unknown item is refused (404). Every event is validated before anything is logged
+  or acknowledged, so nothing unreadable reaches the durable log: ``application/json`` only (415), the body read
+  in chunks and cut at ``serving.max_body_bytes`` even without Content-Length (413), no NaN / Infinity, integer
+  literals of more than 20 digits or nesting too deep to parse (400), ids text by the GET path's rule or integers
+  within int64 (a JSON ``true`` is not user 1), timestamps finite and at most a day ahead of the server's clock
+  (422, naming the field).
 - ``GET /health`` (the process answers), ``GET /ready`` (a model is loaded and verified: 503 until then, with
   details, including the last failed reload), ``GET /metrics`` (Prometheus text), ``/docs`` (OpenAPI).
 - ``POST /admin/reload``: look at the registry now. Admin endpoints exist only when the environment variable
@@ -40,7 +45,8 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, ValidationError,
+                      field_validator)
 
 from recops.config import Settings
 from recops.errors import RecopsError
@@ -55,13 +61,30 @@ MAX_REPLAY_EVENTS = 1_000_000  # live events kept in memory to replay onto a hot
 ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"  # any printable text up to 256 characters
 
 
-class Event(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+INT64 = 2**63 - 1
+# An event id: text by the same rule as the GET path (printable, 1-256 characters) or an integer within int64
+# (what the training data's ids are read as). Strict: a JSON true is not user 1, a 1.5 is not an id.
+EventId = (Annotated[StrictStr, StringConstraints(pattern=ID_PATTERN)]
+           | Annotated[StrictInt, Field(ge=-INT64 - 1, le=INT64)])
+MAX_FUTURE_S = 86_400.0  # a client clock may run ahead a little; an event a day in the future is an error
+MAX_JSON_DIGITS = 20     # longer integer literals are refused before Python parses them (int64 has 19 digits)
 
-    user_id: str | int = Field(description="the user's original id")
-    item_id: str | int = Field(description="the item's original id")
-    timestamp: float | None = Field(None, ge=0, description="unix seconds; default: when received")
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    user_id: EventId = Field(description="the user's original id (text, or an integer within int64)")
+    item_id: EventId = Field(description="the item's original id (text, or an integer within int64)")
+    timestamp: float | None = Field(None, ge=0, description="unix seconds, finite, at most a day ahead of the "
+                                                              "server's clock; default: when received")
     weight: float = Field(1.0, gt=0, le=1e6, description="interaction strength (for rating/weight confidence)")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _not_in_the_future(cls, value: float | None) -> float | None:
+        if value is not None and value > time.time() + MAX_FUTURE_S:
+            raise ValueError(f"timestamp {value:.0f} is more than {MAX_FUTURE_S:.0f} s ahead of the server's clock")
+        return value
 
 
 class EventBatch(BaseModel):
@@ -214,6 +237,47 @@ class EventLog:
         return path
 
 
+async def bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, read chunk by chunk and refused (413) as soon as it passes ``limit`` bytes — a chunked
+    body without Content-Length never sits in memory whole."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, detail=f"request body larger than serving.max_body_bytes = {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _field(loc: tuple) -> str:
+    """``events.0.user_id`` from a validation error's location, without pydantic's union-member tags."""
+    return ".".join(str(p) for p in loc if isinstance(p, int) or not str(p).startswith(("constrained-", "function-"))) \
+        or "body"
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def parse_event_json(body: bytes) -> Any:
+    """The JSON of an events body, or a 400 naming what is wrong: not UTF-8 JSON, NaN / Infinity (not JSON,
+    although Python's parser takes them), integers longer than any id or timestamp, nesting too deep."""
+    try:
+        return json.loads(body, parse_constant=_no_constant, parse_int=_bounded_int)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, detail=f"the body is not JSON: {exc}") from None
+    except ValueError as exc:
+        raise HTTPException(400, detail=f"the body is not acceptable JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPException(400, detail="the body is not acceptable JSON: nested too deeply") from None
+
+
 def create_app(settings: Settings, version: str = "champion", bundle_dir: Path | None = None,
                load: bool = True) -> FastAPI:
     """The API. ``load=False`` defers the first load to the app's startup (``recops serve``); tests load now."""
@@ -249,7 +313,12 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
             response = JSONResponse({"detail": f"request body larger than serving.max_body_bytes = "
                                                f"{cfg.max_body_bytes} bytes"}, status_code=413)
         else:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception:  # a server error: counted like any answer, then Starlette's 500
+                route = request.scope.get("route")
+                requests_total.labels(getattr(route, "path", "unmatched"), "500").inc()
+                raise
         route = request.scope.get("route")
         endpoint = getattr(route, "path", "unmatched")
         requests_total.labels(endpoint, str(response.status_code)).inc()
@@ -303,20 +372,16 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                   "anyOf": [Event.model_json_schema(), EventBatch.model_json_schema()]}}}}})
     async def events(request: Request) -> dict[str, Any]:
-        body = await request.body()
-        if len(body) > cfg.max_body_bytes:
-            raise HTTPException(413, detail=f"request body larger than serving.max_body_bytes = "
-                                            f"{cfg.max_body_bytes} bytes")
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPException(400, detail=f"the body is not JSON: {exc}") from None
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise HTTPException(415, detail=f"POST /events takes application/json, not {media_type or 'no type'!r}")
+        body = await bounded_body(request, cfg.max_body_bytes)
+        payload = parse_event_json(body)
         try:
             batch = (EventBatch.model_validate(payload) if isinstance(payload, dict) and "events" in payload
                      else EventBatch(events=[Event.model_validate(payload)]))
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-                                 for e in exc.errors(include_url=False))
+            problems = "; ".join(dict.fromkeys(f"{_field(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)))
             raise HTTPException(422, detail=f"invalid event: {problems}") from None
         model = served()
         records = []

@@ -308,13 +308,64 @@ def test_any_event_body_is_answered_without_a_server_error(app_client, body):
     assert response.status_code == 202 or response.json()["detail"]
 
 
+JSON = {"content-type": "application/json"}
+
+
 def test_oversized_and_malformed_requests_get_clear_4xx(app_client):
-    big = app_client.post("/events", content=b"{" + b" " * 70_000 + b"}")
+    big = app_client.post("/events", content=b"{" + b" " * 70_000 + b"}", headers=JSON)
     assert big.status_code == 413 and "max_body_bytes" in big.json()["detail"]
-    assert app_client.post("/events", content=b"\xff\xfe").status_code == 400
-    assert "not JSON" in app_client.post("/events", content=b"{nope").json()["detail"]
+    assert app_client.post("/events", content=b"\xff\xfe", headers=JSON).status_code == 400
+    assert "not JSON" in app_client.post("/events", content=b"{nope", headers=JSON).json()["detail"]
     too_many = app_client.get("/recommendations/1", params={"k": 5000})
     assert too_many.status_code == 422
     assert app_client.post("/admin/reload").status_code in (404, 405)  # admin is off without a token here
     assert app_client.get("/docs").status_code == 200 and "/recommendations/{user_id}" in app_client.get(
         "/openapi.json").json()["paths"]
+
+
+def event_log_lines(project) -> int:
+    _, settings = project
+    folder = settings.root / settings.serving.event_log_dir
+    return sum(len(path.read_text().splitlines()) for path in folder.glob("events-*.jsonl"))
+
+
+POISON = {  # what used to be logged and then broke every snapshot (issue 14)
+    "infinite timestamp": (b'{"user_id": "1", "item_id": "1", "timestamp": Infinity}', 400, "Infinity"),
+    "overflowing timestamp": (b'{"user_id": "1", "item_id": "1", "timestamp": 1e999}', 422, "timestamp"),
+    "far-future timestamp": (b'{"user_id": "1", "item_id": "1", "timestamp": 1e12}', 422, "timestamp"),
+    "largest float timestamp": (b'{"user_id": "1", "item_id": "1", "timestamp": 1e308}', 422, "timestamp"),
+    "id beyond int64": (b'{"user_id": 18446744073709551616, "item_id": "1"}', 422, "user_id"),
+    "2**70 id": (b'{"user_id": 1180591620717411303424, "item_id": "1"}', 400, "22 digits"),
+    "5000-digit id": (b'{"user_id": ' + b"9" * 5000 + b', "item_id": "1"}', 400, "digits"),
+    "boolean id": (b'{"user_id": true, "item_id": "1"}', 422, "user_id"),
+    "control characters": (b'{"user_id": "a\\u0001b", "item_id": "1"}', 422, "user_id"),
+    "10,000-character id": (b'{"user_id": "' + b"x" * 10_000 + b'", "item_id": "1"}', 422, "user_id"),
+    "deep nesting": (b"[" * 2000 + b"]" * 2000, 400, "nested"),
+    "batch with one bad event": (b'{"events": [{"user_id": "1", "item_id": "1"}, {"user_id": "1", "item_id": "1", '
+                                 b'"timestamp": NaN}]}', 400, "NaN"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POISON))
+def test_poisoned_events_are_refused_naming_the_problem_and_never_logged(app_client, project, case):
+    body, status, named = POISON[case]
+    before = event_log_lines(project)
+    response = app_client.post("/events", content=body, headers=JSON)
+    assert response.status_code == status, response.text
+    assert named in response.json()["detail"]
+    assert event_log_lines(project) == before
+
+
+def test_events_must_be_json_and_a_chunked_body_is_cut_at_the_limit(app_client, project):
+    before = event_log_lines(project)
+    plain = app_client.post("/events", content=b'{"user_id": "1", "item_id": "1"}',
+                            headers={"content-type": "text/plain"})
+    assert plain.status_code == 415 and "application/json" in plain.json()["detail"]
+
+    def chunks():  # no Content-Length (chunked): the limit is enforced while reading the stream
+        for _ in range(200):
+            yield b" " * 4096
+
+    chunked = app_client.post("/events", content=chunks(), headers=JSON)
+    assert chunked.status_code == 413 and "max_body_bytes" in chunked.json()["detail"]
+    assert event_log_lines(project) == before
