@@ -5,7 +5,9 @@ object per line: ``user_id``, ``item_id``, ``timestamp`` in unix seconds, ``weig
 answers. The ``ingest-snapshot`` flow appends those events to the incoming snapshot (:func:`with_events`), in
 the interaction log's own column names and formats, drops the rows the snapshot already holds (an upstream log
 may contain the same events), and once the snapshot is validated moves the files it consumed to
-``<event_log_dir>/ingested/`` (:func:`mark_ingested`). A snapshot that fails validation consumes nothing.
+``<event_log_dir>/ingested/`` (:func:`mark_ingested`). A snapshot that fails validation consumes nothing. Lines
+the reader cannot use (not JSON, or an event the API would refuse: see :func:`event_problem`) are quarantined in
+``<event_log_dir>/rejected/`` with their file, line and reason, and the snapshot goes on without them.
 
 Mapping: ``user_id`` / ``item_id`` to the configured user / item columns (as integers when ``data.id_type`` is
 integer), ``timestamp`` to the timestamp column in ``data.timestamp_unit``, and ``weight`` to the weight column
@@ -16,15 +18,26 @@ columns stay empty: if the validation suite requires them, the snapshot fails an
 from __future__ import annotations
 
 import json
+import logging
+import math
+import os
 import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from recops.config import Settings
-from recops.errors import RecopsError
+
+log = logging.getLogger(__name__)
 
 INGESTED = "ingested"
+REJECTED = "rejected"
+FIELDS = ("user_id", "item_id", "timestamp", "weight")
+INT64 = 2**63 - 1
+MAX_FUTURE_S = 86_400.0
+MAX_ID_CHARS = 256
 
 
 def event_files(settings: Settings) -> list[Path]:
@@ -32,19 +45,93 @@ def event_files(settings: Settings) -> list[Path]:
     return sorted(folder.glob("events-*.jsonl")) if folder.is_dir() else []
 
 
-def read_events(files: list[Path]) -> pd.DataFrame:
-    """The events of ``files`` as one frame (columns user_id, item_id, timestamp, weight)."""
-    rows = []
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _id_problem(value: Any, id_type: str) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return f"is {type(value).__name__}, not text or an integer"
+    if isinstance(value, int):
+        return None if -INT64 - 1 <= value <= INT64 else "is an integer beyond int64"
+    if not 0 < len(value) <= MAX_ID_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return f"is not 1-{MAX_ID_CHARS} printable characters"
+    if id_type == "integer":
+        try:
+            number = int(value)
+        except ValueError:
+            return f"{value[:40]!r} is not an integer (data.id_type: integer)"
+        return None if -INT64 - 1 <= number <= INT64 else "is an integer beyond int64"
+    return None
+
+
+def event_problem(record: Any, id_type: str, now: float) -> str | None:
+    """Why a parsed event-log record cannot become an interaction (None: it can): the API's rules — ids as text
+    or int64 (integers when ``data.id_type`` is integer), a finite timestamp >= 0 at most a day after ``now``, a
+    finite positive weight."""
+    if not isinstance(record, dict):
+        return f"is a JSON {type(record).__name__}, not an object"
+    missing = [name for name in ("user_id", "item_id") if name not in record]
+    if missing:
+        return f"has no {', '.join(missing)}"
+    for name in ("user_id", "item_id"):
+        problem = _id_problem(record[name], id_type)
+        if problem:
+            return f"{name} {problem}"
+    for name, default in (("timestamp", None), ("weight", 1.0)):
+        value = record.get(name, default)
+        if value is None and name == "timestamp":
+            return "has no timestamp"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{name} {value!r:.40} is not a finite number"
+    if not 0 <= record["timestamp"] <= now + MAX_FUTURE_S:
+        return f"timestamp {record['timestamp']:.6g} is negative or more than a day after the snapshot"
+    if not record.get("weight", 1.0) > 0:
+        return f"weight {record['weight']!r} is not positive"
+    return None
+
+
+def read_events(files: list[Path], id_type: str = "string", now: float | None = None
+                ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """(the usable events of ``files`` as one frame with columns user_id, item_id, timestamp, weight; the
+    rejected lines as ``{"file", "line", "reason", "text"}``). A line that is not JSON, or an event the API
+    would have refused (``event_problem``: a log written by an older server, or edited by hand), is set aside
+    with its reason instead of failing the whole snapshot."""
+    now = time.time() if now is None else now
+    rows, rejected = [], []
     for path in files:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise RecopsError(f"{path}:{number} is not a JSON event ({exc}): fix or remove the line") from None
-    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "weight"])
-    return frame
+                record = json.loads(line, parse_constant=_no_constant)
+                problem = event_problem(record, id_type, now)
+            except (ValueError, RecursionError) as exc:
+                record, problem = None, f"is not a JSON event ({type(exc).__name__}: {str(exc)[:200]})"
+            if problem:
+                rejected.append({"file": str(path), "line": number, "reason": problem, "text": line[:10_000]})
+            else:
+                rows.append({name: record.get(name, 1.0 if name == "weight" else None) for name in FIELDS})
+    return pd.DataFrame(rows, columns=list(FIELDS)), rejected
+
+
+def quarantine(settings: Settings, rejected: list[dict[str, Any]]) -> Path | None:
+    """Append rejected event lines (with file, line and reason) to ``<event_log_dir>/rejected/`` — kept for
+    inspection, never read back into a snapshot."""
+    if not rejected:
+        return None
+    folder = settings.root / settings.serving.event_log_dir / REJECTED
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rejected-{time.strftime('%Y%m%d', time.gmtime())}.jsonl"
+    with path.open("a", encoding="utf-8") as handle:
+        for entry in rejected:
+            handle.write(json.dumps(entry, ensure_ascii=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    for entry in rejected[:5]:
+        log.warning("event log %s:%d set aside: %s", entry["file"], entry["line"], entry["reason"])
+    log.warning("%d event log line(s) set aside in %s", len(rejected), path)
+    return path
 
 
 def as_interactions(events: pd.DataFrame, settings: Settings, columns: list[str]) -> pd.DataFrame:
@@ -74,7 +161,8 @@ def with_events(snapshot: pd.DataFrame, settings: Settings) -> tuple[pd.DataFram
     files = event_files(settings)
     if not files:
         return snapshot, [], 0
-    events = read_events(files)
+    events, rejected = read_events(files, settings.data.id_type)
+    quarantine(settings, rejected)
     if events.empty:
         return snapshot, files, 0
     added = as_interactions(events, settings, list(snapshot.columns))

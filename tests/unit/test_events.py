@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from recops.config import Settings
 from recops.data.events import INGESTED, event_files, mark_ingested, stage_snapshot, with_events
-from recops.errors import RecopsError
 
 
 def project(tmp_path: Path, **data) -> Settings:
@@ -74,9 +72,33 @@ def test_without_events_the_snapshot_is_copied_as_is(tmp_path):
     assert staging.read_bytes() == source.read_bytes()
 
 
-def test_a_broken_log_line_is_named(tmp_path):
+POISONED = [  # what servers before the validation of issue 14 logged, and what broke every snapshot after it
+    "{broken",
+    '{"user_id": "6", "item_id": "60", "timestamp": Infinity, "weight": 1}',
+    '{"user_id": "6", "item_id": "60", "timestamp": 1e308, "weight": 1}',
+    '{"user_id": "6", "item_id": "60", "timestamp": 1000000000000, "weight": 1}',
+    '{"user_id": 1180591620717411303424, "item_id": "60", "timestamp": 6000, "weight": 1}',
+    '{"user_id": true, "item_id": "60", "timestamp": 6000, "weight": 1}',
+    '{"user_id": "u-6", "item_id": "60", "timestamp": 6000, "weight": 1}',
+    '{"user_id": "6", "item_id": "60", "timestamp": 6000, "weight": NaN}',
+    '{"user_id": "6", "item_id": "60", "timestamp": 6000, "weight": -1}',
+    '[1, 2]',
+    '{"item_id": "60", "timestamp": 6000}',
+]
+
+
+def test_a_poisoned_log_is_quarantined_line_by_line_and_the_snapshot_goes_on(tmp_path):
     settings = project(tmp_path)
     path = log_events(settings, [{"user_id": "5", "item_id": "50", "timestamp": 5000, "weight": 3}])
-    path.write_text(path.read_text() + "{broken\n")
-    with pytest.raises(RecopsError, match=f"{path.name}:2"):
-        with_events(SNAPSHOT, settings)
+    path.write_text(path.read_text() + "\n".join(POISONED) + "\n")
+    combined, files, added = with_events(SNAPSHOT, settings)
+    assert added == 1 and combined["uid"].tolist() == [1, 2, 5] and files == [path]
+    assert combined["ts"].dtype.kind in "iu" or str(combined["ts"].dtype) == "Int64"
+    rejected = [json.loads(line) for folder in [settings.root / settings.serving.event_log_dir / "rejected"]
+                for f in folder.glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert [entry["line"] for entry in rejected] == list(range(2, 2 + len(POISONED)))
+    assert all(entry["file"] == str(path) and entry["reason"] for entry in rejected)
+    reasons = " | ".join(entry["reason"] for entry in rejected)
+    for fragment in ("weight -1 is not positive", "not a JSON event", "Infinity", "more than a day", "int64", "user_id is bool",
+                     "not an integer", "NaN", "not an object", "has no user_id"):
+        assert fragment in reasons, fragment
