@@ -38,7 +38,11 @@ def _settings(params: Path, quiet: bool):
 
 
 def _exit_on_user_error(exc: RecopsError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    from recops.redaction import redact
+
+    err_console.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 

@@ -416,8 +416,10 @@ class Settings(Strict):
         return self.registry.tracking_uri or f"sqlite:///{self.path('mlflow_db')}"
 
     def flat(self) -> dict[str, Any]:
-        """``{"candidates.factors": 64, ...}`` for experiment tracking."""
-        return flatten(self.model_dump(mode="json", exclude={"root"}))
+        """``{"candidates.factors": 64, ...}`` for experiment tracking (URI passwords masked)."""
+        from recops.redaction import redacted
+
+        return redacted(flatten(self.model_dump(mode="json", exclude={"root"})))
 
     def params_hash(self) -> str:
         payload = json.dumps(self.model_dump(mode="json", exclude={"root", "paths"}), sort_keys=True)

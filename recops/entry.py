@@ -34,13 +34,18 @@ def prepare_environment(project_root: Path | None = None) -> None:
 
 
 def configure_logging(level: int = logging.INFO) -> None:
+    from recops.redaction import install_log_redaction
+
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    install_log_redaction()  # URI passwords never reach a log line
     for noisy in ("alembic", "mlflow", "urllib3", "great_expectations", "numexpr", "matplotlib", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def fail(message: str, prefix: str = "recops") -> None:
-    print(f"{prefix}: error: {message}", file=sys.stderr)
+    from recops.redaction import redact
+
+    print(f"{prefix}: error: {redact(message)}", file=sys.stderr)
     raise SystemExit(1)
 
 

@@ -604,8 +604,10 @@ def register(settings: Settings) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="recops-register-") as tmp:
         # the full configuration of this version, so it can be rebuilt on another data snapshot (A/B evaluation)
         config = Path(tmp) / "settings.json"
-        config.write_text(json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=True) + "\n",
-                          encoding="utf-8")
+        from recops.redaction import redacted
+
+        config.write_text(json.dumps(redacted(settings.model_dump(mode="json")), indent=2, sort_keys=True) + "\n",
+                          encoding="utf-8")  # URI passwords masked: the model sections are what is read back
         result = log_and_register(settings, onnx_path=onnx_path, artifacts={**artifacts, "config": config},
                                   metrics=all_metrics(settings), lineage=lineage, input_example=example)
     from recops.registry import set_challenger

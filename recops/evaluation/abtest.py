@@ -36,11 +36,17 @@ def resolve_version(settings: Settings, alias_or_version: str) -> str:
         return str(alias_or_version)
     uri = settings.tracking_uri()
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    from recops.redaction import redact
+
     try:
         return str(client.get_model_version_by_alias(settings.registry.model_name, alias_or_version).version)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code not in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            # the registry did not answer (or failed): not the same thing as an alias that is not there
+            raise RecopsError(f"the model registry at {redact(uri)} could not be reached or failed "
+                              f"({exc.error_code}): {redact(str(exc))[:300]}") from None
         raise RecopsError(
-            f"model {settings.registry.model_name!r} has no {alias_or_version!r} alias in {uri}: "
+            f"model {settings.registry.model_name!r} has no {alias_or_version!r} alias in {redact(uri)}: "
             + ("train one (recops run) and promote it first (recops promote)" if alias_or_version == CHAMPION
                else "train a new version first (recops run)")) from None
 

@@ -50,6 +50,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, String
 
 from recops.config import Settings
 from recops.errors import RecopsError
+from recops.redaction import redact
 from recops.registry.mlflow_registry import download_serving_bundle
 from recops.serving.bundle import load_bundle
 from recops.serving.engine import Recommender, UnknownIdError
@@ -144,7 +145,7 @@ class ModelHolder:
             try:
                 target = "local" if self.bundle_dir is not None else self.target_version()
             except Exception as exc:  # the registry is away: keep serving
-                self.last_error = f"could not resolve {self.requested!r}: {exc}"
+                self.last_error = redact(f"could not resolve {self.requested!r}: {exc}")
                 log.warning("%s", self.last_error)
                 return {"changed": False, "error": self.last_error}
             current = self.current
@@ -169,8 +170,8 @@ class ModelHolder:
                 gc.collect()
                 gc.freeze()
             except Exception as exc:
-                self.last_error = f"loading version {target} failed, still serving " + (
-                    f"version {current.version}" if current is not None else "nothing") + f": {exc}"
+                self.last_error = redact(f"loading version {target} failed, still serving " + (
+                    f"version {current.version}" if current is not None else "nothing") + f": {exc}")
                 log.error("%s", self.last_error)
                 return {"changed": False, "error": self.last_error}
             self.last_error = None
@@ -327,7 +328,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
 
     @app.exception_handler(RecopsError)
     async def recops_error(request: Request, exc: RecopsError):
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse({"detail": redact(str(exc))}, status_code=400)
 
     def served() -> Recommender:
         model = holder.current
@@ -408,7 +409,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
             except UnknownIdError as exc:
                 events_total.labels("false").inc()
                 results.append({"user_id": record["user_id"], "item_id": record["item_id"], "applied": False,
-                                "detail": str(exc)})
+                                "detail": redact(str(exc))})
         return {"recorded": len(records), "model_version": model.version, "events": results}
 
     @app.get("/health", summary="The process answers")

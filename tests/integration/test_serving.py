@@ -9,6 +9,7 @@ own. Bad input runs against the app in-process (FastAPI's TestClient) with hypot
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -375,3 +376,28 @@ def test_events_must_be_json_and_a_chunked_body_is_cut_at_the_limit(app_client, 
     chunked = app_client.post("/events", content=chunks(), headers=JSON)
     assert chunked.status_code == 413 and "max_body_bytes" in chunked.json()["detail"]
     assert event_log_lines(project) == before
+
+
+def test_an_unreachable_registry_is_named_as_such_and_its_password_never_shown(project, monkeypatch, caplog):
+    from fastapi.testclient import TestClient
+
+    from recops.redaction import install_log_redaction
+    from recops.serving.api import create_app
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    _, settings = project
+    secret = "pa55-w0rd-xyz"
+    away = settings.model_copy(update={
+        "registry": settings.registry.model_copy(update={"tracking_uri": f"http://recops:{secret}@127.0.0.1:9/"}),
+        "serving": settings.serving.model_copy(update={
+            "reload_poll_seconds": 3600,
+            "cache": settings.serving.cache.model_copy(update={"backend": "memory"})})})
+    install_log_redaction(logging.getLogger())  # what `recops serve` installs; caplog's handler gets it too
+    with caplog.at_level(logging.WARNING), TestClient(create_app(away, load=False), raise_server_exceptions=False) as client:
+        ready = client.get("/ready")
+    assert ready.status_code == 503
+    error = ready.json()["last_error"]
+    assert "could not be reached" in error and "has no 'champion' alias" not in error
+    assert secret not in ready.text and "recops:***@127.0.0.1" in error
+    assert secret not in caplog.text
