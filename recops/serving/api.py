@@ -22,6 +22,10 @@ Endpoints:
 - ``POST /admin/reload``: look at the registry now. Admin endpoints exist only when the environment variable
   named by ``serving.admin_token_env`` holds a token, and need ``Authorization: Bearer <token>``.
 
+Restart: the events of the durable log that no snapshot has taken in yet (the files not yet moved to
+``ingested/``) are applied to the first version a server loads, so a restarted server does not recommend again
+what a user consumed before the restart.
+
 Hot swap: a background thread looks at the ``champion`` alias every ``serving.reload_poll_seconds``; when it
 points at another version, that version's bundle is downloaded, verified against the registry's sha256, loaded
 and the live events received so far are replayed onto it, all while the old model keeps serving; then one
@@ -105,7 +109,9 @@ class ModelHolder:
         self.last_error: str | None = None
         self.last_check: float | None = None
         self.swaps = 0
-        self._events: list[dict[str, Any]] = []  # applied since start: replayed onto a newly loaded version
+        # replayed onto every version this server loads: the events of the durable log no snapshot has taken in
+        # yet (logged by this server or before a restart), then those applied since start
+        self._events: list[dict[str, Any]] = self._unsnapshotted_events()
         # (version, user) pairs with live events: their cached lists are stale, always score them live
         self.fresh: set[tuple[str, str]] = set()
         self._dropping = False
@@ -192,6 +198,25 @@ class ModelHolder:
                 self.reload()
 
         threading.Thread(target=poll, name="recops-reload", daemon=True).start()
+
+    def _unsnapshotted_events(self) -> list[dict[str, Any]]:
+        """The events of the serving log not yet moved to ``ingested/`` by a snapshot: no registered version has
+        trained on them, so a (re)started server applies them to whatever it loads (at most the last
+        ``MAX_REPLAY_EVENTS``; unreadable lines are skipped here and quarantined by the next snapshot)."""
+        from recops.data.events import event_files, read_events
+
+        files = event_files(self.settings)
+        if not files:
+            return []
+        frame, rejected = read_events(files)
+        if rejected:
+            log.warning("%d unreadable line(s) in the event log are not replayed (the next snapshot quarantines "
+                        "them)", len(rejected))
+        events = [{"user_id": str(u), "item_id": str(i), "timestamp": float(t), "weight": float(w)}
+                  for u, i, t, w in frame[["user_id", "item_id", "timestamp", "weight"]].itertuples(index=False)]
+        if events:
+            log.info("replaying %d logged event(s) not yet in a snapshot onto the loaded version", len(events))
+        return events[-MAX_REPLAY_EVENTS:]
 
     def apply_event(self, event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Apply ``event`` to the served model and keep it for replay, atomically with respect to a swap (an event

@@ -401,3 +401,23 @@ def test_an_unreachable_registry_is_named_as_such_and_its_password_never_shown(p
     assert "could not be reached" in error and "has no 'champion' alias" not in error
     assert secret not in ready.text and "recops:***@127.0.0.1" in error
     assert secret not in caplog.text
+
+
+def test_a_restarted_server_replays_the_logged_events_no_snapshot_has_taken(project):
+    from fastapi.testclient import TestClient
+
+    from recops.serving.api import create_app
+
+    _, settings = project
+    local = settings.model_copy(update={"serving": settings.serving.model_copy(update={
+        "reload_poll_seconds": 0, "cache": settings.serving.cache.model_copy(update={"backend": "memory"})})})
+    user = "13"
+    with TestClient(create_app(local, version="1"), raise_server_exceptions=False) as first:
+        top = first.get(f"/recommendations/{user}", params={"k": 5}).json()["items"][0]["item_id"]
+        assert first.post("/events", json={"user_id": user, "item_id": top}).status_code == 202
+        assert top not in [i["item_id"] for i in first.get(f"/recommendations/{user}", params={"k": 5}).json()["items"]]
+    # a new process on the same project: the event is in the durable log, not in any snapshot yet
+    with TestClient(create_app(local, version="1"), raise_server_exceptions=False) as restarted:
+        listed = [i["item_id"] for i in restarted.get(f"/recommendations/{user}", params={"k": 5}).json()["items"]]
+        assert top not in listed
+        assert restarted.get("/ready").json()["events_applied"] >= 1
