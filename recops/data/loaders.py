@@ -13,7 +13,9 @@ rows.
 
 from __future__ import annotations
 
+import gzip
 import logging
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,17 +57,27 @@ def read_table(path: Path, csv_separator: str = ",", columns: Sequence[str] | No
             raise RecopsError(f"{path}: not a readable Parquet file ({exc})") from None
     if suffix not in {".csv", ".tsv", ".txt", ".gz"}:
         raise RecopsError(f"{path}: unknown file type '{suffix}' (expected .csv, .tsv or .parquet)")
-    _check_utf8(path)
-    sep = "\t" if suffix == ".tsv" else csv_separator
+    compressed = suffix == ".gz"
+    if compressed:
+        with path.open("rb") as fh:
+            if fh.read(2) != b"\x1f\x8b":
+                raise RecopsError(f"{path}: named .gz but not gzip-compressed (no gzip header); rename it without "
+                                  f".gz or compress it")
+    _check_utf8(path, opener=gzip.open if compressed else open)
+    sep = "\t" if path.name.lower().removesuffix(".gz").endswith(".tsv") else csv_separator
     try:
-        frame = pd.read_csv(path, sep=sep, encoding="utf-8", on_bad_lines="error", low_memory=False)
+        frame = pd.read_csv(path, sep=sep, encoding="utf-8", on_bad_lines="error", low_memory=False,
+                            compression="gzip" if compressed else None)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise RecopsError(f"{path}: a damaged or truncated gzip file ({exc})") from None
     except pd.errors.EmptyDataError:
         raise RecopsError(f"{path}: the file has no header and no rows") from None
     except pd.errors.ParserError as exc:
         raise RecopsError(f"{path}: malformed CSV ({exc}); is the file truncated or the separator wrong?") from None
     if frame.empty:
         raise RecopsError(f"{path}: the file has a header ({', '.join(map(str, frame.columns))}) but no rows")
-    _check_last_row_complete(path, sep, len(frame.columns), len(frame) + 1)
+    if not compressed:  # a gzip stream cut short fails its own checks above
+        _check_last_row_complete(path, sep, len(frame.columns), len(frame) + 1)
     if columns is not None:
         _require_requested(list(frame.columns), path, columns)
         frame = frame[list(columns)]
@@ -153,12 +165,20 @@ def _check_last_row_complete(path: Path, sep: str, n_columns: int, last_line: in
         )
 
 
-def _check_utf8(path: Path, block: int = 1 << 24) -> None:
-    """Fail with the byte offset of the first invalid sequence, reading in blocks to bound memory."""
+def _check_utf8(path: Path, block: int = 1 << 24, opener=open) -> None:
+    """Fail with the byte offset of the first invalid sequence, reading in blocks to bound memory (``opener``:
+    ``gzip.open`` to check what a compressed file holds)."""
+    try:
+        _scan_utf8(path, block, opener)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise RecopsError(f"{path}: a damaged or truncated gzip file ({exc})") from None
+
+
+def _scan_utf8(path: Path, block: int, opener) -> None:
     offset = 0
     lines = 0
     tail = b""
-    with path.open("rb") as fh:
+    with opener(path, "rb") as fh:
         while chunk := fh.read(block):
             data = tail + chunk
             try:
@@ -243,7 +263,27 @@ def load_interactions(path: Path, config: DataConfig) -> pd.DataFrame:
     if config.id_type == "string":
         for col in (Columns.USER_ID, Columns.ITEM_ID):
             out[col] = out[col].astype("string")
+    else:
+        for role in ("user", "item"):
+            _check_int64(out[canonical[role]], path, roles[role])
     return out
+
+
+INT64_MAX = 2**63 - 1
+
+
+def _check_int64(values: pd.Series, path: Path, column: str, limit: int = 5) -> None:
+    """Integer ids beyond int64 (a CSV reader keeps them as Python ints in an object column, and writing them
+    fails deep in pyarrow): a RecopsError naming the file, the column and the offending rows and values."""
+    if values.dtype != object:
+        return
+    numeric = pd.to_numeric(values, errors="coerce")  # huge integers come back as floats; text as NaN
+    huge = np.flatnonzero((numeric.abs() > INT64_MAX).to_numpy())
+    if len(huge):
+        shown = ", ".join(f"row {i + 1}: {values.iloc[i]}" for i in huge[:limit])
+        raise RecopsError(f"{path}, column {column!r}: {len(huge)} id(s) beyond the 64-bit integer range "
+                          f"(data.id_type: integer), e.g. {shown} (rows counted after the header); fix them or "
+                          f"set data.id_type: string")
 
 
 def load_attributes(path: Path, spec: AttributeColumns, id_name: str, config: DataConfig) -> pd.DataFrame:

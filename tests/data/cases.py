@@ -99,6 +99,12 @@ def cases() -> list[tuple[str, dict[str, bytes], dict, list[str]]]:
     out.append(("items_table_missing_ids", {**with_events(events), "items.csv": _csv(items[items.sku != 7])}, {},
                 ["items", "item_id", "7"]))
     out.append(("too_few_rows", with_events(events.head(100)), {}, ["500"]))
+    e = events.astype({"stars": "float64"}).copy()
+    e.loc[[3, 8], "stars"] = np.nan  # used to pass silently
+    out.append(("null_rating", with_events(e), {}, ["rating", "empty", "rows 3, 8"]))
+    e = events.astype({"uid": object}).copy()
+    e.loc[[12], "uid"] = 1234567890123456789012  # used to end in an OverflowError traceback after retries
+    out.append(("id_beyond_int64", with_events(e), {}, ["events.csv", "'uid'", "64-bit", "row 13: 1234567890123456789012"]))
     return out
 
 

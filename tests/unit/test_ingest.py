@@ -83,3 +83,30 @@ def test_id_index_is_dense_sorted_and_reversible():
     assert index.item_ids[encoded[Columns.ITEM]].tolist() == [7, 5, 9]
     users, items = index.to_frames()
     assert IdIndex.from_frames(users, items).user_ids.tolist() == [10, 30]
+
+
+def test_gzip_logs_are_read_and_a_fake_or_cut_gzip_is_named(tmp_path):
+    import gzip
+
+    text = "uid,sku,ts,stars\n1,10,1000,4\n2,11,2000,5\n"
+    real = write(tmp_path, gzip.compress(text.encode()), name="events.csv.gz")
+    assert load_interactions(real, config())[Columns.USER_ID].tolist() == [1, 2]
+    fake = write(tmp_path, text, name="plain.csv.gz")  # a plain CSV named .gz used to end in a traceback
+    with pytest.raises(RecopsError, match="not gzip-compressed") as err:
+        load_interactions(fake, config())
+    assert str(fake) in str(err.value)
+    cut = write(tmp_path, gzip.compress(text.encode())[:-12], name="cut.csv.gz")
+    with pytest.raises(RecopsError, match="damaged or truncated gzip"):
+        load_interactions(cut, config())
+    bad = write(tmp_path, gzip.compress(b"uid,sku,ts,stars\n1,2,3,4\n\xff\xfe,1,2,3\n"), name="bad.csv.gz")
+    with pytest.raises(RecopsError, match="not valid UTF-8"):  # checked inside the compressed stream
+        load_interactions(bad, config())
+
+
+def test_integer_ids_beyond_int64_name_the_file_the_column_and_the_row(tmp_path):
+    path = write(tmp_path, "uid,sku,ts,stars\n1,10,1000,4\n1234567890123456789012,11,2000,5\n")
+    with pytest.raises(RecopsError) as err:
+        load_interactions(path, config())
+    message = str(err.value)
+    assert str(path) in message and "'uid'" in message and "row 2: 1234567890123456789012" in message
+    assert load_interactions(path, config(id_type="string"))[Columns.USER_ID].iloc[1] == "1234567890123456789012"
