@@ -374,6 +374,9 @@ class ServingConfig(Strict):
     cache: CacheConfig = CacheConfig()
     reload_poll_seconds: float = Field(30.0, ge=0.0)  # how often to look for a moved champion alias; 0: never
     admin_token_env: str = "RECOPS_ADMIN_TOKEN"  # admin endpoints are off unless this variable holds a token
+    # POST /events needs "Authorization: Bearer <token>" when this variable holds one (a warning at start
+    # otherwise: anyone who reaches the port can then write events)
+    events_token_env: str = "RECOPS_EVENTS_TOKEN"
     max_body_bytes: int = Field(65_536, ge=1)
     event_log_dir: str = "data/events"  # durable log of POST /events (Parquet parts) for the next snapshot
 

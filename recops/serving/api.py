@@ -19,6 +19,9 @@ Endpoints:
   (422, naming the field).
 - ``GET /health`` (the process answers), ``GET /ready`` (a model is loaded and verified: 503 until then, with
   details, including the last failed reload), ``GET /metrics`` (Prometheus text), ``/docs`` (OpenAPI).
+- Producers: when the environment variable named by ``serving.events_token_env`` (``RECOPS_EVENTS_TOKEN``) holds a
+  token (16 characters at least), ``POST /events`` needs ``Authorization: Bearer <token>`` (compared in constant
+  time, 401 otherwise); without one the server warns at start that anyone who reaches it can write events.
 - ``POST /admin/reload``: look at the registry now. Admin endpoints exist only when the environment variable
   named by ``serving.admin_token_env`` holds a token, and need ``Authorization: Bearer <token>``.
 
@@ -37,6 +40,7 @@ The server never unpickles: it loads ``.npy`` (``allow_pickle=False``), Parquet,
 
 
 import gc
+import hmac
 import json
 import logging
 import os
@@ -263,6 +267,28 @@ class EventLog:
         return path
 
 
+MIN_TOKEN_CHARS = 16
+
+
+def configured_token(env: str) -> str | None:
+    """The token in environment variable ``env`` (None when unset or empty); a RecopsError when it is too short
+    to be a secret."""
+    token = os.environ.get(env) or None
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise RecopsError(f"{env} holds a token of {len(token)} characters: use at least {MIN_TOKEN_CHARS} "
+                          f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return token
+
+
+def bearer_matches(request: Request, token: str | None) -> bool:
+    """True without a configured token; otherwise whether ``Authorization: Bearer <token>`` was sent (compared in
+    constant time)."""
+    if token is None:
+        return True
+    sent = request.headers.get("authorization", "")
+    return hmac.compare_digest(sent.encode("utf-8", "replace"), f"Bearer {token}".encode())
+
+
 async def bounded_body(request: Request, limit: int) -> bytes:
     """The request body, read chunk by chunk and refused (413) as soon as it passes ``limit`` bytes — a chunked
     body without Content-Length never sits in memory whole."""
@@ -329,7 +355,12 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     app.state.holder, app.state.cache = holder, cache
 
     def admin_token() -> str | None:
-        return os.environ.get(cfg.admin_token_env) or None
+        return configured_token(cfg.admin_token_env)
+
+    if configured_token(cfg.events_token_env) is None:
+        log.warning("POST /events accepts events from anyone who reaches %s:%s: set %s to a token (at least %d "
+                    "characters) to require Authorization: Bearer <token>", cfg.host, cfg.port,
+                    cfg.events_token_env, MIN_TOKEN_CHARS)
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
@@ -398,6 +429,9 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                   "anyOf": [Event.model_json_schema(), EventBatch.model_json_schema()]}}}}})
     async def events(request: Request) -> dict[str, Any]:
+        if not bearer_matches(request, configured_token(cfg.events_token_env)):
+            raise HTTPException(401, detail=f"POST /events needs Authorization: Bearer <the token in "
+                                            f"{cfg.events_token_env}>", headers={"WWW-Authenticate": "Bearer"})
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
             raise HTTPException(415, detail=f"POST /events takes application/json, not {media_type or 'no type'!r}")
@@ -460,8 +494,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     if admin_token() is not None:
         @app.post("/admin/reload", summary="Look at the registry now and swap if the alias moved")
         def admin_reload(request: Request) -> dict[str, Any]:
-            token = admin_token()
-            if request.headers.get("authorization") != f"Bearer {token}":
+            if not bearer_matches(request, admin_token()):
                 raise HTTPException(401, detail="admin endpoints need Authorization: Bearer <token>")
             return holder.reload()
 

@@ -421,3 +421,25 @@ def test_a_restarted_server_replays_the_logged_events_no_snapshot_has_taken(proj
         listed = [i["item_id"] for i in restarted.get(f"/recommendations/{user}", params={"k": 5}).json()["items"]]
         assert top not in listed
         assert restarted.get("/ready").json()["events_applied"] >= 1
+
+
+def test_events_need_the_producer_token_when_one_is_configured(project, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from recops.errors import RecopsError
+    from recops.serving.api import create_app
+
+    _, settings = project
+    local = settings.model_copy(update={"serving": settings.serving.model_copy(update={
+        "reload_poll_seconds": 0, "cache": settings.serving.cache.model_copy(update={"backend": "memory"})})})
+    token = "producer-token-0123456789"
+    monkeypatch.setenv(settings.serving.events_token_env, token)
+    event = {"user_id": "13", "item_id": "50"}
+    with TestClient(create_app(local, version="1"), raise_server_exceptions=False) as client:
+        assert client.post("/events", json=event).status_code == 401
+        assert client.post("/events", json=event, headers={"Authorization": "Bearer wrong-token"}).status_code == 401
+        assert client.post("/events", json=event, headers={"Authorization": f"Bearer {token}"}).status_code == 202
+        assert client.get("/recommendations/13", params={"k": 3}).status_code == 200  # reads stay open
+    monkeypatch.setenv(settings.serving.events_token_env, "short")
+    with pytest.raises(RecopsError, match="at least 16"):
+        create_app(local, version="1")
