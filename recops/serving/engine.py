@@ -64,11 +64,14 @@ class OverlayMatrix:
     def __init__(self, base: sp.csr_matrix) -> None:
         self.base = base.tocsr()
         self.shape = self.base.shape
-        self.added: dict[int, list[int]] = {}
+        # user -> {item: summed weight of the live events}: a repeated event costs O(1) here and the user's
+        # state stays O(distinct items), however many events arrive
+        self.added: dict[int, dict[int, float]] = {}
         self._rows: dict[int, sp.csr_matrix] = {}  # merged row of a user with live events, built on first use
 
-    def add(self, user: int, item: int) -> None:
-        self.added.setdefault(int(user), []).append(int(item))
+    def add(self, user: int, item: int, weight: float = 1.0) -> None:
+        items = self.added.setdefault(int(user), {})
+        items[int(item)] = items.get(int(item), 0.0) + float(weight)
         self._rows.pop(int(user), None)
 
     def __getitem__(self, users: Any) -> sp.csr_matrix:
@@ -88,7 +91,7 @@ class OverlayMatrix:
         if not hit:
             return rows
         r = np.concatenate([np.full(len(items), row) for row, items in hit])
-        c = np.concatenate([np.asarray(items) for _, items in hit])
+        c = np.concatenate([np.fromiter(items, dtype=np.int64, count=len(items)) for _, items in hit])
         extra = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=rows.shape)
         out = (rows + extra).tocsr()
         out.data[:] = 1.0
@@ -96,7 +99,8 @@ class OverlayMatrix:
 
     def row_items(self, user: int) -> np.ndarray:
         base = self.base.indices[self.base.indptr[user]:self.base.indptr[user + 1]]
-        return np.unique(np.r_[base, self.added.get(int(user), [])]).astype(np.int64)
+        added = self.added.get(int(user), {})
+        return np.unique(np.r_[base, np.fromiter(added, dtype=np.int64, count=len(added))]).astype(np.int64)
 
 
 @dataclass
@@ -160,7 +164,6 @@ class Recommender:
             self.stats.similarity = similarity.toarray().astype(np.float32)
         self.user_items = OverlayMatrix(bundle.user_items)
         self.confidence = bundle.confidence.tocsr()
-        self._added_weights: dict[int, list[float]] = {}
         from recops.features.builder import feature_names
 
         computed = feature_names(self.stats, self.source_columns)
@@ -352,14 +355,15 @@ class Recommender:
         ts = time.time() if timestamp is None else float(timestamp)
         started = time.perf_counter()
         with self._lock:
-            self.user_items.add(user, item)
-            self._added_weights.setdefault(user, []).append(float(weight))
+            self.user_items.add(user, item, weight)
             mf = self.sources.get("mf")
             if mf is not None:
                 row = self.confidence[user]
-                extra_items = np.asarray(self.user_items.added[user], dtype=np.int64)
+                added = self.user_items.added[user]  # item -> summed live weight
+                extra_items = np.fromiter(added, dtype=np.int64, count=len(added))
                 items = np.r_[row.indices.astype(np.int64), extra_items]
-                weights = np.r_[row.data.astype(np.float64), np.asarray(self._added_weights[user])]
+                weights = np.r_[row.data.astype(np.float64), np.fromiter(added.values(), dtype=np.float64,
+                                                                         count=len(added))]
                 unique, where = np.unique(items, return_inverse=True)
                 summed = np.bincount(where, weights=weights)  # a repeated pair sums, as in training
                 if self.candidates_config.confidence == "binary":

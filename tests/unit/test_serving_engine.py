@@ -207,6 +207,20 @@ def test_an_event_changes_the_very_next_answer(settings, downloaded):
     assert live.stats.last_items[live.user_index(user)][0] == live.item_index(clicked)
 
 
+def test_repeated_events_keep_a_users_live_state_to_its_distinct_items_and_sum_their_weights(settings, downloaded):
+    # a flood of duplicates used to make every next event of that user cost O(events so far), under the lock
+    once, flooded = engine(settings, downloaded), engine(settings, downloaded)
+    user = once.user_ids[3]
+    item = once.recommend(user, K).items[0]
+    once.add_event(user, item, weight=300.0)
+    for _ in range(300):
+        flooded.add_event(user, item, weight=1.0)
+    index = flooded.user_index(user)
+    assert flooded.user_items.added[index] == {flooded.item_index(item): 300.0}
+    assert np.allclose(once.sources["mf"].user_factors_[index], flooded.sources["mf"].user_factors_[index])
+    assert flooded.recommend(user, K).items == once.recommend(user, K).items
+
+
 def test_fold_in_of_a_users_own_history_reproduces_the_trained_vector(model):
     mf = model.sources["mf"]
     user = 11
