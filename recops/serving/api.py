@@ -33,7 +33,9 @@ Hot swap: a background thread looks at the ``champion`` alias every ``serving.re
 points at another version, that version's bundle is downloaded, verified against the registry's sha256, loaded
 and the live events received so far are replayed onto it, all while the old model keeps serving; then one
 reference assignment switches requests over. A request holds the model it started with, so in-flight requests
-finish on the old one. A failed load keeps the old model and is reported in ``/ready`` and the log.
+finish on the old one. A failed load keeps the old model and is reported in ``/ready`` and the log; its download
+is removed at once and the same version is not downloaded again until the alias moves (or ``/admin/reload``).
+Download folders are ``<tmp>/recops-serve-<pid>-*``; those of servers that are gone (kill -9) are removed at start.
 
 The server never unpickles: it loads ``.npy`` (``allow_pickle=False``), Parquet, ONNX and LightGBM's text model.
 """
@@ -44,6 +46,7 @@ import hmac
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -122,7 +125,9 @@ class ModelHolder:
         self._lock = threading.Lock()
         self._reloading = threading.Lock()
         self._stop = threading.Event()
-        self._tmp = tempfile.TemporaryDirectory(prefix="recops-serve-")
+        remove_stale_download_folders()
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{os.getpid()}-")
+        self._failed: tuple[str, str] | None = None  # (version, error) of the last failed load: not retried
 
     # --- loading ----------------------------------------------------------------------------------------------
 
@@ -140,14 +145,25 @@ class ModelHolder:
         else:
             number = version or self.target_version()
             target = Path(self._tmp.name) / f"v{number}-{uuid.uuid4().hex[:8]}"
-            folder, expected, _ = download_serving_bundle(cfg, number, target)
-            bundle = load_bundle(folder, expected)
+            try:
+                folder, expected, _ = download_serving_bundle(cfg, number, target)
+                bundle = load_bundle(folder, expected)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)  # a failed download never stays on disk
+                raise
+            # the folders of versions before the one being replaced go (the replaced one may still answer an
+            # in-flight request, and reads its LightGBM text to explain)
+            keep = {target.name} | ({f"v{self.current.version}-"} if self.current is not None else set())
+            for old in Path(self._tmp.name).iterdir():
+                if old.name != target.name and not any(old.name.startswith(k) for k in keep):
+                    shutil.rmtree(old, ignore_errors=True)
         model = Recommender(bundle, cfg.serving, number, cfg.registry.model_name)
         model.recommend(model.user_ids[0], 1)  # warm-up: the first request should not pay for lazy imports
         return model
 
-    def reload(self) -> dict[str, Any]:
-        """Swap to the version the alias names now, if it changed; returns what happened. Never raises."""
+    def reload(self, force: bool = False) -> dict[str, Any]:
+        """Swap to the version the alias names now, if it changed; returns what happened. Never raises. A version
+        that failed to load is not downloaded again until the alias moves (or ``force``: the admin endpoint)."""
         if not self._reloading.acquire(blocking=False):
             return {"changed": False, "detail": "a reload is already running"}
         try:
@@ -159,8 +175,12 @@ class ModelHolder:
                 log.warning("%s", self.last_error)
                 return {"changed": False, "error": self.last_error}
             current = self.current
+            if self._failed is not None and self._failed[0] != target:
+                self._failed = None  # the alias moved since that failure: a later move back retries it
             if current is not None and current.version == target:
                 return {"changed": False, "version": target}
+            if not force and self._failed is not None:
+                return {"changed": False, "error": self._failed[1]}
             started = time.perf_counter()
             try:
                 model = self.load(target if self.bundle_dir is None else None)
@@ -183,8 +203,9 @@ class ModelHolder:
                 self.last_error = redact(f"loading version {target} failed, still serving " + (
                     f"version {current.version}" if current is not None else "nothing") + f": {exc}")
                 log.error("%s", self.last_error)
+                self._failed = (target, self.last_error)
                 return {"changed": False, "error": self.last_error}
-            self.last_error = None
+            self.last_error, self._failed = None, None
             log.info("serving version %s (was %s), loaded in %.1f s", target,
                      previous_version or "none", time.perf_counter() - started)
             return {"changed": True, "version": target, "previous": previous_version,
@@ -268,6 +289,29 @@ class EventLog:
 
 
 MIN_TOKEN_CHARS = 16
+TMP_PREFIX = "recops-serve-"
+
+
+def remove_stale_download_folders(root: Path | None = None) -> list[Path]:
+    """Remove the bundle download folders of servers that are gone (``recops-serve-<pid>-*`` of a pid that no
+    longer runs: a kill -9 skips the cleanup at shutdown); return what was removed."""
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{TMP_PREFIX}*"):
+        pid = folder.name[len(TMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # that server still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's process
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    if removed:
+        log.info("removed %d download folder(s) of servers that are gone", len(removed))
+    return removed
 
 
 def configured_token(env: str) -> str | None:
@@ -496,7 +540,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
         def admin_reload(request: Request) -> dict[str, Any]:
             if not bearer_matches(request, admin_token()):
                 raise HTTPException(401, detail="admin endpoints need Authorization: Bearer <token>")
-            return holder.reload()
+            return holder.reload(force=True)
 
     @app.on_event("startup")
     def startup() -> None:

@@ -183,7 +183,7 @@ def test_admin_needs_the_token(server):
 def test_a_failed_load_keeps_the_old_model_and_says_why(server):
     from mlflow import MlflowClient
 
-    base, _, settings = server
+    base, ws, settings = server
     client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
     name = settings.registry.model_name
     good = client.get_model_version(name, "2").tags["recops.serving.manifest_sha256"]
@@ -196,6 +196,10 @@ def test_a_failed_load_keeps_the_old_model_and_says_why(server):
         ready = httpx.get(f"{base}/ready").json()
         assert ready["version"] == "1" and "registry recorded" in ready["last_error"]
         assert httpx.get(f"{base}/recommendations/1").json()["model_version"] == "1"
+        time.sleep(2.5)  # five more polls: the bad version is not downloaded again while the alias stays on it
+        log = (ws / "serve.log").read_text()
+        assert log.count("loading version 2 failed") == 1, log[-3000:]
+        assert "registry recorded" in httpx.get(f"{base}/ready").json()["last_error"]
     finally:
         set_alias(settings, "1")
         client.set_model_version_tag(name, "2", "recops.serving.manifest_sha256", good)

@@ -249,3 +249,23 @@ def test_a_cold_user_is_marked(settings, downloaded):
     cold.sources["mf"].generator_.has_history_[user] = False
     rec = cold.recommend(cold.user_ids[0], K)
     assert rec.fallback == COLD_USER and len(rec.items) == K
+
+
+def test_download_folders_of_servers_that_are_gone_are_removed_at_start(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from recops.serving.api import TMP_PREFIX, remove_stale_download_folders
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that has just exited
+    stale = tmp_path / f"{TMP_PREFIX}{gone}-abc"
+    (stale / "v3-1234").mkdir(parents=True)
+    (stale / "v3-1234" / "ranker.onnx").write_bytes(b"x" * 1000)
+    alive = tmp_path / f"{TMP_PREFIX}{os.getpid()}-def"
+    alive.mkdir()
+    other = tmp_path / "recops-register-xyz"
+    other.mkdir()
+    assert remove_stale_download_folders(tmp_path) == [stale]
+    assert not stale.exists() and alive.is_dir() and other.is_dir()
