@@ -33,13 +33,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recops.columns import Columns
+from recops.columns import Columns, DAY
 from recops.config import Settings
 from recops.errors import RecopsError
 
 log = logging.getLogger(__name__)
 
-DAY = 86_400.0
 RECOPS = "recops"
 POOLED_METRICS = ("ndcg@10", "recall@10", "recall@20", "map@10", "mrr@10", "hitrate@10")
 LIFT_METRICS = ("ndcg@10", "recall@20")

@@ -24,3 +24,6 @@ class Columns:
 
 
 SPLIT_VALUES = ("train", "valid", "test")
+
+# Timestamps are Unix seconds (``Columns.TIMESTAMP``); every window, age and half-life in params is in days.
+DAY = 86_400.0

@@ -6,7 +6,8 @@
 - ``predefined``: the input's own ``split`` column (values train / valid / test).
 
 The same functions make the ranker's label holdout inside the training period (``history_and_holdout``), so no
-valid/test interaction reaches anything that is fitted; it follows the split's time structure (``holdout_kind``). All work is vectorised (sorts and group sizes).
+valid/test interaction reaches anything that is fitted; it follows the split's time structure (``holdout_kind``,
+``label_folds``). All work is vectorised (sorts and group sizes).
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import logging
 import numpy as np
 import pandas as pd
 
-from recops.columns import SPLIT_VALUES, Columns
+from recops.columns import Columns, DAY, SPLIT_VALUES
 from recops.config import RankerConfig, SplitConfig
 from recops.data.order import user_time_order
 from recops.errors import RecopsError
 
 TRAIN, VALID, TEST = SPLIT_VALUES
-DAY = 86_400.0
 log = logging.getLogger(__name__)
 
 

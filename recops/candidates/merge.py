@@ -24,12 +24,11 @@ import scipy.sparse as sp
 from recops.candidates.mf import cooccurrence_rows, interaction_matrix
 from recops.candidates.sources import (EASE, DecayedPopularity, ItemKNN, MatrixFactorization, MostPopular,
                                        RecentItemKNN, RecentPopularity, top_n)
-from recops.columns import Columns
+from recops.columns import Columns, DAY
 from recops.config import CandidatesConfig
 
 log = logging.getLogger(__name__)
 
-DAY = 86_400.0
 POPULARITY = "popularity"
 
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from recops.threads import blas_limits
 
 from recops.candidates.mf import MFCandidateGenerator
+from recops.columns import DAY
 from recops.config import CandidatesConfig
 from recops.errors import RecopsError
+from recops.threads import blas_limits
 
-DAY = 86_400.0
 
 
 class MostPopular:

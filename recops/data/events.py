@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import numpy as np
 import pandas as pd
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, ValidationError,
+                      field_validator)
 
 from recops.config import Settings
 
@@ -35,9 +37,82 @@ log = logging.getLogger(__name__)
 INGESTED = "ingested"
 REJECTED = "rejected"
 FIELDS = ("user_id", "item_id", "timestamp", "weight")
-INT64 = 2**63 - 1
-MAX_FUTURE_S = 86_400.0
-MAX_ID_CHARS = 256
+INT64 = int(np.iinfo(np.int64).max)
+ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"  # any printable text up to 256 characters (the GET path's rule too)
+MAX_FUTURE_S = 86_400.0  # a client clock may run ahead a little; an event a day in the future is an error
+MAX_JSON_DIGITS = 20     # longer integer literals are refused before Python parses them (int64 has 19 digits)
+
+# An event id: text by the GET path's rule or an integer within int64 (what the training data's ids are read
+# as). Strict: a JSON true is not user 1, a 1.5 is not an id.
+EventId = (Annotated[StrictStr, StringConstraints(pattern=ID_PATTERN)]
+           | Annotated[StrictInt, Field(ge=-INT64 - 1, le=INT64)])
+
+
+class Event(BaseModel):
+    """One interaction event: the rules ``POST /events`` applies before logging, and the snapshot's reader applies
+    again to what a log holds (one written by an older server, or edited by hand)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    user_id: EventId = Field(description="the user's original id (text, or an integer within int64)")
+    item_id: EventId = Field(description="the item's original id (text, or an integer within int64)")
+    timestamp: float | None = Field(None, ge=0, description="unix seconds, finite, at most a day ahead of the "
+                                                              "server's clock; default: when received")
+    weight: float = Field(1.0, gt=0, le=1e6, description="interaction strength (for rating/weight confidence)")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _not_in_the_future(cls, value: float | None) -> float | None:
+        if value is not None and value > time.time() + MAX_FUTURE_S:
+            raise ValueError(f"timestamp {value:.6g} is more than {MAX_FUTURE_S:.0f} s ahead of the clock")
+        return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def parse_strict_json(text: str | bytes) -> Any:
+    """JSON as events must be: ValueError for NaN / Infinity (not JSON, although Python's parser takes them) and
+    integer literals longer than any id or timestamp; RecursionError for nesting too deep; JSONDecodeError /
+    UnicodeDecodeError for what is not JSON at all."""
+    return json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int)
+
+
+def error_field(loc: tuple) -> str:
+    """``events.0.user_id`` from a validation error's location, without pydantic's union-member tags."""
+    parts = [str(p) for p in loc if isinstance(p, int) or not str(p).startswith(("constrained-", "function-"))]
+    return ".".join(parts) or "body"
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """The distinct ``field: message`` pairs of a validation error, joined."""
+    return "; ".join(dict.fromkeys(f"{error_field(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)))
+
+
+def event_problem(record: Any, id_type: str) -> str | None:
+    """Why a parsed event-log record cannot become an interaction (None: it can): the :class:`Event` rules, a
+    timestamp (the server always writes one), and integer ids when ``data.id_type`` is integer."""
+    if not isinstance(record, dict):
+        return f"is a JSON {type(record).__name__}, not an object"
+    try:
+        event = Event.model_validate({name: record[name] for name in FIELDS if name in record})
+    except ValidationError as exc:
+        return validation_problems(exc)
+    if event.timestamp is None:
+        return "has no timestamp"
+    if id_type == "integer":
+        for name in ("user_id", "item_id"):
+            value = getattr(event, name)
+            if isinstance(value, str) and not (value.lstrip("-").isdigit() and -INT64 - 1 <= int(value) <= INT64):
+                return f"{name} {value[:40]!r} is not an integer within int64 (data.id_type: integer)"
+    return None
 
 
 def event_files(settings: Settings) -> list[Path]:
@@ -45,67 +120,19 @@ def event_files(settings: Settings) -> list[Path]:
     return sorted(folder.glob("events-*.jsonl")) if folder.is_dir() else []
 
 
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _id_problem(value: Any, id_type: str) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        return f"is {type(value).__name__}, not text or an integer"
-    if isinstance(value, int):
-        return None if -INT64 - 1 <= value <= INT64 else "is an integer beyond int64"
-    if not 0 < len(value) <= MAX_ID_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        return f"is not 1-{MAX_ID_CHARS} printable characters"
-    if id_type == "integer":
-        try:
-            number = int(value)
-        except ValueError:
-            return f"{value[:40]!r} is not an integer (data.id_type: integer)"
-        return None if -INT64 - 1 <= number <= INT64 else "is an integer beyond int64"
-    return None
-
-
-def event_problem(record: Any, id_type: str, now: float) -> str | None:
-    """Why a parsed event-log record cannot become an interaction (None: it can): the API's rules — ids as text
-    or int64 (integers when ``data.id_type`` is integer), a finite timestamp >= 0 at most a day after ``now``, a
-    finite positive weight."""
-    if not isinstance(record, dict):
-        return f"is a JSON {type(record).__name__}, not an object"
-    missing = [name for name in ("user_id", "item_id") if name not in record]
-    if missing:
-        return f"has no {', '.join(missing)}"
-    for name in ("user_id", "item_id"):
-        problem = _id_problem(record[name], id_type)
-        if problem:
-            return f"{name} {problem}"
-    for name, default in (("timestamp", None), ("weight", 1.0)):
-        value = record.get(name, default)
-        if value is None and name == "timestamp":
-            return "has no timestamp"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return f"{name} {value!r:.40} is not a finite number"
-    if not 0 <= record["timestamp"] <= now + MAX_FUTURE_S:
-        return f"timestamp {record['timestamp']:.6g} is negative or more than a day after the snapshot"
-    if not record.get("weight", 1.0) > 0:
-        return f"weight {record['weight']!r} is not positive"
-    return None
-
-
-def read_events(files: list[Path], id_type: str = "string", now: float | None = None
-                ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+def read_events(files: list[Path], id_type: str = "string") -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """(the usable events of ``files`` as one frame with columns user_id, item_id, timestamp, weight; the
     rejected lines as ``{"file", "line", "reason", "text"}``). A line that is not JSON, or an event the API
     would have refused (``event_problem``: a log written by an older server, or edited by hand), is set aside
     with its reason instead of failing the whole snapshot."""
-    now = time.time() if now is None else now
     rows, rejected = [], []
     for path in files:
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line, parse_constant=_no_constant)
-                problem = event_problem(record, id_type, now)
+                record = parse_strict_json(line)
+                problem = event_problem(record, id_type)
             except (ValueError, RecursionError) as exc:
                 record, problem = None, f"is not a JSON event ({type(exc).__name__}: {str(exc)[:200]})"
             if problem:

@@ -269,7 +269,7 @@ def load_interactions(path: Path, config: DataConfig) -> pd.DataFrame:
     return out
 
 
-INT64_MAX = 2**63 - 1
+INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def _check_int64(values: pd.Series, path: Path, column: str, limit: int = 5) -> None:

@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.columns import Columns
+from recops.columns import Columns, DAY
 
 log = logging.getLogger(__name__)
 
-DAY = 86_400.0
 TUNING_METRIC = "ndcg@10"
 METRICS = ("ndcg@10", "recall@10", "recall@20", "map@10", "mrr@10", "hitrate@10", "coverage@10", "novelty@10")
 

@@ -32,13 +32,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recops.candidates.mf import cooccurrence_rows, interaction_matrix
-from recops.columns import Columns
+from recops.columns import Columns, DAY
 from recops.config import AttributeColumns, FeaturesConfig
 from recops.data.order import user_time_order
 
 log = logging.getLogger(__name__)
 
-DAY = 86_400.0
 
 
 @dataclass

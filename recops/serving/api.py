@@ -56,10 +56,10 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, ValidationError,
-                      field_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recops.config import Settings
+from recops.data.events import ID_PATTERN, Event, parse_strict_json, validation_problems
 from recops.errors import RecopsError
 from recops.redaction import redact
 from recops.registry.mlflow_registry import download_serving_bundle
@@ -70,33 +70,6 @@ log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_REQUEST = 1000
 MAX_REPLAY_EVENTS = 1_000_000  # live events kept in memory to replay onto a hot-swapped version
-ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"  # any printable text up to 256 characters
-
-
-INT64 = 2**63 - 1
-# An event id: text by the same rule as the GET path (printable, 1-256 characters) or an integer within int64
-# (what the training data's ids are read as). Strict: a JSON true is not user 1, a 1.5 is not an id.
-EventId = (Annotated[StrictStr, StringConstraints(pattern=ID_PATTERN)]
-           | Annotated[StrictInt, Field(ge=-INT64 - 1, le=INT64)])
-MAX_FUTURE_S = 86_400.0  # a client clock may run ahead a little; an event a day in the future is an error
-MAX_JSON_DIGITS = 20     # longer integer literals are refused before Python parses them (int64 has 19 digits)
-
-
-class Event(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    user_id: EventId = Field(description="the user's original id (text, or an integer within int64)")
-    item_id: EventId = Field(description="the item's original id (text, or an integer within int64)")
-    timestamp: float | None = Field(None, ge=0, description="unix seconds, finite, at most a day ahead of the "
-                                                              "server's clock; default: when received")
-    weight: float = Field(1.0, gt=0, le=1e6, description="interaction strength (for rating/weight confidence)")
-
-    @field_validator("timestamp")
-    @classmethod
-    def _not_in_the_future(cls, value: float | None) -> float | None:
-        if value is not None and value > time.time() + MAX_FUTURE_S:
-            raise ValueError(f"timestamp {value:.0f} is more than {MAX_FUTURE_S:.0f} s ahead of the server's clock")
-        return value
 
 
 class EventBatch(BaseModel):
@@ -345,27 +318,11 @@ async def bounded_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _field(loc: tuple) -> str:
-    """``events.0.user_id`` from a validation error's location, without pydantic's union-member tags."""
-    return ".".join(str(p) for p in loc if isinstance(p, int) or not str(p).startswith(("constrained-", "function-"))) \
-        or "body"
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _bounded_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_JSON_DIGITS:
-        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits")
-    return int(text)
-
-
 def parse_event_json(body: bytes) -> Any:
     """The JSON of an events body, or a 400 naming what is wrong: not UTF-8 JSON, NaN / Infinity (not JSON,
     although Python's parser takes them), integers longer than any id or timestamp, nesting too deep."""
     try:
-        return json.loads(body, parse_constant=_no_constant, parse_int=_bounded_int)
+        return parse_strict_json(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPException(400, detail=f"the body is not JSON: {exc}") from None
     except ValueError as exc:
@@ -485,8 +442,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
             batch = (EventBatch.model_validate(payload) if isinstance(payload, dict) and "events" in payload
                      else EventBatch(events=[Event.model_validate(payload)]))
         except ValidationError as exc:
-            problems = "; ".join(dict.fromkeys(f"{_field(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)))
-            raise HTTPException(422, detail=f"invalid event: {problems}") from None
+            raise HTTPException(422, detail=f"invalid event: {validation_problems(exc)}") from None
         model = served()
         records = []
         for event in batch.events:
