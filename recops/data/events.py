@@ -9,6 +9,14 @@ may contain the same events), and once the snapshot is validated moves the files
 the reader cannot use (not JSON, or an event the API would refuse: see :func:`event_problem`) are quarantined in
 ``<event_log_dir>/rejected/`` with their file, line and reason, and the snapshot goes on without them.
 
+Every event row keeps its provenance (the events file and its 1-based line) until it is merged, so that an event
+the snapshot's validation would refuse is reported by file and line, not as "row 100002" of the merged snapshot:
+before merging, :func:`snapshot_problems` applies the row rules of the interaction suite that an event can break
+(integer ids non-negative, the timestamp within the validation window, the weight within the rating range when it
+fills the rating column, the user and item present in the attribute tables when they are given) and those rows
+are quarantined like unreadable lines. A mapped column that events cannot fill (``split``; ``rating`` when a
+weight column is mapped too) stops the snapshot before anything is merged, naming the event files and lines.
+
 Mapping: ``user_id`` / ``item_id`` to the configured user / item columns (as integers when ``data.id_type`` is
 integer), ``timestamp`` to the timestamp column in ``data.timestamp_unit``, and ``weight`` to the weight column
 or, in a log with ratings and no weight column, to the rating column (send the rating as the weight). Other
@@ -31,14 +39,18 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, String
                       field_validator)
 
 from recops.config import Settings
+from recops.errors import RecopsError
 
 log = logging.getLogger(__name__)
 
 INGESTED = "ingested"
 REJECTED = "rejected"
 FIELDS = ("user_id", "item_id", "timestamp", "weight")
+PROVENANCE = ("file", "line")  # where each event row of read_events comes from (line: 1-based)
 INT64 = int(np.iinfo(np.int64).max)
-ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"  # any printable text up to 256 characters (the GET path's rule too)
+# Any text up to 256 characters without control characters (C0, DEL and C1: U+0085 would end a line for
+# str.splitlines), the GET path's rule too.
+ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{1,256}$"
 MAX_FUTURE_S = 86_400.0  # a client clock may run ahead a little; an event a day in the future is an error
 MAX_JSON_DIGITS = 20     # longer integer literals are refused before Python parses them (int64 has 19 digits)
 
@@ -56,9 +68,12 @@ class Event(BaseModel):
 
     user_id: EventId = Field(description="the user's original id (text, or an integer within int64)")
     item_id: EventId = Field(description="the item's original id (text, or an integer within int64)")
-    timestamp: float | None = Field(None, ge=0, description="unix seconds, finite, at most a day ahead of the "
-                                                              "server's clock; default: when received")
-    weight: float = Field(1.0, gt=0, le=1e6, description="interaction strength (for rating/weight confidence)")
+    # strict: a JSON number only (true is not 1.0, "5" is not 5.0): what is logged is what the client sent.
+    timestamp: float | None = Field(None, ge=0, strict=True,
+                                    description="unix seconds, finite, at most a day ahead of the server's clock; "
+                                                "default: when received")
+    weight: float = Field(1.0, gt=0, le=1e6, strict=True,
+                          description="interaction strength (for rating/weight confidence)")
 
     @field_validator("timestamp")
     @classmethod
@@ -99,20 +114,31 @@ def validation_problems(exc: ValidationError) -> str:
 def event_problem(record: Any, id_type: str) -> str | None:
     """Why a parsed event-log record cannot become an interaction (None: it can): the :class:`Event` rules, a
     timestamp (the server always writes one), and integer ids when ``data.id_type`` is integer."""
+    return checked_event(record, id_type)[1]
+
+
+def checked_event(record: Any, id_type: str) -> tuple[Event | None, str | None]:
+    """(the event, None) when a parsed event-log record can become an interaction, else (None, why not)."""
     if not isinstance(record, dict):
-        return f"is a JSON {type(record).__name__}, not an object"
+        return None, f"is a JSON {type(record).__name__}, not an object"
     try:
         event = Event.model_validate({name: record[name] for name in FIELDS if name in record})
     except ValidationError as exc:
-        return validation_problems(exc)
+        return None, validation_problems(exc)
     if event.timestamp is None:
-        return "has no timestamp"
+        return None, "has no timestamp"
     if id_type == "integer":
         for name in ("user_id", "item_id"):
             value = getattr(event, name)
-            if isinstance(value, str) and not (value.lstrip("-").isdigit() and -INT64 - 1 <= int(value) <= INT64):
-                return f"{name} {value[:40]!r} is not an integer within int64 (data.id_type: integer)"
-    return None
+            if isinstance(value, str) and not _is_int64_text(value):
+                return None, f"{name} {value[:40]!r} is not an integer within int64 (data.id_type: integer)"
+    return event, None
+
+
+def _is_int64_text(value: str) -> bool:
+    # str.isdigit() is also true for "²" or Arabic-Indic digits, which int() refuses or reads as other numbers.
+    digits = value[1:] if value.startswith("-") else value
+    return 0 < len(digits) <= 19 and digits.isascii() and digits.isdigit() and -INT64 - 1 <= int(value) <= INT64
 
 
 def event_files(settings: Settings) -> list[Path]:
@@ -121,25 +147,27 @@ def event_files(settings: Settings) -> list[Path]:
 
 
 def read_events(files: list[Path], id_type: str = "string") -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """(the usable events of ``files`` as one frame with columns user_id, item_id, timestamp, weight; the
-    rejected lines as ``{"file", "line", "reason", "text"}``). A line that is not JSON, or an event the API
-    would have refused (``event_problem``: a log written by an older server, or edited by hand), is set aside
-    with its reason instead of failing the whole snapshot."""
+    """(the usable events of ``files`` as one frame with columns user_id, item_id, timestamp, weight and their
+    provenance file, line; the rejected lines as ``{"file", "line", "reason", "text"}``). A line that is not
+    JSON, or an event the API would have refused (``event_problem``: a log written by an older server, or edited
+    by hand), is set aside with its reason instead of failing the whole snapshot. Lines are counted from 1 and
+    end at a newline only (JSON text may hold U+2028 or U+0085, which ``str.splitlines`` would also cut at)."""
     rows, rejected = [], []
     for path in files:
-        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        text = path.read_bytes().decode("utf-8", errors="replace")  # no newline translation: a "\r" stays put
+        for number, line in enumerate(text.split("\n"), start=1):
+            line = line.removesuffix("\r")
             if not line.strip():
                 continue
             try:
-                record = parse_strict_json(line)
-                problem = event_problem(record, id_type)
+                event, problem = checked_event(parse_strict_json(line), id_type)
             except (ValueError, RecursionError) as exc:
-                record, problem = None, f"is not a JSON event ({type(exc).__name__}: {str(exc)[:200]})"
-            if problem:
+                event, problem = None, f"is not a JSON event ({type(exc).__name__}: {str(exc)[:200]})"
+            if event is None:
                 rejected.append({"file": str(path), "line": number, "reason": problem, "text": line[:10_000]})
             else:
-                rows.append({name: record.get(name, 1.0 if name == "weight" else None) for name in FIELDS})
-    return pd.DataFrame(rows, columns=list(FIELDS)), rejected
+                rows.append((event.user_id, event.item_id, event.timestamp, event.weight, str(path), number))
+    return pd.DataFrame(rows, columns=[*FIELDS, *PROVENANCE]), rejected
 
 
 def quarantine(settings: Settings, rejected: list[dict[str, Any]]) -> Path | None:
@@ -183,22 +211,131 @@ def as_interactions(events: pd.DataFrame, settings: Settings, columns: list[str]
     return out[columns]
 
 
+def unfillable_columns(settings: Settings, columns: list[str]) -> list[str]:
+    """The snapshot's mapped columns the validation suite requires to be non-empty and events cannot fill:
+    ``split``, and ``rating`` when a weight column takes the event's weight."""
+    mapping = settings.data.columns
+    roles = {"split": mapping.split}
+    if mapping.weight and mapping.weight in columns:
+        roles["rating"] = mapping.rating
+    return [f"{column!r} (data.columns.{role})" for role, column in roles.items() if column and column in columns]
+
+
+def snapshot_problems(events: pd.DataFrame, settings: Settings, columns: list[str]) -> pd.Series:
+    """Per event row (of :func:`read_events`), why the snapshot's validation would refuse it as an interaction
+    (None: it would not): the row rules of the interaction suite that an event can break, checked here so that
+    the row is quarantined with its file and line instead of failing the merged snapshot as a row number of it.
+    ``columns``: the snapshot's columns (where the weight goes)."""
+    cfg, checks = settings.data, settings.validation
+    reasons = pd.Series(None, index=events.index, dtype=object)
+
+    def refuse(mask: pd.Series, why) -> None:
+        for index in mask[mask & reasons.isna()].index:
+            reasons[index] = why(events.loc[index])
+
+    if cfg.id_type == "integer":  # the suite's rule: non-negative integers
+        for name in ("user_id", "item_id"):
+            negative = events[name].map(lambda v: int(v) < 0)
+            refuse(negative, lambda row, name=name: f"{name} {row[name]} is negative (the interaction suite takes "
+                                                    "non-negative integer ids)")
+    earliest, now = checks.earliest_epoch_seconds(), time.time()
+    seconds = events["timestamp"].astype("float64")
+    refuse(seconds < earliest, lambda row: f"timestamp {_moment(row['timestamp'])} is before "
+                                           f"validation.earliest_timestamp ({checks.earliest_timestamp})")
+    refuse(seconds > now, lambda row: f"timestamp {_moment(row['timestamp'])} is ahead of the snapshot's clock (the "
+                                      "interaction suite takes none after its run)")
+    mapping = cfg.columns
+    if mapping.rating and mapping.rating in columns and not (mapping.weight and mapping.weight in columns):
+        weight = events["weight"].astype("float64")
+        refuse((weight < checks.rating_min) | (weight > checks.rating_max),
+               lambda row: f"weight {row['weight']:g} is outside validation.rating_min..rating_max "
+                           f"({checks.rating_min:g}..{checks.rating_max:g}); it fills the rating column "
+                           f"{mapping.rating!r}")
+    for name, (path, spec) in {"user_id": (cfg.users_path, cfg.user_attributes),
+                               "item_id": (cfg.items_path, cfg.item_attributes)}.items():
+        known = _attribute_ids(settings, path, spec.id if spec else None)
+        if known is not None:
+            table = "users" if name == "user_id" else "items"
+            refuse(~events[name].map(lambda v: _id_key(v, cfg.id_type) in known),
+                   lambda row, name=name, table=table, path=path: f"{name} {row[name]!r} is not in the {table} "
+                                                                  f"table ({path})")
+    return reasons
+
+
+def _moment(seconds: float) -> str:
+    """``500000000 (1985-11-05 00:53:20 UTC)``."""
+    shown = f"{seconds:.0f}" if float(seconds).is_integer() else f"{seconds:.3f}"
+    return f"{shown} ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(seconds))})"
+
+
+def _id_key(value: Any, id_type: str) -> Any:
+    return int(value) if id_type == "integer" else str(value)
+
+
+def _attribute_ids(settings: Settings, path: str | None, id_column: str | None) -> set[Any] | None:
+    """The ids of an attribute table in the form events are compared in; None when there is no table, or it
+    cannot be read (the snapshot's ingest then names the problem)."""
+    from recops.data.loaders import read_table  # not at import: the API imports this module
+
+    if not path or not id_column:
+        return None
+    try:
+        ids = read_table(settings.resolve(path), settings.data.csv_separator, columns=[id_column])[id_column]
+    except RecopsError as exc:
+        log.warning("events not checked against %s: %s", path, exc)
+        return None
+    if settings.data.id_type == "integer":
+        numbers = pd.to_numeric(ids, errors="coerce").dropna()
+        return {int(v) for v in numbers if float(v).is_integer()}
+    return set(ids.dropna().astype(str))
+
+
 def with_events(snapshot: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, list[Path], int]:
-    """(snapshot + the logged events it does not hold yet, the event files used, number of rows added)."""
+    """(snapshot + the logged events it does not hold yet, the event files used, number of rows added).
+
+    Event rows the snapshot's validation would refuse are quarantined with their file and line (see
+    :func:`snapshot_problems`); a mapped column that events cannot fill raises RecopsError naming them."""
     files = event_files(settings)
     if not files:
         return snapshot, [], 0
     events, rejected = read_events(files, settings.data.id_type)
+    if events.empty:
+        quarantine(settings, rejected)
+        return snapshot, files, 0
+    columns = list(snapshot.columns)
+    unfillable = unfillable_columns(settings, columns)
+    if unfillable:  # nothing is set aside or consumed: the log stays as it is for a snapshot that can take it
+        raise RecopsError(
+            f"{len(events)} event(s) of the serving log cannot be added to the snapshot: {_where(events)}: the "
+            f"interaction log's column {', '.join(unfillable)} must not be empty and events carry no value for it; "
+            "take the snapshot without the serving events (ingest_snapshot_flow(include_events=False)) or unmap "
+            "the column"
+        )
+    problems = snapshot_problems(events, settings, columns)
+    refused = problems.notna()
+    rejected += [{"file": row.file, "line": int(row.line), "reason": problems[index],
+                  "text": json.dumps({name: row[name] for name in FIELDS}, ensure_ascii=True)}
+                 for index, row in events[refused].iterrows()]
     quarantine(settings, rejected)
+    events = events[~refused]
     if events.empty:
         return snapshot, files, 0
-    added = as_interactions(events, settings, list(snapshot.columns))
+    added = as_interactions(events, settings, columns)
     keys = [settings.data.columns.user, settings.data.columns.item, settings.data.columns.timestamp]
     existing = pd.MultiIndex.from_frame(snapshot[keys].astype(str))
     new = ~pd.MultiIndex.from_frame(added[keys].astype(str)).isin(existing)
     added = added[new].drop_duplicates(subset=keys)
     combined = pd.concat([snapshot, added], ignore_index=True)
     return combined, files, int(len(added))
+
+
+def _where(events: pd.DataFrame, shown: int = 5) -> str:
+    """``events-20261123.jsonl lines 1, 2, 5; events-20261124.jsonl line 3`` for the first ``shown`` rows."""
+    parts = []
+    for path, lines in events.head(shown).groupby("file", sort=False)["line"]:
+        numbers = [str(int(n)) for n in lines]
+        parts.append(f"{path} line{'s' if len(numbers) > 1 else ''} {', '.join(numbers)}")
+    return "; ".join(parts) + (f" and {len(events) - shown} more" if len(events) > shown else "")
 
 
 def mark_ingested(files: list[Path]) -> None:

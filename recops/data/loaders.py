@@ -229,7 +229,12 @@ def _read_mapped(path: Path, config: DataConfig, wanted: dict[str, str]) -> pd.D
 
 
 def to_epoch_seconds(values: pd.Series, unit: str) -> pd.Series:
-    """Timestamps as int64 Unix seconds when every non-null value converts; otherwise the values as given."""
+    """Timestamps as int64 Unix seconds when every non-null value converts; otherwise the values as given (the
+    validation report then names the rows whose values are neither numbers nor dates)."""
+    if unit != "datetime" and not pd.api.types.is_numeric_dtype(values):
+        numbers = pd.to_numeric(values, errors="coerce")  # numbers stored as text (a Parquet string column)
+        if numbers.notna().sum() == values.notna().sum() and values.notna().any():
+            values = numbers
     if unit == "datetime" or not pd.api.types.is_numeric_dtype(values):
         if pd.api.types.is_numeric_dtype(values):
             return values
@@ -273,17 +278,29 @@ INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def _check_int64(values: pd.Series, path: Path, column: str, limit: int = 5) -> None:
-    """Integer ids beyond int64 (a CSV reader keeps them as Python ints in an object column, and writing them
-    fails deep in pyarrow): a RecopsError naming the file, the column and the offending rows and values."""
-    if values.dtype != object:
-        return
-    numeric = pd.to_numeric(values, errors="coerce")  # huge integers come back as floats; text as NaN
-    huge = np.flatnonzero((numeric.abs() > INT64_MAX).to_numpy())
-    if len(huge):
+    """Integer ids beyond int64 (a CSV reader keeps them as Python ints in an object column, as uint64 up to
+    2**64, or as text when the column also holds a negative number or a word; writing or encoding them fails
+    deep in pyarrow or numpy): a RecopsError naming the file, the column and the offending rows and values."""
+    if pd.api.types.is_signed_integer_dtype(values.dtype) or pd.api.types.is_float_dtype(values.dtype) \
+            or pd.api.types.is_bool_dtype(values.dtype):
+        return  # floats are not ids: validation reports them
+    numeric = pd.to_numeric(values, errors="coerce")  # huge integers come back as floats or uint64; words as NaN
+    # float64 cannot tell 2**63 - 1 from 2**63: the candidates are confirmed with Python's exact integers.
+    candidates = np.flatnonzero((numeric.abs() >= 2.0**63).to_numpy())
+    huge = [i for i in candidates if _beyond_int64(values.iloc[i])]
+    if huge:
         shown = ", ".join(f"row {i + 1}: {values.iloc[i]}" for i in huge[:limit])
         raise RecopsError(f"{path}, column {column!r}: {len(huge)} id(s) beyond the 64-bit integer range "
-                          f"(data.id_type: integer), e.g. {shown} (rows counted after the header); fix them or "
-                          f"set data.id_type: string")
+                          f"(data.id_type: integer), e.g. {shown} (rows are data rows counted from 1 without the "
+                          f"header line); fix them or set data.id_type: string")
+
+
+def _beyond_int64(value: object) -> bool:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        return True  # a float literal beyond 2**63 (to_numeric read it)
+    return not -INT64_MAX - 1 <= number <= INT64_MAX
 
 
 def load_attributes(path: Path, spec: AttributeColumns, id_name: str, config: DataConfig) -> pd.DataFrame:
@@ -293,4 +310,6 @@ def load_attributes(path: Path, spec: AttributeColumns, id_name: str, config: Da
     out = frame[declared].rename(columns={spec.id: id_name})
     if config.id_type == "string":
         out[id_name] = out[id_name].astype("string")
+    else:
+        _check_int64(out[id_name], path, spec.id)
     return out

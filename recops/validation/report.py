@@ -2,17 +2,26 @@
 
 Works on the JSON form of the results (``ExpectationSuiteValidationResult.to_json_dict()``), so it needs no
 Great Expectations import. One failed expectation becomes one line naming the table and its source file, the
-column(s), the rule in plain words, how many rows break it and a few offending values, e.g.::
+column(s), the rule in plain words, how many rows break it and a few offending values with the rows that hold
+them, e.g.::
 
     interactions (data/external/events.csv), column 'rating': values must be between 1 and 5: 3 of 1000 rows
-    fail, e.g. 7.0, -1.0, 9.5
+    fail, e.g. 7.0 at row 12; -1.0 at rows 40, 41
+
+Rows are numbered as in the table's file: row 1 is the first data row (a header line is not counted), so row N is
+line N + 1 of a CSV file with a header. The tables reach validation in file order with a fresh index, so a
+result's index is the row number minus one. Great Expectations reports the first offending rows
+(``partial_unexpected_index_list``, in SUMMARY format); for a column of the wrong type it reports only the dtype,
+so the values that are not numbers are found here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from recops.columns import Columns
@@ -21,6 +30,9 @@ from recops.columns import Columns
 _COLUMNS_SHOWN = 12
 # How many members of a value set to spell out in a rule.
 _SET_MEMBERS_SHOWN = 10
+# How many rows to list for one offending value.
+_ROWS_PER_VALUE = 3
+ROW_NUMBERS = "rows are data rows of each file, counted from 1 without the header line"
 
 
 def failed_results(validation: dict[str, Any]) -> list[dict[str, Any]]:
@@ -64,9 +76,10 @@ def describe_failure(
 
 def failure_message(lines: list[str], report_path: str, docs_path: str) -> str:
     count = len(lines)
+    rows = f"{ROW_NUMBERS}; " if any(" row " in line or " rows " in line for line in lines) else ""
     header = (
         f"data validation failed: {count} expectation{'s' if count != 1 else ''} not met "
-        f"(full report: {report_path}, Data Docs: {docs_path})"
+        f"({rows}full report: {report_path}, Data Docs: {docs_path})"
     )
     return "\n".join([header, *(f"  - {line}" for line in lines)])
 
@@ -181,39 +194,106 @@ def _rule_in_words(config: dict[str, Any], sources: dict[str, str]) -> str:
 def _evidence(kind: str, kwargs: dict[str, Any], outcome: dict[str, Any], frame: pd.DataFrame, limit: int) -> str:
     """How many rows break the rule and a few of them, or the observed value for table-level rules."""
     column = kwargs.get("column")
+    if kind == "expect_column_values_to_be_in_type_list":
+        # GX 1.x reports a pandas column of the wrong dtype as every row failing, with the first (good) values.
+        return _type_evidence(frame, column, outcome.get("observed_value"), limit)
     if "unexpected_count" not in outcome:
         observed = outcome.get("observed_value")
-        if kind == "expect_column_values_to_be_in_type_list":
-            samples = _sample_values(frame, column, limit)
-            return f"the column holds {observed} values" + (f", e.g. {samples}" if samples else "")
         if kind == "expect_table_row_count_to_be_between" and observed == 0:
             return "it has 0 rows (the table is empty: check the input file and data.csv_separator)"
         return f"it has {_number(observed, column)}"
 
     count, total = outcome.get("unexpected_count", 0), outcome.get("element_count", len(frame))
+    rows = _row_numbers(outcome, frame)
     if kind == "expect_column_values_to_not_be_null":
-        rows = _distinct(outcome.get("partial_unexpected_index_list") or [], limit)
-        shown = f", e.g. row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))}" if rows else ""
-        return f"{count} of {total} rows are empty{shown}"
+        shown = [row for row in rows[:limit] if row is not None]
+        listed = f", e.g. row{'s' if len(shown) > 1 else ''} {', '.join(map(str, shown))}" if shown else ""
+        return f"{count} of {total} rows are empty{listed}"
+    values = list(outcome.get("partial_unexpected_list") or [])
     if kind == "expect_compound_columns_to_be_unique":
         names = kwargs.get("column_list") or []
         examples = [
-            "(" + ", ".join(_value(row.get(name)) for name in names) + ")"
-            for row in outcome.get("partial_unexpected_list") or []
-            if isinstance(row, dict)
+            "(" + ", ".join(_value(row.get(name)) for name in names) + ")" if isinstance(row, dict) else _value(row)
+            for row in values
         ]
         counted = f"{count} of {total} rows repeat another row's ({', '.join(names)})"
-        return counted + _examples_text(examples, limit)
-    # The most frequent offending values first, when GX counted them; otherwise the first offending rows.
-    counted_values = [entry.get("value") for entry in outcome.get("partial_unexpected_counts") or []]
-    values = counted_values or outcome.get("partial_unexpected_list") or []
+        return counted + _located(examples, rows, limit, str)
     if kind == "expect_column_pair_values_to_be_equal":
         column = kwargs.get("column_A")
         values = [pair[0] if isinstance(pair, (list, tuple)) and pair else pair for pair in values]
-    evidence = f"{count} of {total} rows fail" + _examples_text([_number(v, column) for v in values], limit)
+    evidence = f"{count} of {total} rows fail" + _located(values, rows, limit, lambda v: _number(v, column))
     if kind == "expect_column_values_to_be_between" and column == Columns.TIMESTAMP:
         evidence += _timestamp_unit_hint(values, kwargs.get("max_value"))
     return evidence
+
+
+def _row_numbers(outcome: dict[str, Any], frame: pd.DataFrame) -> list[int | None]:
+    """The file row (1-based) of each of GX's first offending rows, aligned with ``partial_unexpected_list``;
+    [] when GX gave no index list (or one of named index columns, which recops does not ask for)."""
+    labels = outcome.get("partial_unexpected_index_list") or []
+    if not labels or any(isinstance(label, (dict, list, tuple)) for label in labels):
+        return []
+    try:
+        positions = frame.index.get_indexer(labels)
+    except (TypeError, ValueError, pd.errors.InvalidIndexError):
+        return []
+    return [int(position) + 1 if position >= 0 else None for position in positions]
+
+
+def _located(values: list[Any], rows: list[int | None], limit: int, show: Callable[[Any], str]) -> str:
+    """``, e.g. 'five' at rows 5000, 5501; 'n/a' at row 12``: up to ``limit`` distinct offending values in the
+    order GX found them, each with the first rows holding it."""
+    found: dict[str, list[int]] = {}
+    for position, value in enumerate(values):
+        text = show(value)
+        if text not in found:
+            if len(found) >= limit:
+                continue
+            found[text] = []
+        row = rows[position] if position < len(rows) else None
+        if row is not None:
+            found[text].append(row)
+    return (", e.g. " + "; ".join(text + _at_rows(numbers) for text, numbers in found.items())) if found else ""
+
+
+def _at_rows(rows: list[int]) -> str:
+    if not rows:
+        return ""
+    listed = ", ".join(map(str, rows[:_ROWS_PER_VALUE])) + (", ..." if len(rows) > _ROWS_PER_VALUE else "")
+    return f" at row{'s' if len(rows) > 1 else ''} {listed}"
+
+
+def _type_evidence(frame: pd.DataFrame, column: str | None, observed: Any, limit: int) -> str:
+    """The rows whose values are not numbers (timestamps: nor dates, which ingest converts when all of them
+    parse), or, when each value reads as a number, how the column is stored."""
+    if column is None or column not in frame.columns:
+        return f"the column holds {observed} values"
+    values = frame[column]
+    dates = column == Columns.TIMESTAMP
+    bad = _not_numbers(values, dates)
+    if not len(bad):
+        samples = _sample_values(frame, column, limit)
+        return (f"the column is stored as {observed or values.dtype}, although each value reads as a number"
+                + (" or a date" if dates else "") + (f" (e.g. {samples})" if samples else "")
+                + ": store it as int64 or float64 numbers")
+    what = "neither numbers nor dates" if dates else "not numbers"
+    first = bad[: limit * _ROWS_PER_VALUE * 4]
+    return (f"{len(bad)} of {len(values)} rows are {what}"
+            + _located(values.iloc[first].tolist(), [int(i) + 1 for i in first], limit, _value))
+
+
+def _not_numbers(values: pd.Series, dates: bool) -> np.ndarray:
+    """Positions of the non-empty values that do not read as numbers (nor, with ``dates``, as dates)."""
+    present = values.notna().to_numpy()
+    try:
+        numeric = pd.to_numeric(values, errors="coerce").isna().to_numpy()
+    except (TypeError, ValueError):  # values pandas cannot even try (lists, dicts): none of them is a number
+        numeric = np.ones(len(values), dtype=bool)
+    bad = np.flatnonzero(present & numeric)
+    if dates and len(bad):
+        parsed = pd.to_datetime(values.iloc[bad].astype(str), errors="coerce", utc=True, format="mixed")
+        bad = bad[parsed.isna().to_numpy()]
+    return bad
 
 
 def _timestamp_unit_hint(values: list[Any], latest: Any) -> str:
@@ -222,11 +302,6 @@ def _timestamp_unit_hint(values: list[Any], latest: Any) -> str:
     if numbers and isinstance(latest, (int, float)) and min(numbers) > 100 * latest:
         return " (these look like milliseconds or finer: check data.timestamp_unit in params.yaml)"
     return ""
-
-
-def _examples_text(examples: list[str], limit: int) -> str:
-    shown = _distinct(examples, limit)
-    return f", e.g. {', '.join(shown)}" if shown else ""
 
 
 def _distinct(values: list[Any], limit: int) -> list[Any]:

@@ -207,7 +207,8 @@ class _GreatExpectationsRun:
         # One run id for all tables, so that Data Docs lists them as one run.
         self._run_id = RunIdentifier(run_name="recops-validate", run_time=datetime.now(timezone.utc))
         self._datasource = self._context.data_sources.add_pandas(_DATASOURCE)
-        # SUMMARY adds the row index of failing rows (used for empty values) to BASIC's counts and examples.
+        # SUMMARY adds the index of the first failing rows (partial_unexpected_index_list) to BASIC's counts and
+        # examples: the report turns it into the file's row numbers of the offending values.
         self._result_format = {"result_format": "SUMMARY", "partial_unexpected_count": partial_unexpected_count}
 
     def validate(

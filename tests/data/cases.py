@@ -2,6 +2,7 @@
 
 Each case is (name, files to write into data/external, params overrides, words the error must contain).
 The clean log is synthetic but shaped like a real one (users x items with timestamps in 2020 and 1-5 ratings).
+Row numbers in the messages are data rows of the file counted from 1 without the header: ``e.loc[i]`` is row i + 1.
 """
 
 from __future__ import annotations
@@ -65,28 +66,35 @@ def cases() -> list[tuple[str, dict[str, bytes], dict, list[str]]]:
     out = []
     out.append(("missing_column", with_events(events.drop(columns=["ts"])), {}, ["events.csv", "'ts'", "missing"]))
     e = events.astype({"stars": object}).copy()
-    e.loc[[3, 7], "stars"] = "five"
-    out.append(("non_numeric_rating", with_events(e), {}, ["rating", "five"]))
+    e.loc[[1400, 1450], "stars"] = "five"  # deep in the file: the examples are these rows, not the first ones
+    out.append(("non_numeric_rating", with_events(e), {},
+                ["events.csv", "rating", "2 of 1500 rows are not numbers, e.g. 'five' at rows 1401, 1451",
+                 "data rows of each file, counted from 1"]))
+    e = events.astype({"ts": object}).copy()
+    e.loc[[1300], "ts"] = "yesterday"
+    out.append(("word_in_timestamp", with_events(e), {},
+                ["events.csv", "timestamp",
+                 "1 of 1500 rows are neither numbers nor dates, e.g. 'yesterday' at row 1301"]))
     e = events.astype({"uid": object}).copy()
     e.loc[[5], "uid"] = "u-17"
-    out.append(("non_numeric_id", with_events(e), {}, ["user_id", "u-17"]))
+    out.append(("non_numeric_id", with_events(e), {}, ["user_id", "'u-17' at row 6"]))
     e = events.copy()
     e.loc[[2], "sku"] = -4
-    out.append(("negative_id", with_events(e), {}, ["item_id", "-4"]))
+    out.append(("negative_id", with_events(e), {}, ["item_id", "-4 at row 3"]))
     e = events.astype({"uid": "float64"}).copy()
     e.loc[[9, 10], "uid"] = np.nan
-    out.append(("null_key", with_events(e), {}, ["user_id", "empty", "rows 9, 10"]))
+    out.append(("null_key", with_events(e), {}, ["user_id", "empty", "rows 10, 11"]))
     e = pd.concat([events, events.iloc[[0, 1, 2]]], ignore_index=True)
     out.append(("duplicated_rows", with_events(e), {}, ["user_id, item_id, timestamp", "(1, 86, 1585807416)"]))
     e = events.copy()
     e.loc[[4], "ts"] = 4_102_444_800  # 2100-01-01
-    out.append(("future_timestamp", with_events(e), {}, ["timestamp", "4102444800"]))
+    out.append(("future_timestamp", with_events(e), {}, ["timestamp", "4102444800 (2100-01-01 00:00:00 UTC) at row 5"]))
     e = events.copy()
     e.loc[[4], "ts"] = 86_400 * 365  # 1971
     out.append(("timestamp_before_1990", with_events(e), {}, ["timestamp", "31536000"]))
     e = events.copy()
     e.loc[[11], "stars"] = 9
-    out.append(("rating_out_of_range", with_events(e), {}, ["rating", "9"]))
+    out.append(("rating_out_of_range", with_events(e), {}, ["rating", "9 at row 12"]))
     out.append(("empty_file", {**base, "events.csv": b""}, {}, ["events.csv", "empty"]))
     out.append(("header_only", {**base, "events.csv": b"uid,sku,ts,stars\n"}, {}, ["events.csv", "no rows"]))
     full = _csv(events)
@@ -101,10 +109,14 @@ def cases() -> list[tuple[str, dict[str, bytes], dict, list[str]]]:
     out.append(("too_few_rows", with_events(events.head(100)), {}, ["500"]))
     e = events.astype({"stars": "float64"}).copy()
     e.loc[[3, 8], "stars"] = np.nan  # used to pass silently
-    out.append(("null_rating", with_events(e), {}, ["rating", "empty", "rows 3, 8"]))
+    out.append(("null_rating", with_events(e), {}, ["rating", "empty", "rows 4, 9"]))
     e = events.astype({"uid": object}).copy()
     e.loc[[12], "uid"] = 1234567890123456789012  # used to end in an OverflowError traceback after retries
     out.append(("id_beyond_int64", with_events(e), {}, ["events.csv", "'uid'", "64-bit", "row 13: 1234567890123456789012"]))
+    u = users.astype({"uid": object}).copy()
+    u.loc[[40], "uid"] = 2**70  # an attribute table's ids are held to the same rule
+    out.append(("attribute_id_beyond_int64", {**with_events(events), "users.csv": _csv(u)}, {},
+                ["users.csv", "'uid'", "64-bit", "row 41: 1180591620717411303424"]))
     return out
 
 

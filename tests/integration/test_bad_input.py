@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -64,3 +65,35 @@ def test_bad_input_is_rejected_with_a_message_naming_the_problem(tmp_path, name,
     # nothing downstream of validation was produced
     assert not settings.path("split_dir").exists()
     assert not settings.path("metrics").exists()
+
+
+def test_an_event_the_snapshots_validation_would_refuse_is_quarantined_naming_the_events_file_and_line(tmp_path):
+    """Issue 14: such an event used to fail the merged snapshot's validation as "row 1502" of the snapshot file;
+    now it is set aside with its file, line and reason, and the snapshot is validated without it."""
+    from recops.data.events import stage_snapshot
+
+    events, users, items = clean_tables()
+    files = {"events.csv": events.to_csv(index=False).encode(), "users.csv": users.to_csv(index=False).encode(),
+             "items.csv": items.to_csv(index=False).encode()}
+    settings = load_settings(workspace(tmp_path, files, {}) / "params.yaml")
+    log_dir = settings.root / settings.serving.event_log_dir
+    log_dir.mkdir(parents=True)
+    good = {"user_id": "1", "item_id": "3", "timestamp": 1_600_000_000.0, "weight": 4.0}
+    log = log_dir / "events-20261123.jsonl"
+    log.write_text("\n".join(json.dumps(e) for e in [
+        good,
+        {**good, "user_id": "999"},          # not in users.csv
+        {**good, "timestamp": 500_000_000},  # 1985: before validation.earliest_timestamp
+        {**good, "weight": 9.0},             # fills the rating column: outside 1..5
+    ]) + "\n")
+    target = settings.resolve(settings.data.interactions_path)
+    staging = target.with_name(f".{target.name}.incoming")
+    consumed, added = stage_snapshot(settings, target, staging)
+    staging.replace(target)
+
+    assert steps.ingest(settings)["ingest.rows"] == len(events) + 1 and added == 1 and consumed == [log]
+    assert steps.validate(settings)["validation.success"] == 1.0
+    rejected = [json.loads(line) for path in (log_dir / "rejected").glob("*.jsonl")
+                for line in path.read_text().splitlines()]
+    assert [(entry["file"], entry["line"]) for entry in rejected] == [(str(log), 2), (str(log), 3), (str(log), 4)]
+    assert "user_id '999' is not in the users table (data/external/users.csv)" in rejected[0]["reason"]

@@ -113,7 +113,7 @@ def test_non_numeric_id_fails_with_the_offending_value(interactions, settings, t
     message = failure_message(interactions, settings, tmp_path)
 
     assert "column 'user_id': ids must be non-negative integers" in message
-    assert "1 of 200 rows fail, e.g. 'abc'" in message
+    assert "1 of 200 rows fail, e.g. 'abc' at row 4" in message
 
 
 def test_negative_id_fails(interactions, settings, tmp_path):
@@ -142,7 +142,8 @@ def test_null_in_key_column_reports_the_row(interactions, settings, tmp_path):
 
     message = failure_message(interactions, settings, tmp_path)
 
-    assert "column 'item_id': values must not be empty: 1 of 200 rows are empty, e.g. row 7" in message
+    assert "column 'item_id': values must not be empty: 1 of 200 rows are empty, e.g. row 8" in message
+    assert "rows are data rows of each file, counted from 1 without the header line" in message
 
 
 def test_rating_out_of_range_shows_the_ratings(interactions, settings, tmp_path):
@@ -151,7 +152,7 @@ def test_rating_out_of_range_shows_the_ratings(interactions, settings, tmp_path)
     message = failure_message(interactions, settings, tmp_path)
 
     assert "column 'rating': values must be between 1 and 5: 3 of 200 rows fail" in message
-    assert "7.0" in message and "-1.0" in message and "9.5" in message
+    assert "e.g. 7.0 at row 2; -1.0 at row 3; 9.5 at row 4" in message
 
 
 def test_timestamp_in_the_future_fails(interactions, settings, tmp_path):
@@ -191,6 +192,42 @@ def test_text_timestamps_fail_as_not_numbers_without_crashing(interactions, sett
     assert "could not be checked" not in message
 
 
+def test_a_word_deep_in_a_rating_column_is_shown_with_its_row_not_the_first_good_values(interactions, settings,
+                                                                                         tmp_path):
+    ratings = interactions[Columns.RATING].map("{:g}".format).astype(object)  # as a CSV reader leaves them
+    ratings[[149, 180]] = "five"
+    interactions[Columns.RATING] = ratings
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert ("column 'rating': ratings must be numbers: 2 of 200 rows are not numbers, e.g. 'five' at rows 150, 181"
+            in message)
+
+
+def test_a_word_deep_in_a_timestamp_column_is_shown_with_its_row(interactions, settings, tmp_path):
+    stamps = interactions[Columns.TIMESTAMP].astype(str).astype(object)
+    stamps[[0, 1]] = ["1997-12-04 15:55:49", "now"]  # dates are fine: ingest converts them when all parse
+    stamps[199] = "yesterday"
+    interactions[Columns.TIMESTAMP] = stamps
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert ("column 'timestamp': timestamps must be numbers (Unix seconds; check data.timestamp_unit): 1 of 200 "
+            "rows are neither numbers nor dates, e.g. 'yesterday' at row 200") in message
+
+
+def test_many_offending_values_show_the_first_distinct_ones_with_their_first_rows(interactions, settings, tmp_path):
+    interactions[Columns.SPLIT] = "train"
+    interactions.loc[10:19, Columns.SPLIT] = ["x"] * 5 + ["y", "z", "u", "v", "w"]
+    limited = settings.model_copy(update={"validation": settings.validation.model_copy(
+        update={"offending_examples": 3})})
+
+    message = failure_message(interactions, limited, tmp_path)
+
+    assert "10 of 200 rows fail, e.g. 'x' at rows 11, 12, 13, ...; 'y' at row 16; 'z' at row 17" in message
+    assert "'u'" not in message
+
+
 def test_duplicated_rows_are_shown(interactions, settings, tmp_path):
     duplicated = pd.concat([interactions, interactions.iloc[[10]]], ignore_index=True)
     user, item, timestamp = interactions.loc[10, [Columns.USER_ID, Columns.ITEM_ID, Columns.TIMESTAMP]].astype(int)
@@ -199,7 +236,7 @@ def test_duplicated_rows_are_shown(interactions, settings, tmp_path):
 
     assert "columns 'user_id','item_id','timestamp': rows must be unique" in message
     assert "2 of 201 rows repeat another row's" in message
-    assert f"e.g. ({user}, {item}, {timestamp})" in message
+    assert f"e.g. ({user}, {item}, {timestamp}) at rows 11, 201" in message
 
 
 def test_too_few_rows_fail(interactions, settings, tmp_path):
@@ -237,7 +274,7 @@ def test_users_table_missing_ids_are_listed(interactions, settings, tmp_path):
         "interactions (data/external/events.csv), column 'user_id': every user_id must appear in the users "
         "table (data/external/users.csv)"
     ) in message
-    assert "20 of 200 rows fail, e.g. 18, 19" in message
+    assert "20 of 200 rows fail, e.g. 18 at rows 19, 39, 59, ...; 19 at rows 20, 40, 60, ..." in message
 
 
 def test_items_table_missing_ids_are_listed(interactions, settings, tmp_path):
@@ -247,8 +284,10 @@ def test_items_table_missing_ids_are_listed(interactions, settings, tmp_path):
     message = failure_message(interactions, settings, tmp_path, items=items)
 
     assert "column 'item_id': every item_id must appear in the items table (data/external/items.csv)" in message
+    rows = {item: [int(i) + 1 for i in np.flatnonzero(interactions[Columns.ITEM_ID] == item)[:3]] for item in (0, 1)}
+    shown = {item: f"{item} at rows {', '.join(map(str, found))}" for item, found in rows.items()}
     assert f"{expected_rows} of 200 rows fail, e.g. " in message
-    assert "e.g. 0, 1" in message or "e.g. 1, 0" in message
+    assert shown[0] in message and shown[1] in message
 
 
 def test_ids_read_as_text_in_the_users_table_get_a_hint(interactions, settings, tmp_path):
@@ -299,3 +338,13 @@ def test_importing_recops_validation_does_not_import_great_expectations():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
 
     assert out.strip() == "False"
+
+
+def test_a_column_of_numbers_stored_as_text_says_how_it_is_stored(interactions, settings, tmp_path):
+    interactions[Columns.RATING] = interactions[Columns.RATING].map("{:g}".format).astype(object)
+
+    message = failure_message(interactions, settings, tmp_path)
+
+    assert "column 'rating': ratings must be numbers: the column is stored as object, although each value reads " \
+           "as a number (e.g. " in message
+    assert "store it as int64 or float64 numbers" in message
