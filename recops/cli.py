@@ -381,14 +381,14 @@ def promote(
 ) -> None:
     """Move the champion alias to the challenger, only on a `ship` A/B decision for exactly that pair.
 
-    The first model (no champion yet) is promoted when it passes registry.first_model_gates instead.
+    The report must be the one `recops ab` logged on the challenger's MLflow run (same sha256): an edited file
+    is refused. The first model (no champion yet) is promoted when it passes registry.first_model_gates instead.
     """
     from recops.registry import promote as promote_version
 
     def run(settings):
         path = report or settings.path("reports_dir") / "ab.json"
-        ab_report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        return promote_version(settings, ab_report=ab_report, version=version, reason=reason,
+        return promote_version(settings, ab_report=path, version=version, reason=reason,
                                gates=settings.registry.first_model_gates)
 
     _, entry = _with_settings(params, quiet, run)

@@ -5,7 +5,9 @@ of the project as they are now (history = train + valid, ground truth = test). T
 ``recops.evaluation.ab``: the offline paired test on the primary metric, the simulated online test (hash-bucketed
 arms, held-out interactions replayed as clicks), team-draft interleaving, guardrails (coverage, novelty, ONNX p99
 latency of the challenger) and the decision. ``reports/ab.json`` and ``reports/ab.html`` are written and both are
-logged to MLflow on the challenger's run, with the headline numbers as metrics.
+logged to MLflow on the challenger's run, with the headline numbers as metrics and the sha256 of the ab.json bytes
+as the run tag ``recops.ab.report_sha256``: ``recops promote`` acts on the file only when it still has that
+digest (``recops.registry.promotion``).
 """
 
 from __future__ import annotations
@@ -141,7 +143,9 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
 def _log_to_challenger_run(settings: Settings, version: str, summary: dict[str, Any], files: list[Path]) -> None:
     from mlflow import MlflowClient
 
+    from recops.io import file_digest
     from recops.registry.mlflow_registry import mlflow_metric_key
+    from recops.registry.promotion import AB_REPORT_SHA256_TAG
 
     uri = settings.tracking_uri()
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -155,3 +159,5 @@ def _log_to_challenger_run(settings: Settings, version: str, summary: dict[str, 
     client.set_tag(run_id, "recops.ab.champion_version", summary["champion_version"])
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path="ab")
+    # last: the digest vouches for a report that is logged in full (files[0] is ab.json)
+    client.set_tag(run_id, AB_REPORT_SHA256_TAG, file_digest(files[0], "sha256"))

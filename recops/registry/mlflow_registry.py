@@ -523,3 +523,28 @@ def download_serving_bundle(settings: Settings, version: str | int, dst_dir: Pat
     except (MlflowException, OSError) as exc:
         raise RecopsError(f"could not download the serving bundle of version {version} of {name!r}: {exc}") from None
     return Path(local), expected, record.run_id
+
+
+def registered_serving_bundles(settings: Settings) -> list[dict[str, Any]]:
+    """The registered versions that have a serving bundle, newest first, each ``{"version", "run_id",
+    "manifest_sha256", "creation_timestamp"}``: the sha256 of its ``manifest.json`` the registry recorded at
+    registration, and when the version was created (ms since epoch).
+
+    Empty when the model is not registered, or when the tracking URI is the default SQLite file and that file does
+    not exist (asking would create an empty store). Raises what MLflow raises when the registry cannot be reached.
+    """
+    if settings.registry.tracking_uri is None and not settings.path("mlflow_db").is_file():
+        return []
+    return [{"version": record["version"], "run_id": record["run_id"],
+             "manifest_sha256": record["tags"][SERVING_MANIFEST_TAG],
+             "creation_timestamp": record["creation_timestamp"]}
+            for record in reversed(list_versions(settings)) if record["tags"].get(SERVING_MANIFEST_TAG)]
+
+
+def download_serving_file(settings: Settings, run_id: str, name: str, dst_dir: Path) -> Path:
+    """Download one file of the ``serving`` artifact a run logged (e.g. its ``manifest.json``); return its path."""
+    import mlflow.artifacts
+
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"serving/{name}", dst_path=str(dst_dir),
+                                                tracking_uri=settings.tracking_uri())
+    return Path(local)

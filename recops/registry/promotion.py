@@ -6,7 +6,9 @@ The lifecycle of a version of ``settings.registry.model_name``:
    (:func:`set_challenger`);
 2. :func:`promote` points ``champion`` at it, but only on evidence: an A/B decision report that says ``ship`` for
    exactly this (champion, challenger) pair, or, for the very first model (no champion yet), absolute quality
-   gates on the metrics of its MLflow run (:func:`first_model_gates`);
+   gates on the metrics of its MLflow run (:func:`first_model_gates`). A report read from a file
+   (``reports/ab.json``, which anyone can edit) is evidence only when its bytes are the ones ``recops ab`` logged
+   on the promoted version's run: their sha256 is the run tag ``recops.ab.report_sha256``;
 3. :func:`rollback` points ``champion`` back at the champion before it.
 
 Every move is decided first and written once: all checks run before the alias is set, the alias is set in one
@@ -38,12 +40,14 @@ versions (that is :mod:`recops.registry.mlflow_registry`).
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import logging
 import math
 import os
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -77,6 +81,9 @@ TAG_ROLLED_BACK_BY = "recops.rolled_back_by"
 TAG_ROLLBACK_REASON = "recops.rollback_reason"
 AB_TAG_PREFIX = "recops.ab."
 GATES_TAG_PREFIX = "recops.gates."
+# Run tag on a challenger's run, set by `recops ab` (recops.evaluation.abtest): the sha256 of the exact bytes of the
+# ab.json it wrote and logged. Also the version tag recording the report a promotion acted on.
+AB_REPORT_SHA256_TAG = AB_TAG_PREFIX + "report_sha256"
 
 # SqlRegisteredModelTag.value is VARCHAR(5000): PostgreSQL refuses longer values (SQLite would silently keep them).
 _MAX_REGISTERED_MODEL_TAG_VALUE = 5000
@@ -193,7 +200,7 @@ def current_aliases(settings: Settings) -> dict[str, str]:
 def promote(
     settings: Settings,
     *,
-    ab_report: Mapping[str, Any] | None,
+    ab_report: Mapping[str, Any] | Path | None,
     version: str | int | None = None,
     actor: str | None = None,
     reason: str | None = None,
@@ -206,9 +213,16 @@ def promote(
     promoted), with decision ``ship``. Without a champion (the first model) the report is not used: the version
     must pass :func:`first_model_gates` on the metrics of its MLflow run.
 
+    A report given as a file must be byte for byte the one ``recops ab`` logged on the promoted version's run (its
+    sha256 against the run tag ``recops.ab.report_sha256``): the file is the user's to edit, the run is the record.
+    A dict is taken as given: the caller made it in-process (the evaluate-and-promote flow passes what
+    :func:`recops.evaluation.abtest.run_ab` returned, which logged it).
+
     Args:
         settings: names the tracking URI and the registered model.
-        ab_report: the A/B decision report (a dict as written by ``recops ab``), or None.
+        ab_report: the A/B decision report: a path to the ``ab.json`` written by ``recops ab`` (checked against
+            the digest logged on the version's run; a missing file is a missing report), a dict as ``run_ab``
+            returns it, or None.
         version: the version to promote; default: the one the ``challenger`` alias points at. Pass it to promote
             the version an A/B test was run on after a newer training run has moved the challenger on.
         actor: who promotes (recorded); default ``$USER`` / the login name.
@@ -222,9 +236,10 @@ def promote(
 
     Raises:
         RecopsError: no challenger alias (and no ``version``), an unknown version, a version that already is the
-            champion, a missing report / a report for another pair / a decision other than ``ship``, failed
-            quality gates, or a failure while recording the move (the alias is then restored). Nothing is
-            changed in the registry when it is raised, except as the message says.
+            champion, a missing report / a report file other than the one logged on the version's run / a report
+            for another pair / a decision other than ``ship``, failed quality gates, or a failure while recording
+            the move (the alias is then restored). Nothing is changed in the registry when it is raised, except as
+            the message says.
     """
     client = _client(settings)
     name = settings.registry.model_name
@@ -253,7 +268,7 @@ def promote(
         )
 
     if champion is None:
-        if ab_report is not None:
+        if isinstance(ab_report, Mapping) or (isinstance(ab_report, Path) and ab_report.is_file()):
             logger.info("%s has no champion yet: the first model is promoted on quality gates, not the A/B report",
                         name)
         metrics = _run_metrics(client, target)
@@ -275,7 +290,11 @@ def promote(
         evidence_tags = {GATES_TAG_PREFIX + mlflow_metric_key(k): _tag_text(v) for k, v in evidence.items()}
         default_reason = f"first model: passed the quality gates ({primary} = {evidence[primary]:.4f})"
     else:
-        evidence = _flat_report(_shipping_report(ab_report, name, champion, to_version))
+        report, report_sha256 = (_logged_ab_report(client, name, target, ab_report) if isinstance(ab_report, Path)
+                                 else (ab_report, None))
+        evidence = _flat_report(_shipping_report(report, name, champion, to_version))
+        if report_sha256 is not None:  # recorded on the version: the report this promotion acted on
+            evidence[AB_REPORT_SHA256_TAG[len(AB_TAG_PREFIX):]] = report_sha256
         promoted_on = PROMOTED_ON_AB_TEST
         evidence_tags = {AB_TAG_PREFIX + key: _tag_text(v) for key, v in evidence.items()
                          if len(AB_TAG_PREFIX + key) <= _MAX_TAG_KEY_LENGTH}
@@ -447,6 +466,39 @@ def _shipping_report(
     if decision != "ship":
         raise RecopsError(f"the A/B report for {pair} has decision {report['decision']!r}; only 'ship' promotes")
     return report
+
+
+def _logged_ab_report(
+    client: MlflowClient, name: str, target: ModelVersion, path: Path
+) -> tuple[Mapping[str, Any] | None, str | None]:
+    """The report in ``path`` and its sha256 when its bytes are the report ``recops ab`` logged on ``target``'s run
+    (run tag :data:`AB_REPORT_SHA256_TAG`); (None, None) when there is no such file (:func:`_shipping_report` then
+    says a report is needed); otherwise a RecopsError naming the file and both digests."""
+    if not path.is_file():
+        return None, None
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    logged = client.get_run(target.run_id).data.tags.get(AB_REPORT_SHA256_TAG) if target.run_id else None
+    where = f"the run of version {target.version} of {name!r}"
+    if not logged:
+        raise RecopsError(
+            f"{path} (sha256 {actual}) is not evidence: {where} has no logged A/B report digest (run tag "
+            f"{AB_REPORT_SHA256_TAG}; logged sha256: none), so no `recops ab` logged a report for this version. "
+            "Re-run the A/B test (recops ab) and promote again; nothing was changed"
+        )
+    if logged != actual:
+        raise RecopsError(
+            f"{path} has sha256 {actual}, but the A/B report `recops ab` logged on {where} has sha256 {logged}: "
+            "the file was edited after the A/B test, or is another A/B test's report. Re-run the A/B test "
+            "(recops ab) and promote again; nothing was changed"
+        )
+    try:
+        report = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        report = None
+    if not isinstance(report, Mapping):  # logged as it is: recops ab did not write it
+        raise RecopsError(f"{path} is not a JSON A/B report: re-run the A/B test (recops ab) and promote again")
+    return report, actual
 
 
 def _existing_version(

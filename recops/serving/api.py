@@ -63,7 +63,7 @@ from recops.data.events import ID_PATTERN, Event, parse_strict_json, validation_
 from recops.errors import RecopsError
 from recops.redaction import redact
 from recops.registry.mlflow_registry import download_serving_bundle
-from recops.serving.bundle import load_bundle
+from recops.serving.bundle import check_local_bundle, load_bundle
 from recops.serving.engine import Recommender, UnknownIdError
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,9 @@ class ModelHolder:
         self.settings = settings
         self.requested = str(version)
         self.bundle_dir = bundle_dir  # serve a local bundle (no registry): development and tests
+        # what the served bundle is trusted on, for /ready (a local folder's is known once it is loaded)
+        self.trust = (None if bundle_dir is not None
+                      else "registry: every bundle is checked against the manifest sha256 its version recorded")
         self.current: Recommender | None = None
         self.last_error: str | None = None
         self.last_check: float | None = None
@@ -113,7 +116,12 @@ class ModelHolder:
         """Download (registry) or open (local) a bundle, verify it and build the engine; not yet served."""
         cfg = self.settings
         if self.bundle_dir is not None:
-            bundle = load_bundle(self.bundle_dir, None)
+            # a registered version's bundle changed since registration is refused; any other folder is served on
+            # its own manifest, and /ready and the log say so
+            trust = check_local_bundle(cfg, self.bundle_dir)
+            (log.info if trust.version is not None else log.warning)("%s", trust.statement)
+            bundle = load_bundle(self.bundle_dir, trust.manifest_sha256)
+            self.trust = trust.statement
             number = version or "local"
         else:
             number = version or self.target_version()
@@ -479,7 +487,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     def ready() -> JSONResponse:
         model = holder.current
         details = {"requested": holder.requested, "last_error": holder.last_error, "last_check": holder.last_check,
-                   "swaps": holder.swaps, "cache": cache.backend}
+                   "swaps": holder.swaps, "cache": cache.backend, "trust": holder.trust}
         if model is None:
             return JSONResponse({"ready": False, **details}, status_code=503)
         return JSONResponse({"ready": True, **model.describe(), **details})

@@ -16,7 +16,10 @@ what the model serves from), and writes them as files the server can load **with
 
 Registration logs the folder as the version's ``serving`` artifact and records the sha256 of ``manifest.json`` as
 the version tag ``recops.serving.manifest_sha256``; :func:`load_bundle` refuses a bundle whose manifest or any file
-does not match, so the server only ever runs bytes the registry vouches for.
+does not match, so the server only ever runs bytes the registry vouches for. A local folder (``recops serve
+--bundle``) has no download to check: :func:`check_local_bundle` finds the registered version it is the bundle of
+and refuses it when its manifest's sha256 is not the recorded one; a folder of no registered version is served as
+an unverified local folder, and ``/ready`` says so.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -253,3 +257,84 @@ def load_bundle(root: Path, expected_manifest_sha256: str | None) -> Bundle:
         onnx_bytes=(root / "ranker.onnx").read_bytes(),
         booster_path=root / "ranker.txt",
     )
+
+
+# --- a local folder (recops serve --bundle) ---------------------------------------------------------------------------
+
+# A registered version's bundle is recognised by the build time in its manifest (``created_at``) among the versions
+# created after it (registration follows the bundle stage); the allowance covers a tracking server's clock.
+_CLOCK_ALLOWANCE_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class LocalTrust:
+    """What a local bundle folder is, as far as the registry can tell (:func:`check_local_bundle`)."""
+
+    manifest_sha256: str  # of the manifest judged: load the folder with it, so a manifest swapped since is refused
+    version: str | None  # the registered version that recorded this sha256; None: no registered version's bundle
+    statement: str  # for /ready and the log: what the folder is trusted on
+
+
+def check_local_bundle(settings: Settings, root: Path) -> LocalTrust:
+    """Judge a local bundle folder against the manifest sha256s the registry recorded, before it is served.
+
+    - Its manifest has the sha256 a registered version recorded: it is that version's bundle, vouched for as a
+      download is (:func:`load_bundle` then checks every file against the manifest).
+    - It is a registered version's bundle (its manifest's build time is that version's registered manifest's) with
+      another sha256: changed since registration (say a file altered and the manifest's digests recomputed to
+      match), which :func:`verify_bundle` alone cannot see: RecopsError naming the version, both sha256s and the
+      files that differ.
+    - Otherwise (built but not registered yet; the registry unreachable): served as an unverified local folder,
+      trusted on its own manifest, and the statement says so plainly.
+    """
+    from recops.redaction import redact
+    from recops.registry.mlflow_registry import download_serving_file, registered_serving_bundles
+
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise RecopsError(f"{root} holds no serving bundle ({MANIFEST} missing): point --bundle at a folder the "
+                          "bundle stage wrote (models/serving after recops run)")
+    actual = sha256_file(manifest_path)
+    try:
+        mine = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise RecopsError(f"{manifest_path} is not a JSON manifest: rebuild the bundle (recops run)") from None
+    name = settings.registry.model_name
+    unverified = f"unverified local folder {root}: "
+    trusted = "; serving the folder as it is, trusted on its own manifest"
+    try:
+        registered = registered_serving_bundles(settings)
+    except Exception as exc:  # the registry is away: there is nothing to check the folder against
+        return LocalTrust(actual, None, unverified + f"the registry at {redact(settings.tracking_uri())} could not "
+                          f"be asked ({redact(str(exc))[:200]}){trusted}")
+    for record in registered:
+        if record["manifest_sha256"] == actual:
+            return LocalTrust(actual, record["version"], f"registry: the manifest of {root} has the sha256 version "
+                              f"{record['version']} of {name!r} recorded ({actual})")
+    built = mine.get("created_at") if isinstance(mine, dict) else None
+    if isinstance(built, (int, float)):
+        for record in registered:
+            if record["creation_timestamp"] < built * 1000 - _CLOCK_ALLOWANCE_MS:
+                continue  # registered before this folder was built: not its bundle
+            try:
+                with tempfile.TemporaryDirectory(prefix="recops-manifest-") as tmp:
+                    path = download_serving_file(settings, record["run_id"], MANIFEST, Path(tmp))
+                    theirs = json.loads(path.read_text(encoding="utf-8"))
+            except Exception as exc:  # noqa: BLE001 (one unreadable version must not stop the others' check)
+                log.warning("could not read the registered manifest of version %s: %s", record["version"],
+                            redact(str(exc))[:200])
+                continue
+            if theirs.get("created_at") != built:
+                continue
+            ours, recorded = mine.get("files") or {}, theirs.get("files") or {}
+            changed = sorted(f for f in set(ours) | set(recorded) if ours.get(f) != recorded.get(f))
+            raise RecopsError(
+                f"{root} is the serving bundle of version {record['version']} of {name!r} changed since "
+                f"registration: its {MANIFEST} has sha256 {actual}, the registry recorded "
+                f"{record['manifest_sha256']} (files that differ: {', '.join(changed[:5]) or 'none, the manifest'}"
+                + (f" and {len(changed) - 5} more" if len(changed) > 5 else "") + "). Refusing to serve it: serve "
+                f"the registered version (recops serve --version {record['version']}) or rebuild the folder "
+                "(recops run)")
+    return LocalTrust(actual, None, unverified + f"its manifest (sha256 {actual}) matches no registered version of "
+                      f"{name!r} (built but not registered yet?){trusted}")

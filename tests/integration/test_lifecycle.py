@@ -7,6 +7,7 @@ params.yaml (with a faster-learning ranker, to keep the test short) plays the be
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -93,10 +94,13 @@ def test_a_better_challenger_is_shipped_and_promoted(ws):
     run = client.get_run(run_id)
     assert run.data.tags["recops.ab.decision"] == "ship" and "ab.delta" in run.data.metrics
     assert {f.path for f in client.list_artifacts(run_id, "ab")} == {"ab/ab.json", "ab/ab.html"}
+    digest = hashlib.sha256((ws / "reports" / "ab.json").read_bytes()).hexdigest()
+    assert run.data.tags["recops.ab.report_sha256"] == digest  # the unedited report: promote acts on it
     ok(run_cli(ws, "promote", "-q"))
     assert alias(ws, "champion") == "2"
     tags = client.get_model_version(model, "2").tags
     assert tags["recops.promoted_on"] == "ab_test" and float(tags["recops.ab.delta"]) > 0
+    assert tags["recops.ab.report_sha256"] == digest
 
 
 def test_a_worse_challenger_is_held_and_cannot_be_promoted(ws):
@@ -111,10 +115,17 @@ def test_a_worse_challenger_is_held_and_cannot_be_promoted(ws):
     assert any(r.startswith("against:") for r in report["reasons"])
     refused(run_cli(ws, "promote", "-q"), "hold")
     assert alias(ws, "champion") == "2"
-    # a report about another pair is refused as well, even when it says ship
+    # the decision edited by hand to ship: not the report recops ab logged on version 3's run
+    path = ws / "reports" / "ab.json"
+    logged = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.write_text(path.read_text().replace('"decision": "hold"', '"decision": "ship"'))
+    edited = hashlib.sha256(path.read_bytes()).hexdigest()
+    refused(run_cli(ws, "promote", "-q"), "reports/ab.json", logged, edited, "Re-run the A/B test (recops ab)")
+    assert alias(ws, "champion") == "2"
+    # a report written by hand (about another pair, saying ship) is refused as well
     stale = {**report, "decision": "ship", "champion_version": "1"}
     (ws / "reports" / "stale.json").write_text(json.dumps(stale))
-    refused(run_cli(ws, "promote", "-q", "--report", "reports/stale.json"), "1", "2", "3")
+    refused(run_cli(ws, "promote", "-q", "--report", "reports/stale.json"), "stale.json", logged, "recops ab")
     assert alias(ws, "champion") == "2"
 
 

@@ -447,3 +447,77 @@ def test_events_need_the_producer_token_when_one_is_configured(project, monkeypa
     monkeypatch.setenv(settings.serving.events_token_env, "short")
     with pytest.raises(RecopsError, match="at least 16"):
         create_app(local, version="1")
+
+
+# ------------------------------------------------------------------------------------------ local bundle trust
+def local_settings(settings):
+    return settings.model_copy(update={"serving": settings.serving.model_copy(update={
+        "reload_poll_seconds": 0, "cache": settings.serving.cache.model_copy(update={"backend": "memory"})})})
+
+
+def test_a_registered_versions_local_bundle_tampered_and_rehashed_is_refused(project, tmp_path):
+    import hashlib
+    import shutil
+
+    from recops.errors import RecopsError
+    from recops.serving.api import create_app
+
+    _, settings = project
+    folder = tmp_path / "serving"
+    shutil.copytree(settings.path("serving_bundle"), folder)  # version 2's bundle, as registered
+    registered = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+    with (folder / "ranker.txt").open("a") as fh:
+        fh.write("\n")  # a file changed ...
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["ranker.txt"] = hashlib.sha256((folder / "ranker.txt").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")  # ... and its digest recomputed
+    tampered = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+    with pytest.raises(RecopsError) as refused:
+        create_app(local_settings(settings), bundle_dir=folder)
+    message = str(refused.value)
+    assert "version 2" in message and "changed since registration" in message and "ranker.txt" in message
+    assert registered in message and tampered in message
+
+
+def test_an_unregistered_local_bundle_is_served_saying_plainly_the_folder_is_trusted(project, tmp_path, caplog):
+    from fastapi.testclient import TestClient
+
+    from recops.serving.api import create_app
+    from recops.serving.bundle import build_bundle
+
+    _, settings = project
+    folder = tmp_path / "serving"
+    build_bundle(settings, folder)  # built now: no registered version has it
+    with caplog.at_level(logging.WARNING), TestClient(create_app(local_settings(settings), bundle_dir=folder),
+                                                      raise_server_exceptions=False) as client:
+        ready = client.get("/ready")
+        assert client.get("/recommendations/13", params={"k": 3}).status_code == 200
+    assert ready.status_code == 200
+    trust = ready.json()["trust"]
+    assert trust.startswith(f"unverified local folder {folder}") and "matches no registered version" in trust
+    assert "trusted on its own manifest" in trust and trust in caplog.text
+
+
+def test_a_registered_versions_local_bundle_is_served_as_vouched_for_by_the_registry(project):
+    from fastapi.testclient import TestClient
+
+    from recops.serving.api import create_app
+
+    _, settings = project
+    with TestClient(create_app(local_settings(settings), bundle_dir=settings.path("serving_bundle")),
+                    raise_server_exceptions=False) as client:
+        ready = client.get("/ready").json()
+    assert ready["trust"].startswith("registry:") and "version 2" in ready["trust"]
+
+
+def test_a_local_bundle_is_served_as_an_unverified_folder_when_the_registry_is_unreachable(project, monkeypatch):
+    from recops.serving.bundle import check_local_bundle
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    _, settings = project
+    away = settings.model_copy(update={"registry": settings.registry.model_copy(update={
+        "tracking_uri": "http://recops:pa55-w0rd-xyz@127.0.0.1:9/"})})
+    trust = check_local_bundle(away, settings.path("serving_bundle"))
+    assert trust.version is None and trust.statement.startswith("unverified local folder")
+    assert "could not be asked" in trust.statement and "pa55-w0rd-xyz" not in trust.statement
