@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from recops.entry import configure_logging, prepare_environment
+from recops.entry import configure_logging, leave_no_orphans, prepare_environment
 from recops.errors import RecopsError
 
 app = typer.Typer(
@@ -228,6 +228,7 @@ def run(
     settings = None
     try:
         settings = _settings(params, quiet)
+        leave_no_orphans(settings, runs_flows=engine == "prefect")
         if engine == "dvc":
             _dvc_repro(settings.root, push)
         else:
@@ -387,6 +388,7 @@ def promote(
     from recops.registry import promote as promote_version
 
     def run(settings):
+        leave_no_orphans(settings)
         path = report or settings.path("reports_dir") / "ab.json"
         return promote_version(settings, ab_report=path, version=version, reason=reason,
                                gates=settings.registry.first_model_gates)
@@ -606,6 +608,7 @@ def snapshot(
     from flows.lifecycle import ingest_snapshot_flow
 
     try:
+        leave_no_orphans(settings, runs_flows=True)
         out = ingest_snapshot_flow(snapshot_path=str(path.resolve()), params_path=str(params.resolve()),
                                    train=train, promote=promote, push=push)
     except RecopsError as exc:

@@ -60,3 +60,20 @@ def run_stage_main(stage: str, params: str = "params.yaml") -> None:
         steps.STAGES[stage](load_settings(params))
     except RecopsError as exc:
         fail(str(exc), prefix=f"recops {stage}")
+
+
+def leave_no_orphans(settings, *, runs_flows: bool = False) -> None:
+    """First thing a command that writes MLflow runs does: clean up after commands that were killed, and make
+    sure this one cannot leave a process behind.
+
+    Marks FAILED the MLflow runs a killed recops process left RUNNING (``recops.registry.orphans``); with
+    ``runs_flows``, also stops temporary Prefect servers of killed commands and starts this command's own, which
+    dies with it (``recops.orchestration``; nothing when ``PREFECT_API_URL`` is set).
+    """
+    from recops.registry.orphans import fail_orphaned_runs
+
+    fail_orphaned_runs(settings)
+    if runs_flows:
+        from recops.orchestration import ensure_prefect_api
+
+        ensure_prefect_api()

@@ -95,9 +95,11 @@ def _search(study_name: str, space: dict[str, Callable[[Any], Any]], current: An
         if mlflow_on:
             import mlflow
 
+            from recops.registry.orphans import owner_tags
+
             parent = mlflow.active_run()  # nested runs go to the parent's experiment, not the default one
             with mlflow.start_run(run_name=f"{study_name}-{trial.number}", nested=True,
-                                  experiment_id=parent.info.experiment_id if parent else None):
+                                  experiment_id=parent.info.experiment_id if parent else None, tags=owner_tags()):
                 mlflow.log_params({f"{study_name}.{k}": v for k, v in params.items()})
                 mlflow.log_metrics({"valid.ndcg_at_10": value, "fit_seconds": seconds})
         return value
@@ -203,11 +205,12 @@ def tune(settings: Settings, *, budget_s: float | None = None, write: bool = Fal
     from mlflow.tracking import MlflowClient
 
     from recops.registry.mlflow_registry import _experiment_id, _tracking_uri
+    from recops.registry.orphans import owner_tags
 
     uri = settings.tracking_uri()
     with _tracking_uri(uri):
         experiment = _experiment_id(MlflowClient(tracking_uri=uri), settings, uri)
-        with mlflow.start_run(experiment_id=experiment, run_name="tune") as run:
+        with mlflow.start_run(experiment_id=experiment, run_name="tune", tags=owner_tags()) as run:
             mlflow.set_tag("recops.kind", "tuning")
             mlflow.log_params({"budget_s": budget, "max_trials": cfg.max_trials,
                                "sources": ",".join(cfg.sources), "ranker": cfg.ranker})

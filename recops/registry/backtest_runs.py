@@ -13,6 +13,7 @@ from typing import Any
 
 from recops.config import Settings
 from recops.registry.mlflow_registry import _experiment_id, _tracking_uri, mlflow_metric_key
+from recops.registry.orphans import owner_tags
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def log_backtest(settings: Settings, report: Mapping[str, Any], artifacts: list[
     uri = settings.tracking_uri()
     with _tracking_uri(uri):
         experiment = _experiment_id(MlflowClient(tracking_uri=uri), settings, uri)
-        with mlflow.start_run(experiment_id=experiment, run_name="backtest") as parent:
+        with mlflow.start_run(experiment_id=experiment, run_name="backtest", tags=owner_tags()) as parent:
             mlflow.set_tags({"recops.kind": "backtest", "recops.protocol": report["protocol"]})
             config = report["config"]
             mlflow.log_params({f"backtest.{key}": (",".join(value) if isinstance(value, list) else value)
@@ -44,7 +45,7 @@ def log_backtest(settings: Settings, report: Mapping[str, Any], artifacts: list[
             mlflow.log_metrics(_finite(metrics | {"seconds": report["seconds"], "pooled.rows": report["pooled"]["rows"]}))
             for window in report["windows"]:
                 with mlflow.start_run(run_name=f"backtest-window-{window['window']}", nested=True,
-                                      experiment_id=experiment):
+                                      experiment_id=experiment, tags=owner_tags()):
                     mlflow.set_tags({"recops.kind": "backtest-window", "recops.cut": window["cut"]})
                     mlflow.log_params({key: window[key] for key in ("window", "valid_start", "cut", "test_end")}
                                       | {f"{model}.params": str(result.get("params"))

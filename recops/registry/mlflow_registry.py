@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from recops.config import Settings
 from recops.errors import RecopsError
+from recops.registry.orphans import owner_tags
 
 if TYPE_CHECKING:
     import numpy as np
@@ -122,7 +123,9 @@ def log_and_register(
         started = time.perf_counter()
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         experiment_id = _experiment_id(client, settings, uri)
-        run = client.create_run(experiment_id, run_name=f"ranker-{tags['params_hash'][:8]}", tags=tags)
+        # owner tags: a run left RUNNING by a killed process is marked FAILED at the next start (registry.orphans)
+        run = client.create_run(experiment_id, run_name=f"ranker-{tags['params_hash'][:8]}",
+                                tags={**tags, **owner_tags()})
         run_id = run.info.run_id
         version: ModelVersion | None = None
         try:

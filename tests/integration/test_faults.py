@@ -1,7 +1,9 @@
 """Faults with a real MLflow tracking server: away for a moment (Prefect retries, the run completes), away for
 good (the run fails, nothing is registered, the champion stays), and a training run killed with SIGKILL in the
 middle of a stage (the champion still points at a complete model that onnxruntime loads; a rerun finishes).
-Promotions killed at every write are in tests/unit/test_promotion.py.
+Promotions killed at every write are in tests/unit/test_promotion.py. No orphans: a run killed with its temporary
+Prefect server up leaves no process behind, and a run killed mid-register leaves an MLflow run that the next start
+marks FAILED (while a live command's run is left alone).
 
 The project logs to `mlflow server` over HTTP (`registry.tracking_uri`), with MLflow's own HTTP retries off so
 that the outage reaches the flow. The server is started only once the export stage has written its report, so
@@ -203,3 +205,114 @@ def test_the_rerun_after_a_killed_run_finishes_the_job(project, tmp_path):
     assert registered(ws) == [*before, new]
     assert aliases(ws) == {"champion": "1", "challenger": new}
     champion_loads_and_scores(ws, tmp_path)
+
+
+# --- no orphans: a killed command leaves no process behind, and its MLflow runs are closed at the next start -----
+
+def descendants(pid: int) -> list:
+    """Every process below ``pid`` (Linux /proc), as identities that tell a reused pid apart."""
+    from recops.processes import ProcessId
+
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        children.setdefault(int(text[text.rfind(")") + 2:].split()[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(ProcessId.of(child))
+            todo.append(child)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_a_run_killed_with_its_temporary_prefect_server_up_leaves_no_process(project):
+    ws, env, server = project
+    env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}  # the newcomer's path: a temporary server
+    records = ws / ".prefect" / "temporary-servers"
+    run = subprocess.Popen([str(BIN / "recops"), "run", "--no-push"], cwd=ws, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    tree = []
+    try:
+        deadline = time.monotonic() + 180
+        while not list(records.glob("*.json")):
+            assert run.poll() is None, "the run ended before its server started: " + run.stdout.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        port = int(json.loads(next(records.glob("*.json")).read_text())["url"].split(":")[2].split("/")[0])
+        while not listening(port):
+            assert run.poll() is None, run.stdout.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        tree = descendants(run.pid)
+        assert tree, "the temporary server is not a child of the run"
+        run.kill()  # SIGKILL to the command alone, as `kill -9 <pid>` does: no atexit, no finally
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 10  # grace: the kernel's die-with-parent signal is immediate
+        while any(p.is_running() for p in tree) or listening(port):
+            assert time.monotonic() < deadline, f"left behind: {[p for p in tree if p.is_running()]}, port {port}"
+            time.sleep(0.1)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        for process in tree:  # a failed check must not leave them to the next test
+            if process.is_running():
+                os.kill(process.pid, signal.SIGKILL)
+
+
+def test_a_run_killed_mid_register_is_failed_at_the_next_start_and_a_live_commands_run_is_not(project):
+    from mlflow.tracking import MlflowClient
+
+    from recops.config import load_settings
+    from recops.registry.orphans import ORPHANED_TAG, OWNER_PID_TAG
+    from tests.unit.test_orphans import start_owner
+
+    ws, env, server = project
+    server.start()
+    settings = load_settings(ws / "params.yaml")
+    client = MlflowClient(tracking_uri=settings.tracking_uri())
+    before = registered(ws)
+    started = time.time()
+    run = subprocess.Popen([str(BIN / "recops"), "run", "--no-push"], cwd=ws, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    export_report = ws / "reports" / "export_metrics.json"
+
+    def owned_runs() -> list:
+        experiment = client.get_experiment_by_name(settings.registry.experiment)
+        return [] if experiment is None else client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`{OWNER_PID_TAG}` = '{run.pid}'")
+
+    try:
+        deadline = time.monotonic() + 600
+        while not (export_report.is_file() and export_report.stat().st_mtime > started):  # register is next
+            assert run.poll() is None, "the run ended before export: " + run.stdout.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        while not (found := owned_runs()):
+            assert run.poll() is None, "the run ended before register: " + run.stdout.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(run.pid, signal.SIGKILL)  # mid-register: its MLflow run exists and is logging artifacts
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    killed_run = found[0].info.run_id
+    assert client.get_run(killed_run).info.status == "RUNNING"  # what the kill leaves
+    live, live_run = start_owner(settings, "still-registering")  # a command that is still at it
+    try:
+        proc = subprocess.run([str(BIN / "recops"), "promote", "--version", "999999"], cwd=ws, env=env,
+                              capture_output=True, text=True, timeout=300)  # the next start (its promotion fails)
+        failed = client.get_run(killed_run)
+        assert failed.info.status == "FAILED", proc.stderr[-3000:]
+        assert failed.data.tags[ORPHANED_TAG] == str(run.pid)
+        assert client.get_run(live_run).info.status == "RUNNING"  # its owner still runs: untouched
+    finally:
+        live.kill()
+        live.wait()
+    assert registered(ws) == before  # the killed run registered nothing
