@@ -579,20 +579,35 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: serving.port).")] = None,
     bundle: Annotated[Path | None, typer.Option(
         help="Serve this local bundle folder (e.g. models/serving) instead of the registry's version.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes (default: serving.workers; null there: one per core).", min=1)] = None,
     quiet: Quiet = False,
 ) -> None:
     """The online API: GET /recommendations/{user_id}, POST /events, /health, /ready, /metrics, /docs."""
     import uvicorn
 
-    from recops.serving.api import create_app
+    from recops.serving.api import available_cores, create_app, run_workers
 
-    settings, app_ = _with_settings(params, quiet, lambda s: create_app(s, version=version, bundle_dir=bundle))
+    settings = _with_settings(params, quiet, lambda s: None)[0]
     cfg = settings.serving
-    model = app_.state.holder.current
-    console.print(f"serving {model.model_name} version {model.version} on http://{host or cfg.host}:"
-                  f"{port or cfg.port} (docs: /docs)")
-    uvicorn.run(app_, host=host or cfg.host, port=port or cfg.port, workers=1, log_level="warning",
-                access_log=False)
+    n = workers or cfg.workers or available_cores()
+    host, port = host or cfg.host, port or cfg.port
+
+    def announce(model) -> None:
+        console.print(f"serving {model.model_name} version {model.version} on http://{host}:{port} with {n} "
+                      f"worker process{'es' if n > 1 else ''} (docs: /docs)")
+
+    try:
+        if n > 1:
+            run_workers(settings, params, version, bundle, host, port, n,
+                        logging.WARNING if quiet else logging.INFO, announce)
+            return
+        app_ = create_app(settings, version=version, bundle_dir=bundle)
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+        return
+    announce(app_.state.holder.current)
+    uvicorn.run(app_, host=host, port=port, workers=1, log_level="warning", access_log=False)
 
 
 @app.command()

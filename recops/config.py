@@ -378,7 +378,9 @@ class ServingConfig(Strict):
     # otherwise: anyone who reaches the port can then write events)
     events_token_env: str = "RECOPS_EVENTS_TOKEN"
     max_body_bytes: int = Field(65_536, ge=1)
-    event_log_dir: str = "data/events"  # durable log of POST /events (Parquet parts) for the next snapshot
+    event_log_dir: str = "data/events"  # durable log of POST /events (JSON lines) for the next snapshot
+    # worker processes of recops serve (one port, one event log, one memory-mapped bundle); null: one per core
+    workers: int | None = Field(None, ge=1)
 
 
 class Settings(Strict):

@@ -221,6 +221,32 @@ def unfillable_columns(settings: Settings, columns: list[str]) -> list[str]:
     return [f"{column!r} (data.columns.{role})" for role, column in roles.items() if column and column in columns]
 
 
+def acceptance_problem(event: Event, settings: Settings) -> str | None:
+    """Why the API must refuse ``event`` (None: it takes it), beyond :class:`Event`'s own rules: what the next
+    snapshot's validation would refuse (:func:`snapshot_problems`' row rules that need no file), so that an
+    acknowledged event is never one the snapshot sets aside. Field names as in the request body."""
+    cfg, checks = settings.data, settings.validation
+    if cfg.id_type == "integer":
+        for name in ("user_id", "item_id"):
+            value = getattr(event, name)
+            if isinstance(value, str):
+                if not (value.lstrip("-").isascii() and value.lstrip("-").isdigit()):
+                    return f"{name}: {value[:40]!r} is not an integer id (data.id_type: integer)"
+                value = int(value)
+            if not -INT64 - 1 <= value <= INT64:
+                return f"{name}: {value} is beyond the 64-bit integer range"
+            if value < 0:
+                return f"{name}: {value} is negative (the interaction suite takes non-negative integer ids)"
+    if event.timestamp is not None and event.timestamp < checks.earliest_epoch_seconds():
+        return (f"timestamp: {_moment(event.timestamp)} is before validation.earliest_timestamp "
+                f"({checks.earliest_timestamp})")
+    mapping = cfg.columns
+    if mapping.rating and not mapping.weight and not checks.rating_min <= event.weight <= checks.rating_max:
+        return (f"weight: {event.weight:g} is outside validation.rating_min..rating_max ({checks.rating_min:g}.."
+                f"{checks.rating_max:g}); it fills the rating column {mapping.rating!r}")
+    return None
+
+
 def snapshot_problems(events: pd.DataFrame, settings: Settings, columns: list[str]) -> pd.Series:
     """Per event row (of :func:`read_events`), why the snapshot's validation would refuse it as an interaction
     (None: it would not): the row rules of the interaction suite that an event can break, checked here so that

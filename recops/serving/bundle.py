@@ -92,7 +92,10 @@ def _load_tree(root: Path, layout: dict[str, Any]) -> Any:
 
 
 def _load_array(root: Path, name: str) -> np.ndarray:
-    return np.load(root / "arrays" / f"{name}.npy", allow_pickle=False)
+    # memory-mapped copy-on-write: the worker processes of a server share the pages of one bundle on disk, and a
+    # live event's write (a user's factor row) lands in a private copy of that page only. A plain ndarray view of
+    # the map: np.memmap's Python-level indexing cost ~0.4 ms per online request
+    return np.load(root / "arrays" / f"{name}.npy", allow_pickle=False, mmap_mode="c").view(np.ndarray)
 
 
 # --- build --------------------------------------------------------------------------------------------------------

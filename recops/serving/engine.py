@@ -24,6 +24,7 @@ bundle and loaded on first use).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -48,6 +49,7 @@ SOURCE_CLASSES = {cls.name: cls for cls in (MostPopular, RecentPopularity, Decay
                                              RecentItemKNN, EASE)} | {"mf": MatrixFactorization}
 UNKNOWN_USER = "unknown_user"
 COLD_USER = "cold_user"
+LOCK_STRIPES = 64
 
 
 class UnknownIdError(RecopsError):
@@ -184,7 +186,9 @@ class Recommender:
         order = np.lexsort((np.arange(self.n_items), -popularity))
         self.popular = order[~self.blocked[order]]
         self.exploration = ExplorationPolicy(config.exploration, exposure=self.stats.item["item_pop"])
-        self._lock = threading.RLock()
+        # one lock per stripe of users: a user's read waits only for events of users in its stripe (1 in
+        # LOCK_STRIPES), never for every other user's event application
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self.loaded_at = time.time()
         self.events_applied = 0
 
@@ -205,6 +209,16 @@ class Recommender:
             return np.asarray(categorical[name], dtype=np.int64)
         raise RecopsError(f"serving.cap_attribute {name!r} is not an item attribute of this version "
                           f"(multi-label: {sorted(multi)}, categorical: {sorted(categorical)})")
+
+    @contextlib.contextmanager
+    def _locked(self, users: np.ndarray):
+        """Hold the stripe of one user (an online request, an event), or every stripe in a fixed order (a block
+        of users: batch scoring, which no event reaches while it runs, so the wait is for nothing)."""
+        stripes = ([self._locks[int(users[0]) % LOCK_STRIPES]] if len(users) == 1 else self._locks)
+        with contextlib.ExitStack() as stack:
+            for lock in stripes:
+                stack.enter_context(lock)
+            yield
 
     # --- lookups ------------------------------------------------------------------------------------------------
 
@@ -233,7 +247,7 @@ class Recommender:
         lists = np.full((len(users), k), -1, dtype=np.int64)
         scores = np.full((len(users), k), -np.inf, dtype=np.float32)
         depth = max(k, self.candidates_config.n_candidates) if self.categories is not None else k
-        with self._lock:
+        with self._locked(users):
             for start in range(0, len(users), block_users):
                 batch = users[start:start + block_users]
                 for columns in merged_candidate_blocks(self.sources, self.candidates_config, batch, self.user_items,
@@ -328,7 +342,7 @@ class Recommender:
             import lightgbm as lgb
 
             self._booster = lgb.Booster(model_file=str(self._booster_path))  # LightGBM's text format
-        with self._lock:
+        with self._locked(np.array([user])):
             cands = merged_candidates(self.sources, self.candidates_config, np.array([user], np.int32),
                                       self.user_items)
             cands = cands.set_index(Columns.ITEM).reindex(items).reset_index()
@@ -354,7 +368,7 @@ class Recommender:
             raise UnknownIdError(f"item {item_id!r} is not in the catalogue of version {self.version}")
         ts = time.time() if timestamp is None else float(timestamp)
         started = time.perf_counter()
-        with self._lock:
+        with self._locked(np.array([user])):
             self.user_items.add(user, item, weight)
             mf = self.sources.get("mf")
             if mf is not None:
@@ -375,7 +389,7 @@ class Recommender:
                 stats.last_items[user] = np.r_[item, last[last != item]][: last.shape[0]]
                 stats.user_last_ts[user] = ts
             stats.user["user_activity"][user] += 1.0
-            self.events_applied += 1
+            self.events_applied += 1  # a counter for /ready: a lost increment under a race is harmless
         return {"user_index": user, "item_index": item, "fold_in_ms": (time.perf_counter() - started) * 1000.0}
 
     def describe(self) -> dict[str, Any]:
