@@ -355,7 +355,11 @@ def ab(
     """A/B-evaluate the challenger against the champion on the current data snapshot: reports/ab.json and ab.html."""
     from recops.evaluation.abtest import run_ab
 
-    settings, summary = _with_settings(params, quiet, lambda s: run_ab(s, champion, challenger))
+    def run(settings):
+        leave_no_orphans(settings)
+        return run_ab(settings, champion, challenger)
+
+    settings, summary = _with_settings(params, quiet, run)
     colour = "green" if summary["decision"] == "ship" else "yellow"
     console.print(f"[bold {colour}]{summary['decision'].upper()}[/]: version {summary['challenger_version']} "
                   f"(challenger) vs {summary['champion_version']} (champion) on {summary['n_users']} users")
@@ -447,6 +451,7 @@ def tune(
 
     try:
         settings = _settings(params, quiet)
+        leave_no_orphans(settings)
         for name in ("ingest", "validate", "split"):
             steps.STAGES[name](settings)
         report = run_tuning(settings, budget_s=budget, write=write, params_path=params.resolve())
@@ -494,6 +499,7 @@ def backtest(
     overrides = {key: value for key, value in overrides.items() if value is not None}
     try:
         settings = with_overrides(_settings(params, quiet), **overrides)
+        leave_no_orphans(settings, runs_flows=engine == "prefect")
         for name in ("ingest", "validate"):
             steps.STAGES[name](settings)
         load(settings)  # the window plan, checked before a flow starts or anything is fitted
@@ -645,6 +651,7 @@ def replay(
     from recops.data.snapshots import replay as run_replay
 
     try:
+        leave_no_orphans(settings, runs_flows=True)
         results = run_replay(params.resolve(), source.resolve(), weeks, settings.data.columns.timestamp, push)
     except RecopsError as exc:
         _exit_on_user_error(exc)

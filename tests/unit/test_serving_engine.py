@@ -269,3 +269,28 @@ def test_download_folders_of_servers_that_are_gone_are_removed_at_start(tmp_path
     other.mkdir()
     assert remove_stale_download_folders(tmp_path) == [stale]
     assert not stale.exists() and alive.is_dir() and other.is_dir()
+
+
+def test_a_read_never_waits_for_another_users_event_application(settings, downloaded):
+    import threading
+
+    from recops.serving.engine import LOCK_STRIPES
+
+    fresh = engine(settings, downloaded)
+    busy, other = 0, next(u for u in range(1, fresh.n_users) if u % LOCK_STRIPES != 0)
+    done: dict[int, bool] = {}
+
+    def read(user: int) -> None:
+        fresh.recommend(fresh.user_ids[user], 5)
+        done[user] = True
+
+    with fresh._locks[busy % LOCK_STRIPES]:  # an event of user `busy` being applied, as long as it takes
+        threads = [threading.Thread(target=read, args=(u,), daemon=True) for u in (other, busy)]
+        for thread in threads:
+            thread.start()
+        threads[0].join(timeout=30)
+        assert done.get(other), "a read of another user waited for the event application"
+        threads[1].join(timeout=0.3)
+        assert not done.get(busy)  # the same user's read waits: it must see the event whole
+    threads[1].join(timeout=30)
+    assert done.get(busy)
