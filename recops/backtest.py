@@ -321,3 +321,31 @@ def with_overrides(settings: Settings, **overrides: Any) -> Settings:
                              for e in exc.errors())
         raise RecopsError(f"bad backtest parameters: {problems}") from None
     return settings.model_copy(update={"backtest": config})
+
+
+# --- the backtest as offline evidence (first-model gates, recops ab --timeline) ---------------------------------------
+
+# the backtest's model names as the pipeline's reports and gates call them (``<fold>.<model>.<metric>``)
+PIPELINE_NAMES = {RECOPS: "ranker", "als": "mf"}
+
+
+def timeline_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """``timeline.<model>.<metric>`` of a backtest report's pooled metrics (models named as in the pipeline's
+    metrics: ``ranker`` for the two-stage list, ``mf`` for ALS), and ``timeline.lift_low_pct.<peer>.<metric>``:
+    the lower bound of the paired bootstrap interval of the two-stage list's lift over each peer. What the
+    first-model gates read with ``fold: timeline``, logged on the version's run."""
+    out = {f"timeline.{PIPELINE_NAMES.get(name, name)}.{metric}": float(value)
+           for name, values in report["pooled"]["metrics"].items() for metric, value in values.items()}
+    for metric, lift in report.get("lift", {}).items():
+        for peer, interval in lift["over"].items():
+            out[f"timeline.lift_low_pct.{PIPELINE_NAMES.get(peer, peer)}.{metric}"] = float(interval["low_pct"])
+    return out
+
+
+def two_stage_per_user(settings: Settings, data: BacktestData, metric: str) -> np.ndarray:
+    """The two-stage list's per-(window, user) ``metric`` over every window of ``data``, fitted with ``settings``
+    (no peers): rows in window order, then in the order of each window's warm users, which depend on the data
+    and the windows alone, so two configurations' rows pair one to one."""
+    alone = settings.model_copy(update={"backtest": settings.backtest.model_copy(update={"peers": []})})
+    return np.concatenate([np.asarray(run_window(alone, data, w)["models"][RECOPS]["per_user"][metric])
+                           for w in range(len(data.windows))])

@@ -251,7 +251,8 @@ def run(
             from recops import steps
 
             with threadpool_limits(limits=settings.threads):
-                report = steps.backtest(settings)
+                report = steps.backtest_evidence(settings)  # the gates' (registry.first_model_gates.fold:
+                # timeline) when they made one of this configuration and data
         except RecopsError as exc:  # the model is trained and registered: say why the timeline is missing
             err_console.print(f"[yellow]timeline backtest skipped:[/] {exc}", highlight=False, soft_wrap=True)
         else:
@@ -350,6 +351,10 @@ def ab(
     params: Params = Path("params.yaml"),
     champion: Annotated[str, typer.Option(help="Alias or version number of the control model.")] = "champion",
     challenger: Annotated[str, typer.Option(help="Alias or version number of the candidate model.")] = "challenger",
+    timeline: Annotated[bool | None, typer.Option(
+        "--timeline/--no-timeline", help="Also refit both configurations on the rolling timeline (the backtest's "
+                                         "windows) and ship only if the challenger is better there too "
+                                         "(default: ab.timeline).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """A/B-evaluate the challenger against the champion on the current data snapshot: reports/ab.json and ab.html."""
@@ -357,7 +362,7 @@ def ab(
 
     def run(settings):
         leave_no_orphans(settings)
-        return run_ab(settings, champion, challenger)
+        return run_ab(settings, champion, challenger, timeline=timeline)
 
     settings, summary = _with_settings(params, quiet, run)
     colour = "green" if summary["decision"] == "ship" else "yellow"
@@ -513,7 +518,8 @@ def backtest(
             from threadpoolctl import threadpool_limits
 
             with threadpool_limits(limits=settings.threads):
-                report = steps.backtest(settings)
+                report = steps.backtest_evidence(settings)  # the gates' (registry.first_model_gates.fold:
+                # timeline) when they made one of this configuration and data
     except RecopsError as exc:
         _exit_on_user_error(exc)
         return

@@ -295,6 +295,9 @@ class ABConfig(Strict):
     split: float = Field(0.5, gt=0, lt=1)          # share of users in the challenger arm
     salt: str = "recops-ab"                        # hash salt of the arm assignment
     srm_p_value: float = Field(0.001, gt=0, lt=1)  # sample-ratio-mismatch alarm threshold
+    # also judge both versions' configurations on the rolling-timeline backtest (refitted before each cut, paired
+    # per window and user); ship only if the challenger is better there too. Costs two two-stage backtests.
+    timeline: bool = False
     guardrails: GuardrailsConfig = GuardrailsConfig()
 
 

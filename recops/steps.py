@@ -608,8 +608,13 @@ def register(settings: Settings) -> dict[str, float]:
 
         config.write_text(json.dumps(redacted(settings.model_dump(mode="json")), indent=2, sort_keys=True) + "\n",
                           encoding="utf-8")  # URI passwords masked: the model sections are what is read back
+        metrics = all_metrics(settings)
+        if _gates_on_the_timeline(settings):  # the gates' evidence, on the version's run: the rolling timeline
+            from recops.backtest import timeline_metrics
+
+            metrics.update(timeline_metrics(backtest_evidence(settings)))
         result = log_and_register(settings, onnx_path=onnx_path, artifacts={**artifacts, "config": config},
-                                  metrics=all_metrics(settings), lineage=lineage, input_example=example)
+                                  metrics=metrics, lineage=lineage, input_example=example)
     from recops.registry import set_challenger
 
     challenger = set_challenger(settings, result["model_version"])  # promotion needs an A/B test (recops ab)
@@ -669,6 +674,7 @@ def write_backtest(settings: Settings, report: dict[str, Any]) -> dict[str, Any]
     from recops.evaluation.backtest_report import write_html_report
 
     json_path, html_path = settings.path("backtest_report"), settings.path("backtest_html")
+    report = {**report, "fingerprint": backtest_fingerprint(settings)}  # what it is evidence about
     write_json(report, json_path)
     write_html_report(report, html_path)
     if settings.backtest.log_to_mlflow:
@@ -686,3 +692,31 @@ def backtest(settings: Settings) -> dict[str, Any]:
     from recops.backtest import run_backtest
 
     return write_backtest(settings, run_backtest(settings))
+
+
+def backtest_fingerprint(settings: Settings) -> str:
+    """What a backtest report depends on: the prepared interactions and the configuration sections that fit and
+    judge the lists (a report with another fingerprint is evidence about something else)."""
+    config = settings.model_dump(mode="json")
+    judged = {key: config[key] for key in ("seed", "split", "candidates", "features", "ranker")}
+    judged["backtest"] = {k: v for k, v in config["backtest"].items() if k not in ("with_run", "log_to_mlflow")}
+    judged["interactions_md5"] = _md5(settings.path("interactions"))
+    return hashlib.sha256(json.dumps(judged, sort_keys=True).encode()).hexdigest()
+
+
+def backtest_evidence(settings: Settings) -> dict[str, Any]:
+    """The backtest report of exactly this configuration and data: ``paths.backtest_report`` when its fingerprint
+    says so (a `recops backtest` or a gate of this run made it), else a new backtest."""
+    path = settings.path("backtest_report")
+    if path.is_file():
+        report = read_json(path)
+        if report.get("fingerprint") == backtest_fingerprint(settings):
+            log.info("backtest of this configuration and data already in %s: reused", path)
+            return report
+    return backtest(settings)
+
+
+def _gates_on_the_timeline(settings: Settings) -> bool:
+    from recops.registry.promotion import parse_gates
+
+    return parse_gates(settings.registry.first_model_gates).fold == "timeline"

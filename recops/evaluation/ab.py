@@ -464,9 +464,11 @@ class Decision(TypedDict):
 
 
 def decide(paired: PairedTest, online: OnlineTest | None, interleaving: InterleavingTest | None,
-           guards: Sequence[Guardrail], config: ABConfig) -> Decision:
+           guards: Sequence[Guardrail], config: ABConfig, timeline: PairedTest | None = None) -> Decision:
     """Ship only if the primary metric's delta is significantly positive (interval above 0 and p < alpha),
-    its relative lift reaches ``min_lift``, every checked guardrail passes and the arm split shows no SRM.
+    its relative lift reaches ``min_lift``, every checked guardrail passes and the arm split shows no SRM; with
+    ``timeline`` (the same paired test on the rolling-timeline backtest of both configurations, ``ab.timeline``),
+    also only if the challenger's delta there lies above 0.
 
     The online CTR comparison and the interleaving preference are reported as notes: they replay the same
     held-out data as the paired test, so they corroborate it but do not add independent evidence.
@@ -508,6 +510,17 @@ def decide(paired: PairedTest, online: OnlineTest | None, interleaving: Interlea
     if paired.ci_low <= 0 <= paired.ci_high:  # not significant: say how large an effect could have been seen
         reasons.append(f"note: with {paired.n_users} users the minimum detectable effect is {paired.mde:.4f} "
                        f"({paired.mde_relative:+.2%} relative) at {paired.power:.0%} power")
+
+    if timeline is not None:
+        text = (f"on the rolling timeline (both configurations refitted before each cut, {timeline.n_users} "
+                f"(window, user) rows) {metric} moved by {timeline.delta:+.4f} ({timeline.mean_a:.4f} -> "
+                f"{timeline.mean_b:.4f}, {level} CI {timeline.ci_low:+.4f} to {timeline.ci_high:+.4f})")
+        if timeline.ci_low > 0:
+            add(True, f"{text}: the interval lies above 0")
+        elif timeline.ci_high < 0:
+            add(False, f"{text}: the challenger is worse on the timeline")
+        else:
+            add(False, f"{text}: the interval includes 0")
 
     for guard in guards:
         if guard["status"] == "not checked":

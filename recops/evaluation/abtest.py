@@ -12,6 +12,7 @@ digest (``recops.registry.promotion``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -54,8 +55,10 @@ def resolve_version(settings: Settings, alias_or_version: str) -> str:
 
 
 def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALLENGER,
-           log_to_mlflow: bool = True) -> dict[str, Any]:
-    """Compare two registered versions (aliases or numbers); returns the summary written to reports/ab.json."""
+           log_to_mlflow: bool = True, timeline: bool | None = None) -> dict[str, Any]:
+    """Compare two registered versions (aliases or numbers); returns the summary written to reports/ab.json.
+    ``timeline`` (default ``ab.timeline``): also refit both versions' configurations on the rolling timeline and
+    require the challenger to be better there (:func:`timeline_comparison`)."""
     from recops import steps
     from recops.candidates import interaction_matrix
     from recops.evaluation.ab import (ab_summary, assign_arms, decide, guardrails, interleaving_test, paired_test,
@@ -80,10 +83,11 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
     truth = interaction_matrix(target, index.n_users, index.n_items, "binary")
     seen = interaction_matrix(history, index.n_users, index.n_items, "binary")
     depth = max(cfg.k, 10, *settings.evaluation.ks)
-    built = {}
+    built, configs = {}, {}
     with tempfile.TemporaryDirectory(prefix="recops-ab-") as tmp:
         for role, version in ((CHAMPION, champion_version), (CHALLENGER, challenger_version)):
             files = download_version_files(settings, version, Path(tmp) / role)
+            configs[role] = files["settings"]
             built[role] = rebuild_lists(settings, files, history, users, index.n_users, index.n_items,
                                         users_attr, items_attr, depth)
             log.info("%s = version %s rebuilt on the current snapshot", role, version)
@@ -114,7 +118,9 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
         for role in (CHAMPION, CHALLENGER)}
     guards = guardrails(model_metrics[CHAMPION], model_metrics[CHALLENGER],
                         built[CHALLENGER].latency_ms["p99"], cfg.guardrails)
-    decision = decide(paired, online, interleaving, guards, cfg)
+    on_timeline = (timeline_comparison(settings, configs[CHAMPION], configs[CHALLENGER])
+                   if (cfg.timeline if timeline is None else timeline) else None)
+    decision = decide(paired, online, interleaving, guards, cfg, timeline=on_timeline)
     segment_of = steps._activity_segments(np.diff(seen.indptr), users_scored)
     labels = np.full(len(users_scored), "", dtype=object)
     for name, mask in segment_of.items():
@@ -132,12 +138,34 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
         "latency_ms": {role: result.latency_ms for role, result in built.items()},
         "seconds": time.perf_counter() - started,
     })
+    if on_timeline is not None:
+        summary["timeline"] = {key: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                               for key, v in dataclasses.asdict(on_timeline).items()}
     reports = settings.path("reports_dir")
     steps.write_json(summary, reports / "ab.json")
     write_html_report(summary, b - a, segments, reports / "ab.html")
     if log_to_mlflow:
         _log_to_challenger_run(settings, challenger_version, summary, [reports / "ab.json", reports / "ab.html"])
     return summary
+
+
+def timeline_comparison(settings: Settings, champion_config: dict[str, Any],
+                        challenger_config: dict[str, Any]):
+    """The paired test of two versions' configurations on the rolling timeline: each refitted before every cut of
+    ``settings.backtest``'s windows on the current snapshot (nothing of a version's trained ranker is reused: it
+    saw those windows), judged per (window, warm user) on ``ab.primary_metric``."""
+    from recops.backtest import load, two_stage_per_user
+    from recops.evaluation.ab import paired_test
+    from recops.evaluation.versions import version_settings
+
+    cfg = settings.ab
+    data = load(settings)
+    rows = {role: two_stage_per_user(version_settings(settings, config), data, cfg.primary_metric)
+            for role, config in ((CHAMPION, champion_config), (CHALLENGER, challenger_config))}
+    log.info("timeline: %s %.4f (champion) vs %.4f (challenger) over %d (window, user) rows", cfg.primary_metric,
+             rows[CHAMPION].mean(), rows[CHALLENGER].mean(), len(rows[CHAMPION]))
+    return paired_test(rows[CHAMPION], rows[CHALLENGER], alpha=cfg.alpha, power=cfg.power,
+                       n_boot=cfg.bootstrap_samples, seed=settings.seed, min_lift=cfg.min_lift)
 
 
 def _log_to_challenger_run(settings: Settings, version: str, summary: dict[str, Any], files: list[Path]) -> None:

@@ -98,7 +98,12 @@ class FirstModelGates(BaseModel):
     """Absolute quality gates for the first model, which has no champion to be A/B-tested against.
 
     Metric keys are ``<fold>.<model>.<metric>`` as in ``reports/metrics.json``. With the defaults the gate is
-    "``test.ranker.ndcg@10`` beats ``test.popularity.ndcg@10`` by at least 5% (relative)".
+    "``test.ranker.ndcg@10`` beats ``test.popularity.ndcg@10`` by at least 5% (relative)". ``fold: timeline``
+    judges on the rolling-timeline backtest instead (pooled over its windows; the register stage runs it, or reuses
+    the report of the same configuration and data, and logs ``timeline.<model>.<metric>`` on the version's run),
+    with every backtest peer available as a baseline (``recent_popularity``, ``decayed_popularity``, ``ease``, ...);
+    ``min_ci_low_over`` then also asks the lower bound of the paired bootstrap interval of the lift over a peer
+    (percent) to reach a value, e.g. ``{recent_popularity: 0}``: better than trending-now with confidence.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -109,6 +114,8 @@ class FirstModelGates(BaseModel):
     min_value: float | None = None  # absolute floor of <fold>.<model>.<metric>
     # baseline model -> relative margin the model must beat it by (0.05: at least 5% above, and strictly above)
     min_lift_over: dict[str, float] = Field(default_factory=lambda: {"popularity": 0.05})
+    # fold timeline only: peer -> the least lower bound (percent) of the paired bootstrap interval of the lift
+    min_ci_low_over: dict[str, float] = Field(default_factory=dict)
 
     def key(self, model: str) -> str:
         return f"{self.fold}.{model}.{self.metric}"
@@ -141,6 +148,14 @@ def first_model_gates(metrics: Mapping[str, float], gates: Mapping[str, Any] | N
         return [f"{key} is missing from the model's metrics or not a finite number"]
     if config.min_value is not None and not value >= config.min_value:
         failures.append(f"{key} = {value:.4f} is below the required minimum {config.min_value:.4f}")
+    for baseline, floor in config.min_ci_low_over.items():
+        low_key = f"{config.fold}.lift_low_pct.{baseline}.{config.metric}"
+        low = _metric(metrics, low_key)
+        if low is None:
+            failures.append(f"{low_key} is missing from the model's metrics (min_ci_low_over needs fold: timeline)")
+        elif not low >= floor:
+            failures.append(f"the lower bound of the lift of {key} over {baseline} is {low:+.1f}% ({low_key}), "
+                            f"below the required {floor:+.1f}%")
     for baseline, margin in config.min_lift_over.items():
         baseline_key = config.key(baseline)
         reference = _metric(metrics, baseline_key)

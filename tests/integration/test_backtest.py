@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, set_params
 
 pytestmark = pytest.mark.integration
 
@@ -140,3 +140,24 @@ def test_mlflow_has_one_backtest_run_with_a_nested_run_per_window_and_no_model_v
     assert all(run.data.tags["recops.kind"] == "backtest-window" for run in children)
     assert model_versions(ws) == []
     assert client.search_registered_models() == []
+
+
+def test_first_model_gates_on_the_timeline_use_the_backtest_of_this_configuration_logged_on_the_version(local_run):
+    """Last in this module: it registers a version. The small run above had the backtest of exactly the
+    configuration trained here (the same windows, set in params now), so registration reuses it."""
+    ws, report = local_run
+    set_params(ws, backtest={"quick": True, "windows": 2, "test_days": 21},
+               registry={"first_model_gates": {"fold": "timeline", "metric": "ndcg@10",
+                                               "min_lift_over": {"recent_popularity": 0.0},
+                                               "min_ci_low_over": {"popularity": 0.0}}})
+    proc = run_cli(ws, "run", "-q", "--no-backtest")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    client, settings = tracking(ws)
+    [version] = model_versions(ws)
+    assert client.get_registered_model(settings.registry.model_name).aliases.get("champion") == version.version
+    assert client.get_model_version(version.name, version.version).tags["recops.promoted_on"] == "first_model_gates"
+    logged = client.get_run(version.run_id).data.metrics
+    assert logged["timeline.ranker.ndcg_at_10"] == pytest.approx(report["pooled"]["metrics"]["recops"]["ndcg@10"])
+    assert logged["timeline.recent_popularity.ndcg_at_10"] == pytest.approx(
+        report["pooled"]["metrics"]["recent_popularity"]["ndcg@10"])
+    assert len(runs_named(ws, "backtest")) == 1  # reused, not run again

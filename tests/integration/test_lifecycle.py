@@ -127,6 +127,14 @@ def test_a_worse_challenger_is_held_and_cannot_be_promoted(ws):
     (ws / "reports" / "stale.json").write_text(json.dumps(stale))
     refused(run_cli(ws, "promote", "-q", "--report", "reports/stale.json"), "stale.json", logged, "recops ab")
     assert alias(ws, "champion") == "2"
+    # the same pair judged on the rolling timeline too: both configurations refitted before each cut
+    set_params(ws, backtest={"windows": 2, "quick": True})
+    proc = run_cli(ws, "ab", "-q", "--timeline")
+    ok(proc)
+    report = json.loads(path.read_text())
+    assert report["decision"] == "hold" and report["timeline"]["delta"] < 0, report.get("timeline")
+    assert report["timeline"]["n_users"] > 100
+    assert any(r.startswith("against: on the rolling timeline") for r in report["reasons"]), report["reasons"]
 
 
 def test_rollback_restores_the_previous_champion_once(ws):

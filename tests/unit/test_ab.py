@@ -103,6 +103,22 @@ def test_challenger_better_on_a_known_share_of_users_has_interval_above_zero_and
     assert not any(r.startswith("against") for r in verdict["reasons"])
 
 
+def test_with_timeline_evidence_a_split_win_ships_only_if_the_timeline_agrees():
+    config = ABConfig(bootstrap_samples=300)
+    relevant, truth = one_relevant_item(1000)
+    better = list_with_item_at(relevant, np.zeros(len(relevant), dtype=int))
+    worse = list_with_item_at(relevant, np.full(len(relevant), 4))
+    split_win, _, _ = run_paired(worse, better, truth, config)
+    timeline_loss, _, _ = run_paired(better, worse, truth, config)
+    timeline_tie, _, _ = run_paired(worse, worse, truth, config)
+    guards = passing_guards(config)
+    assert ab.decide(split_win, None, None, guards, config, timeline=split_win)["decision"] == "ship"
+    for timeline, says in ((timeline_loss, "worse on the timeline"), (timeline_tie, "includes 0")):
+        verdict = ab.decide(split_win, None, None, guards, config, timeline=timeline)
+        assert verdict["decision"] == "hold"
+        assert any(r.startswith("against: on the rolling timeline") and says in r for r in verdict["reasons"])
+
+
 def test_identical_models_have_zero_delta_and_are_held():
     config = ABConfig(bootstrap_samples=200)
     relevant, truth = one_relevant_item(500)

@@ -129,6 +129,25 @@ def test_gates_check_the_absolute_floor() -> None:
     assert "below the required minimum 0.2500" in failure
 
 
+def test_timeline_gates_read_the_backtests_pooled_metrics_and_lift_interval_bounds() -> None:
+    from recops.backtest import timeline_metrics
+
+    report = {"pooled": {"metrics": {"recops": {"ndcg@10": 0.21}, "recent_popularity": {"ndcg@10": 0.18},
+                                     "als": {"ndcg@10": 0.15}}},
+              "lift": {"ndcg@10": {"over": {"recent_popularity": {"low_pct": 4.0}, "als": {"low_pct": 30.0}}}}}
+    metrics = timeline_metrics(report)
+    assert metrics["timeline.ranker.ndcg@10"] == 0.21 and metrics["timeline.mf.ndcg@10"] == 0.15
+    assert metrics["timeline.lift_low_pct.recent_popularity.ndcg@10"] == 4.0
+    gates = {"fold": "timeline", "min_lift_over": {"recent_popularity": 0.1}, "min_ci_low_over": {"recent_popularity": 0}}
+    assert first_model_gates(metrics, gates) == []
+    [failure] = first_model_gates(metrics, {**gates, "min_ci_low_over": {"recent_popularity": 5.0}})
+    assert "+4.0%" in failure and "below the required +5.0%" in failure
+    [failure] = first_model_gates(metrics, {**gates, "min_lift_over": {"recent_popularity": 0.2}})
+    assert "timeline.recent_popularity.ndcg@10" in failure
+    [failure] = first_model_gates({"test.ranker.ndcg@10": 0.3}, {**gates, "min_lift_over": {}})
+    assert "timeline.ranker.ndcg@10 is missing" in failure
+
+
 def test_gates_read_metrics_under_their_mlflow_keys() -> None:
     logged = {mlflow_metric_key(k): v for k, v in WEAK.items()}
     assert first_model_gates(logged, {"min_lift_over": {"popularity": 0.01}}) == []
