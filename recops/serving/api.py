@@ -58,8 +58,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recops.config import Settings
@@ -75,6 +77,67 @@ log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_REQUEST = 1000
 MAX_REPLAY_EVENTS = 1_000_000  # live events kept in memory to replay onto a hot-swapped version
+
+
+# --- what the API answers (its OpenAPI schemas) -----------------------------------------------------------------------
+
+AnyId = int | str  # ids come back in the data's type: integers when data.id_type is integer, text otherwise
+
+
+class FeatureContribution(BaseModel):
+    feature: str
+    contribution: float = Field(description="LightGBM pred_contrib: the feature's share of the score")
+
+
+class Reason(BaseModel):
+    because: AnyId | None = Field(description="the item of the user's history this one is most similar to; null "
+                                              "for a user without history")
+    similarity: float | None = Field(None, description="cosine similarity of the two items")
+    text: str = Field(description="the reason in words", examples=["because you interacted with 50"])
+    features: list[FeatureContribution] | None = Field(None, description="explain=true only: the ranker's top "
+                                                                         "feature contributions")
+
+
+class RecommendedItem(BaseModel):
+    item_id: AnyId
+    score: float | None = Field(description="the ranker's score; null in an exploration slot")
+    explored: bool = Field(False, description="an exploration slot (serving.exploration), not the ranker's pick")
+    reason: Reason | None = Field(None, description="null for the popularity fallback of an unknown user")
+
+
+class Recommendations(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "user_id": 196, "model_name": "recops-ranker", "model_version": "3",
+        "items": [{"item_id": 50, "score": 1.92, "explored": False,
+                   "reason": {"because": 181, "similarity": 0.87, "text": "because you interacted with 181"}}],
+        "fallback": None, "cached": False, "cache_source": None}]})
+
+    user_id: AnyId
+    model_name: str
+    model_version: str = Field(description="the registered version that answered (\"local\" for --bundle)")
+    items: list[RecommendedItem]
+    fallback: str | None = Field(description="unknown_user: the popularity list; cold_user: known, no history "
+                                             "yet; null: the ranker's list")
+    cached: bool = Field(description="served from the cache (recops batch-score --cache) instead of scored live")
+    cache_source: str | None = Field(None, description="who wrote the cached list (batch / online)")
+
+
+class EventResult(BaseModel):
+    user_id: AnyId
+    item_id: AnyId
+    applied: bool = Field(description="applied to the served model (false: logged for the next snapshot only)")
+    fold_in_ms: float | None = None
+    detail: str | None = Field(None, description="why it was not applied")
+
+
+class EventsAccepted(BaseModel):
+    recorded: int = Field(description="events written to the durable log")
+    model_version: str
+    events: list[EventResult]
+
+
+class Health(BaseModel):
+    status: str = "ok"
 
 
 class EventBatch(BaseModel):
@@ -391,6 +454,10 @@ def parse_event_json(body: bytes) -> Any:
         raise HTTPException(400, detail="the body is not acceptable JSON: nested too deeply") from None
 
 
+def _plain_id(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def create_app(settings: Settings, version: str = "champion", bundle_dir: Path | None = None,
                load: bool = True, downloads: Path | None = None) -> FastAPI:
     """The API. ``load=False`` defers the first load to the app's startup (``recops serve``); tests load now."""
@@ -425,7 +492,8 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
         multiprocess.MultiProcessCollector(merged, path=multiprocess_dir)
         return generate_latest(merged)
 
-    app = FastAPI(title="recops", version="1", description="Recommendations from the registered champion.")
+    # /docs and /redoc from the package's own copies of Swagger UI and ReDoc: they work without internet
+    app = FastAPIOffline(title="recops", version="1", description="Recommendations from the registered champion.")
     app.state.holder, app.state.cache = holder, cache
 
     def admin_token() -> str | None:
@@ -468,7 +536,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     # Scored on the event loop, not in the thread pool: a worker has one core, and threads taking turns on the GIL
     # only add switches (one worker, 8 connections: 292 -> 464 req/s, p99 51 -> 23 ms; BENCHMARKS.md); a slow
     # request delays the next ones of its worker alone.
-    @app.get("/recommendations/{user_id}", summary="Top-k items for a user")
+    @app.get("/recommendations/{user_id}", summary="Top-k items for a user", response_model=Recommendations)
     async def recommendations(
         user_id: Annotated[str, PathParam(pattern=ID_PATTERN, description="the user's original id")],
         k: Annotated[int, Query(ge=1, le=cfg.max_k, description="list length")] = cfg.default_k,
@@ -477,35 +545,32 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     ) -> dict[str, Any]:
         holder.catch_up()  # what other workers were told: an acknowledged event shows in every worker's answer
         model = served()  # this request's model, whatever a swap does meanwhile
+        answer = {"user_id": model.original_user_id(user_id), "model_name": model.model_name,
+                  "model_version": model.version}
         cacheable = not explain and request_id is None
         if cacheable and (model.version, user_id) not in holder.fresh:
             hit = cache.get(model.version, user_id, k)
             if hit is not None:
                 cache_lookups.labels("hit").inc()
-                ids = [model.item_ids[j].item() if hasattr(model.item_ids[j], "item") else model.item_ids[j]
-                       for j in (model.item_index(i) for i in hit.items) if j is not None]
-                return {"user_id": user_id, "model_name": model.model_name, "model_version": model.version,
-                        "items": [{"item_id": i, "score": s} for i, s in zip(ids, hit.scores)],
-                        "fallback": None, "cached": True, "cache_source": hit.source}
+                kept = [(j, score) for j, score in ((model.item_index(i), s) for i, s in zip(hit.items, hit.scores))
+                        if j is not None]
+                dense = np.array([j for j, _ in kept], dtype=np.int64)
+                reasons = model.reasons_for(user_id, dense)
+                items = [{"item_id": _plain_id(model.item_ids[j]), "score": score, "explored": False,
+                          "reason": reason} for (j, score), reason in zip(kept, reasons)]
+                return {**answer, "items": items, "fallback": None, "cached": True, "cache_source": hit.source}
             cache_lookups.labels("miss").inc()
         rec = model.recommend(user_id, k, request_id=request_id, explain=explain)
         if cacheable and rec.fallback is None and not any(rec.explored):
             cache.put(model.version, user_id, [str(i) for i in rec.items], [float(s) for s in rec.scores])
-        items = []
-        for position, item in enumerate(rec.items):
-            entry = {"item_id": item, "score": rec.scores[position]}
-            if rec.explored and rec.explored[position]:
-                entry["explored"] = True
-            if rec.reasons and rec.reasons[position] is not None:
-                entry["reason"] = rec.reasons[position]
-            items.append(entry)
-        return {"user_id": user_id, "model_name": model.model_name, "model_version": model.version,
-                "items": items, "fallback": rec.fallback, "cached": False}
+        items = [{"item_id": item, "score": rec.scores[n], "explored": bool(rec.explored and rec.explored[n]),
+                  "reason": rec.reasons[n] if rec.reasons else None} for n, item in enumerate(rec.items)]
+        return {**answer, "items": items, "fallback": rec.fallback, "cached": False, "cache_source": None}
 
     @app.post("/events", status_code=202, summary="Record interactions and apply them to the served model",
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                   "anyOf": [Event.model_json_schema(), EventBatch.model_json_schema()]}}}}})
-    async def events(request: Request) -> dict[str, Any]:
+    async def events(request: Request) -> EventsAccepted:
         if not bearer_matches(request, configured_token(cfg.events_token_env)):
             raise HTTPException(401, detail=f"POST /events needs Authorization: Bearer <the token in "
                                             f"{cfg.events_token_env}>", headers={"WWW-Authenticate": "Bearer"})
@@ -539,6 +604,10 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
                             "timestamp": min(event.timestamp, received) if event.timestamp is not None else received,
                             "weight": event.weight, "received_at": received})
         holder.event_log.append(records)
+        def ids(record: dict[str, Any]) -> dict[str, Any]:  # in the data's id type, as GET answers them
+            return {"user_id": model.original_user_id(record["user_id"]),
+                    "item_id": _plain_id(model.item_ids[model.item_index(record["item_id"])])}
+
         results = []
         for record in records:
             event = {k: record[k] for k in ("user_id", "item_id", "timestamp", "weight")}
@@ -549,17 +618,16 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
                 except RecopsError as exc:
                     log.warning("cache invalidation failed: %s", exc)
                 events_total.labels("true").inc()
-                results.append({"user_id": record["user_id"], "item_id": record["item_id"], "applied": True,
-                                "fold_in_ms": round(change["fold_in_ms"], 3)})
+                results.append({**ids(record), "applied": True, "fold_in_ms": round(change["fold_in_ms"], 3)})
             except UnknownIdError as exc:
                 events_total.labels("false").inc()
-                results.append({"user_id": record["user_id"], "item_id": record["item_id"], "applied": False,
-                                "detail": redact(str(exc))})
-        return {"recorded": len(records), "model_version": model.version, "events": results}
+                results.append({**ids(record), "applied": False, "detail": redact(str(exc))})
+        return EventsAccepted(recorded=len(records), model_version=model.version,
+                              events=[EventResult(**r) for r in results])
 
     @app.get("/health", summary="The process answers")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    def health() -> Health:
+        return Health()
 
     @app.get("/ready", summary="A model is loaded and verified")
     def ready() -> JSONResponse:

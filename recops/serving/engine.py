@@ -228,6 +228,25 @@ class Recommender:
     def item_index(self, item_id: Any) -> int | None:
         return self._item_lookup.get(str(item_id))
 
+    def original_user_id(self, user_id: str) -> Any:
+        """``user_id`` (as a request names it: text) in the type of the version's ids: an integer when the data's
+        ids are integers, so that a response's user and item ids are of one type."""
+        index = self.user_index(user_id)
+        if index is not None:
+            return _plain(self.user_ids[index])
+        digits = user_id[1:] if user_id.startswith("-") else user_id
+        if self.user_ids.dtype.kind in "iu" and digits.isascii() and digits.isdigit():
+            return int(user_id)
+        return user_id
+
+    def reasons_for(self, user_id: Any, items: np.ndarray) -> list[dict[str, Any] | None]:
+        """The reasons of a list (dense item indices) for ``user_id``: what a cached list is served with, so that
+        a cached and a live answer have the same fields."""
+        index = self.user_index(user_id)
+        if index is None:
+            return [None] * len(items)
+        return self._reasons(self.user_items.row_items(index), np.asarray(items, dtype=np.int64))
+
     def seen_items(self, user_id: Any) -> list[Any]:
         index = self.user_index(user_id)
         return [] if index is None else self.item_ids[self.user_items.row_items(index)].tolist()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -156,6 +157,10 @@ def test_batch_lists_in_redis_are_served_from_the_cache(server):
     assert [e["item_id"] for e in body["items"]] == expected[:10]
     live = httpx.get(f"{base}/recommendations/{user}", params={"k": 10, "request_id": "no-cache"}).json()
     assert live["cached"] is False and [e["item_id"] for e in live["items"]] == expected[:10]  # batch == online
+    # a cached answer is the live one, field for field: ids of one type, reasons included
+    assert set(body) == set(live) and [set(e) for e in body["items"]] == [set(e) for e in live["items"]]
+    assert [e["reason"] for e in body["items"]] == [e["reason"] for e in live["items"]]
+    assert type(body["user_id"]) is type(body["items"][0]["item_id"]) is int
     metrics = httpx.get(f"{base}/metrics").text
     assert 'recops_cache_lookups_total{result="hit"}' in metrics
 
@@ -370,6 +375,23 @@ def app_client(project):
         yield client
 
 
+def test_the_api_documents_typed_answers_and_its_docs_load_nothing_from_the_internet(app_client):
+    spec = app_client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    answer = spec["paths"]["/recommendations/{user_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert answer["schema"] == {"$ref": "#/components/schemas/Recommendations"}
+    assert {"user_id", "model_version", "items", "fallback", "cached"} <= set(schemas["Recommendations"]["properties"])
+    assert {"item_id", "score", "explored", "reason"} <= set(schemas["RecommendedItem"]["properties"])
+    events = spec["paths"]["/events"]["post"]["responses"]["202"]["content"]["application/json"]
+    assert events["schema"] == {"$ref": "#/components/schemas/EventsAccepted"}
+    for page in ("/docs", "/redoc"):
+        html = app_client.get(page).text
+        scripts = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert scripts and not [u for u in scripts if u.startswith(("http:", "https:", "//"))], (page, scripts)
+        for url in scripts:
+            assert app_client.get(url).status_code == 200, url
+
+
 @hsettings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(user=st.text(max_size=300), k=st.one_of(st.integers(-5, 2000), st.text(max_size=5)),
        explain=st.sampled_from(["true", "false", "maybe"]))
@@ -390,6 +412,23 @@ event_like = st.fixed_dictionaries({"user_id": st.one_of(st.text(max_size=5), st
                                     "item_id": st.one_of(st.text(max_size=5), st.integers(0, 200))},
                                    optional={"timestamp": st.one_of(st.floats(), st.integers(), st.text()),
                                              "weight": st.one_of(st.floats(), st.integers(-3, 3))})
+
+
+def test_the_api_documents_typed_answers_and_its_docs_load_nothing_from_the_internet(app_client):
+    spec = app_client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    answer = spec["paths"]["/recommendations/{user_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert answer["schema"] == {"$ref": "#/components/schemas/Recommendations"}
+    assert {"user_id", "model_version", "items", "fallback", "cached"} <= set(schemas["Recommendations"]["properties"])
+    assert {"item_id", "score", "explored", "reason"} <= set(schemas["RecommendedItem"]["properties"])
+    events = spec["paths"]["/events"]["post"]["responses"]["202"]["content"]["application/json"]
+    assert events["schema"] == {"$ref": "#/components/schemas/EventsAccepted"}
+    for page in ("/docs", "/redoc"):
+        html = app_client.get(page).text
+        scripts = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert scripts and not [u for u in scripts if u.startswith(("http:", "https:", "//"))], (page, scripts)
+        for url in scripts:
+            assert app_client.get(url).status_code == 200, url
 
 
 @hsettings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
