@@ -65,6 +65,9 @@ class AttributeColumns(Strict):
     categorical: list[str] = []
     multi_label: list[str] = []
     separator: str = "|"
+    # items: a display name (e.g. a product or film title), not a feature: the API answers with it and its
+    # reasons name items by it ("because you watched Star Wars (1977)")
+    title: str | None = None
 
 
 class ColumnMapping(Strict):

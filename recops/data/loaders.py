@@ -305,9 +305,11 @@ def _beyond_int64(value: object) -> bool:
 
 def load_attributes(path: Path, spec: AttributeColumns, id_name: str, config: DataConfig) -> pd.DataFrame:
     """An attribute table with its id column renamed to ``id_name`` and only the declared columns kept."""
-    declared = [spec.id, *spec.numeric, *spec.categorical, *spec.multi_label]
+    declared = [spec.id, *spec.numeric, *spec.categorical, *spec.multi_label, *([spec.title] if spec.title else [])]
     frame = _read_mapped(path, config, {f"attribute '{c}'" if c != spec.id else "id": c for c in declared})
     out = frame[declared].rename(columns={spec.id: id_name})
+    if spec.title:
+        out[spec.title] = out[spec.title].astype("string")
     if config.id_type == "string":
         out[id_name] = out[id_name].astype("string")
     else:

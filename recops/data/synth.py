@@ -4,7 +4,7 @@
 
     out_dir/interactions/part-00000.parquet ...   user_id, item_id, timestamp (epoch s), rating (1-5); int64
     out_dir/users.parquet                         user_id, age, gender, occupation
-    out_dir/items.parquet                         item_id, release_year, genres (space-separated)
+    out_dir/items.parquet                         item_id, title, release_year, genres (space-separated)
     out_dir/synth.json                            arguments, seed, row counts, sha256 of every file
 
 The columns are those of the default ``data:`` section of params.yaml, so ``data.source: file`` and the three
@@ -91,6 +91,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -458,8 +459,12 @@ class _World:
         for column in range(1, labels.shape[1]):
             genres = np.where(self.item_genres[:, column] < self.n_genres, genres + " " + labels[:, column], genres)
         year = self.release.astype("datetime64[s]").astype("datetime64[Y]").astype(np.int64) + 1970
+        ids = np.arange(1, self.n_items + 1, dtype=np.int64)
+        # a display name (data.item_attributes.title): "Drama #17 (2016)"
+        title = pd.Series(labels[:, 0]) + " #" + pd.Series(ids).astype(str) + " (" + pd.Series(year).astype(str) + ")"
         return pa.table({
-            Columns.ITEM_ID: pa.array(np.arange(1, self.n_items + 1, dtype=np.int64)),
+            Columns.ITEM_ID: pa.array(ids),
+            "title": pa.array(title.to_numpy(dtype=object), pa.string()),
             "release_year": pa.array(year),
             "genres": pa.array(genres, pa.string()),
         })

@@ -92,6 +92,7 @@ class FeatureContribution(BaseModel):
 class Reason(BaseModel):
     because: AnyId | None = Field(description="the item of the user's history this one is most similar to; null "
                                               "for a user without history")
+    because_title: str | None = Field(None, description="its display name (data.item_attributes.title)")
     similarity: float | None = Field(None, description="cosine similarity of the two items")
     text: str = Field(description="the reason in words", examples=["because you interacted with 50"])
     features: list[FeatureContribution] | None = Field(None, description="explain=true only: the ranker's top "
@@ -100,6 +101,7 @@ class Reason(BaseModel):
 
 class RecommendedItem(BaseModel):
     item_id: AnyId
+    title: str | None = Field(None, description="the item's display name (data.item_attributes.title)")
     score: float | None = Field(description="the ranker's score; null in an exploration slot")
     explored: bool = Field(False, description="an exploration slot (serving.exploration), not the ranker's pick")
     reason: Reason | None = Field(None, description="null for the popularity fallback of an unknown user")
@@ -108,8 +110,9 @@ class RecommendedItem(BaseModel):
 class Recommendations(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "user_id": 196, "model_name": "recops-ranker", "model_version": "3",
-        "items": [{"item_id": 50, "score": 1.92, "explored": False,
-                   "reason": {"because": 181, "similarity": 0.87, "text": "because you interacted with 181"}}],
+        "items": [{"item_id": 50, "title": "Star Wars", "score": 1.92, "explored": False,
+                   "reason": {"because": 181, "because_title": "Return of the Jedi", "similarity": 0.87,
+                              "text": "because you interacted with Return of the Jedi"}}],
         "fallback": None, "cached": False, "cache_source": None}]})
 
     user_id: AnyId
@@ -556,15 +559,16 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
                         if j is not None]
                 dense = np.array([j for j, _ in kept], dtype=np.int64)
                 reasons = model.reasons_for(user_id, dense)
-                items = [{"item_id": _plain_id(model.item_ids[j]), "score": score, "explored": False,
-                          "reason": reason} for (j, score), reason in zip(kept, reasons)]
+                items = [{"item_id": _plain_id(model.item_ids[j]), "title": model.title(j), "score": score,
+                          "explored": False, "reason": reason} for (j, score), reason in zip(kept, reasons)]
                 return {**answer, "items": items, "fallback": None, "cached": True, "cache_source": hit.source}
             cache_lookups.labels("miss").inc()
         rec = model.recommend(user_id, k, request_id=request_id, explain=explain)
         if cacheable and rec.fallback is None and not any(rec.explored):
             cache.put(model.version, user_id, [str(i) for i in rec.items], [float(s) for s in rec.scores])
-        items = [{"item_id": item, "score": rec.scores[n], "explored": bool(rec.explored and rec.explored[n]),
-                  "reason": rec.reasons[n] if rec.reasons else None} for n, item in enumerate(rec.items)]
+        items = [{"item_id": item, "title": model.title(model.item_index(item)), "score": rec.scores[n],
+                  "explored": bool(rec.explored and rec.explored[n]), "reason": rec.reasons[n] if rec.reasons else None}
+                 for n, item in enumerate(rec.items)]
         return {**answer, "items": items, "fallback": rec.fallback, "cached": False, "cache_source": None}
 
     @app.post("/events", status_code=202, summary="Record interactions and apply them to the served model",

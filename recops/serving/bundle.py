@@ -8,7 +8,8 @@ what the model serves from), and writes them as files the server can load **with
 
 - ``arrays/<path>.npy`` (``np.load(allow_pickle=False)``): dense arrays; a sparse matrix is stored as its CSR
   ``data`` / ``indices`` / ``indptr`` / ``shape`` arrays;
-- ``ids_users.parquet`` / ``ids_items.parquet``: the original ids in dense-index order (any id type);
+- ``ids_users.parquet`` / ``ids_items.parquet``: the original ids in dense-index order (any id type), and the
+  items' display names (column ``title``) when ``data.item_attributes.title`` names one;
 - ``ranker.onnx`` (scored by onnxruntime) and ``ranker.txt`` (LightGBM's text format, read only to explain a
   list with ``pred_contrib``);
 - ``manifest.json``: format, the model sections of the settings, the feature names in the ranker's input order,
@@ -165,7 +166,11 @@ def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, A
         },
     }
     pd.DataFrame({"id": index.user_ids}).to_parquet(tmp / "ids_users.parquet", index=False)
-    pd.DataFrame({"id": index.item_ids}).to_parquet(tmp / "ids_items.parquet", index=False)
+    item_ids = pd.DataFrame({"id": index.item_ids})
+    titles = _item_titles(settings, index.item_ids, steps.read_parquet)
+    if titles is not None:
+        item_ids["title"] = titles
+    item_ids.to_parquet(tmp / "ids_items.parquet", index=False)
     shutil.copyfile(onnx_path, tmp / "ranker.onnx")
     shutil.copyfile(booster_path, tmp / "ranker.txt")
     files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -217,6 +222,21 @@ class Bundle:
     item_attributes: dict[str, dict[str, Any]]
     onnx_bytes: bytes
     booster_path: Path
+    item_titles: np.ndarray | None = None  # display names (data.item_attributes.title), in dense-index order
+
+
+def _item_titles(settings: Settings, item_ids: np.ndarray, read_parquet) -> np.ndarray | None:
+    """The items' display names (``data.item_attributes.title`` of the prepared items table) in dense-index order;
+    None when no title column is configured."""
+    spec = settings.data.item_attributes
+    path = settings.path("items")
+    if spec is None or spec.title is None or not path.is_file():
+        return None
+    table = read_parquet(path)
+    if spec.title not in table.columns:
+        return None
+    titles = table.drop_duplicates(Columns.ITEM_ID).set_index(Columns.ITEM_ID)[spec.title]
+    return titles.reindex(item_ids).astype("string").to_numpy(dtype=object, na_value=None)
 
 
 def verify_bundle(root: Path, expected_manifest_sha256: str | None) -> dict[str, Any]:
@@ -246,12 +266,15 @@ def load_bundle(root: Path, expected_manifest_sha256: str | None) -> Bundle:
     root = Path(root)
     manifest = verify_bundle(root, expected_manifest_sha256)
     layout = manifest["layout"]
+    items = pd.read_parquet(root / "ids_items.parquet")
     return Bundle(
         root=root,
         manifest=manifest,
         manifest_sha256=sha256_file(root / MANIFEST),
         user_ids=pd.read_parquet(root / "ids_users.parquet")["id"].to_numpy(),
-        item_ids=pd.read_parquet(root / "ids_items.parquet")["id"].to_numpy(),
+        item_ids=items["id"].to_numpy(),
+        item_titles=(items["title"].astype(object).where(items["title"].notna(), None).to_numpy()
+                     if "title" in items else None),
         user_items=_load_tree(root, layout["user_items"]),
         confidence=_load_tree(root, layout["confidence"]),
         sources={name: _load_tree(root, spec) for name, spec in layout["sources"].items()},

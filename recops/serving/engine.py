@@ -152,6 +152,7 @@ class Recommender:
         self.feature_names: list[str] = list(manifest["feature_names"])
         self.source_columns: list[str] = list(manifest["source_columns"])
         self.user_ids, self.item_ids = bundle.user_ids, bundle.item_ids
+        self.item_titles = bundle.item_titles  # display names, or None
         self.n_users, self.n_items = len(self.user_ids), len(self.item_ids)
         self._user_lookup = {str(u): i for i, u in enumerate(self.user_ids.tolist())}
         self._item_lookup = {str(v): i for i, v in enumerate(self.item_ids.tolist())}
@@ -345,10 +346,16 @@ class Recommender:
         best = similarity.argmax(axis=1)
         out = []
         for row, item in enumerate(items):
-            because = self.item_ids[history[best[row]]]
-            out.append({"because": _plain(because), "similarity": float(similarity[row, best[row]]),
-                        "text": f"because you interacted with {because}"})
+            because = history[best[row]]
+            title = self.title(because)
+            out.append({"because": _plain(self.item_ids[because]), "because_title": title,
+                        "similarity": float(similarity[row, best[row]]),
+                        "text": f"because you interacted with {title or self.item_ids[because]}"})
         return out
+
+    def title(self, item: int) -> str | None:
+        """The display name of dense item ``item`` (None without a title column, or for an item without one)."""
+        return None if self.item_titles is None else self.item_titles[item]
 
     def _contributions(self, user: int, items: np.ndarray, top: int = 3) -> list[list[dict[str, Any]]]:
         """The ranker's ``top`` largest feature contributions (LightGBM pred_contrib) for each listed item."""

@@ -43,7 +43,7 @@ PARAMS = {
         "columns": {"user": "uid", "item": "sku", "timestamp": "ts", "rating": "stars", "weight": None,
                     "split": None},
         "user_attributes": {"id": "uid", "numeric": ["age"], "categorical": ["country"], "multi_label": []},
-        "item_attributes": {"id": "sku", "numeric": ["price"], "categorical": [], "multi_label": ["tags"],
+        "item_attributes": {"id": "sku", "numeric": ["price"], "categorical": [], "multi_label": ["tags"], "title": None,
                             "separator": "|"},
     },
     "validation": {"min_rows": 500, "min_users": 20, "min_items": 20},

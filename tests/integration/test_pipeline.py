@@ -136,6 +136,9 @@ def test_the_champion_answers_every_movielens_user_with_k_unseen_items(trained):
             got = [entry["item_id"] for entry in body["items"]]
             assert len(got) == 10 == len(set(got)) and not set(got) & items, (user, body)
             assert body["fallback"] is None and all(entry["reason"]["because"] in items for entry in body["items"])
+            # the films by their titles (item_attributes.title), in the list and in its reasons
+            assert all(entry["title"] and entry["reason"]["because_title"] in entry["reason"]["text"]
+                       for entry in body["items"]), body
         assert client.get("/ready").json()["version"] == json.loads(
             (ws / "reports" / "registry.json").read_text())["champion"]
 

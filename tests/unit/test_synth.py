@@ -119,7 +119,7 @@ def test_tables_have_the_default_mapping_columns_and_dtypes(out_dir: Path) -> No
     assert list(users.columns) == ["user_id", "age", "gender", "occupation"]
     assert str(users["age"].dtype) == "int64" and set(users["gender"]) == {"M", "F"}
     items = pd.read_parquet(out_dir / "items.parquet")
-    assert list(items.columns) == ["item_id", "release_year", "genres"]
+    assert list(items.columns) == ["item_id", "title", "release_year", "genres"]
     labels = items["genres"].str.split(" ")
     assert labels.str.len().between(1, 3).all()
     assert set(labels.explode()) <= set(GENRE_NAMES)
