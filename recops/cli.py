@@ -422,25 +422,49 @@ def rollback(
 
 
 @app.command()
-def models(params: Params = Path("params.yaml")) -> None:
-    """List the registered versions with their aliases, lineage and promotion record."""
+def models(
+    params: Params = Path("params.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Every field of every version, as JSON.")] = False,
+) -> None:
+    """List the registered versions with their aliases, lineage, headline metrics and promotion record."""
     from recops.registry import list_models
 
     settings, versions = _with_settings(params, True, list_models)
+    if as_json:
+        print(json.dumps(versions, indent=1, default=str))
+        return
     from rich import box
 
     table = Table(title=f"{settings.registry.model_name}: {len(versions)} versions", title_justify="left",
                   box=box.SIMPLE, pad_edge=False)
-    for column in ("version", "aliases", "created", "commit", "data md5", "promoted"):
+    for column in ("version", "aliases", "created", "commit", "params", "data md5", "ndcg@10 test", "timeline",
+                   "status"):
         table.add_column(column, no_wrap=True)
     for v in versions:
-        lineage = v.get("lineage", {})
-        how = {"first_model_gates": "gates", "ab_test": "A/B"}.get(v.get("promoted_on") or "", "")
-        promoted = f"{v['promoted_at'][:10]} {how}" if v.get("promoted_at") else ""
+        lineage, metrics = v.get("lineage", {}), v.get("metrics", {})
         table.add_row(str(v["version"]), " ".join(v.get("aliases", [])), str(v.get("created_at", ""))[:10],
-                      str(lineage.get("git_commit", ""))[:7], str(lineage.get("data_md5.interactions", ""))[:8],
-                      promoted)
-    console.print(table)
+                      str(lineage.get("git_commit", ""))[:7], str(lineage.get("params_hash", ""))[:8],
+                      str(lineage.get("data_md5.interactions", ""))[:8],
+                      _number(metrics.get("test.ranker.ndcg@10")), _number(metrics.get("timeline.ranker.ndcg@10")),
+                      _version_status(v))
+    # a terminal's width, or enough for every column when the output goes to a file or a pipe
+    wide = Console(width=max(console.width, 160)) if not console.is_terminal else console
+    wide.print(table)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _version_status(v: dict) -> str:
+    """What happened to a version last: promoted (and on what), rolled back, or nothing."""
+    promoted, rolled = v.get("promoted_at") or "", v.get("rolled_back_at") or ""
+    if rolled and rolled >= promoted:
+        return f"rolled back {rolled[:10]}"
+    if promoted:
+        how = {"first_model_gates": "gates", "ab_test": "A/B"}.get(v.get("promoted_on") or "", "")
+        return f"promoted {promoted[:10]} {how}".strip()
+    return ""
 
 
 @app.command()
@@ -474,7 +498,14 @@ def tune(
                                 for k, v in result["best"].items()))
     console.print(table)
     if write:
-        console.print(f"best values written to {report['written_to']}; `recops run` (or `dvc repro`) uses them")
+        changed = report.get("changed") or {}
+        if changed:
+            console.print(f"{len(changed)} value(s) changed in {report['written_to']} ("
+                          + ", ".join(f"{key}: {old} -> {new}" for key, (old, new) in changed.items())
+                          + "); `recops run` (or `dvc repro`) uses them")
+        else:
+            console.print(f"the best values found are the ones {report['written_to']} already holds: nothing "
+                          "changed")
     else:
         console.print("not written (use --write to put them into params.yaml)")
 

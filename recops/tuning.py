@@ -193,7 +193,7 @@ def tune(settings: Settings, *, budget_s: float | None = None, write: bool = Fal
         report["updates"] = updates(report)
         if write:
             target = params_path or settings.root / "params.yaml"
-            write_params(target, report["updates"])
+            report["changed"] = write_params(target, report["updates"])
             report["written_to"] = str(target)
         steps.write_json(report, settings.path("reports_dir") / "tuning.json")
 
@@ -241,8 +241,9 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def write_params(path: Path, values: dict[str, dict[str, Any]]) -> None:
-    """Replace ``section.key`` values in params.yaml in place, keeping its comments and layout."""
+def write_params(path: Path, values: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:
+    """Replace ``section.key`` values in params.yaml in place, keeping its comments and layout; return what
+    changed (``{"section.key": [old, new]}``; the file is not rewritten when nothing did)."""
     from ruamel.yaml import YAML
 
     from recops.io import atomic_path
@@ -253,9 +254,16 @@ def write_params(path: Path, values: dict[str, dict[str, Any]]) -> None:
     yaml.representer.add_representer(  # keep "null" written out (ruamel's default writes nothing)
         type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
     data = yaml.load(path.read_text(encoding="utf-8"))
+    changed: dict[str, list[Any]] = {}
     for section, entries in values.items():
         for key, value in entries.items():
+            old = data[section].get(key)
+            if old != value:
+                changed[f"{section}.{key}"] = [old, value]
             data[section][key] = value
+    if not changed:
+        return changed
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             yaml.dump(data, handle)
+    return changed

@@ -417,11 +417,18 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
     ``git_commit``, ``params_hash``, ``data_md5.<table>``, ``data_source``, ...), ``"promoted_at",
     "promoted_by", "promotion_reason", "promoted_on", "promotion_metrics"`` (the numbers it was promoted on, by
     report / metric key), ``"rolled_back_at", "rolled_back_by", "rollback_reason"}``; fields of a version never
-    promoted or rolled back are None (``promotion_metrics``: empty).
+    promoted or rolled back are None (``promotion_metrics``: empty); ``"metrics"``: the :data:`HEADLINE_METRICS`
+    its training run logged.
     """
     models = []
+    client = _client(settings)
     for record in list_versions(settings):
         tags: dict[str, str] = record["tags"]
+        try:  # the headline numbers of the version's training run (the test split, and the timeline if logged)
+            logged = client.get_run(record["run_id"]).data.metrics if record["run_id"] else {}
+        except Exception:  # noqa: BLE001 (a deleted run must not hide the other versions)
+            logged = {}
+        headline = {key: value for key in HEADLINE_METRICS if (value := _metric(logged, key)) is not None}
         evidence = {
             key[len(prefix):]: value
             for key, value in sorted(tags.items())
@@ -443,8 +450,13 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
             "rolled_back_at": tags.get(TAG_ROLLED_BACK_AT),
             "rolled_back_by": tags.get(TAG_ROLLED_BACK_BY),
             "rollback_reason": tags.get(TAG_ROLLBACK_REASON),
+            "metrics": headline,
         })
     return models
+
+
+# what ``recops models`` shows of each version's run
+HEADLINE_METRICS = ("test.ranker.ndcg@10", "test.ranker.recall@20", "timeline.ranker.ndcg@10")
 
 
 # --- checks ---------------------------------------------------------------------------------------------------

@@ -145,6 +145,12 @@ def test_rollback_restores_the_previous_champion_once(ws):
     proc = run_cli(ws, "models")
     ok(proc)
     assert "champion" in proc.stdout and "challenger" in proc.stdout
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()}
+    assert "rolled back" in rows["2"] and "promoted" not in rows["2"], rows  # not "promoted A/B" any more
+    assert "promoted" in rows["1"] and max(len(line) for line in proc.stdout.splitlines()) > 80  # not cut at 80
+    listed = json.loads(run_cli(ws, "models", "--json").stdout)
+    assert [v["version"] for v in listed] == ["1", "2", "3"]
+    assert all(v["lineage"]["params_hash"] and 0 < v["metrics"]["test.ranker.ndcg@10"] < 1 for v in listed)
     from recops.config import load_settings
     from recops.registry import promotion_history
 

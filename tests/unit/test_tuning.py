@@ -7,7 +7,8 @@ def test_write_params_replaces_values_and_keeps_comments(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("# top comment\nseed: 42\ncandidates:\n  factors: 64      # MF size\n  ease_l2: 100.0\n"
                     "ranker:\n  num_leaves: 15\n  learning_rate: 0.05  # step\n  path: null   # optional\n")
-    write_params(path, {"candidates": {"factors": 27}, "ranker": {"learning_rate": 0.0312}})
+    changed = write_params(path, {"candidates": {"factors": 27, "ease_l2": 100.0}, "ranker": {"learning_rate": 0.0312}})
+    assert changed == {"candidates.factors": [64, 27], "ranker.learning_rate": [0.05, 0.0312]}
     text = path.read_text()
     assert "# top comment" in text and "# MF size" in text and "# step" in text
     assert "factors: 27" in text and "learning_rate: 0.0312" in text
@@ -21,3 +22,11 @@ def test_updates_collects_sources_into_candidates_and_rounds_floats():
               "ranker": {"best": {"num_leaves": 9}}}
     assert updates(report) == {"candidates": {"factors": 27, "alpha": 1.235, "ease_l2": 92.41},
                                "ranker": {"num_leaves": 9}}
+
+
+def test_write_params_says_nothing_changed_and_leaves_the_file_alone_when_the_values_are_already_there(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("candidates:\n  factors: 64  # MF size\n")
+    before = path.stat().st_mtime_ns
+    assert write_params(path, {"candidates": {"factors": 64}}) == {}
+    assert path.stat().st_mtime_ns == before
