@@ -355,6 +355,9 @@ def ab(
         "--timeline/--no-timeline", help="Also refit both configurations on the rolling timeline (the backtest's "
                                          "windows) and ship only if the challenger is better there too "
                                          "(default: ab.timeline).")] = None,
+    allow_other_data: Annotated[bool, typer.Option(
+        "--allow-other-data", help="Compare versions trained on different data sources (refused otherwise).")]
+    = False,
     quiet: Quiet = False,
 ) -> None:
     """A/B-evaluate the challenger against the champion on the current data snapshot: reports/ab.json and ab.html."""
@@ -362,7 +365,7 @@ def ab(
 
     def run(settings):
         leave_no_orphans(settings)
-        return run_ab(settings, champion, challenger, timeline=timeline)
+        return run_ab(settings, champion, challenger, timeline=timeline, allow_other_data=allow_other_data)
 
     settings, summary = _with_settings(params, quiet, run)
     colour = "green" if summary["decision"] == "ship" else "yellow"

@@ -53,8 +53,12 @@ def write_html_report(summary: Mapping[str, Any], per_user_delta: np.ndarray,
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>A/B evaluation: {_esc(metric)}</title><style>{_STYLE}</style></head><body>",
-        "<h1>A/B evaluation: challenger vs champion</h1>",
+        f"<h1>A/B evaluation of {_esc(summary.get('model_name', 'the model'))}: version "
+        f"{_esc(summary.get('challenger_version', '?'))} (challenger) vs version "
+        f"{_esc(summary.get('champion_version', '?'))} (champion)</h1>",
         _decision_section(summary),
+        "<h2>What is compared</h2>",
+        _compared_section(summary),
         "<h2>Offline paired test</h2>",
         _statistics_table(summary, metric),
         _image(_delta_histogram(delta, metric), f"per-user {metric} delta"),
@@ -82,6 +86,33 @@ def write_html_report(summary: Mapping[str, Any], per_user_delta: np.ndarray,
 
 
 # ----------------------------------------------------------------------------------------------------- sections
+def _compared_section(summary: Mapping[str, Any]) -> str:
+    """The two versions (when, which commit, parameters, data), the snapshot they were judged on, and the
+    configuration keys that differ between them."""
+    versions = summary.get("versions") or {}
+    rows = []
+    for role in ("champion", "challenger"):
+        card = versions.get(role) or {}
+        md5 = card.get("data_md5") or {}
+        rows.append([role, card.get("version", summary.get(f"{role}_version", "")),
+                     str(card.get("created_at") or "")[:19].replace("T", " "), str(card.get("git_commit") or "")[:10],
+                     str(card.get("params_hash") or "")[:10], card.get("data_source") or "",
+                     str(md5.get("interactions", ""))[:10]])
+    snapshot = summary.get("snapshot") or {}
+    parts = [_table(["", "version", "trained (UTC)", "git commit", "params hash", "data source",
+                     "data md5 (interactions)"], rows),
+             f"<p>Judged on the snapshot with interactions md5 "
+             f"<code>{_esc(str(snapshot.get('data_md5.interactions', ''))[:10])}</code>, "
+             f"{_esc(summary.get('test_users', ''))} test users; report made {_esc(summary.get('created', ''))}.</p>"]
+    diff = summary.get("param_diff")
+    if diff is not None:
+        parts.append("<h3>What changed between the two versions' configurations</h3>")
+        parts.append(_table(["parameter", "champion", "challenger"],
+                            [[d["key"], d["champion"], d["challenger"]] for d in diff])
+                     if diff else "<p>Nothing: the same configuration (trained on other data, or another run).</p>")
+    return "\n".join(parts)
+
+
 def _decision_section(summary: Mapping[str, Any]) -> str:
     decision = str(summary.get("decision", "hold"))
     items = []

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ def resolve_version(settings: Settings, alias_or_version: str) -> str:
 
 
 def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALLENGER,
-           log_to_mlflow: bool = True, timeline: bool | None = None) -> dict[str, Any]:
+           log_to_mlflow: bool = True, timeline: bool | None = None,
+           allow_other_data: bool = False) -> dict[str, Any]:
     """Compare two registered versions (aliases or numbers); returns the summary written to reports/ab.json.
     ``timeline`` (default ``ab.timeline``): also refit both versions' configurations on the rolling timeline and
     require the challenger to be better there (:func:`timeline_comparison`)."""
@@ -74,7 +76,22 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
     champion_version = resolve_version(settings, champion)
     challenger_version = resolve_version(settings, challenger)
     if champion_version == challenger_version:
-        raise RecopsError(f"champion and challenger are the same version ({champion_version}): nothing to compare")
+        raise RecopsError(
+            f"champion and challenger are the same version ({champion_version}): nothing to compare. Train a "
+            "challenger first: change params.yaml (or take a new data snapshot) and run `recops run`, which "
+            "registers the new version as the challenger")
+    from recops.registry.mlflow_registry import list_versions
+
+    records = {str(v["version"]): v for v in list_versions(settings)}
+    compared = {role: version_card(records.get(version, {}), version)
+                for role, version in ((CHAMPION, champion_version), (CHALLENGER, challenger_version))}
+    sources = {role: card["data_source"] for role, card in compared.items()}
+    if sources[CHAMPION] != sources[CHALLENGER] and not allow_other_data:
+        raise RecopsError(
+            f"version {champion_version} was trained on data source {sources[CHAMPION]!r} and version "
+            f"{challenger_version} on {sources[CHALLENGER]!r}: an A/B test on today's snapshot would judge one of "
+            "them on data it never saw the like of. Compare versions of one data source (or pass "
+            "--allow-other-data if that is what you mean)")
 
     index = steps._index(settings)
     history, target = steps._fold_tables(settings, "test")
@@ -132,6 +149,9 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
         "champion_version": champion_version, "challenger_version": challenger_version,
         "model_name": settings.registry.model_name,
         "snapshot": {f"data_md5.{name}": steps._md5(settings.path(name)) for name in steps.TABLES},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": compared,
+        "param_diff": param_diff(configs[CHAMPION], configs[CHALLENGER]),
         "test_users": int(len(users)),
         "metrics": {role: {k: (None if not np.isfinite(v) else float(v)) for k, v in values.items()}
                     for role, values in model_metrics.items()},
@@ -147,6 +167,27 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
     if log_to_mlflow:
         _log_to_challenger_run(settings, challenger_version, summary, [reports / "ab.json", reports / "ab.html"])
     return summary
+
+
+def version_card(record: dict[str, Any], version: str) -> dict[str, Any]:
+    """What the A/B report says of a compared version: when, from which commit, parameters and data."""
+    tags = record.get("tags") or {}
+    return {"version": str(version), "created_at": record.get("created_at"), "git_commit": tags.get("git_commit"),
+            "params_hash": tags.get("params_hash"), "data_source": tags.get("data_source"),
+            "data_md5": {key[len("data_md5."):]: value for key, value in sorted(tags.items())
+                         if key.startswith("data_md5.")}}
+
+
+def param_diff(champion: dict[str, Any], challenger: dict[str, Any], limit: int = 200) -> list[dict[str, Any]]:
+    """The configuration keys (``a.b.c``) whose values differ between two versions, with both values."""
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(tree, dict):
+            return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: tree}
+
+    a, b = flat(champion), flat(challenger)
+    keys = sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key) and not key.startswith("paths."))
+    return [{"key": key, "champion": a.get(key), "challenger": b.get(key)} for key in keys[:limit]]
 
 
 def timeline_comparison(settings: Settings, champion_config: dict[str, Any],

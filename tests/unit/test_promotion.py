@@ -530,3 +530,32 @@ def test_a_rollback_killed_mid_way_is_finished_or_forgotten_by_the_rerun(
     assert (entry["action"], entry["from_version"], entry["to_version"]) == ("rollback", second, first)
     assert aliases(client, settings)[CHAMPION] == first
     assert [e["action"] for e in promotion_history(settings)] == ["promote", "promote", "rollback"]
+
+
+# --- what recops ab compares -------------------------------------------------------------------------------------
+
+
+def test_ab_refuses_versions_trained_on_different_data_sources_before_rebuilding_anything(
+        settings: Settings, register: Register, client: MlflowClient) -> None:
+    from recops.evaluation.abtest import run_ab
+
+    first, second = register(), register()
+    name = settings.registry.model_name
+    client.set_model_version_tag(name, first, "data_source", "movielens100k")
+    client.set_model_version_tag(name, second, "data_source", "file")
+    with pytest.raises(RecopsError, match="'movielens100k' and version .* on 'file'.*--allow-other-data"):
+        run_ab(settings, first, second)
+    with pytest.raises(RecopsError, match="same version .*recops run"):
+        run_ab(settings, first, first)
+
+
+def test_the_ab_report_lists_the_configuration_keys_that_differ() -> None:
+    from recops.evaluation.abtest import param_diff
+
+    champion = {"candidates": {"factors": 64, "sources": ["mf"]}, "paths": {"x": "a"}, "seed": 42}
+    challenger = {"candidates": {"factors": 128, "sources": ["mf", "ease"]}, "paths": {"x": "b"}, "seed": 42,
+                  "ab": {"timeline": True}}
+    assert param_diff(champion, challenger) == [
+        {"key": "ab.timeline", "champion": None, "challenger": True},
+        {"key": "candidates.factors", "champion": 64, "challenger": 128},
+        {"key": "candidates.sources", "champion": ["mf"], "challenger": ["mf", "ease"]}]
