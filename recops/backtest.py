@@ -300,7 +300,13 @@ def run_backtest(settings: Settings, run_window_fn=None) -> dict[str, Any]:
     """Every window in this process (``run_window_fn(settings, data, w)`` to run them elsewhere), summarised."""
     started = time.perf_counter()
     data = load(settings)
-    results = [(run_window_fn or run_window)(settings, data, w) for w in range(len(data.windows))]
+    from recops.progress import progress
+
+    results = []
+    with progress("backtest: windows", len(data.windows), "windows", every_s=0.0) as step:
+        for w in range(len(data.windows)):
+            results.append((run_window_fn or run_window)(settings, data, w))
+            step.advance()
     return summarise(settings, data, results, time.perf_counter() - started)
 
 

@@ -37,6 +37,26 @@ def _settings(params: Path, quiet: bool):
     return load_settings(params)
 
 
+def tool(name: str) -> str:
+    """How to type the project's ``name`` command (mlflow, prefect, dvc, recops) in a hint so it runs as shown:
+    the bare name when this environment is the activated one (``VIRTUAL_ENV``; `make` puts the venv on its own
+    PATH only, so PATH says nothing about the user's shell), else its path (relative to the current folder when
+    inside it, e.g. ``.venv/bin/mlflow``)."""
+    import os
+    import sys
+
+    own = Path(sys.executable).parent / name
+    if not own.is_file():
+        return name
+    active = os.environ.get("VIRTUAL_ENV")
+    if active and Path(active).resolve() == Path(sys.prefix).resolve():
+        return name
+    try:
+        return str(own.relative_to(Path.cwd()))
+    except ValueError:
+        return str(own)
+
+
 def _exit_on_user_error(exc: RecopsError) -> None:
     from rich.markup import escape
 
@@ -197,18 +217,67 @@ def protocols_table(metrics: dict[str, float], report: dict | None, split_method
     return table
 
 
-def _print_summary(metrics: dict[str, float]) -> None:
+def candidates_table(metrics: dict[str, float]) -> Table | None:
+    """Candidate recall@N of the merged candidates and of each source (rows) on valid and test (columns)."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split(".")
+        if len(parts) >= 3 and parts[0] in ("valid", "test") and parts[1] == "candidates" and "recall@" in parts[-1]:
+            source = "merged" if len(parts) == 3 else parts[2]
+            rows.setdefault(source, {})[parts[0]] = value
+            depth = parts[-1]
+    if not rows:
+        return None
+    table = Table(title=f"candidate {depth} (share of the held-out items among the candidates)",
+                  title_justify="left")
+    for column in ("source", "valid", "test"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for name in sorted(rows, key=lambda n: (n != "merged", n)):
+        table.add_row(name, *(f"{rows[name][fold]:.4f}" if fold in rows[name] else "" for fold in ("valid", "test")))
+    return table
+
+
+def timings_table(timings: dict[str, float]) -> Table | None:
+    """Seconds per stage (and the steps a stage times), in pipeline order."""
+    if not timings:
+        return None
+    table = Table(title="timings of the last run (s)", title_justify="left")
+    table.add_column("what")
+    table.add_column("seconds", justify="right")
+    for key, value in timings.items():
+        table.add_row(key.removesuffix(".seconds").removesuffix("_seconds"), f"{value:.2f}")
+    return table
+
+
+def _print_summary(metrics: dict[str, float], verbose: bool = False,
+                   timings: dict[str, float] | None = None) -> None:
+    """The metrics table, the lifts, NDCG per user segment and candidate recall; with ``verbose`` also every
+    other number of the run (users, iterations, parity) and the timings."""
     console.print(metrics_table(metrics, "test"))
     for line in lift_lines(metrics):
         console.print(f"  {line}")
-    segments = segments_table(metrics)
-    if segments is not None:
-        console.print(segments)
-    extra = {k: v for k, v in metrics.items()
-             if (k.startswith(("test.candidates.", "valid.candidates.")) and "fit_seconds" not in k)
-             or k.startswith(("export.parity.max", "registry."))}
+    for table in (segments_table(metrics), candidates_table(metrics)):
+        if table is not None:
+            console.print(table)
+    if "registry.model_version" in metrics:
+        console.print(f"  registered version {metrics['registry.model_version']:.0f}")
+    if not verbose:
+        return
+    from recops.steps import is_timing
+
+    def detail(key: str) -> bool:
+        if is_timing(key):
+            return False  # in the timings table
+        if key.startswith(("test.candidates.", "valid.candidates.")):
+            return "recall@" not in key  # recall is in the candidates table
+        return key.startswith(("export.parity.", "ranker.", "split.", "validation.")) or ".features." in key
+
+    extra = {key: value for key, value in metrics.items() if detail(key)}
     for key, value in sorted(extra.items()):
         console.print(f"  {key} = {value:.6g}")
+    table = timings_table(timings or {})
+    if table is not None:
+        console.print(table)
 
 
 @app.command()
@@ -259,7 +328,7 @@ def run(
             console.print(protocols_table(metrics, report, settings.split.method))
             _print_backtest_lifts(report)
     uri = settings.tracking_uri()
-    ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+    ui = uri if uri.startswith(("http://", "https://")) else f"{tool('mlflow')} ui --backend-store-uri {uri}"
     version = str(registry["model_version"])
     champion = registry.get("champion")
     if champion == version:
@@ -324,9 +393,12 @@ def stage(
 
 @app.command()
 def metrics(params: Params = Path("params.yaml"),
-            split: Annotated[str, typer.Option(help="test or valid")] = "test") -> None:
-    """Print the metrics table of the last run."""
-    from recops.steps import all_metrics
+            split: Annotated[str, typer.Option(help="test or valid")] = "test",
+            verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also every other number of the run "
+                                                                          "and the timings of each stage.")]
+            = False) -> None:
+    """Print the metrics table of the last run (`dvc metrics show` prints the headline files)."""
+    from recops.steps import all_metrics, all_timings
 
     try:
         settings = _settings(params, quiet=True)
@@ -336,7 +408,7 @@ def metrics(params: Params = Path("params.yaml"),
     except RecopsError as exc:
         _exit_on_user_error(exc)
     if split == "test":
-        _print_summary(values)
+        _print_summary(values, verbose, all_timings(settings))
         backtest = settings.path("backtest_report")
         if backtest.is_file():  # the timeline of the last `recops backtest` (or `recops run`), side by side
             report = json.loads(backtest.read_text(encoding="utf-8"))

@@ -49,6 +49,8 @@ class Paths(Strict):
     metrics: str = "reports/metrics.json"
     export_metrics: str = "reports/export_metrics.json"
     plots_dir: str = "reports/plots"
+    headline_dir: str = "reports/headline"  # dvc metrics show: a few metrics per protocol and model (git-tracked)
+    timings_dir: str = "reports/timings"  # seconds per stage and step: never in a DVC-tracked file
     recommendations: str = "reports/recommendations_test.parquet"
     registry_report: str = "reports/registry.json"
     backtest_report: str = "reports/backtest.json"

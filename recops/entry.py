@@ -24,6 +24,49 @@ QUIET_ENV = {
 }
 
 
+# The same numbers on every x86-64 machine: OpenBLAS and NumPy pick their kernels for the CPU they find
+# (AVX-512 here, AVX2 on the next machine), and the kernels round and break sort ties differently, so the MF
+# factors, the candidate lists and everything after them differed in the last bits between two machines — and a
+# fresh clone's `make run` rewrote the committed dvc.lock. Pinned to the x86-64-v3 (AVX2) kernels, which every
+# x86-64 server of the last ten years has, a run gives byte-identical outputs on all of them (measured:
+# SkylakeX vs Haswell OpenBLAS kernels, or NumPy with vs without AVX-512, each changed all 8 candidate files).
+# Set here, at import, because it only works before NumPy is first imported; every entry point (the CLI,
+# pipelines/*.py) imports this module before NumPy. RECOPS_NATIVE_KERNELS=1 keeps the CPU's own kernels.
+REPRODUCIBLE_KERNELS = {
+    "OPENBLAS_CORETYPE": "Haswell",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+}
+
+
+def pin_numeric_kernels() -> None:
+    """Set :data:`REPRODUCIBLE_KERNELS` (x86-64 only; an explicit setting of the caller wins)."""
+    import platform
+
+    if os.environ.get("RECOPS_NATIVE_KERNELS") == "1" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return
+    if not _has_avx2():  # an older CPU: Haswell kernels would stop the process with an illegal instruction
+        return
+    if "numpy" in sys.modules:  # too late for this process; its children still get the setting
+        logging.getLogger(__name__).debug("numpy already imported: kernels pinned for child processes only")
+    for key, value in REPRODUCIBLE_KERNELS.items():
+        os.environ.setdefault(key, value)
+
+
+def _has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return "avx2" in flags and "fma" in flags
+    except OSError:
+        pass
+    return False
+
+
+pin_numeric_kernels()
+
+
 def prepare_environment(project_root: Path | None = None) -> None:
     """Environment defaults for a run: no telemetry, Prefect's home inside the project (SQLite there)."""
     for key, value in QUIET_ENV.items():

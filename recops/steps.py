@@ -70,9 +70,40 @@ def _md5(path: Path) -> str:
     return file_digest(path, "md5")
 
 
-def _timed(stage: str, metrics: dict[str, float], started: float) -> dict[str, float]:
-    log.info("stage %s done in %.1f s", stage, time.perf_counter() - started)
-    return metrics
+def is_timing(key: str) -> bool:
+    """Seconds (``*_seconds``, ``*.seconds``): they differ from run to run, so they never go into a file DVC
+    tracks (a fresh clone's ``make run`` would rewrite dvc.lock) but into ``paths.timings_dir``."""
+    return key.endswith("seconds")
+
+
+def without_timings(metrics: dict[str, float]) -> dict[str, float]:
+    return {key: value for key, value in metrics.items() if not is_timing(key)}
+
+
+def write_metrics(metrics: dict[str, float], path: Path) -> None:
+    """A metrics file DVC tracks: every value but the timings (see :func:`is_timing`)."""
+    write_json(without_timings(metrics), path)
+
+
+def _timed(settings: Settings, stage: str, metrics: dict[str, float], started: float) -> dict[str, float]:
+    """Log the stage's time and write its timings (``<stage>.seconds`` and the stage's own ``*_seconds``) to
+    ``paths.timings_dir/<stage>.json``; return the metrics with the timings."""
+    seconds = time.perf_counter() - started
+    log.info("stage %s done in %.1f s", stage, seconds)
+    timings = {key: value for key, value in metrics.items() if is_timing(key)} | {f"{stage}.seconds": seconds}
+    write_json(timings, settings.path("timings_dir") / f"{stage}.json")
+    return metrics | timings
+
+
+def all_timings(settings: Settings) -> dict[str, float]:
+    """The timings of the last run of every stage (``recops metrics --verbose``, the MLflow run)."""
+    merged: dict[str, float] = {}
+    folder = settings.path("timings_dir")
+    for stage in STAGES:
+        path = folder / f"{stage}.json"
+        if path.is_file():
+            merged.update(read_json(path))
+    return merged
 
 
 # ------------------------------------------------------------------------------------------------------ stages
@@ -114,7 +145,7 @@ def ingest(settings: Settings) -> dict[str, float]:
         items = pd.DataFrame({Columns.ITEM_ID: pd.unique(interactions[Columns.ITEM_ID])})
     for name, frame in zip(TABLES, (interactions, users, items)):
         write_parquet(frame, settings.path(name))
-    return _timed("ingest", {"ingest.rows": float(len(interactions))}, started)
+    return _timed(settings, "ingest", {"ingest.rows": float(len(interactions))}, started)
 
 
 def _ensure(path: Path) -> Path:
@@ -139,7 +170,7 @@ def validate(settings: Settings) -> dict[str, float]:
         settings, sources, report_dir,
     )
     write_json(summary, report_dir / "summary.json")
-    return _timed("validate", summary, started)
+    return _timed(settings, "validate", summary, started)
 
 
 def split(settings: Settings) -> dict[str, float]:
@@ -171,7 +202,7 @@ def split(settings: Settings) -> dict[str, float]:
     metrics.update({"split.users": float(index.n_users), "split.items": float(index.n_items),
                     "split.label_windows": float(len(folds))})
     write_json(metrics, out_dir / "summary.json")
-    return _timed("split", metrics, started)
+    return _timed(settings, "split", metrics, started)
 
 
 def _index(settings: Settings):
@@ -288,8 +319,8 @@ def candidates(settings: Settings) -> dict[str, float]:
             metrics[f"{fold}.candidates.baselines_seconds"] = time.perf_counter() - baselines_started
         if fold == "test" and "mf" in sources:
             _write_mf(settings, sources["mf"], index)
-    write_json(metrics, settings.path("candidates_metrics"))
-    return _timed("candidates", metrics, started)
+    write_metrics(metrics, settings.path("candidates_metrics"))
+    return _timed(settings, "candidates", metrics, started)
 
 
 def sample_users(users: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
@@ -358,7 +389,7 @@ def features(settings: Settings) -> dict[str, float]:
             metrics[f"{fold}.features.positive_share"] = (float(table[Columns.LABEL].mean()) if len(table)
                                                           else 0.0)
     write_json({"features": names}, out_dir / "feature_names.json")
-    return _timed("features", metrics, started)
+    return _timed(settings, "features", metrics, started)
 
 
 def _compute_client(settings: Settings):
@@ -410,8 +441,8 @@ def train_ranker(settings: Settings) -> dict[str, float]:
                "ranker.lightgbm_seconds": lightgbm_seconds,
                "ranker.rows": float(sum(map(len, fits)) + len(valid)), "ranker.label_folds": float(len(fits))}
     metrics.update({f"valid.ranker.{name}": value for name, value in values.items()})
-    write_json(metrics, settings.path("ranker_metrics"))
-    return _timed("train_ranker", metrics, started)
+    write_metrics(metrics, settings.path("ranker_metrics"))
+    return _timed(settings, "train_ranker", metrics, started)
 
 
 def _load_booster(settings: Settings):
@@ -493,9 +524,34 @@ def evaluate(settings: Settings) -> dict[str, float]:
                         seg = ranking_metrics(users[keep], recommended[keep], truth, ks)
                         metrics.update({f"test.{model}.segment.{segment}.{name}": value
                                         for name, value in seg.items()})
-    write_json(metrics, settings.path("metrics"))
+    write_metrics(metrics, settings.path("metrics"))
+    write_headline(settings, "split", {model: {name: metrics.get(f"test.{model}.{name}") for name in HEADLINE}
+                                       for model in lists})
     _write_plots(settings, curves, booster, names)
-    return _timed("evaluate", metrics, started)
+    return _timed(settings, "evaluate", metrics, started)
+
+
+# What `dvc metrics show` prints: one row per protocol and model, these columns (under 120 characters wide)
+HEADLINE = ("ndcg@10", "recall@20", "coverage@10", "novelty@10")
+RECOPS_LABEL = "two-stage"  # the ranker's list, as the tables call it
+
+
+def write_headline(settings: Settings, protocol: str, models: dict[str, dict[str, float | None]]) -> Path:
+    """``paths.headline_dir/<protocol>/<model>.json``, one small file per model (``ranker`` and ``recops`` are
+    written as ``two-stage``): the files DVC declares as metrics, so ``dvc metrics show`` is a table a person
+    reads and ``dvc metrics diff`` says what a change did. The folder is replaced whole (a model no longer
+    evaluated leaves no stale row); values rounded to 4 decimals, missing ones left out."""
+    target = settings.path("headline_dir") / protocol
+    staging = target.with_name(f".{protocol}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for model, values in models.items():
+        name = RECOPS_LABEL if model in ("ranker", "recops") else model
+        row = {key: round(float(value), 4) for key, value in values.items()
+               if value is not None and np.isfinite(value)}
+        write_json(row, staging / f"{name}.json")
+    _replace_dir(staging, target)
+    return target
 
 
 def _write_recommendations(settings: Settings, index, users: np.ndarray, ranked: np.ndarray,
@@ -515,11 +571,11 @@ def _write_recommendations(settings: Settings, index, users: np.ndarray, ranked:
 def _write_plots(settings: Settings, curves: dict[str, dict[str, float]], booster, names: list[str]) -> None:
     plots = settings.path("plots_dir")
     ks = sorted({int(key.split("@")[1]) for key in next(iter(curves.values())) if "@" in key})
-    rows = {"k": ks}
-    for model, values in curves.items():
-        for metric in ("ndcg", "recall", "precision"):
-            rows[f"{model}_{metric}"] = [values[f"{metric}@{k}"] for k in ks]
-    write_parquet_csv(pd.DataFrame(rows), plots / "ranking_at_k.csv")
+    # long format, one row per (model, k): the plots colour the lines by model (.dvc/plots/by_model.json)
+    rows = pd.DataFrame([{"model": RECOPS_LABEL if model == "ranker" else model, "k": k,
+                          **{metric: values[f"{metric}@{k}"] for metric in ("ndcg", "recall", "precision")}}
+                         for model, values in curves.items() for k in ks])
+    write_parquet_csv(rows, plots / "ranking_at_k.csv")
     gains = booster.feature_importance(importance_type="gain")
     importance = pd.DataFrame({"feature": names, "gain": gains}).sort_values("gain", ascending=False)
     write_parquet_csv(importance, plots / "feature_importance.csv")
@@ -550,8 +606,8 @@ def export(settings: Settings) -> dict[str, float]:
         tmp.write_bytes(payload)
     write_json({"features": names, "input": "features", "opset": settings.export.target_opset,
                 "sha256": hashlib.sha256(payload).hexdigest()}, settings.path("onnx_manifest"))
-    write_json(metrics, settings.path("export_metrics"))
-    return _timed("export", metrics, started)
+    write_metrics(metrics, settings.path("export_metrics"))
+    return _timed(settings, "export", metrics, started)
 
 
 def _git_commit(root: Path) -> str:
@@ -620,7 +676,7 @@ def register(settings: Settings) -> dict[str, float]:
     challenger = set_challenger(settings, result["model_version"])  # promotion needs an A/B test (recops ab)
     champion = _bootstrap_champion(settings, str(result["model_version"]))
     write_json({**result, **lineage, "alias": challenger["alias"], **champion}, settings.path("registry_report"))
-    return _timed("register", {"registry.model_version": float(result["model_version"])}, started)
+    return _timed(settings, "register", {"registry.model_version": float(result["model_version"])}, started)
 
 
 def _bootstrap_champion(settings: Settings, version: str) -> dict[str, Any]:
@@ -657,7 +713,7 @@ def bundle(settings: Settings) -> dict[str, float]:
     started = time.perf_counter()
     manifest = build_bundle(settings)
     size = sum(p.stat().st_size for p in settings.path("serving_bundle").rglob("*") if p.is_file())
-    return _timed("bundle", {"bundle.files": float(len(manifest["files"])), "bundle.megabytes": size / 1e6,
+    return _timed(settings, "bundle", {"bundle.files": float(len(manifest["files"])), "bundle.megabytes": size / 1e6,
                              "bundle.history_rows": float(manifest["history_rows"])}, started)
 
 
@@ -677,12 +733,30 @@ def write_backtest(settings: Settings, report: dict[str, Any]) -> dict[str, Any]
     report = {**report, "fingerprint": backtest_fingerprint(settings)}  # what it is evidence about
     write_json(report, json_path)
     write_html_report(report, html_path)
+    write_headline(settings, "timeline", timeline_headline(report))
     if settings.backtest.log_to_mlflow:
         from recops.registry.backtest_runs import log_backtest
 
         report["mlflow_run_id"] = log_backtest(settings, report, [json_path, html_path])
         write_json(report, json_path)
     return report
+
+
+def timeline_headline(report: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The headline metrics of a backtest report per model (pipeline names: ``mf`` for ALS): NDCG@10 and
+    Recall@20 pooled over the (window, user) rows, coverage and novelty (list-level) averaged over the windows."""
+    from recops.backtest import PIPELINE_NAMES
+
+    out: dict[str, dict[str, float]] = {}
+    for name, pooled in report["pooled"]["metrics"].items():
+        values = {metric: pooled[metric] for metric in HEADLINE if metric in pooled}
+        for metric in HEADLINE:
+            per_window = [w["models"][name]["metrics"][metric] for w in report["windows"]
+                          if metric in w["models"].get(name, {}).get("metrics", {})]
+            if metric not in values and per_window:
+                values[metric] = float(np.mean(per_window))
+        out[PIPELINE_NAMES.get(name, name)] = values
+    return out
 
 
 def backtest(settings: Settings) -> dict[str, Any]:

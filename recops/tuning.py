@@ -106,7 +106,12 @@ def _search(study_name: str, space: dict[str, Callable[[Any], Any]], current: An
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     study.enqueue_trial({key: getattr(current, key) for key in space})
-    study.optimize(objective, n_trials=max_trials, timeout=budget_s)
+    from recops.progress import progress
+
+    with progress(f"tuning {study_name}: trials (budget {budget_s:.0f} s)", max_trials, "trials",
+                  every_s=10.0) as step:
+        study.optimize(objective, n_trials=max_trials, timeout=budget_s,
+                       callbacks=[lambda _study, _trial: step.advance()])
     return dict(study.best_params), float(study.best_value), records
 
 

@@ -88,8 +88,13 @@ def merged_candidates(sources: dict[str, object], config: CandidatesConfig, user
                       user_items: sp.csr_matrix, block_users: int = 512) -> pd.DataFrame:
     """(user_idx, item_idx, <source>_score, <source>_rank ..., n_sources), ``config.n_candidates`` rows per user
     at most, in merged order (``merged_rank`` ascending) within each user."""
-    frames = [pd.DataFrame(columns) for columns in merged_candidate_blocks(sources, config, users, user_items,
-                                                                          block_users)]
+    from recops.progress import progress
+
+    frames = []
+    with progress("candidates: scoring users", len(users), "users") as step:
+        for columns in merged_candidate_blocks(sources, config, users, user_items, block_users):
+            frames.append(pd.DataFrame(columns))
+            step.advance(min(block_users, len(users) - step.done))
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=np.float32) for c in [Columns.USER, Columns.ITEM,
                                                                         *source_columns(config)]})

@@ -15,6 +15,7 @@ import pandas as pd
 
 from recops.columns import Columns
 from recops.config import RankerConfig
+from recops.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,15 @@ def _stacked(tables: list[pd.DataFrame], weights: list[float] | None = None
     return stacked, group, weight
 
 
+def _advance(step):
+    """A LightGBM callback moving ``step`` on by one tree per boosting round."""
+    def callback(env) -> None:
+        step.advance()
+
+    callback.order = 100  # after early stopping's own callback (order 30)
+    return callback
+
+
 def train_ranker(train: pd.DataFrame | list[pd.DataFrame], valid: pd.DataFrame | None, features: list[str],
                  config: RankerConfig, seed: int, threads: int, weights: list[float] | None = None) -> lgb.Booster:
     """Fit LambdaRank on labelled candidate rows (or several label folds stacked as queries, weighted by
@@ -79,8 +89,9 @@ def train_ranker(train: pd.DataFrame | list[pd.DataFrame], valid: pd.DataFrame |
             valid_sets = [lgb.Dataset(valid[features].to_numpy(np.float32), label=valid[Columns.LABEL].to_numpy(),
                                       group=valid_groups, reference=train_set)]
             callbacks = [lgb.early_stopping(config.early_stopping_rounds, verbose=False)]
-    booster = lgb.train(params, train_set, num_boost_round=config.n_estimators, valid_sets=valid_sets,
-                        valid_names=["valid"] if valid_sets else None, callbacks=callbacks)
+    with progress("ranker: training trees", config.n_estimators, "trees") as step:  # early stopping: fewer
+        booster = lgb.train(params, train_set, num_boost_round=config.n_estimators, valid_sets=valid_sets,
+                            valid_names=["valid"] if valid_sets else None, callbacks=[*callbacks, _advance(step)])
     log.info("ranker: %d trees (best iteration %s)", booster.num_trees(), booster.best_iteration)
     return booster
 
@@ -96,7 +107,9 @@ def refit_ranker(tables: list[pd.DataFrame], features: list[str], config: Ranker
     _require_signal(group)
     data = lgb.Dataset(stacked[features].to_numpy(np.float32), label=stacked[Columns.LABEL].to_numpy(),
                        group=group, weight=weight, feature_name=features, free_raw_data=True)
-    booster = lgb.train(_params(config, seed, threads), data, num_boost_round=max(int(n_trees), 1))
+    with progress("ranker: refitting trees", max(int(n_trees), 1), "trees") as step:
+        booster = lgb.train(_params(config, seed, threads), data, num_boost_round=max(int(n_trees), 1),
+                            callbacks=[_advance(step)])
     log.info("ranker refit on %d folds: %d trees, %d queries", len(tables), booster.num_trees(), len(group))
     return booster
 

@@ -78,7 +78,10 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
                                                 Path(tmp) / "parts", model_name=settings.registry.model_name,
                                                 users=users, block_users=block_users).read()
         else:
-            lists, scores, _ = model.recommend_users(users, k, block_users=block_users)
+            from recops.progress import progress
+
+            with progress(f"batch scoring version {number}", len(users), "users") as step:
+                lists, scores, _ = model.recommend_users(users, k, block_users=block_users, on_block=step.advance)
             frame = recommendation_frame(model.user_ids, model.item_ids, users, lists,
                                          np.nan_to_num(scores, nan=0.0))
         scoring_seconds = time.perf_counter() - scored

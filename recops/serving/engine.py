@@ -255,8 +255,9 @@ class Recommender:
     # --- scoring ------------------------------------------------------------------------------------------------
 
     def recommend_users(self, users: np.ndarray, k: int, keys: np.ndarray | None = None,
-                        block_users: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(lists, scores, explored) of ``users`` (dense indices), each ``len(users) x k``, -1 / -inf padded."""
+                        block_users: int = 512, on_block=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lists, scores, explored) of ``users`` (dense indices), each ``len(users) x k``, -1 / -inf padded;
+        ``on_block(n)`` after each block of ``n`` users (batch scoring's progress)."""
         from recops.candidates.merge import merged_candidate_blocks
         from recops.features.builder import gather_feature_matrix
         from recops.ranking import top_k_lists
@@ -292,6 +293,8 @@ class Recommender:
                                         else pd.Index(batch).get_indexer(listed))
                     lists[position] = items[:, :k]
                     scores[position] = values[:, :k]
+                if on_block is not None:
+                    on_block(len(batch))
             if not self.exploration.active:
                 return lists, scores, np.zeros(lists.shape, dtype=bool)
             if keys is None:

@@ -118,6 +118,48 @@ def test_outputs_are_where_the_readme_says(trained):
     assert "the first champion" in trained[1].stdout
 
 
+def test_dvc_metrics_show_is_a_headline_a_person_reads(trained):
+    """One row per protocol and model, four columns, under 120 characters; the same numbers as the detail files;
+    timings only in reports/timings (never in a file DVC tracks)."""
+    ws = trained[0]
+    proc = run_dvc(ws, "metrics", "show")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert max(map(len, lines)) < 120, proc.stdout
+    assert lines[0].split() == ["Path", "coverage@10", "ndcg@10", "novelty@10", "recall@20"]
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[1:]}
+    for model in ("two-stage", "recent_popularity", "ease", "itemknn", "mf"):
+        assert f"reports/headline/split/{model}.json" in rows and f"reports/headline/timeline/{model}.json" in rows
+    detail = metrics(ws)
+    assert rows["reports/headline/split/two-stage.json"][1] == pytest.approx(detail["test.ranker.ndcg@10"], abs=1e-4)
+    report = json.loads((ws / "reports" / "backtest.json").read_text())
+    assert rows["reports/headline/timeline/two-stage.json"][3] == pytest.approx(
+        report["pooled"]["metrics"]["recops"]["recall@20"], abs=1e-4)
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    tracked = [ws / out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
+    for path in tracked:
+        if path.suffix == ".json":
+            assert "seconds" not in path.read_text(), path
+    assert "outs" not in lock["stages"]["register"]  # the registry's state is not an output of the deps
+    timings = {p.stem for p in (ws / "reports" / "timings").glob("*.json")}
+    assert {"ingest", "candidates", "train_ranker", "register"} <= timings
+    shown = run_cli(ws, "metrics", "--verbose")
+    assert "timings of the last run" in shown.stdout and "train_ranker" in shown.stdout
+    assert "timings" not in run_cli(ws, "metrics").stdout
+
+
+def test_dvc_plots_colour_every_model(trained):
+    ws = trained[0]
+    proc = run_dvc(ws, "plots", "show", "--json")
+    assert proc.returncode == 0, proc.stderr
+    plots = json.loads(proc.stdout)["data"]
+    assert {"ndcg@k", "recall@k", "feature_importance"} <= set(plots)  # and no plot of the raw folder
+    spec = plots["ndcg@k"][0]["content"]
+    assert spec["encoding"]["color"]["field"] == "model"
+    models = {row["model"] for row in spec["data"]["values"]}
+    assert {"two-stage", "ease", "itemknn", "mf", "recent_popularity"} <= models
+
+
 def test_the_champion_answers_every_movielens_user_with_k_unseen_items(trained):
     """What `recops serve` answers after `make run`: the app on the registry's champion, every ML-100k user."""
     from fastapi.testclient import TestClient
@@ -176,7 +218,7 @@ def test_dvc_repro_gives_the_same_metrics_as_the_flow(own_data):
     """One implementation behind both engines: `dvc repro --force` recomputes every stage and lands on the very
     numbers the Prefect flow produced (on a small project: the property does not depend on the data's size)."""
     ws = own_data
-    before = metrics(ws)
+    before, lock_before = metrics(ws), (ws / "dvc.lock").read_text()
     proc = run_dvc(ws, "repro", "--force")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Running stage 'train_ranker'" in proc.stdout
@@ -185,6 +227,15 @@ def test_dvc_repro_gives_the_same_metrics_as_the_flow(own_data):
     for key in before:
         assert after[key] == pytest.approx(before[key], rel=1e-9, abs=1e-12), key
     assert [v["version"] for v in registered_versions(ws)] == ["1", "2"]
+    # byte for byte: every output DVC tracks is the same (no timings, no run ids, no registry state in them), so
+    # a clone's `make run` leaves the committed dvc.lock as it was -- except the serving bundle, whose manifest
+    # carries its build time (it tells a registered version's bundle from a rebuilt one)
+    def hashes(text: str) -> dict[str, str]:
+        lock = yaml.safe_load(text)
+        return {f"{stage}:{entry['path']}": entry.get("md5") for stage, body in lock["stages"].items()
+                for entry in [*body.get("deps", []), *body.get("outs", [])] if entry["path"] != "models/serving"}
+
+    assert hashes((ws / "dvc.lock").read_text()) == hashes(lock_before)
 
 
 def _snapshot(ws) -> dict[str, bytes]:
