@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: server deploy tune quality help install run test test-unit repro status ui clean
+.PHONY: server deploy tune quality help install run test test-unit repro status ui plots pages clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,7 +18,13 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the pinned dependencies (requirements.lock)
+# Offline copies of the scripts and styles the HTML pages use (vega for `dvc plots show`, jQuery/Bootstrap/... for
+# the Data Docs): pinned npm packages, fetched with `npm pack` and checked against recops/web_assets/assets.json.
+WEB_ASSETS := recops/web_assets/vendor/.complete
+$(WEB_ASSETS): $(STAMP) recops/web_assets/assets.json recops/web_assets/__init__.py
+	$(BIN)/python -m recops.web_assets
+
+install: $(STAMP) $(WEB_ASSETS) ## Create .venv and install the pinned dependencies (requirements.lock)
 
 run: install ## Run the whole pipeline on the embedded MovieLens-100k and print the metrics
 	$(BIN)/recops run
@@ -65,6 +71,15 @@ repro: install ## Reproduce the pipeline with DVC (only stages whose inputs chan
 status: install ## What DVC would rerun, and the current metrics
 	$(BIN)/dvc status
 	$(BIN)/dvc metrics show
+
+plots: install ## The DVC plots page (vega inlined: works offline) -> dvc_plots/index.html
+	$(BIN)/dvc plots show
+
+pages: ## The address of every HTML page recops wrote (open them in a browser; none needs the network)
+	@for page in reports/ab.html reports/backtest.html reports/validation/data_docs/index.html dvc_plots/index.html; do \
+		if [ -f "$$page" ]; then echo "file://$(CURDIR)/$$page"; else echo "(not written yet) $$page"; fi; \
+	done
+	@echo "recops serve: http://127.0.0.1:8000/docs and /redoc"
 
 ui: install ## Open the MLflow UI on the project's tracking database
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
