@@ -36,6 +36,7 @@ from recops.config import Settings
 from recops.errors import DataValidationError, RecopsError
 from recops.validation.report import describe_failure, failed_results, failure_message, summary_metrics
 from recops.validation.suites import SkippedExpectation, applicable_expectations, load_suite
+from recops.web_assets import FETCH_HINT, localise_site
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ FOREIGN_KEYS = {
     "items": (Columns.ITEM_ID, "item_id_in_items_table"),
 }
 _DOCS_SITE = "recops"
+# GX's navbar shows its logo from here (with a per-page query string); the site's static/images has the same file
+_GX_IMAGES = "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/"
 _DATASOURCE = "recops"
 
 
@@ -187,6 +190,7 @@ class _GreatExpectationsRun:
         )
 
         self._gx = gx
+        self._docs_dir = docs_dir
         config = DataContextConfig(
             store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
             data_docs_sites={
@@ -248,6 +252,12 @@ class _GreatExpectationsRun:
 
     def build_data_docs(self) -> None:
         self._context.build_data_docs(site_names=[_DOCS_SITE])
+        # GX links jQuery, Bootstrap, bootstrap-table and Font Awesome from CDNs and draws the index tables with
+        # them: offline the site is blank. Point the pages at the copies make install fetched (recops.web_assets).
+        site = localise_site(self._docs_dir, mirrored={_GX_IMAGES: self._docs_dir / "static" / "images"})
+        if site.left_remote:
+            log.warning("Data Docs still load %d files from the internet (%s): without a network their tables stay "
+                        "empty; %s", len(site.left_remote), ", ".join(site.left_remote), FETCH_HINT)
 
     def _expectation(self, spec: dict[str, Any], suite_path: Path) -> Any:
         """A GX Expectation from its JSON form; a bad one fails loudly (GX's suite would only log and drop it)."""
