@@ -457,6 +457,23 @@ def parse_event_json(body: bytes) -> Any:
         raise HTTPException(400, detail="the body is not acceptable JSON: nested too deeply") from None
 
 
+def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` put in place: pasted into an OpenAPI document, a ``#/$defs/..``
+    reference would point at the document's root, where ReDoc finds nothing and shows only an error."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        return [resolve(value) for value in node] if isinstance(node, list) else node
+
+    return resolve(schema)
+
+
 def _plain_id(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
@@ -573,7 +590,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
 
     @app.post("/events", status_code=202, summary="Record interactions and apply them to the served model",
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
-                  "anyOf": [Event.model_json_schema(), EventBatch.model_json_schema()]}}}}})
+                  "anyOf": [Event.model_json_schema(), inlined_schema(EventBatch)]}}}}})
     async def events(request: Request) -> EventsAccepted:
         if not bearer_matches(request, configured_token(cfg.events_token_env)):
             raise HTTPException(401, detail=f"POST /events needs Authorization: Bearer <the token in "
