@@ -162,7 +162,6 @@ _DVC_PAGE = """<!DOCTYPE html>
     {refresh_tag}
     <meta charset="utf-8">
     <title>DVC Plot</title>
-    <!-- {versions}: inlined by recops.web_assets from the npm packages, so the page needs no network -->
 {inlined}
     <style>
         table {
@@ -190,8 +189,7 @@ def dvc_plots_template(packages: tuple[AssetPackage, ...], vendor_dir: Path = VE
     if any(f in missing_files(tuple(chosen), vendor_dir) for _, f in files):
         notice = (f'    <p style="color:#c62828">The plot scripts are loaded from a CDN: this page needs the '
                   f'network. For an offline page, {FETCH_HINT}.</p>\n')
-        return (_DVC_PAGE.replace("{inlined}", "    {scripts}").replace("{versions}", "CDN scripts")
-                .replace("{notice}", notice))
+        return _DVC_PAGE.replace("{inlined}", "    {scripts}").replace("{notice}", notice)
     scripts = []
     for package, asset in files:
         code = (vendor_dir / asset.target).read_text(encoding="utf-8")
@@ -201,7 +199,8 @@ def dvc_plots_template(packages: tuple[AssetPackage, ...], vendor_dir: Path = VE
                               f"inlined DVC template")
         scripts.append(f"    <script>/* {package.spec} {asset.source} */\n{code}\n    </script>")
     versions = ", ".join(p.spec for p in chosen)
-    return _DVC_PAGE.replace("{inlined}", "\n".join(scripts)).replace("{versions}", versions).replace("{notice}", "")
+    scripts.insert(0, f"    <!-- {versions}: inlined by recops.web_assets, so the page needs no network -->")
+    return _DVC_PAGE.replace("{inlined}", "\n".join(scripts)).replace("{notice}", "")
 
 
 def write_dvc_plots_template(packages: tuple[AssetPackage, ...], vendor_dir: Path = VENDOR_DIR,
