@@ -145,6 +145,8 @@ def ingest(settings: Settings) -> dict[str, float]:
         items = pd.DataFrame({Columns.ITEM_ID: pd.unique(interactions[Columns.ITEM_ID])})
     for name, frame in zip(TABLES, (interactions, users, items)):
         write_parquet(frame, settings.path(name))
+    log.info("ingest: %d interactions, %d users, %d items from %s", len(interactions), len(users), len(items),
+             sources["interactions"])
     return _timed(settings, "ingest", {"ingest.rows": float(len(interactions))}, started)
 
 
@@ -319,6 +321,8 @@ def candidates(settings: Settings) -> dict[str, float]:
             metrics[f"{fold}.candidates.baselines_seconds"] = time.perf_counter() - baselines_started
         if fold == "test" and "mf" in sources:
             _write_mf(settings, sources["mf"], index)
+        log.info("candidates %s: %d per user for %d users, recall@%d %.3f", fold, n, len(users), n,
+                 metrics[f"{fold}.candidates.recall@{n}"])
     write_metrics(metrics, settings.path("candidates_metrics"))
     return _timed(settings, "candidates", metrics, started)
 
@@ -528,6 +532,8 @@ def evaluate(settings: Settings) -> dict[str, float]:
     write_headline(settings, "split", {model: {name: metrics.get(f"test.{model}.{name}") for name in HEADLINE}
                                        for model in lists})
     _write_plots(settings, curves, booster, names)
+    headline = [(m, metrics[f"test.{m}.ndcg@10"]) for m in lists if f"test.{m}.ndcg@10" in metrics]
+    log.info("evaluate: test ndcg@10 %s", ", ".join(f"{m} {v:.4f}" for m, v in headline))
     return _timed(settings, "evaluate", metrics, started)
 
 
@@ -606,6 +612,9 @@ def export(settings: Settings) -> dict[str, float]:
         tmp.write_bytes(payload)
     write_json({"features": names, "input": "features", "opset": settings.export.target_opset,
                 "sha256": hashlib.sha256(payload).hexdigest()}, settings.path("onnx_manifest"))
+    log.info("export: ONNX ranker (%d features, %d KB), max |ONNX - LightGBM| %.2g over %d rows", len(names),
+             len(payload) // 1024, metrics.get("export.parity.max_abs_diff", float("nan")),
+             int(metrics.get("export.parity.rows", 0)))
     write_metrics(metrics, settings.path("export_metrics"))
     return _timed(settings, "export", metrics, started)
 
