@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.reporting import backtest_outcome, completed, publish_backtest, send_recops_logs
 from flows.training import task_runner, transient_only
 from recops.backtest import load, run_window, summarise, with_overrides
 from recops.config import load_settings
@@ -30,6 +31,7 @@ def window_task(params_path: str, overrides: dict[str, Any] | None, window: int)
     """Fit every model before the window's cut and judge it after (the data is read in the task's process)."""
     from threadpoolctl import threadpool_limits
 
+    send_recops_logs()  # the task may run in a Dask worker, a process of its own
     settings = _settings(params_path, overrides)
     with threadpool_limits(limits=settings.threads):
         return run_window(settings, load(settings), window)
@@ -46,7 +48,9 @@ def report_task(params_path: str, overrides: dict[str, Any] | None, results: lis
 
 @flow(name="recops-backtest", validate_parameters=True)
 def backtest_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Rolling-origin backtest of params.yaml's configuration (``backtest`` section, ``overrides`` on top)."""
+    """Rolling-origin backtest of params.yaml's configuration (``backtest`` section, ``overrides`` on top); the
+    pooled metrics and lifts also as the run's artifact ``<model>-backtest``."""
+    send_recops_logs()
     started = time.perf_counter()
     params_path = str(Path(params_path).resolve())
     settings = _settings(params_path, overrides)
@@ -62,7 +66,8 @@ def backtest_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | 
     for metric, lift in report["lift"].items():
         logger.info("pooled %s: recops %.4f, best peer %s %.4f (%+.1f%%)", metric, lift["recops_value"],
                     lift["best_peer"], lift["best_peer_value"], lift["lift_over_best_pct"])
-    return report
+    publish_backtest(settings, report)
+    return completed(backtest_outcome(report), report)
 
 
 def backtest_flow_for(params_path: str):

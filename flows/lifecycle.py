@@ -27,9 +27,12 @@ from recops.config import load_settings
 from recops.data.events import mark_ingested, stage_snapshot
 from recops.errors import RecopsError
 
+from flows.reporting import HELD, completed, held, hold_reason, publish_decision, send_recops_logs
 from flows.training import training_flow_for, transient_only, with_retries
 
 NOTHING_TO_DO = "none"  # the decision when the challenger already is the champion
+# what recops.registry.promote says when a first model fails the quality gates (a decision, not a breakage)
+GATES_REFUSED = "fails the quality gates"
 TASK = {"cache_policy": NO_CACHE, "persist_result": False, "retry_condition_fn": transient_only}
 
 
@@ -54,6 +57,9 @@ def ab_task(params_path: str) -> dict[str, Any] | None:
 
 @task(name="promote", **TASK)
 def promote_task(params_path: str, ab_report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The promotion entry; None when nothing moved (a hold, nothing to evaluate). Without a champion the
+    first-model gates decide: their refusal comes back as ``{"refused": <their message>}`` instead of an error
+    (the run held the promotion, it did not fail)."""
     from recops.registry import promote
 
     logger = get_run_logger()
@@ -64,18 +70,38 @@ def promote_task(params_path: str, ab_report: dict[str, Any] | None) -> dict[str
                     ab_report["challenger_version"], ab_report["champion_version"])
         return None
     settings = load_settings(params_path)
-    entry = promote(settings, ab_report=ab_report, gates=settings.registry.first_model_gates,
-                    reason="scheduled evaluate-and-promote")
+    try:
+        entry = promote(settings, ab_report=ab_report, gates=settings.registry.first_model_gates,
+                        reason="scheduled evaluate-and-promote")
+    except RecopsError as exc:
+        if ab_report is None and GATES_REFUSED in str(exc):
+            logger.warning("no champion: %s", exc)
+            return {"refused": str(exc)}
+        raise
     logger.info("champion -> version %s (was %s)", entry["to_version"], entry["from_version"])
     return entry
 
 
 @flow(name="recops-evaluate-and-promote", validate_parameters=True)
 def evaluate_and_promote_flow(params_path: str = "params.yaml") -> dict[str, Any]:
+    """A/B of the challenger against the champion, then the promotion on ``ship``. The decision with its reasons
+    is the run's artifact ``<model>-ab-decision``; a hold (or the first-model gates' refusal) ends the run in a
+    COMPLETED state named ``Held`` whose message gives the reason."""
+    send_recops_logs()
     params_path = str(Path(params_path).resolve())
     report = with_retries(ab_task, params_path)(params_path)
     entry = with_retries(promote_task, params_path)(params_path, report)
-    return {"decision": None if report is None else report["decision"], "promotion": entry}
+    refused = (entry or {}).get("refused")
+    promotion = None if refused else entry
+    result = {"decision": None if report is None else report["decision"], "promotion": promotion}
+    publish_decision(load_settings(params_path), report, promotion, refused)
+    if refused:
+        return held(refused, result)
+    if report is not None and report["decision"] == "hold":
+        return held(hold_reason(report), result)
+    if promotion:
+        return completed(f"champion -> version {promotion['to_version']} (was {promotion['from_version']})", result)
+    return completed(f"nothing to evaluate: version {report['challenger_version']} already is the champion", result)
 
 
 @task(name="batch-score", **TASK)
@@ -139,11 +165,20 @@ def take_snapshot(params_path: str, snapshot_path: str, include_events: bool = T
 def ingest_snapshot_flow(snapshot_path: str, params_path: str = "params.yaml", train: bool = True,
                          promote: bool = True, push: bool = True, include_events: bool = True) -> dict[str, Any]:
     """A new snapshot (plus the serving event log's new events) -> validate -> training (challenger; DVC commit +
-    push) -> evaluate-and-promote."""
+    push) -> evaluate-and-promote. Held when the training or the promotion it ran held, with their message."""
+    send_recops_logs()
     params_path = str(Path(params_path).resolve())
     out: dict[str, Any] = {"snapshot": take_snapshot(params_path, snapshot_path, include_events)}
+    rows = f"snapshot {Path(snapshot_path).name}: {int(out['snapshot'].get('ingest.rows', 0))} interactions accepted"
+    states = []
     if train:
-        out["training"] = training_flow_for(params_path)(params_path=params_path, dvc=True, push=push)
+        states.append(training_flow_for(params_path)(params_path=params_path, dvc=True, push=push,
+                                                     return_state=True))
+        out["training"] = states[-1].result()
         if promote:
-            out["promotion"] = evaluate_and_promote_flow(params_path=params_path)
-    return out
+            states.append(evaluate_and_promote_flow(params_path=params_path, return_state=True))
+            out["promotion"] = states[-1].result()
+    for state in reversed(states):  # the promotion's word first: it is the later decision
+        if state.name == HELD:
+            return held(f"{rows}; {state.message.removeprefix('held: ')}", out)
+    return completed("; ".join([rows, *(state.message for state in states if state.message)]), out)

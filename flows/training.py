@@ -21,6 +21,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.reporting import completed, first_model_held, held, publish_training, send_recops_logs
 from recops import steps
 from recops.compute import check_engine, check_sizes
 from recops.config import load_settings
@@ -46,6 +47,7 @@ RETRIED = ("ingest", "register")
 
 def _stage_task(name: str):
     def run(params_path: str) -> dict[str, float]:
+        send_recops_logs()  # the task may run in a Dask worker, a process of its own
         return steps.STAGES[name](load_settings(params_path))
 
     run.__name__ = name
@@ -80,7 +82,12 @@ def dvc_commit(params_path: str, push: bool) -> None:
 @flow(name="recops-training", validate_parameters=True)
 def training_flow(params_path: str = "params.yaml", dvc: bool = True, push: bool = True) -> dict[str, float]:
     """Run ingest -> validate -> split -> candidates -> features -> train_ranker -> evaluate -> export ->
-    register, in that order; return all metrics."""
+    register, in that order; return all metrics.
+
+    The run's logs get recops' own lines, its artifacts the test metrics table (``<model>-metrics``), and its
+    final state says which version was registered; a first model the quality gates kept from becoming the
+    champion ends the run ``Held``."""
+    send_recops_logs()
     params_path = str(Path(params_path).resolve())
     # compute.engine: dask: each stage is submitted to the flow's task runner (a DaskTaskRunner, see
     # training_flow_for) and runs on a worker; local: called in the flow's process, as always
@@ -92,7 +99,10 @@ def training_flow(params_path: str = "params.yaml", dvc: bool = True, push: bool
         metrics.update(stage.submit(params_path).result() if submit else stage(params_path))
     if dvc:
         dvc_commit(params_path, push)
-    return metrics
+    settings = load_settings(params_path)
+    registry = steps.read_json(settings.path("registry_report"))
+    outcome = publish_training(settings, metrics, registry)
+    return held(outcome, metrics) if first_model_held(settings, registry) else completed(outcome, metrics)
 
 
 def task_runner(engine: str, address: str | None, n_workers: int = 2, threads_per_worker: int = 1) -> Any | None:
