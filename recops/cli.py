@@ -27,6 +27,8 @@ err_console = Console(stderr=True)
 
 Params = Annotated[Path, typer.Option("--params", "-p", help="params.yaml of the project to run.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors in the log.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also Prefect's own lines for every flow and task "
+                                                               "run (begun, finished in state ...).")]
 
 
 def _settings(params: Path, quiet: bool):
@@ -105,6 +107,37 @@ def _quiet_user_error_tracebacks() -> None:
         logger.addFilter(drop)
         for handler in logger.handlers:
             handler.addFilter(drop)
+
+
+class _PrefectChatter(logging.Filter):
+    """Drops the lines Prefect's engine logs below WARNING about every flow and task run ("Beginning flow run",
+    "Finished in state Completed()"): they stay in the runs' logs on the server. Lines the flows log themselves
+    (through ``get_run_logger``), the "View at" link and every warning and error still show."""
+
+    def __init__(self, prefect_dir: str) -> None:
+        super().__init__()
+        self.prefect_dir = prefect_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (record.levelno >= logging.WARNING or not record.name.startswith("prefect")
+                or not record.pathname.startswith(self.prefect_dir) or record.getMessage().startswith("View at"))
+
+
+def _prefect_terminal(verbose: bool) -> None:
+    """What a command that runs flows shows of Prefect on the terminal: tracebacks of user errors never, the
+    per-run chatter only with ``verbose``."""
+    _quiet_user_error_tracebacks()
+    if verbose:
+        return
+    import os
+
+    import prefect
+
+    chatter = _PrefectChatter(str(Path(prefect.__file__).resolve().parent))
+    for handler in logging.getLogger().handlers:  # configure_logging's; the prefect loggers propagate to it
+        handler.addFilter(chatter)
+    # processes the flows start (Dask workers) print through Prefect's console handler: warnings and up there
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 MODEL_ORDER = ("popularity", "recent_popularity", "decayed_popularity", "mf", "ease", "itemknn", "recent_itemknn")
@@ -289,6 +322,7 @@ def run(
         "--backtest/--no-backtest", help="Then judge the configuration on the rolling timeline too "
                                          "(default: backtest.with_run).")] = None,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run the whole pipeline (ingest .. register) and print the test metrics; then (backtest.with_run) the
     rolling-timeline backtest, both protocols side by side."""
@@ -303,7 +337,7 @@ def run(
         else:
             from flows.training import training_flow_for
 
-            _quiet_user_error_tracebacks()
+            _prefect_terminal(verbose)
             training_flow_for(str(params.resolve()))(params_path=str(params.resolve()), push=push)
         from recops.steps import all_metrics, read_json
 
@@ -597,6 +631,7 @@ def backtest(
     engine: Annotated[str, typer.Option(help="prefect: the recops-backtest flow (windows as tasks, on Dask with "
                                              "compute.engine: dask); local: in this process.")] = "prefect",
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Rolling-origin backtest on the global timeline: recops and every peer, fitted before each cut and judged
     after it; pooled metrics with bootstrap intervals -> reports/backtest.json, reports/backtest.html, MLflow."""
@@ -617,7 +652,7 @@ def backtest(
         if engine == "prefect":
             from flows.backtest import backtest_flow_for
 
-            _quiet_user_error_tracebacks()
+            _prefect_terminal(verbose)
             report = backtest_flow_for(str(params.resolve()))(params_path=str(params.resolve()),
                                                               overrides=overrides)
         else:
