@@ -21,9 +21,12 @@ module lays them out for Prefect.
 from __future__ import annotations
 
 import logging
+import os
 import re
+from pathlib import Path
 from typing import Any
 
+import prefect
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
@@ -34,6 +37,8 @@ from recops.config import Settings
 HELD = "Held"  # the state name of a run that held a promotion (type COMPLETED)
 HEADLINE = ("ndcg@10", "recall@20", "coverage@10", "novelty@10")  # the metrics table's columns, when present
 RECOPS_LOGGER = "recops"
+# "off": the terminal drops Prefect's per-run lines; set by recops run / backtest for the processes they start
+CHATTER_ENV = "RECOPS_PREFECT_CHATTER"
 
 
 class RunLogHandler(APILogHandler):
@@ -50,16 +55,53 @@ def send_recops_logs() -> None:
     """Send the ``recops.*`` log lines emitted in flow and task runs of this process to the Prefect API.
 
     Idempotent. Adds no handler when the ``recops`` logger already has an API handler
-    (``PREFECT_LOGGING_EXTRA_LOGGERS=recops`` gives it one). In a process whose entry point did not set the
-    ``recops`` level (a deployment's flow run, a Dask worker: Prefect's logging config leaves the root at WARNING)
-    the level becomes INFO, so the lines the stages log reach the run's logs; an entry point's choice
-    (``recops run -q``) is kept.
+    (``PREFECT_LOGGING_EXTRA_LOGGERS=recops`` gives it one). Where the root logger is above INFO — a deployment's
+    run or a Dask worker (Prefect's logging config leaves the root at WARNING), ``recops run -q`` — and the
+    ``recops`` level is not set, it becomes INFO, so the stages' lines always reach the runs' logs; how much the
+    terminal shows is the terminal handlers' business (their level, :class:`PrefectChatter`). With
+    :data:`CHATTER_ENV` = ``off`` this process's terminal drops Prefect's per-run lines as the command's own does.
     """
     logger = logging.getLogger(RECOPS_LOGGER)
     if logger.level == logging.NOTSET and logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     if not any(isinstance(handler, APILogHandler) for handler in logger.handlers):
         logger.addHandler(RunLogHandler())
+    if os.environ.get(CHATTER_ENV) == "off":
+        hide_prefect_chatter()
+
+
+class PrefectChatter(logging.Filter):
+    """Drops the lines Prefect's engine logs below WARNING about every flow and task run ("Beginning flow run",
+    "Finished in state Completed()"). They stay in the runs' logs on the server. Everything else shows: lines the
+    flows log themselves (through ``get_run_logger``), the "View at" link, retries ("Task run failed ... Retry
+    1/2 will start"), a ``Held`` final state, warnings and errors."""
+
+    LINES = ("Beginning ", "Finished in state Completed(", "Created task run ", "Executing ")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefect_dir = str(Path(prefect.__file__).resolve().parent)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno < logging.WARNING and record.name.startswith("prefect")
+                    and record.pathname.startswith(self.prefect_dir) and record.getMessage().startswith(self.LINES))
+
+
+def hide_prefect_chatter() -> None:
+    """Put :class:`PrefectChatter` on this process's terminal handlers (the root logger's: Prefect's loggers
+    propagate to them), once."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, PrefectChatter) for f in handler.filters):
+            handler.addFilter(PrefectChatter())
+
+
+def terminal_for_child_processes(quiet: bool, chatter: bool) -> None:
+    """What the processes a command starts (Dask workers) print through Prefect's console handler: warnings and
+    errors only when ``quiet``; Prefect's per-run lines only with ``chatter`` (applied there by
+    :func:`send_recops_logs`)."""
+    if quiet:
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
+    os.environ[CHATTER_ENV] = "on" if chatter else "off"
 
 
 def artifact_key(settings: Settings, what: str) -> str:

@@ -109,35 +109,20 @@ def _quiet_user_error_tracebacks() -> None:
             handler.addFilter(drop)
 
 
-class _PrefectChatter(logging.Filter):
-    """Drops the lines Prefect's engine logs below WARNING about every flow and task run ("Beginning flow run",
-    "Finished in state Completed()"): they stay in the runs' logs on the server. Lines the flows log themselves
-    (through ``get_run_logger``), the "View at" link and every warning and error still show."""
+def _prefect_terminal(quiet: bool, verbose: bool) -> None:
+    """What a command that runs flows shows on the terminal, in this process and the ones its flows start (Dask
+    workers): tracebacks of user errors never, Prefect's per-run lines ("Finished in state Completed()") only with
+    ``verbose``, only warnings and errors with ``quiet``. The runs' logs on the server get every line either
+    way."""
+    from flows.reporting import hide_prefect_chatter, terminal_for_child_processes
 
-    def __init__(self, prefect_dir: str) -> None:
-        super().__init__()
-        self.prefect_dir = prefect_dir
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return (record.levelno >= logging.WARNING or not record.name.startswith("prefect")
-                or not record.pathname.startswith(self.prefect_dir) or record.getMessage().startswith("View at"))
-
-
-def _prefect_terminal(verbose: bool) -> None:
-    """What a command that runs flows shows of Prefect on the terminal: tracebacks of user errors never, the
-    per-run chatter only with ``verbose``."""
     _quiet_user_error_tracebacks()
-    if verbose:
-        return
-    import os
-
-    import prefect
-
-    chatter = _PrefectChatter(str(Path(prefect.__file__).resolve().parent))
-    for handler in logging.getLogger().handlers:  # configure_logging's; the prefect loggers propagate to it
-        handler.addFilter(chatter)
-    # processes the flows start (Dask workers) print through Prefect's console handler: warnings and up there
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    terminal_for_child_processes(quiet, chatter=verbose)
+    if quiet:  # Prefect's loggers are at INFO whatever the root's level, and recops' are in the flows (for the UI)
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.WARNING)
+    if not verbose:
+        hide_prefect_chatter()
 
 
 MODEL_ORDER = ("popularity", "recent_popularity", "decayed_popularity", "mf", "ease", "itemknn", "recent_itemknn")
@@ -337,7 +322,7 @@ def run(
         else:
             from flows.training import training_flow_for
 
-            _prefect_terminal(verbose)
+            _prefect_terminal(quiet, verbose)
             training_flow_for(str(params.resolve()))(params_path=str(params.resolve()), push=push)
         from recops.steps import all_metrics, read_json
 
@@ -652,7 +637,7 @@ def backtest(
         if engine == "prefect":
             from flows.backtest import backtest_flow_for
 
-            _prefect_terminal(verbose)
+            _prefect_terminal(quiet, verbose)
             report = backtest_flow_for(str(params.resolve()))(params_path=str(params.resolve()),
                                                               overrides=overrides)
         else:

@@ -1,14 +1,17 @@
-"""flows.reporting: artifact keys Prefect accepts, the metrics table's rows, and recops' log lines kept local
-outside a run (the integration test tests/integration/test_prefect_ui.py reads them back from a server)."""
+"""flows.reporting: artifact keys Prefect accepts, the metrics table's rows, recops' log lines kept local outside
+a run, and which of Prefect's lines the terminal drops (tests/integration/test_prefect_ui.py reads the runs back
+from a server and checks a real terminal)."""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 import pytest
 
-from flows.reporting import RECOPS_LOGGER, RunLogHandler, artifact_key, metrics_rows, send_recops_logs
+from flows.reporting import (RECOPS_LOGGER, PrefectChatter, RunLogHandler, artifact_key, metrics_rows,
+                             send_recops_logs)
 from recops.config import Settings
 
 
@@ -47,3 +50,25 @@ def test_recops_lines_outside_a_run_stay_local_without_a_warning(caplog):
     finally:
         logger.handlers[:] = handlers
         logger.setLevel(level)
+
+
+def engine_record(name: str, message: str, level: int = logging.INFO, source: str | None = None) -> logging.LogRecord:
+    """A record as Prefect's engine makes it (``source``: the file that logged it; default inside prefect)."""
+    import prefect
+
+    path = source or str(Path(prefect.__file__).resolve().parent / "task_engine.py")
+    return logging.LogRecord(name, level, path, 1, message, None, None)
+
+
+def test_the_terminal_drops_prefects_per_run_lines_only():
+    chatter = PrefectChatter()
+    dropped = [engine_record("prefect.task_runs", "Finished in state Completed()"),
+               engine_record("prefect.flow_runs", "Beginning flow run 'x' for flow 'recops-training'")]
+    kept = [engine_record("prefect.task_runs", "Task run failed with exception: OSError() - Retry 1/2 will start"),
+            engine_record("prefect.flow_runs", "Finished in state Held('held: gates', type=COMPLETED)"),
+            engine_record("prefect.flow_runs", "View at http://127.0.0.1:4200/runs/flow-run/1"),
+            engine_record("prefect.task_runs", "Finished in state Completed()", source=__file__),  # a flow's own
+            engine_record("prefect.task_runs", "Finished in state Completed()", level=logging.WARNING),
+            engine_record("recops.steps", "Finished in state Completed()")]
+    assert [chatter.filter(r) for r in dropped] == [False] * len(dropped)
+    assert [chatter.filter(r) for r in kept] == [True] * len(kept)
