@@ -168,6 +168,22 @@ def test_training_then_promotion_then_batch_scoring_run_through_the_deployments(
     assert recs.groupby("user_id").size().eq(10).all()
 
 
+def test_the_deployment_runs_log_recops_lines_and_say_what_they_did(served):
+    """The served runs execute in processes no recops entry point configured: recops' lines still reach the
+    runs' logs, and each run's final state says what it did."""
+    from tests.prefect_runs import flow_runs, run_logs
+
+    ws, env, *_ = served
+    api = env["PREFECT_API_URL"]
+    training = [run for run in flow_runs(api, "recops-training", ws / "params.yaml") if run.state.is_completed()]
+    assert training, "no completed recops-training run"
+    messages = [log.message for log in run_logs(api, training[0]) if log.name.startswith("recops.")]
+    assert any(message.startswith("stage register done in") for message in messages), messages
+    assert "version 1 registered" in training[0].state.message, training[0].state
+    promotion = flow_runs(api, "recops-evaluate-and-promote", ws / "params.yaml")[0]
+    assert "nothing to evaluate" in promotion.state.message, promotion.state
+
+
 def test_a_new_snapshot_is_validated_trained_and_evaluated(served):
     ws, env, *_ = served
     proc = trigger(ws, env, "recops-ingest-snapshot/ingest-snapshot", f"snapshot_path={ws / 'snapshot.csv'}")
