@@ -57,6 +57,7 @@ class Paths(Strict):
     backtest_html: str = "reports/backtest.html"
     mlflow_db: str = "mlflow.db"
     mlflow_artifacts: str = "mlartifacts"
+    stage_timings: str = ".recops/stage_timings.json"  # local state: when each stage last ran (MLflow run times)
 
 
 class AttributeColumns(Strict):

@@ -17,6 +17,7 @@ on the fit folds only (then refitted with valid, see ``train_ranker``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -726,10 +727,71 @@ def bundle(settings: Settings) -> dict[str, float]:
                              "bundle.history_rows": float(manifest["history_rows"])}, started)
 
 
-STAGES = {
+# ---------------------------------------------------------------------------------------------- stage timings
+# Each stage run through STAGES (by the Prefect flow, a DVC stage, the CLI) records when it started and how long
+# it took in ``paths.stage_timings`` (local state, neither tracked nor an output). The register stage reads it to
+# give the MLflow run the pipeline's start and each stage's duration: DVC runs every stage in a process of its
+# own, so nothing in-process knows when the training began.
+_MAX_STAGE_GAP_S = 900.0  # a stage that ended this long before the next one started belongs to another training
+
+
+def _read_stage_timings(settings: Settings) -> dict[str, dict[str, float]]:
+    path = settings.path("stage_timings")
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        return {str(k): {"started_at": float(v["started_at"]), "seconds": float(v["seconds"])}
+                for k, v in recorded.items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}  # none yet, or unreadable: this training then starts with its registration
+
+
+def _record_stage(settings: Settings, stage: str, started_at: float, seconds: float) -> None:
+    try:
+        timings = _read_stage_timings(settings)
+        timings[stage] = {"started_at": started_at, "seconds": seconds}
+        with _atomic(settings.path("stage_timings")) as tmp:
+            tmp.write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    except OSError as exc:  # a timing is worth a warning, never a failed stage
+        log.warning("could not record the duration of stage %s in %s: %s", stage, settings.path("stage_timings"),
+                    exc)
+
+
+def this_training(settings: Settings, register_started_at: float) -> tuple[float, dict[str, float]]:
+    """(when this training started, seconds per stage) from the recorded stage timings: the stages that ran
+    after the previous registration ended, back to the first gap longer than 15 minutes, in the order they ran.
+    A stage DVC skipped (unchanged) is not part of this training; with none recorded, the training starts with
+    its registration."""
+    timings = _read_stage_timings(settings)
+    previous = timings.pop("register", None)
+    boundary = previous["started_at"] + previous["seconds"] if previous else float("-inf")
+    ran = sorted(((stage, t) for stage, t in timings.items()
+                  if stage in STAGES and boundary <= t["started_at"] <= register_started_at),
+                 key=lambda item: item[1]["started_at"])
+    kept: list[tuple[str, dict[str, float]]] = []
+    next_start = register_started_at
+    for stage, timing in reversed(ran):
+        if timing["started_at"] + timing["seconds"] < next_start - _MAX_STAGE_GAP_S:
+            break
+        kept.insert(0, (stage, timing))
+        next_start = timing["started_at"]
+    return next_start, {stage: timing["seconds"] for stage, timing in kept}
+
+
+def _recorded(name: str, stage):
+    @functools.wraps(stage)
+    def run(settings: Settings) -> dict[str, float]:
+        started_at, started = time.time(), time.perf_counter()
+        metrics = stage(settings)
+        _record_stage(settings, name, started_at, time.perf_counter() - started)
+        return metrics
+
+    return run
+
+
+STAGES = {name: _recorded(name, stage) for name, stage in {
     "ingest": ingest, "validate": validate, "split": split, "candidates": candidates, "features": features,
     "train_ranker": train_ranker, "evaluate": evaluate, "export": export, "bundle": bundle, "register": register,
-}
+}.items()}
 
 
 # ------------------------------------------------------------------------------------------------- backtest
