@@ -644,7 +644,7 @@ def register(settings: Settings) -> dict[str, float]:
     """Log params, metrics and artifacts to MLflow and register a new model version with lineage tags."""
     from recops.registry import log_and_register
 
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     onnx_path = settings.path("onnx_model")
     if not onnx_path.is_file():
         raise RecopsError(f"{onnx_path} not found: run the export stage first (recops run)")
@@ -655,8 +655,9 @@ def register(settings: Settings) -> dict[str, float]:
         raise RecopsError(f"{bundle_manifest} not found: run the bundle stage first (recops run)")
     lineage = {"git_commit": _git_commit(settings.root), "params_hash": settings.params_hash(),
                "data_source": settings.data.source, SHA_TAG: sha256_file(bundle_manifest)}
+    datasets = input_datasets(settings)
     for name in TABLES:
-        lineage[f"data_md5.{name}"] = _md5(settings.path(name))
+        lineage[f"data_md5.{name}"] = next(d.digest for d in datasets if d.name.endswith(f".{name}"))
     artifacts = {
         "mf": settings.path("mf_dir"),
         "ranker": settings.path("ranker_model"),
@@ -679,14 +680,42 @@ def register(settings: Settings) -> dict[str, float]:
             from recops.backtest import timeline_metrics
 
             metrics.update(timeline_metrics(backtest_evidence(settings)))
+        pipeline_start, stage_seconds = this_training(settings, started_at)
         result = log_and_register(settings, onnx_path=onnx_path, artifacts={**artifacts, "config": config},
-                                  metrics=metrics, lineage=lineage, input_example=example)
+                                  metrics=metrics, lineage=lineage, input_example=example,
+                                  started_at=pipeline_start, stage_seconds=stage_seconds, datasets=datasets)
     from recops.registry import set_challenger
 
     challenger = set_challenger(settings, result["model_version"])  # promotion needs an A/B test (recops ab)
     champion = _bootstrap_champion(settings, str(result["model_version"]))
     write_json({**result, **lineage, "alias": challenger["alias"], **champion}, settings.path("registry_report"))
     return _timed(settings, "register", {"registry.model_version": float(result["model_version"])}, started)
+
+
+def input_datasets(settings: Settings) -> list[Any]:
+    """The tables a training reads, for the run's MLflow datasets: the prepared tables (context ``prepared``) and
+    the split folds (``train``, ``valid``, ``test``), each with the md5 DVC records for it, rows and columns."""
+    import pyarrow.parquet as pq
+
+    from recops.registry.mlflow_registry import InputDataset
+
+    data = settings.data
+    source = (Path(data.interactions_path).stem if data.source == "file" and data.interactions_path
+              else data.source)
+    tables = [(name, "prepared", settings.path(name)) for name in TABLES]
+    tables += [(fold, fold, settings.path("split_dir") / f"{fold}.parquet") for fold in ("train", "valid", "test")]
+    found = []
+    for name, context, path in tables:
+        if not path.is_file():
+            if context == "prepared":
+                raise RecopsError(f"{path} not found: run the ingest stage first (recops run)")
+            continue
+        schema = pq.read_schema(path)
+        found.append(InputDataset(
+            name=f"{source}.{name}", context=context, digest=_md5(path), uri=path.resolve().as_uri(),
+            rows=pq.read_metadata(path).num_rows,
+            columns=tuple((field.name, str(field.type)) for field in schema if not field.name.startswith("__"))))
+    return found
 
 
 def _bootstrap_champion(settings: Settings, version: str) -> dict[str, Any]:

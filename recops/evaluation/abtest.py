@@ -214,19 +214,21 @@ def _log_to_challenger_run(settings: Settings, version: str, summary: dict[str, 
 
     from recops.io import file_digest
     from recops.registry.mlflow_registry import mlflow_metric_key
-    from recops.registry.promotion import AB_REPORT_SHA256_TAG
+    from recops.registry.promotion import AB_REPORT_SHA256_TAG, record_ab_decision
 
     uri = settings.tracking_uri()
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     run_id = client.get_model_version(settings.registry.model_name, version).run_id
-    step = int(time.time())
     for key in ("delta", "ci_low", "ci_high", "p_value", "lift", "mde"):
         value = summary.get(key)
         if isinstance(value, (int, float)) and np.isfinite(value):
-            client.log_metric(run_id, mlflow_metric_key(f"ab.{key}"), float(value), step=step)
+            # step 0 like every metric of the run (a later A/B test of the same version is a later point at step
+            # 0, and MLflow shows the latest); a timestamp as the step made MLflow plot it on a 1.7e9-wide axis
+            client.log_metric(run_id, mlflow_metric_key(f"ab.{key}"), float(value), step=0)
     client.set_tag(run_id, "recops.ab.decision", summary["decision"])
     client.set_tag(run_id, "recops.ab.champion_version", summary["champion_version"])
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path="ab")
     # last: the digest vouches for a report that is logged in full (files[0] is ab.json)
     client.set_tag(run_id, AB_REPORT_SHA256_TAG, file_digest(files[0], "sha256"))
+    record_ab_decision(settings, version, summary)  # the decision in the version's description

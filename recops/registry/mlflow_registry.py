@@ -20,6 +20,19 @@ What this module must not do:
 MLflow metric names may not contain ``@``, while recops metrics are flat keys like ``test.ranker.ndcg@10``.
 :func:`mlflow_metric_key` maps them deterministically (``@`` -> ``_at_``, any other disallowed character ->
 ``_``) and every run carries ``metric_keys.json`` with the original key -> logged key mapping.
+
+What a user sees in the MLflow UI, and why it looks so:
+
+- one run per training, named ``ranker-v<version>-<yyyymmdd-hhmm>`` (UTC start of the pipeline), spanning the
+  pipeline: it starts when the first stage of the training started (``started_at``), not when registration did;
+- MLflow groups metric charts into sections by the part of the key before the last ``/`` (sections in
+  alphabetical order, the unprefixed keys last, under "Model metrics"). The headline numbers are logged a second
+  time as ``headline/<key>`` so they come first; durations (each stage's ``timing/<stage>_s``, the pipeline's
+  ``timing/pipeline_s`` and every ``*seconds`` key of the stages' metrics) are under ``timing/``;
+- the inputs (prepared tables, split folds) as MLflow datasets, their digest the md5 DVC records for the file;
+- descriptions on the run, the registered model and the version (:mod:`recops.registry.descriptions`);
+- the experiment tagged as a model-training one (``mlflow.experimentKind``), so the UI opens it on its runs,
+  not on the GenAI traces view.
 """
 
 from __future__ import annotations
@@ -31,15 +44,18 @@ import math
 import os
 import posixpath
 import re
+import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recops.config import Settings
 from recops.errors import RecopsError
+from recops.registry import descriptions
 from recops.registry.orphans import owner_tags
 
 if TYPE_CHECKING:
@@ -54,6 +70,17 @@ METRIC_KEYS_ARTIFACT = "metric_keys.json"
 # version tag: sha256 of the serving bundle's manifest.json (recops.serving.bundle), checked before serving it
 SERVING_MANIFEST_TAG = "recops.serving.manifest_sha256"
 
+# The headline numbers of a version: logged again under HEADLINE_PREFIX so MLflow shows their charts first, and
+# shown by `recops models` and the descriptions. Keys are recops metric keys; a missing one is left out.
+HEADLINE_METRICS = ("test.ranker.ndcg@10", "test.ranker.recall@20", "test.ranker.coverage@10",
+                    "test.ranker.novelty@10", "timeline.ranker.ndcg@10")
+HEADLINE_PREFIX = "headline/"
+TIMING_PREFIX = "timing/"
+# MLflow 3's UI opens an experiment on the GenAI traces view unless this tag says it is a model-training one
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+RUN_DESCRIPTION_TAG = "mlflow.note.content"  # what the UI shows (and edits) as a run's description
+
 # MLflow: params / tags / metric names are at most 250 characters; param values at most 6000.
 _MAX_KEY_LENGTH = 250
 _MAX_PARAM_VALUE_LENGTH = 6000
@@ -65,6 +92,23 @@ _MODEL_REQUIREMENTS = ("onnxruntime", "onnx", "numpy")
 # Tracking URI schemes where the client writes runs to a database (or folder) itself; for those, artifacts go to
 # the project's artifact folder. A tracking server (http, databricks, ...) decides artifact storage itself.
 _LOCAL_STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file")
+
+
+@dataclass(frozen=True)
+class InputDataset:
+    """A table a training read, as MLflow's Datasets panel shows it.
+
+    ``digest`` is the md5 of the file, the hash DVC records for it (in ``dvc.lock``, or in the ``.dir`` listing
+    of a tracked folder); ``context`` says what the run used it for (``prepared``, ``train``, ``valid``,
+    ``test``); ``columns`` are (name, Arrow type) pairs.
+    """
+
+    name: str
+    context: str
+    digest: str
+    uri: str
+    rows: int | None = None
+    columns: tuple[tuple[str, str], ...] = ()
 
 
 def mlflow_metric_key(key: str) -> str:
@@ -83,6 +127,9 @@ def log_and_register(
     metrics: Mapping[str, float],
     lineage: Mapping[str, str],
     input_example: np.ndarray | None = None,
+    started_at: float | None = None,
+    stage_seconds: Mapping[str, float] | None = None,
+    datasets: Sequence[InputDataset] = (),
 ) -> dict[str, str]:
     """Log one training run to MLflow and register its ONNX ranker as a new version of the registry model.
 
@@ -95,6 +142,10 @@ def log_and_register(
         lineage: tags for the run and the model version (``git_commit``, ``data_md5.<table>``, ...);
             ``params_hash`` is added from ``settings`` when missing.
         input_example: optional float32 feature rows saved with the model as its input example.
+        started_at: when the training began (seconds since the epoch, the first stage's start): the run's start
+            time, so its duration is the pipeline's; default now.
+        stage_seconds: stage name -> seconds, logged as ``timing/<stage>_s`` and shown in the run description.
+        datasets: the tables the training read, logged as the run's MLflow dataset inputs.
 
     Returns:
         ``run_id``, ``experiment_id``, ``model_name``, ``model_version``, ``model_uri``
@@ -119,23 +170,32 @@ def log_and_register(
     # MLflow's fluent log_model, and the SQL registry store when it resolves a ``models:/<model_id>`` source,
     # read the global tracking URI (see the TODO in mlflow's model_registry/sqlalchemy_store.py), so it is set
     # for the whole call and restored afterwards.
+    stages = {str(stage): float(seconds) for stage, seconds in (stage_seconds or {}).items()}
+    start_s = time.time() if started_at is None else min(float(started_at), time.time())
+    stamp = datetime.fromtimestamp(start_s, tz=timezone.utc).strftime("%Y%m%d-%H%M")
     with _tracking_uri(uri):
         started = time.perf_counter()
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         experiment_id = _experiment_id(client, settings, uri)
-        # owner tags: a run left RUNNING by a killed process is marked FAILED at the next start (registry.orphans)
-        run = client.create_run(experiment_id, run_name=f"ranker-{tags['params_hash'][:8]}",
+        # owner tags: a run left RUNNING by a killed process is marked FAILED at the next start (registry.orphans).
+        # The name gets the version number once there is one; until then (and if registration fails) a unique one.
+        run = client.create_run(experiment_id, start_time=int(start_s * 1000),
+                                run_name=f"{MODEL_ARTIFACT_NAME}-{stamp}-{secrets.token_hex(3)}",
                                 tags={**tags, **owner_tags()})
         run_id = run.info.run_id
         version: ModelVersion | None = None
         try:
             now_ms = int(time.time() * 1000)
+            shown = _presented_metrics(metric_values, stages)
             client.log_batch(
                 run_id,
-                metrics=[Metric(key, value, now_ms, 0) for key, value in metric_values.items()],
+                metrics=[Metric(key, value, now_ms, 0) for key, value in shown.items()],
                 params=[Param(key, value) for key, value in params.items()],
             )
-            client.log_dict(run_id, metric_keys, METRIC_KEYS_ARTIFACT)
+            client.log_dict(run_id, {key: _timing_key(logged) for key, logged in metric_keys.items()},
+                            METRIC_KEYS_ARTIFACT)
+            if datasets:
+                client.log_inputs(run_id, datasets=[_dataset_input(d) for d in datasets])
             for name, path in artifact_paths.items():
                 if path.is_dir():
                     client.log_artifacts(run_id, str(path), artifact_path=name)
@@ -164,14 +224,30 @@ def log_and_register(
             client.log_batch(run_id, tags=[RunTag("recops.model_id", model_info.model_id)])
 
             # Last: a version exists only for a run whose logging all succeeded.
-            _ensure_registered_model(client, settings.registry.model_name)
+            name = settings.registry.model_name
+            _ensure_registered_model(client, name)
+            previous = _newest_version_facts(client, name)
             version = client.create_model_version(
-                name=settings.registry.model_name,
+                name=name,
                 source=model_info.model_uri,
                 run_id=run_id,
                 tags=tags,
                 model_id=model_info.model_id,
             )
+            number = str(version.version)
+            run_name = f"{MODEL_ARTIFACT_NAME}-v{number}-{stamp}"
+            total = time.time() - start_s
+            timings = {f"{TIMING_PREFIX}registration_s": time.perf_counter() - started,
+                       f"{TIMING_PREFIX}pipeline_s": total}
+            client.log_batch(run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in timings.items()],
+                             tags=[RunTag(RUN_DESCRIPTION_TAG, descriptions.run_description(
+                                 model_name=name, version=number, lineage=tags, metrics=metric_values,
+                                 stage_seconds=stages, total_seconds=total,
+                                 datasets=[vars(d) for d in datasets]))])
+            client.update_model_version(name, number, description=descriptions.version_description(
+                version=number, run_name=run_name, lineage=tags, metrics=metric_values, seconds=total,
+                previous=previous, params=params))
+            client.update_run(run_id, name=run_name)
             client.set_terminated(run_id, status="FINISHED")
         except BaseException:
             _undo_failed_run(client, run_id, version)
@@ -398,6 +474,69 @@ def _param_strings(flat: Mapping[str, Any]) -> dict[str, str]:
     return params
 
 
+# --- what the MLflow UI shows -----------------------------------------------------------------------------------
+
+_SECONDS_KEY = re.compile(r"(^|[._])seconds$")
+# Arrow type (as str() prints it) -> MLflow column type, for the Datasets panel's schema
+_ARROW_TO_MLFLOW = (("int64", "long"), ("uint64", "long"), ("int", "integer"), ("uint", "integer"),
+                    ("double", "double"), ("float", "float"), ("bool", "boolean"), ("timestamp", "datetime"),
+                    ("date", "datetime"), ("large_string", "string"), ("string", "string"), ("binary", "binary"))
+
+
+def _timing_key(logged: str) -> str:
+    """Durations of the stages' own metrics (``test.candidates.mf.fit_seconds``) go to the ``timing/`` section."""
+    return TIMING_PREFIX + logged if _SECONDS_KEY.search(logged) else logged
+
+
+def _presented_metrics(values: Mapping[str, float], stages: Mapping[str, float]) -> dict[str, float]:
+    """What the run logs: every metric (durations under ``timing/``), the headline ones again under
+    ``headline/``, and each stage's duration as ``timing/<stage>_s``."""
+    shown = {_timing_key(key): value for key, value in values.items()}
+    for key in HEADLINE_METRICS:
+        logged = mlflow_metric_key(key)
+        if logged in values:
+            shown[HEADLINE_PREFIX + logged] = values[logged]
+    for stage, seconds in stages.items():
+        shown[f"{TIMING_PREFIX}{mlflow_metric_key(stage)}_s"] = seconds
+    return shown
+
+
+def _dataset_input(dataset: InputDataset) -> Any:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    def mlflow_type(arrow: str) -> str:
+        return next((kind for prefix, kind in _ARROW_TO_MLFLOW if arrow.startswith(prefix)), "string")
+
+    schema = {"mlflow_colspec": [{"type": mlflow_type(kind), "name": column, "required": True}
+                                 for column, kind in dataset.columns]}
+    profile = {"num_rows": dataset.rows} if dataset.rows is not None else {}
+    entity = Dataset(name=dataset.name, digest=dataset.digest, source_type="local",
+                     source=json.dumps({"uri": dataset.uri}), schema=json.dumps(schema) if dataset.columns else None,
+                     profile=json.dumps(profile) if profile else None)
+    return DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, dataset.context)])
+
+
+def _newest_version_facts(client: MlflowClient, name: str) -> dict[str, Any] | None:
+    """The newest registered version of ``name`` with its run's params and metrics (what a new version's
+    description compares with); None when there is none. A run that is gone leaves params and metrics empty."""
+    quoted = name.replace("'", "\\'")
+    newest = client.search_model_versions(f"name = '{quoted}'", max_results=1, order_by=["version_number DESC"])
+    if not newest:
+        return None
+    found = newest[0]
+    facts: dict[str, Any] = {"version": str(found.version), "lineage": dict(found.tags or {}), "params": {},
+                             "metrics": {}}
+    if found.run_id:
+        try:
+            data = client.get_run(found.run_id).data
+            facts["params"], facts["metrics"] = dict(data.params), dict(data.metrics)
+        except Exception:  # noqa: BLE001 (a deleted run only makes the description say less)
+            logger.warning("the run of version %s of %s is not readable: its description says less", found.version,
+                           name)
+    return facts
+
+
 # --- MLflow plumbing ------------------------------------------------------------------------------------------
 
 
@@ -411,7 +550,8 @@ def _experiment_id(client: MlflowClient, settings: Settings, uri: str) -> str:
         if uri.split(":", 1)[0].split("+", 1)[0] in _LOCAL_STORE_SCHEMES:
             location = settings.path("mlflow_artifacts").resolve().as_uri()
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException as exc:  # created meanwhile by a concurrent run
             if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
@@ -423,17 +563,24 @@ def _experiment_id(client: MlflowClient, settings: Settings, uri: str) -> str:
             f"MLflow experiment {name!r} is deleted: restore it (mlflow experiments restore --experiment-id "
             f"{experiment.experiment_id}) or set registry.experiment to a new name in params.yaml"
         )
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):  # made by an older recops: open it on its runs too
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    """Register ``name`` (with its description) unless it is; give an existing one without a description one."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client.create_registered_model(name)
+        client.create_registered_model(name, description=descriptions.registered_model_description(name, []))
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
+        if not (client.get_registered_model(name).description or "").strip():  # an older recops registered it
+            from recops.registry.promotion import describe_registered_model
+
+            describe_registered_model(client, name)
 
 
 def _undo_failed_run(client: MlflowClient, run_id: str, version: ModelVersion | None) -> None:

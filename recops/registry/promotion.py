@@ -54,7 +54,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recops.config import Settings
 from recops.errors import RecopsError
-from recops.registry.mlflow_registry import list_versions, mlflow_metric_key
+from recops.registry import descriptions
+from recops.registry.mlflow_registry import HEADLINE_METRICS, list_versions, mlflow_metric_key
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -418,10 +419,12 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
     "promoted_by", "promotion_reason", "promoted_on", "promotion_metrics"`` (the numbers it was promoted on, by
     report / metric key), ``"rolled_back_at", "rolled_back_by", "rollback_reason"}``; fields of a version never
     promoted or rolled back are None (``promotion_metrics``: empty); ``"metrics"``: the :data:`HEADLINE_METRICS`
-    its training run logged.
+    its training run logged; ``"alias_warning"``: on the version the champion alias names when that alias was
+    moved outside recops (:func:`champion_alias_check`), else None.
     """
     models = []
     client = _client(settings)
+    alias_check = champion_alias_check(settings)
     for record in list_versions(settings):
         tags: dict[str, str] = record["tags"]
         try:  # the headline numbers of the version's training run (the test split, and the timeline if logged)
@@ -451,12 +454,12 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
             "rolled_back_by": tags.get(TAG_ROLLED_BACK_BY),
             "rollback_reason": tags.get(TAG_ROLLBACK_REASON),
             "metrics": headline,
+            # set on the version the champion alias names when recops did not put it there
+            "alias_warning": (alias_check["warning"] if alias_check["moved_outside_recops"]
+                              and alias_check["champion"] == record["version"] else None),
         })
     return models
 
-
-# what ``recops models`` shows of each version's run
-HEADLINE_METRICS = ("test.ranker.ndcg@10", "test.ranker.recall@20", "timeline.ranker.ndcg@10")
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
@@ -638,6 +641,7 @@ def _move_champion(
             f"recording the champion move {moved} of {name!r} failed ({exc}); the champion alias was restored to "
             f"{champion or 'unset'} and nothing was recorded. Fix the registry connection and try again"
         ) from exc
+    _describe_move(client, name, entry)
 
 
 def _record_move(
@@ -703,9 +707,91 @@ def _recover_interrupted_move(client: MlflowClient, registered: RegisteredModel)
     model_tags = {} if entry in history[-1:] else _history_tags(tags, entry)
     _record_move(client, name, tags, model_tags, version_tags, None)
     client.delete_registered_model_tag(name, PENDING_TAG)
+    _describe_move(client, name, entry)
     logger.warning("%s: finished recording an interrupted %s (%s -> %s, at %s)", name, entry.get("action"),
                    entry.get("from_version") or "unset", target, entry.get("at"))
     return entry
+
+
+def _describe_move(client: MlflowClient, name: str, entry: Mapping[str, Any]) -> None:
+    """Show a recorded move where people look: the registered model's promotion history table and the promotion
+    section of the two versions' descriptions. The tags are the record; a failure here only logs a warning."""
+    try:
+        history = describe_registered_model(client, name)
+        for number in {str(v) for v in (entry.get("from_version"), entry.get("to_version")) if v is not None}:
+            current = client.get_model_version(name, number).description
+            client.update_model_version(name, number, description=descriptions.fit(descriptions.replace_section(
+                current, descriptions.PROMOTION_HEADING, descriptions.promotion_section(history, number))))
+    except Exception:  # noqa: BLE001 (the move itself is complete and recorded)
+        logger.warning("%s: the move is recorded, but updating the descriptions failed", name, exc_info=True)
+
+
+def describe_registered_model(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """Rewrite recops' sections of the registered model's description (how aliases move, the promotion history
+    as a table) from its tags, keeping the rest; returns the history."""
+    registered = client.get_registered_model(name)
+    history = _read_history(registered.tags or {})
+    client.update_registered_model(name, description=descriptions.registered_model_description(
+        name, history, registered.description))
+    return history
+
+
+def record_ab_decision(settings: Settings, version: str | int, summary: Mapping[str, Any]) -> None:
+    """Write an A/B decision (``recops ab``'s summary) into the A/B section of the challenger version's
+    description; a failure only logs a warning (the run's tags and artifacts are the record)."""
+    client = _client(settings)
+    name = settings.registry.model_name
+    try:
+        current = client.get_model_version(name, str(version)).description
+        client.update_model_version(name, str(version), description=descriptions.fit(descriptions.replace_section(
+            current, descriptions.AB_HEADING, descriptions.ab_section(summary))))
+    except Exception:  # noqa: BLE001
+        logger.warning("could not write the A/B decision into the description of version %s of %s", version, name,
+                       exc_info=True)
+
+
+def champion_alias_check(settings: Settings, registered: RegisteredModel | None = None) -> dict[str, Any]:
+    """Whether the ``champion`` alias is where recops' promotion history says it is.
+
+    Returns ``{"champion": <version or None>, "recorded": <the champion the history ends at, or None>,
+    "moved_outside_recops": bool, "warning": <a sentence, or None>}``. An alias that names another version than
+    the history (moved with the registry UI's alias buttons or the MLflow API), or a champion without any recorded
+    promotion, was moved outside recops: it skipped the A/B gate. A move in progress (its write-ahead record names
+    that version) is not.
+    """
+    if registered is None:
+        client = _client(settings)
+        try:
+            registered = client.get_registered_model(settings.registry.model_name)
+        except Exception as exc:
+            if _not_found(exc):
+                return {"champion": None, "recorded": None, "moved_outside_recops": False, "warning": None}
+            raise
+    tags = registered.tags or {}
+    champion = _alias_version(registered, CHAMPION)
+    try:
+        stack = champion_stack(_read_history(tags))
+    except RecopsError as exc:  # a hand-edited history tag
+        return {"champion": champion, "recorded": None, "moved_outside_recops": champion is not None,
+                "warning": str(exc)}
+    recorded = stack[-1] if stack else None
+    pending = None
+    if tags.get(PENDING_TAG):
+        try:
+            pending = str(json.loads(tags[PENDING_TAG])["entry"]["to_version"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pending = None
+    moved = champion is not None and champion != recorded and champion != pending
+    warning = None
+    if moved:
+        warning = (f"the champion alias of {registered.name!r} points at version {champion}, but recops' promotion "
+                   f"history ends at {recorded or 'no champion'}: it was moved outside recops (e.g. the registry "
+                   "UI's alias buttons), without the A/B gate. Move it with `recops promote` / `recops rollback`, "
+                   f"or set it back to {recorded}" if recorded else
+                   f"the champion alias of {registered.name!r} points at version {champion}, but recops never "
+                   "promoted a version: it was set outside recops (e.g. the registry UI's alias buttons), without "
+                   "the quality gates. Promote with `recops promote`")
+    return {"champion": champion, "recorded": recorded, "moved_outside_recops": moved, "warning": warning}
 
 
 def recover_interrupted_move(settings: Settings) -> dict[str, Any] | None:

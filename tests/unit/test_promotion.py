@@ -428,6 +428,75 @@ def test_long_history_is_archived_without_losing_entries(
     assert rollback(settings)["to_version"] == first  # the stack survives archiving
 
 
+def test_a_champion_alias_moved_by_hand_is_reported_until_recops_moves_it(
+    settings: Settings, client: MlflowClient, register: Register, two_champions: tuple[str, str]
+) -> None:
+    from recops.registry.promotion import champion_alias_check
+
+    first, second = two_champions
+    assert champion_alias_check(settings)["moved_outside_recops"] is False
+    third = register()
+    client.set_registered_model_alias(settings.registry.model_name, CHAMPION, third)  # the UI's alias button
+    check = champion_alias_check(settings)
+    assert check["moved_outside_recops"] and (check["champion"], check["recorded"]) == (third, second)
+    assert f"version {third}" in check["warning"] and "outside recops" in check["warning"]
+    models = {m["version"]: m for m in list_models(settings)}
+    assert models[third]["alias_warning"] == check["warning"] and models[second]["alias_warning"] is None
+    client.set_registered_model_alias(settings.registry.model_name, CHAMPION, second)  # set back
+    assert champion_alias_check(settings)["warning"] is None
+
+
+def test_a_champion_set_by_hand_before_any_promotion_is_reported(
+    settings: Settings, client: MlflowClient, register: Register
+) -> None:
+    from recops.registry.promotion import champion_alias_check
+
+    client.set_registered_model_alias(settings.registry.model_name, CHAMPION, register())
+    assert champion_alias_check(settings)["moved_outside_recops"] is True
+
+
+def test_descriptions_show_the_promotion_history_and_each_versions_moves(
+    settings: Settings, client: MlflowClient, two_champions: tuple[str, str]
+) -> None:
+    first, second = two_champions
+    rollback(settings, reason="alarm in production")
+    name = settings.registry.model_name
+    model = client.get_registered_model(name).description
+    assert "### Promotion history" in model and "recops promote" in model
+    table = [line for line in model.splitlines() if line.startswith("| 20")]  # rows start with the date
+    assert [row.split("|")[2].strip() for row in table] == ["rollback", "promote", "promote"]  # newest first
+    assert "alarm in production" in table[0]
+    assert "promoted to champion" in client.get_model_version(name, second).description
+    assert "rolled back" in client.get_model_version(name, second).description
+    assert "made champion again" in client.get_model_version(name, first).description
+
+
+def test_a_users_own_section_of_the_model_description_is_kept(
+    settings: Settings, client: MlflowClient, register: Register
+) -> None:
+    name = settings.registry.model_name
+    register()
+    client.update_registered_model(name, description="Owned by the search team.\n\n### Runbook\n\nPage #recs.\n")
+    promote(settings, ab_report=None)
+    description = client.get_registered_model(name).description
+    assert description.startswith("Owned by the search team.") and "### Runbook\n\nPage #recs." in description
+    assert "### Promotion history" in description
+
+
+def test_the_ab_decision_is_written_into_the_challengers_description(
+    settings: Settings, client: MlflowClient, register: Register
+) -> None:
+    from recops.registry.promotion import record_ab_decision
+
+    first, second = register(), register()
+    name = settings.registry.model_name
+    client.update_model_version(name, second, description="### A/B decision\n\nNot tested yet.\n")
+    record_ab_decision(settings, second, {**ship(first, second), "reasons": ["for: ndcg@10 up"]})
+    description = client.get_model_version(name, second).description
+    assert "**SHIP** against champion version " + first in description and "for: ndcg@10 up" in description
+    assert "Not tested yet" not in description
+
+
 # --- list_models ----------------------------------------------------------------------------------------------
 
 

@@ -6,8 +6,11 @@ back what MLflow stored. Failure cases use real broken inputs (a missing artifac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import time
 from pathlib import Path
 
 import lightgbm as lgb
@@ -17,16 +20,23 @@ import mlflow.onnx
 import numpy as np
 import onnxmltools
 import onnxruntime as ort
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from onnxmltools.convert.common.data_types import FloatTensorType
 
+from recops import steps
 from recops.config import RegistryConfig, Settings
 from recops.errors import RecopsError
 from recops.registry import download_version, latest_version, list_versions, log_and_register, mlflow_metric_key
+from recops.registry.mlflow_registry import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, _experiment_id
 
 N_FEATURES = 6
-METRICS = {"test.ranker.ndcg@10": 0.131, "test.ranker.recall@20": 0.42, "test.mf.coverage": 0.8}
+METRICS = {"test.ranker.ndcg@10": 0.131, "test.ranker.recall@20": 0.42, "test.mf.coverage": 0.8,
+           "test.candidates.mf.fit_seconds": 2.5}
+# the second registration: a training whose first stage started PIPELINE_S before it registered
+PIPELINE_S = 90.0
+STAGE_SECONDS = {"ingest": 1.5, "train_ranker": 30.0}
 Registered = list[dict[str, str]]  # what log_and_register returned, first call first
 LINEAGE = {"git_commit": "0123abc", "data_md5.interactions": "d41d8cd98f00b204e9800998ecf8427e"}
 
@@ -53,6 +63,15 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "reports" / "plots").mkdir(parents=True)
     (root / "reports" / "metrics.json").write_text(json.dumps(METRICS))
     (root / "reports" / "plots" / "ndcg.csv").write_text("k,ndcg\n10,0.131\n")
+    # the prepared tables and split folds a training reads (logged as the run's datasets)
+    log = pd.DataFrame({"user_id": [1, 1, 2], "item_id": [10, 11, 10], "timestamp": [1.0, 2.0, 3.0]})
+    settings = Settings(root=root)
+    for name in steps.TABLES:
+        settings.path(name).parent.mkdir(parents=True, exist_ok=True)
+        log.to_parquet(settings.path(name), index=False)
+    settings.path("split_dir").mkdir(parents=True)
+    for number, fold in enumerate(("train", "valid", "test"), start=1):
+        log.head(number).to_parquet(settings.path("split_dir") / f"{fold}.parquet", index=False)
     return root
 
 
@@ -81,21 +100,19 @@ def empty_cwd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def registered(settings: Settings, project: Path, empty_cwd: Path) -> Registered:
-    """Two registrations of the same ranker (the second with an input example), run from an empty directory."""
+    """Two registrations of the same ranker with the same params, run from an empty directory; the second with an
+    input example, the pipeline's start and stage durations, and the datasets it read."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(empty_cwd)
-        calls = [
-            log_and_register(
-                settings,
-                onnx_path=project / "models" / "ranker.onnx",
-                artifacts=artifacts_of(project),
-                metrics=METRICS,
-                lineage={**LINEAGE, "params_hash": settings.params_hash()},
-                input_example=example,
-            )
-            for example in (None, feature_rows(3))
-        ]
-    return calls
+        first = log_and_register(settings, onnx_path=project / "models" / "ranker.onnx",
+                                 artifacts=artifacts_of(project), metrics=METRICS,
+                                 lineage={**LINEAGE, "params_hash": settings.params_hash()})
+        second = log_and_register(settings, onnx_path=project / "models" / "ranker.onnx",
+                                  artifacts=artifacts_of(project), metrics=METRICS,
+                                  lineage={**LINEAGE, "params_hash": settings.params_hash()},
+                                  input_example=feature_rows(3), started_at=time.time() - PIPELINE_S,
+                                  stage_seconds=STAGE_SECONDS, datasets=steps.input_datasets(settings))
+    return [first, second]
 
 
 def version_numbers(settings: Settings) -> list[str]:
@@ -135,11 +152,89 @@ def test_metrics_are_logged_under_sanitised_keys_with_their_mapping(
 ) -> None:
     run_id = registered[0]["run_id"]
     logged = client.get_run(run_id).data.metrics
-    assert logged == pytest.approx({mlflow_metric_key(k): v for k, v in METRICS.items()})
-    assert "test.ranker.ndcg_at_10" in logged
     mapping = mlflow.artifacts.load_dict(f"{client.get_run(run_id).info.artifact_uri}/metric_keys.json")
-    assert mapping["test.ranker.ndcg@10"] == "test.ranker.ndcg_at_10"
     assert set(mapping) == set(METRICS)
+    assert {key: logged[mapping[key]] for key in METRICS} == pytest.approx(METRICS)
+    assert mapping["test.ranker.ndcg@10"] == "test.ranker.ndcg_at_10"
+    assert mapping["test.candidates.mf.fit_seconds"] == "timing/test.candidates.mf.fit_seconds"
+    # nothing else outside the headline and timing sections
+    assert {k for k in logged if "/" not in k} == {mlflow_metric_key(k) for k in METRICS if "seconds" not in k}
+
+
+def test_headline_metrics_are_logged_again_in_the_section_mlflow_shows_first(
+    registered: Registered, client: MlflowClient
+) -> None:
+    logged = client.get_run(registered[0]["run_id"]).data.metrics
+    headline = {k for k in logged if k.startswith("headline/")}
+    assert headline == {"headline/test.ranker.ndcg_at_10", "headline/test.ranker.recall_at_20"}
+    assert all(logged[k] == logged[k.removeprefix("headline/")] for k in headline)
+    # MLflow's chart sections: the part before the last "/", sorted, the unprefixed keys ("Model metrics") last
+    sections = sorted({k.rsplit("/", 1)[0] for k in logged if "/" in k})
+    assert sections[0] == "headline"
+
+
+def test_two_trainings_with_the_same_params_get_unique_readable_run_names(
+    registered: Registered, client: MlflowClient
+) -> None:
+    names = [client.get_run(r["run_id"]).info.run_name for r in registered]
+    assert len(set(names)) == 2, names
+    for record, name in zip(registered, names):
+        assert re.fullmatch(rf"ranker-v{record['model_version']}-\d{{8}}-\d{{4}}", name), name
+
+
+def test_the_run_spans_the_pipeline_and_logs_each_stage_duration(registered: Registered, client: MlflowClient) -> None:
+    run = client.get_run(registered[1]["run_id"])
+    assert (run.info.end_time - run.info.start_time) / 1000 >= PIPELINE_S
+    metrics = run.data.metrics
+    assert {k: metrics[f"timing/{k}_s"] for k in STAGE_SECONDS} == STAGE_SECONDS
+    assert metrics["timing/pipeline_s"] >= PIPELINE_S
+    assert 0 < metrics["timing/registration_s"] < metrics["timing/pipeline_s"]
+    # without a given start the run starts when registration does
+    first = client.get_run(registered[0]["run_id"])
+    assert (first.info.end_time - first.info.start_time) / 1000 < PIPELINE_S
+
+
+def test_the_inputs_are_logged_as_datasets_with_the_md5_dvc_records(
+    registered: Registered, client: MlflowClient, settings: Settings
+) -> None:
+    inputs = client.get_run(registered[1]["run_id"]).inputs.dataset_inputs
+    by_name = {i.dataset.name: i for i in inputs}
+    source = settings.data.source
+    expected = {f"{source}.{name}": settings.path(name) for name in steps.TABLES}
+    expected |= {f"{source}.{fold}": settings.path("split_dir") / f"{fold}.parquet" for fold in ("train", "valid", "test")}
+    assert set(by_name) == set(expected)
+    for name, path in expected.items():
+        assert by_name[name].dataset.digest == hashlib.md5(path.read_bytes()).hexdigest()
+        assert json.loads(by_name[name].dataset.profile)["num_rows"] == len(pd.read_parquet(path))
+    contexts = {name: {t.value for t in i.tags if t.key == "mlflow.data.context"} for name, i in by_name.items()}
+    assert contexts[f"{source}.train"] == {"train"} and contexts[f"{source}.test"] == {"test"}
+    assert contexts[f"{source}.interactions"] == {"prepared"}
+    schema = json.loads(by_name[f"{source}.interactions"].dataset.schema)["mlflow_colspec"]
+    assert [c["name"] for c in schema] == ["user_id", "item_id", "timestamp"]
+
+
+def test_the_experiment_opens_on_the_model_training_view(
+    registered: Registered, client: MlflowClient, settings: Settings
+) -> None:
+    assert client.get_experiment(registered[0]["experiment_id"]).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    # an experiment an older recops made gets the tag too
+    older = client.create_experiment("made-by-an-older-recops")
+    moved = Settings(root=settings.root, registry=RegistryConfig(experiment="made-by-an-older-recops"))
+    assert _experiment_id(client, moved, settings.tracking_uri()) == older
+    assert client.get_experiment(older).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_the_model_its_versions_and_runs_are_described(
+    registered: Registered, client: MlflowClient, settings: Settings
+) -> None:
+    model = client.get_registered_model(settings.registry.model_name)
+    assert "recops promote" in model.description and "recops rollback" in model.description
+    first, second = (client.get_model_version(settings.registry.model_name, r["model_version"]) for r in registered)
+    assert "first version" in first.description
+    assert "the same as version 1" in second.description  # what changed: nothing in the params
+    assert f"{METRICS['test.ranker.ndcg@10']:.4f}" in second.description
+    note = client.get_run(registered[1]["run_id"]).data.tags["mlflow.note.content"]
+    assert "train_ranker" in note and f"{settings.data.source}.interactions" in note
 
 
 def test_artifacts_are_stored_in_the_project_artifact_folder(
