@@ -536,7 +536,9 @@ def models(
         table.add_column(column, no_wrap=True)
     for v in versions:
         lineage, metrics = v.get("lineage", {}), v.get("metrics", {})
-        table.add_row(str(v["version"]), " ".join(v.get("aliases", [])), str(v.get("created_at", ""))[:10],
+        aliases = [f"{a} (moved outside recops)" if a == "champion" and v.get("alias_warning") else a
+                   for a in v.get("aliases", [])]
+        table.add_row(str(v["version"]), " ".join(aliases), str(v.get("created_at", ""))[:10],
                       str(lineage.get("git_commit", ""))[:7], str(lineage.get("params_hash", ""))[:8],
                       str(lineage.get("data_md5.interactions", ""))[:8],
                       _number(metrics.get("test.ranker.ndcg@10")), _number(metrics.get("timeline.ranker.ndcg@10")),
@@ -544,6 +546,10 @@ def models(
     # a terminal's width, or enough for every column when the output goes to a file or a pipe
     wide = Console(width=max(console.width, 160)) if not console.is_terminal else console
     wide.print(table)
+    from rich.markup import escape
+
+    for warning in (v["alias_warning"] for v in versions if v.get("alias_warning")):
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 def _number(value: float | None) -> str:

@@ -18,7 +18,9 @@ Endpoints:
   within int64 (a JSON ``true`` is not user 1), timestamps finite and at most a day ahead of the server's clock
   (422, naming the field).
 - ``GET /health`` (the process answers), ``GET /ready`` (a model is loaded and verified: 503 until then, with
-  details, including the last failed reload), ``GET /metrics`` (Prometheus text), ``/docs`` (OpenAPI).
+  details, including the last failed reload and ``alias_warning``: a sentence when the champion alias was moved
+  outside recops, e.g. with the registry UI's buttons, else null), ``GET /metrics`` (Prometheus text), ``/docs``
+  (OpenAPI).
 - Producers: when the environment variable named by ``serving.events_token_env`` (``RECOPS_EVENTS_TOKEN``) holds a
   token (16 characters at least), ``POST /events`` needs ``Authorization: Bearer <token>`` (compared in constant
   time, 401 otherwise); without one the server warns at start that anyone who reaches it can write events.
@@ -164,6 +166,9 @@ class ModelHolder:
         self.last_error: str | None = None
         self.last_check: float | None = None
         self.swaps = 0
+        # a champion alias moved outside recops (e.g. the registry UI's buttons): said in /ready (checked per move)
+        self.alias_warning: str | None = None
+        self._alias_checked: str | None = None
         # replayed onto every version this server loads: the events of the durable log no snapshot has taken in
         # yet (logged by any worker of this server, or before a restart), in log order
         self._events: list[dict[str, Any]] = []
@@ -268,6 +273,8 @@ class ModelHolder:
                 # the alias moved since that failure: a later move back retries it (in every worker)
                 self._failure_file(self._failed[0]).unlink(missing_ok=True)
                 self._failed = None
+            if target != self._alias_checked:
+                self._check_alias(target)
             if current is not None and current.version == target:
                 return {"changed": False, "version": target}
             if not force and self._failed is not None:
@@ -311,6 +318,21 @@ class ModelHolder:
                     "seconds": time.perf_counter() - started}
         finally:
             self._reloading.release()
+
+    def _check_alias(self, target: str) -> None:
+        """Once per alias move: whether recops put the champion there (its promotion history agrees)."""
+        if self.bundle_dir is not None or self.requested != "champion":
+            return
+        from recops.registry.promotion import champion_alias_check
+
+        try:
+            self.alias_warning = champion_alias_check(self.settings)["warning"]
+        except Exception as exc:  # the registry is away: no verdict, asked again at the next poll
+            log.warning("could not compare the champion alias with the promotion history: %s", redact(str(exc)))
+            return
+        self._alias_checked = target
+        if self.alias_warning:
+            log.warning("%s", self.alias_warning)
 
     def start_polling(self) -> None:
         interval = self.settings.serving.reload_poll_seconds
@@ -655,7 +677,8 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
         holder.catch_up()  # events_applied counts what every worker was told
         model = holder.current
         details = {"requested": holder.requested, "last_error": holder.last_error, "last_check": holder.last_check,
-                   "swaps": holder.swaps, "cache": cache.backend, "trust": holder.trust}
+                   "swaps": holder.swaps, "cache": cache.backend, "trust": holder.trust,
+                   "alias_warning": holder.alias_warning}
         if model is None:
             return JSONResponse({"ready": False, **details}, status_code=503)
         return JSONResponse({"ready": True, **model.describe(), **details})

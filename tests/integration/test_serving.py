@@ -260,6 +260,26 @@ def test_the_champion_swaps_under_load_with_no_failed_request(server):
         assert item not in [e["item_id"] for e in answer["items"]]
 
 
+def ready_on(base: str, version: str) -> dict:
+    """The first /ready answer of a worker serving ``version`` (each worker swaps on its own)."""
+    deadline = time.monotonic() + 60
+    while (ready := httpx.get(f"{base}/ready").json())["version"] != version:
+        assert time.monotonic() < deadline, ready
+        time.sleep(0.2)
+    return ready
+
+
+def test_ready_warns_of_a_champion_alias_moved_outside_recops(server):
+    base, _, settings = server
+    set_alias(settings, "2")  # by hand, as the registry UI's alias buttons do (the test above did the same)
+    warning = ready_on(base, "2")["alias_warning"]
+    assert "moved outside recops" in warning and "ends at 1" in warning, warning
+    set_alias(settings, "1")  # back where recops' promotion history says the champion is
+    assert ready_on(base, "1")["alias_warning"] is None
+    set_alias(settings, "2")  # the state the tests below start from
+    ready_on(base, "2")
+
+
 def worker_pids() -> list[int]:
     supervisor = psutil.Process(SUPERVISOR["pid"])
     return sorted(p.pid for p in supervisor.children() if "spawn_main" in " ".join(p.cmdline())
