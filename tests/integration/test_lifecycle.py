@@ -158,3 +158,81 @@ def test_rollback_restores_the_previous_champion_once(ws):
     assert [(h["action"], h["to_version"]) for h in history] == [("promote", "1"), ("promote", "2"),
                                                                  ("rollback", "1")]
     assert history[-1]["reason"] == "bad numbers in production"
+
+
+# --- what a user sees in MLflow after the three trainings, two A/B tests, two promotions and a rollback above ---
+
+
+def version_runs(ws):
+    client, model = client_and_name(ws)
+    return client, model, {v: client.get_run(client.get_model_version(model, v).run_id) for v in ("1", "2", "3")}
+
+
+def test_each_training_is_one_run_with_a_unique_name_that_spans_its_pipeline(ws):
+    import re
+
+    client, _, runs = version_runs(ws)
+    names = [run.info.run_name for run in runs.values()]
+    assert len(set(names)) == 3, names
+    for version, run in runs.items():
+        assert re.fullmatch(rf"ranker-v{version}-\d{{8}}-\d{{4}}", run.info.run_name), run.info.run_name
+        stages = {k: v for k, v in run.data.metrics.items() if k.startswith("timing/") and k.endswith("_s")
+                  and k not in ("timing/pipeline_s", "timing/registration_s")}
+        assert {"timing/ingest_s", "timing/train_ranker_s", "timing/bundle_s"} <= set(stages), sorted(stages)
+        span = (run.info.end_time - run.info.start_time) / 1000
+        assert span >= sum(stages.values()) + run.data.metrics["timing/registration_s"], (span, stages)
+        headline = {k for k in run.data.metrics if k.startswith("headline/")}
+        assert {"headline/test.ranker.ndcg_at_10", "headline/test.ranker.recall_at_20"} <= headline
+    experiment = client.get_experiment(runs["1"].info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI traces view
+
+
+def test_the_runs_datasets_carry_the_md5_dvc_recorded_for_them(ws):
+    import yaml
+
+    _, _, runs = version_runs(ws)
+    datasets = {i.dataset.name: i.dataset for i in runs["3"].inputs.dataset_inputs}  # the last training
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    outs = {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+    assert datasets["movielens100k.interactions"].digest == outs["data/prepared/interactions.parquet"]
+    folder = outs["data/split"]  # a tracked folder: DVC's listing of it holds each file's md5
+    listing = json.loads((ws / ".dvc" / "cache" / "files" / "md5" / folder[:2] / folder[2:]).read_text())
+    recorded = {entry["relpath"]: entry["md5"] for entry in listing}
+    for fold in ("train", "valid", "test"):
+        assert datasets[f"movielens100k.{fold}"].digest == recorded[f"{fold}.parquet"]
+
+
+def test_ab_metrics_are_logged_at_step_zero(ws):
+    client, _, runs = version_runs(ws)
+    for version in ("2", "3"):
+        history = client.get_metric_history(runs[version].info.run_id, "ab.delta")
+        assert history and {m.step for m in history} == {0}, history
+
+
+def test_the_model_and_versions_describe_moves_decisions_and_changes(ws):
+    client, model, _ = version_runs(ws)
+    description = client.get_registered_model(model).description
+    assert "`recops promote`" in description and "`recops rollback`" in description
+    moves = [line.split("|")[2:4] for line in description.splitlines() if line.startswith("| 20")]
+    assert [(action.strip(), move.strip()) for action, move in moves] == [
+        ("rollback", "2 → 1"), ("promote", "1 → 2"), ("promote", "— → 1")]
+    second = client.get_model_version(model, "2").description
+    assert "**SHIP** against champion version 1" in second and "rolled back" in second
+    third = client.get_model_version(model, "3").description
+    assert "**HOLD** against champion version 2" in third
+    assert "`candidates.sources`" in third and "changed since version 2" in third  # the weak config's params
+
+
+def test_a_champion_alias_moved_outside_recops_is_marked_in_recops_models(ws):
+    client, model = client_and_name(ws)
+    client.set_registered_model_alias(model, "champion", "3")  # what the registry UI's alias button does
+    try:
+        proc = run_cli(ws, "models")
+        ok(proc)
+        rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()}
+        assert "champion (moved outside recops)" in rows["3"], proc.stdout
+        assert "moved outside recops" in proc.stderr and "ends at 1" in proc.stderr, proc.stderr
+        listed = {v["version"]: v for v in json.loads(run_cli(ws, "models", "--json").stdout)}
+        assert listed["3"]["alias_warning"] and listed["1"]["alias_warning"] is None
+    finally:
+        client.set_registered_model_alias(model, "champion", "1")  # set back (tests/unit/test_promotion.py: clean)
