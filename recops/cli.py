@@ -346,8 +346,13 @@ def run(
         else:
             console.print(protocols_table(metrics, report, settings.split.method))
             _print_backtest_lifts(report)
+    from recops.registry.mlflow_registry import experiment_page
+
     uri = settings.tracking_uri()
-    ui = uri if uri.startswith(("http://", "https://")) else f"{tool('mlflow')} ui --backend-store-uri {uri}"
+    ui = experiment_page(settings, registry["experiment_id"])  # opens on the runs, not on MLflow's GenAI view
+    if not uri.startswith(("http://", "https://")):
+        ui += (" after `make ui`" if settings.registry.tracking_uri is None
+               else f" after `{tool('mlflow')} ui --backend-store-uri {uri}`")
     version = str(registry["model_version"])
     champion = registry.get("champion")
     if champion == version:

@@ -31,8 +31,10 @@ What a user sees in the MLflow UI, and why it looks so:
   ``timing/pipeline_s`` and every ``*seconds`` key of the stages' metrics) are under ``timing/``;
 - the inputs (prepared tables, split folds) as MLflow datasets, their digest the md5 DVC records for the file;
 - descriptions on the run, the registered model and the version (:mod:`recops.registry.descriptions`);
-- the experiment tagged as a model-training one (``mlflow.experimentKind``), so the UI opens it on its runs,
-  not on the GenAI traces view.
+- the experiment tagged as a model-training one (``mlflow.experimentKind``). MLflow 3.17's UI picks the view
+  from its "GenAI / Model training" switch instead (remembered per browser, GenAI by default) or from the URL's
+  ``workflowType`` parameter, so the links recops prints (:func:`experiment_page`) carry
+  ``workflowType=machine_learning`` and open on the runs, not on the GenAI traces overview.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ TIMING_PREFIX = "timing/"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 RUN_DESCRIPTION_TAG = "mlflow.note.content"  # what the UI shows (and edits) as a run's description
+# where `make ui` (mlflow ui) serves a local store
+LOCAL_UI = "http://127.0.0.1:5000"
 
 # MLflow: params / tags / metric names are at most 250 characters; param values at most 6000.
 _MAX_KEY_LENGTH = 250
@@ -269,6 +273,14 @@ def log_and_register(
             "model_uri": f"models:/{settings.registry.model_name}/{version.version}",
             "model_id": model_info.model_id,
         }
+
+
+def experiment_page(settings: Settings, experiment_id: str) -> str:
+    """The MLflow UI address of the project's experiment, opening on its runs (the model-training view): on the
+    tracking server, or for a local store where ``make ui`` serves it."""
+    uri = settings.tracking_uri()
+    server = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{server}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def latest_version(settings: Settings) -> dict[str, Any] | None:

@@ -29,7 +29,7 @@ from recops import steps
 from recops.config import RegistryConfig, Settings
 from recops.errors import RecopsError
 from recops.registry import download_version, latest_version, list_versions, log_and_register, mlflow_metric_key
-from recops.registry.mlflow_registry import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, _experiment_id
+from recops.registry.mlflow_registry import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, _experiment_id, experiment_page
 
 N_FEATURES = 6
 METRICS = {"test.ranker.ndcg@10": 0.131, "test.ranker.recall@20": 0.42, "test.mf.coverage": 0.8,
@@ -222,6 +222,10 @@ def test_the_experiment_opens_on_the_model_training_view(
     moved = Settings(root=settings.root, registry=RegistryConfig(experiment="made-by-an-older-recops"))
     assert _experiment_id(client, moved, settings.tracking_uri()) == older
     assert client.get_experiment(older).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    # MLflow 3.17's UI takes the view from its GenAI / Model training switch or the URL: recops' links say it
+    served = Settings(root=settings.root, registry=RegistryConfig(tracking_uri="http://mlflow.internal:5000/"))
+    assert experiment_page(served, older) == (
+        f"http://mlflow.internal:5000/#/experiments/{older}?workflowType=machine_learning")
 
 
 def test_the_model_its_versions_and_runs_are_described(
