@@ -675,7 +675,7 @@ def register(settings: Settings) -> dict[str, float]:
 
         config.write_text(json.dumps(redacted(settings.model_dump(mode="json")), indent=2, sort_keys=True) + "\n",
                           encoding="utf-8")  # URI passwords masked: the model sections are what is read back
-        metrics = all_metrics(settings)
+        metrics = all_metrics(settings) | all_timings(settings)  # timings: the run's timing/ section
         if _gates_on_the_timeline(settings):  # the gates' evidence, on the version's run: the rolling timeline
             from recops.backtest import timeline_metrics
 
