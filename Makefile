@@ -14,8 +14,8 @@ help: ## Show the targets
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/python recops/install_progress.py -r requirements.lock
+	$(BIN)/python recops/install_progress.py --no-deps -e .
 	touch $(STAMP)
 
 # Offline copies of the scripts and styles the HTML pages use (vega for `dvc plots show`, jQuery/Bootstrap/... for

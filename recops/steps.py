@@ -648,13 +648,16 @@ def register(settings: Settings) -> dict[str, float]:
     onnx_path = settings.path("onnx_model")
     if not onnx_path.is_file():
         raise RecopsError(f"{onnx_path} not found: run the export stage first (recops run)")
-    from recops.serving.bundle import MANIFEST, SHA_TAG, sha256_file
+    from recops.serving.bundle import BUILD_TAG, MANIFEST, SHA_TAG, build_id_of, sha256_file
 
     bundle_manifest = settings.path("serving_bundle") / MANIFEST
     if not bundle_manifest.is_file():
         raise RecopsError(f"{bundle_manifest} not found: run the bundle stage first (recops run)")
     lineage = {"git_commit": _git_commit(settings.root), "params_hash": settings.params_hash(),
                "data_source": settings.data.source, SHA_TAG: sha256_file(bundle_manifest)}
+    built = build_id_of(bundle_manifest)
+    if built:
+        lineage[BUILD_TAG] = built
     datasets = input_datasets(settings)
     for name in TABLES:
         lineage[f"data_md5.{name}"] = next(d.digest for d in datasets if d.name.endswith(f".{name}"))

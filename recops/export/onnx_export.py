@@ -33,6 +33,11 @@ def convert_ranker(booster, n_features: int, target_opset: int):
         raise RecopsError(f"ONNX conversion of the ranker failed at target_opset={target_opset}: {exc} "
                           "(export.target_opset in params.yaml; 15 is known to work)") from None
     round_thresholds_down(model, booster)
+    # onnxmltools lists the opset domains in the order of a Python set, which string hashing randomises per
+    # process: sorted, the same booster gives the same bytes in every process (and dvc.lock does not change)
+    imports = sorted(model.opset_import, key=lambda opset: (opset.domain, opset.version))
+    del model.opset_import[:]
+    model.opset_import.extend(imports)
     return model
 
 

@@ -71,6 +71,9 @@ MODEL_ARTIFACT_NAME = "ranker"
 METRIC_KEYS_ARTIFACT = "metric_keys.json"
 # version tag: sha256 of the serving bundle's manifest.json (recops.serving.bundle), checked before serving it
 SERVING_MANIFEST_TAG = "recops.serving.manifest_sha256"
+# version tag: the bundle's build id (the sha256 of its files as built, recops.serving.bundle.build_id), which a
+# manifest edited after registration keeps: it names the version a changed local folder was built as
+SERVING_BUILD_TAG = "recops.serving.build_id"
 
 # The headline numbers of a version: logged again under HEADLINE_PREFIX so MLflow shows their charts first, and
 # shown by `recops models` and the descriptions. Keys are recops metric keys; a missing one is left out.
@@ -689,8 +692,9 @@ def download_serving_bundle(settings: Settings, version: str | int, dst_dir: Pat
 
 def registered_serving_bundles(settings: Settings) -> list[dict[str, Any]]:
     """The registered versions that have a serving bundle, newest first, each ``{"version", "run_id",
-    "manifest_sha256", "creation_timestamp"}``: the sha256 of its ``manifest.json`` the registry recorded at
-    registration, and when the version was created (ms since epoch).
+    "manifest_sha256", "build_id", "creation_timestamp"}``: the sha256 of its ``manifest.json`` and the bundle's
+    build id the registry recorded at registration (None for versions registered before recops recorded it), and
+    when the version was created (ms since epoch).
 
     Empty when the model is not registered, or when the tracking URI is the default SQLite file and that file does
     not exist (asking would create an empty store). Raises what MLflow raises when the registry cannot be reached.
@@ -699,6 +703,7 @@ def registered_serving_bundles(settings: Settings) -> list[dict[str, Any]]:
         return []
     return [{"version": record["version"], "run_id": record["run_id"],
              "manifest_sha256": record["tags"][SERVING_MANIFEST_TAG],
+             "build_id": record["tags"].get(SERVING_BUILD_TAG),
              "creation_timestamp": record["creation_timestamp"]}
             for record in reversed(list_versions(settings)) if record["tags"].get(SERVING_MANIFEST_TAG)]
 

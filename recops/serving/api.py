@@ -62,7 +62,8 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.openapi.docs import get_redoc_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -500,6 +501,21 @@ def _plain_id(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+# ReDoc 2.x draws the Redocly logo of its "API docs by Redocly" footer from cdn.redoc.ly, with no option to turn it
+# off; it leaves the image out when loading fails. /redoc serves fastapi-offline's copy with that one address
+# replaced by an empty data: URL, so the page makes no request beyond this server.
+REDOC_JS_URL = "/docs-assets/redoc.standalone.js"
+_REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+def offline_redoc_script() -> bytes:
+    """fastapi-offline's ``redoc.standalone.js`` with the Redocly footer logo's CDN address replaced by ``data:,``."""
+    import fastapi_offline
+
+    script = (Path(fastapi_offline.__file__).parent / "static" / "redoc.standalone.js").read_bytes()
+    return script.replace(_REDOC_LOGO, b"data:,")
+
+
 def create_app(settings: Settings, version: str = "champion", bundle_dir: Path | None = None,
                load: bool = True, downloads: Path | None = None) -> FastAPI:
     """The API. ``load=False`` defers the first load to the app's startup (``recops serve``); tests load now."""
@@ -535,7 +551,18 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
         return generate_latest(merged)
 
     # /docs and /redoc from the package's own copies of Swagger UI and ReDoc: they work without internet
-    app = FastAPIOffline(title="recops", version="1", description="Recommendations from the registered champion.")
+    app = FastAPIOffline(title="recops", version="1", description="Recommendations from the registered champion.",
+                         redoc_url=None)
+    redoc_js = offline_redoc_script()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url, title="recops - ReDoc", redoc_js_url=REDOC_JS_URL,
+                              with_google_fonts=False, redoc_favicon_url="/static-offline-docs/favicon.png")
+
+    @app.get(REDOC_JS_URL, include_in_schema=False)
+    async def redoc_script() -> Response:
+        return Response(redoc_js, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
     app.state.holder, app.state.cache = holder, cache
 
     def admin_token() -> str | None:

@@ -25,6 +25,7 @@ an unverified local folder, and ``/ready`` says so.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -42,6 +43,7 @@ from recops.columns import Columns
 from recops.config import Settings
 from recops.errors import RecopsError
 from recops.io import file_digest
+from recops.registry.mlflow_registry import SERVING_BUILD_TAG as BUILD_TAG  # noqa: F401 (re-exported)
 from recops.registry.mlflow_registry import SERVING_MANIFEST_TAG as SHA_TAG  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,28 @@ MANIFEST = "manifest.json"
 
 def sha256_file(path: Path) -> str:
     return file_digest(path, "sha256")
+
+
+def build_id(manifest: dict[str, Any]) -> str:
+    """A bundle's build id: the sha256 of its manifest as built (canonical JSON, ``build_id`` itself left out).
+
+    It is a function of the content (settings, sizes, every file's digest), so the same inputs build the same
+    bundle byte for byte (``dvc.lock`` stays unchanged on a fresh clone's ``recops run``), and it stays in the
+    manifest when someone edits a file and recomputes the manifest's digests: :func:`check_local_bundle` then names
+    the registered version the folder was built as. (An earlier format kept the build time, ``created_at``, for
+    this; it made every bundle unique.)
+    """
+    body = {key: value for key, value in manifest.items() if key != "build_id"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def build_id_of(manifest_path: Path) -> str | None:
+    """The build id a manifest file records, or None (unreadable, or written before build ids)."""
+    try:
+        value = json.loads(Path(manifest_path).read_text(encoding="utf-8")).get("build_id")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 # --- a tree of arrays <-> files ---------------------------------------------------------------------------------
@@ -185,8 +209,8 @@ def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, A
         "history_end": float(history[Columns.TIMESTAMP].max()) if len(history) else None,
         "layout": layout,
         "files": files,
-        "created_at": time.time(),
     }
+    manifest["build_id"] = build_id(manifest)
     # key order matters (the feature statistics are gathered in dict order): never sort the keys
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     if out_dir.exists():
@@ -287,11 +311,6 @@ def load_bundle(root: Path, expected_manifest_sha256: str | None) -> Bundle:
 
 # --- a local folder (recops serve --bundle) ---------------------------------------------------------------------------
 
-# A registered version's bundle is recognised by the build time in its manifest (``created_at``) among the versions
-# created after it (registration follows the bundle stage); the allowance covers a tracking server's clock.
-_CLOCK_ALLOWANCE_MS = 3_600_000
-
-
 @dataclass(frozen=True)
 class LocalTrust:
     """What a local bundle folder is, as far as the registry can tell (:func:`check_local_bundle`)."""
@@ -306,8 +325,8 @@ def check_local_bundle(settings: Settings, root: Path) -> LocalTrust:
 
     - Its manifest has the sha256 a registered version recorded: it is that version's bundle, vouched for as a
       download is (:func:`load_bundle` then checks every file against the manifest).
-    - It is a registered version's bundle (its manifest's build time is that version's registered manifest's) with
-      another sha256: changed since registration (say a file altered and the manifest's digests recomputed to
+    - It is a registered version's bundle (its manifest's build id, :func:`build_id`, is the one that version
+      recorded) with another sha256: changed since registration (say a file altered and the manifest's digests recomputed to
       match), which :func:`verify_bundle` alone cannot see: RecopsError naming the version, both sha256s and the
       files that differ.
     - Otherwise (built but not registered yet; the registry unreachable): served as an unverified local folder,
@@ -338,29 +357,29 @@ def check_local_bundle(settings: Settings, root: Path) -> LocalTrust:
         if record["manifest_sha256"] == actual:
             return LocalTrust(actual, record["version"], f"registry: the manifest of {root} has the sha256 version "
                               f"{record['version']} of {name!r} recorded ({actual})")
-    built = mine.get("created_at") if isinstance(mine, dict) else None
-    if isinstance(built, (int, float)):
-        for record in registered:
-            if record["creation_timestamp"] < built * 1000 - _CLOCK_ALLOWANCE_MS:
-                continue  # registered before this folder was built: not its bundle
-            try:
-                with tempfile.TemporaryDirectory(prefix="recops-manifest-") as tmp:
-                    path = download_serving_file(settings, record["run_id"], MANIFEST, Path(tmp))
-                    theirs = json.loads(path.read_text(encoding="utf-8"))
-            except Exception as exc:  # noqa: BLE001 (one unreadable version must not stop the others' check)
-                log.warning("could not read the registered manifest of version %s: %s", record["version"],
-                            redact(str(exc))[:200])
-                continue
-            if theirs.get("created_at") != built:
-                continue
-            ours, recorded = mine.get("files") or {}, theirs.get("files") or {}
-            changed = sorted(f for f in set(ours) | set(recorded) if ours.get(f) != recorded.get(f))
-            raise RecopsError(
-                f"{root} is the serving bundle of version {record['version']} of {name!r} changed since "
-                f"registration: its {MANIFEST} has sha256 {actual}, the registry recorded "
-                f"{record['manifest_sha256']} (files that differ: {', '.join(changed[:5]) or 'none, the manifest'}"
-                + (f" and {len(changed) - 5} more" if len(changed) > 5 else "") + "). Refusing to serve it: serve "
-                f"the registered version (recops serve --version {record['version']}) or rebuild the folder "
-                "(recops run)")
+    built = mine.get("build_id") if isinstance(mine, dict) else None
+    for record in registered:
+        if not isinstance(built, str) or record.get("build_id") != built:
+            continue
+        try:
+            with tempfile.TemporaryDirectory(prefix="recops-manifest-") as tmp:
+                path = download_serving_file(settings, record["run_id"], MANIFEST, Path(tmp))
+                recorded = json.loads(path.read_text(encoding="utf-8")).get("files") or {}
+        except Exception as exc:  # noqa: BLE001 (the refusal stands; only the list of changed files is missing)
+            log.warning("could not read the registered manifest of version %s: %s", record["version"],
+                        redact(str(exc))[:200])
+            recorded = None
+        ours = mine.get("files") or {}
+        changed = ([] if recorded is None else
+                   sorted(f for f in set(ours) | set(recorded) if ours.get(f) != recorded.get(f)))
+        listed = ("not known: the registered manifest could not be read" if recorded is None
+                  else ", ".join(changed[:5]) or "none, the manifest")
+        raise RecopsError(
+            f"{root} is the serving bundle of version {record['version']} of {name!r} changed since "
+            f"registration: its {MANIFEST} has sha256 {actual}, the registry recorded "
+            f"{record['manifest_sha256']} (files that differ: {listed}"
+            + (f" and {len(changed) - 5} more" if len(changed) > 5 else "") + "). Refusing to serve it: serve "
+            f"the registered version (recops serve --version {record['version']}) or rebuild the folder "
+            "(recops run)")
     return LocalTrust(actual, None, unverified + f"its manifest (sha256 {actual}) matches no registered version of "
                       f"{name!r} (built but not registered yet?){trusted}")

@@ -643,7 +643,7 @@ def test_an_unregistered_local_bundle_is_served_saying_plainly_the_folder_is_tru
 
     _, settings = project
     folder = tmp_path / "serving"
-    build_bundle(settings, folder)  # built now: no registered version has it
+    build_bundle(settings.model_copy(update={"seed": settings.seed + 1}), folder)  # no registered version has it
     with caplog.at_level(logging.WARNING), TestClient(create_app(local_settings(settings), bundle_dir=folder),
                                                       raise_server_exceptions=False) as client:
         ready = client.get("/ready")
@@ -652,6 +652,20 @@ def test_an_unregistered_local_bundle_is_served_saying_plainly_the_folder_is_tru
     trust = ready.json()["trust"]
     assert trust.startswith(f"unverified local folder {folder}") and "matches no registered version" in trust
     assert "trusted on its own manifest" in trust and trust in caplog.text
+
+
+def test_a_bundle_is_a_function_of_its_inputs_byte_for_byte(project, tmp_path):
+    """No build time in the manifest: the same inputs give the same bundle (so dvc.lock does not change on a
+    rebuild), and the build id (the manifest's own digest, as built) tells two builds apart."""
+    from recops.serving.bundle import MANIFEST, build_bundle, build_id
+
+    _, settings = project
+    first, second, other = (build_bundle(settings, tmp_path / "a"), build_bundle(settings, tmp_path / "b"),
+                            build_bundle(settings.model_copy(update={"seed": settings.seed + 1}), tmp_path / "c"))
+    assert (tmp_path / "a" / MANIFEST).read_bytes() == (tmp_path / "b" / MANIFEST).read_bytes()
+    written = json.loads((tmp_path / "a" / MANIFEST).read_text())
+    assert "created_at" not in written and first["build_id"] == second["build_id"] == build_id(written)
+    assert other["build_id"] != first["build_id"]
 
 
 def test_a_registered_versions_local_bundle_is_served_as_vouched_for_by_the_registry(project):

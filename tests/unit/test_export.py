@@ -65,3 +65,30 @@ def test_swaps_between_tied_items_are_not_parity_failures():
     converted = np.array([1.0 + 1e-9, 1.0, 0.5])
     report = parity_report(users, native, converted, k=10, max_abs_diff=1e-3, tie_tolerance=1e-6)
     assert report["export.parity.top10_mismatched_users"] == 0
+
+
+def test_the_same_booster_converts_to_the_same_bytes_in_every_process(tmp_path):
+    """onnxmltools orders the opset domains as a Python set does, which string hashing randomises per process: a
+    `recops run` on a fresh clone wrote another ranker.onnx (and dvc.lock) from the same ranker.txt."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    booster, _, _ = adjacent_float32_ranker()
+    booster.save_model(str(tmp_path / "ranker.txt"))
+    code = ("import hashlib, sys, lightgbm as lgb; from recops.export import convert_ranker; "
+            "from onnxmltools import convert_lightgbm; "
+            "from onnxmltools.convert.common.data_types import FloatTensorType as F; "
+            "b = lgb.Booster(model_file=sys.argv[1]); "
+            "raw = convert_lightgbm(b, target_opset=15, initial_types=[('features', F([None, 4]))]); "
+            "print(','.join(o.domain for o in raw.opset_import), "
+            "hashlib.sha256(convert_ranker(b, 4, 15).SerializeToString()).hexdigest())")
+    # hash seeds under which CPython 3.11 puts ("ai.onnx.ml", 1) before or after ("", 8) in a small set
+    runs = [subprocess.run([sys.executable, "-c", code, str(tmp_path / "ranker.txt")], check=True, text=True,
+                           capture_output=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout.split()
+            for seed in (3, 4, 20, 21)]
+    assert len({order for order, _ in runs}) == 2, runs  # the seeds do give onnxmltools both orders
+    here = convert_ranker(lgb.Booster(model_file=str(tmp_path / "ranker.txt")), 4, 15)
+    assert {digest for _, digest in runs} == {hashlib.sha256(here.SerializeToString()).hexdigest()}
+    assert [opset.domain for opset in here.opset_import] == sorted(opset.domain for opset in here.opset_import)
