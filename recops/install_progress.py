@@ -52,7 +52,7 @@ class Reporter:
         self.last_print = float("-inf")
         self.collected = 0
         self.seen: set[str] = set()
-        self.state = "starting pip"
+        self.state = "pip starting"
         self.lock = threading.Lock()
 
     def _line(self) -> str:
@@ -103,7 +103,8 @@ def main(args: list[str]) -> int:
     out = sys.stdout
     reporter = Reporter(out, total, out.isatty() and os.environ.get("TERM") != "dumb")
     what = f"{total} pinned packages" if total else " ".join(args)
-    out.write(f"pip install {what} into {sys.prefix} (about 2 min on a fresh machine)\n")
+    estimate = " (about 2 min on a fresh machine)" if total and total > 50 else ""
+    out.write(f"pip install {what} into {sys.prefix}{estimate}\n")
     out.flush()
     proc = subprocess.Popen([sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
                              "--progress-bar", "off", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -409,7 +409,9 @@ def test_the_api_documents_typed_answers_and_its_docs_load_nothing_from_the_inte
         scripts = re.findall(r'(?:src|href)="([^"]+)"', html)
         assert scripts and not [u for u in scripts if u.startswith(("http:", "https:", "//"))], (page, scripts)
         for url in scripts:
-            assert app_client.get(url).status_code == 200, url
+            fetched = app_client.get(url)
+            assert fetched.status_code == 200, url
+            assert b"cdn.redoc.ly" not in fetched.content, url  # ReDoc's footer logo: served without its address
 
 
 @hsettings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -432,23 +434,6 @@ event_like = st.fixed_dictionaries({"user_id": st.one_of(st.text(max_size=5), st
                                     "item_id": st.one_of(st.text(max_size=5), st.integers(0, 200))},
                                    optional={"timestamp": st.one_of(st.floats(), st.integers(), st.text()),
                                              "weight": st.one_of(st.floats(), st.integers(-3, 3))})
-
-
-def test_the_api_documents_typed_answers_and_its_docs_load_nothing_from_the_internet(app_client):
-    spec = app_client.get("/openapi.json").json()
-    schemas = spec["components"]["schemas"]
-    answer = spec["paths"]["/recommendations/{user_id}"]["get"]["responses"]["200"]["content"]["application/json"]
-    assert answer["schema"] == {"$ref": "#/components/schemas/Recommendations"}
-    assert {"user_id", "model_version", "items", "fallback", "cached"} <= set(schemas["Recommendations"]["properties"])
-    assert {"item_id", "score", "explored", "reason"} <= set(schemas["RecommendedItem"]["properties"])
-    events = spec["paths"]["/events"]["post"]["responses"]["202"]["content"]["application/json"]
-    assert events["schema"] == {"$ref": "#/components/schemas/EventsAccepted"}
-    for page in ("/docs", "/redoc"):
-        html = app_client.get(page).text
-        scripts = re.findall(r'(?:src|href)="([^"]+)"', html)
-        assert scripts and not [u for u in scripts if u.startswith(("http:", "https:", "//"))], (page, scripts)
-        for url in scripts:
-            assert app_client.get(url).status_code == 200, url
 
 
 @hsettings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
