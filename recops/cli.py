@@ -385,6 +385,26 @@ def validate(params: Params = Path("params.yaml"), quiet: Quiet = False) -> None
 
 
 @app.command()
+def pseudonym(user_ids: Annotated[list[str], typer.Argument(help="raw user ids, as the input data has them")],
+              params: Params = Path("params.yaml"), quiet: Quiet = False) -> None:
+    """Print the pseudonym each raw user id is kept as (privacy.pseudonymize), to join recops' outputs (batch
+    scores, reports) back to your users; needs the key in privacy.key_env, and nothing maps pseudonyms back."""
+    from recops.privacy import Pseudonymizer
+
+    def show(settings) -> None:
+        pseudo = Pseudonymizer.from_settings(settings)
+        if pseudo is None:
+            raise RecopsError("privacy.pseudonymize is off in params.yaml: recops keeps the raw user ids")
+        for raw in user_ids:
+            value = pseudo.one(raw)
+            if value is None:
+                raise RecopsError(f"{raw!r} is not a {settings.data.id_type} id (data.id_type)")
+            typer.echo(f"{raw}\t{value}")
+
+    _with_settings(params, quiet, show)
+
+
+@app.command()
 def evaluate(params: Params = Path("params.yaml"), quiet: Quiet = False) -> None:
     """Evaluate the baselines and the two-stage ranker on the test split (needs a trained ranker); print the table."""
     metrics = _run_stages(params, quiet, ["evaluate"])

@@ -107,6 +107,20 @@ class DataConfig(Strict):
         return self
 
 
+class PrivacyConfig(Strict):
+    """Personal data in the interaction log (recops.privacy, docs/architecture.md "Privacy")."""
+
+    # user ids replaced by a keyed HMAC-SHA256 of the raw id before anything is written under data/
+    pseudonymize: bool = False
+    key_env: str = "RECOPS_PSEUDONYM_KEY"  # the environment variable holding the key (never params or git)
+    # interactions older than this many days before the newest one are dropped at ingest (None: all kept)
+    retention_days: float | None = Field(None, gt=0)
+    # user attribute columns allowed although they look like direct identifiers (validation refuses them otherwise)
+    allow_identifier_columns: list[str] = []
+    # a user attribute whose distinct values cover more than this share of the users singles them out
+    max_attribute_unique_share: float = Field(0.5, gt=0, le=1)
+
+
 class ValidationConfig(Strict):
     min_rows: int = 1000
     min_users: int = 10
@@ -397,6 +411,7 @@ class Settings(Strict):
     threads: int = Field(1, ge=1)
     paths: Paths = Paths()
     data: DataConfig = DataConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     validation: ValidationConfig = ValidationConfig()
     split: SplitConfig = SplitConfig()
     candidates: CandidatesConfig = CandidatesConfig()

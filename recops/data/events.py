@@ -280,6 +280,8 @@ def snapshot_problems(events: pd.DataFrame, settings: Settings, columns: list[st
     for name, (path, spec) in {"user_id": (cfg.users_path, cfg.user_attributes),
                                "item_id": (cfg.items_path, cfg.item_attributes)}.items():
         known = _attribute_ids(settings, path, spec.id if spec else None)
+        if known is not None and name == "user_id":
+            known = _as_logged_users(settings, path, known)
         if known is not None:
             table = "users" if name == "user_id" else "items"
             refuse(~events[name].map(lambda v: _id_key(v, cfg.id_type) in known),
@@ -314,6 +316,17 @@ def _attribute_ids(settings: Settings, path: str | None, id_column: str | None) 
         numbers = pd.to_numeric(ids, errors="coerce").dropna()
         return {int(v) for v in numbers if float(v).is_integer()}
     return set(ids.dropna().astype(str))
+
+
+def _as_logged_users(settings: Settings, path: str, ids: set[Any]) -> set[Any]:
+    """The users table's ids as the event log holds them: pseudonyms with ``privacy.pseudonymize`` (the table is
+    the user's raw file unless recops wrote it with pseudonyms), else as they are."""
+    from recops.privacy import Pseudonymizer, pseudonymized_with
+
+    pseudo = Pseudonymizer.from_settings(settings)
+    if pseudo is None or pseudonymized_with(settings.resolve(path)) == pseudo.fingerprint:
+        return ids
+    return {pseudo.one(v) for v in ids} - {None}
 
 
 def with_events(snapshot: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, list[Path], int]:
@@ -380,15 +393,35 @@ def mark_ingested(files: list[Path]) -> None:
 def stage_snapshot(settings: Settings, source: Path, staging: Path, include_events: bool = True) -> tuple[list[Path],
                                                                                                        int]:
     """Copy the snapshot ``source`` to ``staging`` (same format as the project's interaction file), with the new
-    events of the serving log appended when asked; return (event files used, rows added)."""
-    if not include_events or not event_files(settings):
+    events of the serving log appended when asked; return (event files used, rows added).
+
+    With ``privacy.pseudonymize`` the staged file holds pseudonyms (the user column of a raw snapshot is
+    pseudonymised, the serving log's events already are) and is marked as such (recops.privacy), so that ingest
+    reads it as it is; the raw snapshot is never copied under the project."""
+    from recops.privacy import Pseudonymizer, mark_pseudonymized, pseudonymized_with
+
+    pseudo = Pseudonymizer.from_settings(settings)
+    take_events = include_events and bool(event_files(settings))
+    if pseudo is None and not take_events:
         shutil.copy2(source, staging)
         return [], 0
     sep = settings.data.csv_separator
     frame = pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source, sep=sep)
-    combined, files, added = with_events(frame, settings)
+    if pseudo is not None:
+        marked = pseudonymized_with(source)
+        if marked is not None and marked != pseudo.fingerprint:
+            raise RecopsError(f"snapshot {source} holds pseudonyms made with another key (fingerprint {marked}, the "
+                              f"key here has {pseudo.fingerprint}): take the snapshot from a raw export")
+        user = settings.data.columns.user
+        if marked is None:
+            if user not in frame.columns:
+                raise RecopsError(f"snapshot {source}: no user column {user!r} to pseudonymise (data.columns.user)")
+            frame[user] = pseudo.column(frame[user], f"snapshot {source}")
+    combined, files, added = with_events(frame, settings) if take_events else (frame, [], 0)
     if ".parquet" in staging.name:
         combined.to_parquet(staging, index=False)
     else:
         combined.to_csv(staging, index=False, sep=sep)
+    if pseudo is not None:
+        mark_pseudonymized(staging, pseudo.fingerprint)
     return files, added

@@ -217,13 +217,14 @@ def _require_requested(present: Sequence[str], path: Path, columns: Sequence[str
 
 
 def _read_mapped(path: Path, config: DataConfig, wanted: dict[str, str]) -> pd.DataFrame:
-    """The columns named in ``wanted`` (role -> column): from Parquet only those are read; for CSV the whole
-    file is read (and checked) first. A missing column is reported with its role."""
+    """The columns named in ``wanted`` (role -> column) and no other (data minimisation): from Parquet only those
+    are read from disk; a CSV is parsed whole (so that every row's field count is checked) and only those columns
+    are kept. A missing column is reported with its role."""
     present = _parquet_columns(path)
     if present is None:
         frame = read_table(path, config.csv_separator)
         _require_columns(list(frame.columns), path, wanted)
-        return frame
+        return frame[list(dict.fromkeys(wanted.values()))]
     _require_columns(present, path, wanted)
     return read_table(path, config.csv_separator, columns=list(dict.fromkeys(wanted.values())))
 

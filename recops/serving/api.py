@@ -72,7 +72,8 @@ from recops.data.events import ID_PATTERN, Event, acceptance_problem, parse_stri
 from recops.errors import RecopsError
 from recops.redaction import redact
 from recops.registry.mlflow_registry import download_serving_bundle
-from recops.serving.bundle import check_local_bundle, load_bundle, verify_bundle
+from recops.privacy import Pseudonymizer, pseudonym
+from recops.serving.bundle import check_local_bundle, check_pseudonym_key, load_bundle, verify_bundle
 from recops.serving.engine import Recommender, UnknownIdError
 from recops.serving.event_log import SharedEventLog
 
@@ -158,6 +159,8 @@ class ModelHolder:
     def __init__(self, settings: Settings, version: str = "champion", bundle_dir: Path | None = None,
                  downloads: Path | None = None) -> None:
         self.settings = settings
+        # privacy.pseudonymize: requests name raw ids, everything kept names pseudonyms (no key: no server)
+        self.pseudo = Pseudonymizer.from_settings(settings)
         self.requested = str(version)
         self.bundle_dir = bundle_dir  # serve a local bundle (no registry): development and tests
         # what the served bundle is trusted on, for /ready (a local folder's is known once it is loaded)
@@ -215,6 +218,7 @@ class ModelHolder:
         else:
             number = version or self.target_version()
             bundle = load_bundle(*self._fetch(number, force))
+        check_pseudonym_key(bundle.manifest, None if self.pseudo is None else self.pseudo.fingerprint, number)
         model = Recommender(bundle, cfg.serving, number, cfg.registry.model_name)
         model.recommend(model.user_ids[0], 1)  # warm-up: the first request should not pay for lazy imports
         return model
@@ -516,6 +520,23 @@ def offline_redoc_script() -> bytes:
     return script.replace(_REDOC_LOGO, b"data:,")
 
 
+def edge_pseudonym(pseudo: Pseudonymizer, raw: Any, typed: bool = False) -> Any:
+    """The pseudonym a raw id from a request is kept and looked up as (text; the data's id type with ``typed``).
+    A value that is no id of the data's type still gets one (of its text): an unknown user, never a raw id kept."""
+    value = pseudo.one(raw)
+    if value is None:
+        value = pseudonym(pseudo.key, str(raw))
+    return value if typed else str(value)
+
+
+def echoed_id(raw: str, id_type: str) -> Any:
+    """The id a request named, answered in the data's id type (an integer for integer ids)."""
+    digits = raw[1:] if raw.startswith("-") else raw
+    if id_type == "integer" and digits.isascii() and digits.isdigit():
+        return int(raw)
+    return raw
+
+
 def create_app(settings: Settings, version: str = "champion", bundle_dir: Path | None = None,
                load: bool = True, downloads: Path | None = None) -> FastAPI:
     """The API. ``load=False`` defers the first load to the app's startup (``recops serve``); tests load now."""
@@ -614,8 +635,12 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     ) -> dict[str, Any]:
         holder.catch_up()  # what other workers were told: an acknowledged event shows in every worker's answer
         model = served()  # this request's model, whatever a swap does meanwhile
-        answer = {"user_id": model.original_user_id(user_id), "model_name": model.model_name,
-                  "model_version": model.version}
+        asked = user_id
+        if holder.pseudo is not None:  # from here on the user is their pseudonym: the cache, the log, the engine
+            user_id = edge_pseudonym(holder.pseudo, user_id)
+        answer = {"user_id": (model.original_user_id(user_id) if holder.pseudo is None
+                              else echoed_id(asked, settings.data.id_type)),
+                  "model_name": model.model_name, "model_version": model.version}
         cacheable = not explain and request_id is None
         if cacheable and (model.version, user_id) not in holder.fresh:
             hit = cache.get(model.version, user_id, k)
@@ -661,6 +686,11 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
                 where = f"events.{n}." if len(batch.events) > 1 or "events" in payload else ""
                 raise HTTPException(422, detail=f"invalid event: {where}{problem}; no event of this request was "
                                                 "recorded")
+        asked = [event.user_id for event in batch.events]
+        if holder.pseudo is not None:  # the durable log and the engine never see a raw user id
+            batch = EventBatch(events=[event.model_copy(update={"user_id": edge_pseudonym(holder.pseudo,
+                                                                                              event.user_id, typed=True)})
+                                       for event in batch.events])
         model = served()
         records = []
         for event in batch.events:
@@ -674,12 +704,13 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
                             "timestamp": min(event.timestamp, received) if event.timestamp is not None else received,
                             "weight": event.weight, "received_at": received})
         holder.event_log.append(records)
-        def ids(record: dict[str, Any]) -> dict[str, Any]:  # in the data's id type, as GET answers them
-            return {"user_id": model.original_user_id(record["user_id"]),
+        def ids(record: dict[str, Any], raw: Any) -> dict[str, Any]:  # in the data's id type, as GET answers them
+            return {"user_id": (model.original_user_id(record["user_id"]) if holder.pseudo is None
+                                else echoed_id(str(raw), settings.data.id_type)),
                     "item_id": _plain_id(model.item_ids[model.item_index(record["item_id"])])}
 
         results = []
-        for record in records:
+        for record, raw in zip(records, asked):
             event = {k: record[k] for k in ("user_id", "item_id", "timestamp", "weight")}
             try:
                 applied_to, change = holder.apply_event(event)
@@ -688,10 +719,14 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
                 except RecopsError as exc:
                     log.warning("cache invalidation failed: %s", exc)
                 events_total.labels("true").inc()
-                results.append({**ids(record), "applied": True, "fold_in_ms": round(change["fold_in_ms"], 3)})
+                results.append({**ids(record, raw), "applied": True,
+                                "fold_in_ms": round(change["fold_in_ms"], 3)})
             except UnknownIdError as exc:
                 events_total.labels("false").inc()
-                results.append({**ids(record), "applied": False, "detail": redact(str(exc))})
+                detail = redact(str(exc))
+                if holder.pseudo is not None:  # the engine names the pseudonym: say it of the id the client sent
+                    detail = detail.replace(str(record["user_id"]), str(raw))
+                results.append({**ids(record, raw), "applied": False, "detail": detail})
         return EventsAccepted(recorded=len(records), model_version=model.version,
                               events=[EventResult(**r) for r in results])
 

@@ -147,6 +147,33 @@ def _test_fold_factors(settings: Settings, n_users: int, n_items: int) -> tuple[
     return users, items
 
 
+def _pseudonym_fingerprint(settings: Settings) -> str | None:
+    """The key fingerprint ingest recorded (``paths.raw_dir``/ingest.json), or None for raw ids."""
+    path = settings.path("raw_dir") / "ingest.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8")).get("pseudonymized")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return record.get("key_fingerprint") if isinstance(record, dict) else None
+
+
+def check_pseudonym_key(manifest: dict[str, Any], fingerprint: str | None, version: str) -> None:
+    """RecopsError unless the bundle's user ids are what this process will look them up as: pseudonyms under the
+    key with ``fingerprint`` (None: raw ids, privacy.pseudonymize off)."""
+    trained = manifest.get("pseudonym_key")
+    if trained == fingerprint:
+        return
+    if trained is None:
+        raise RecopsError(f"version {version} was trained on raw user ids, but privacy.pseudonymize is on here: "
+                          "every user would be unknown; retrain with pseudonymisation (recops run) or turn it off")
+    if fingerprint is None:
+        raise RecopsError(f"version {version} was trained on user ids pseudonymised under key {trained}, but "
+                          "privacy.pseudonymize is off here: set it and the key (privacy.key_env) to serve it")
+    raise RecopsError(f"version {version} was trained on user ids pseudonymised under key {trained}, but the key "
+                      f"here has fingerprint {fingerprint}: every user would be unknown; serve with the key it was "
+                      "trained with, or retrain under the new key")
+
+
 def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
     """Fit the version's sources and feature statistics on all interactions and write the bundle; returns the
     manifest. Writes into a temporary sibling folder and swaps it in, so a failure leaves the previous bundle."""
@@ -207,6 +234,8 @@ def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, A
         "n_items": int(n_items),
         "history_rows": int(len(history)),
         "history_end": float(history[Columns.TIMESTAMP].max()) if len(history) else None,
+        # the fingerprint of the key the user ids are pseudonyms under (None: raw ids): a server must hold it
+        "pseudonym_key": _pseudonym_fingerprint(settings),
         "layout": layout,
         "files": files,
     }

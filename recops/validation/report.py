@@ -221,6 +221,11 @@ def _evidence(kind: str, kwargs: dict[str, Any], outcome: dict[str, Any], frame:
     if kind == "expect_column_pair_values_to_be_equal":
         column = kwargs.get("column_A")
         values = [pair[0] if isinstance(pair, (list, tuple)) and pair else pair for pair in values]
+    if kwargs.get("regex_list") is not None or kind.endswith("_not_match_regex"):
+        # the privacy checks (recops.validation.privacy): rows, never the values (they would be the identifiers)
+        shown = [row for row in rows[:limit] if row is not None]
+        listed = f", e.g. row{'s' if len(shown) > 1 else ''} {', '.join(map(str, shown))}" if shown else ""
+        return f"{count} of {total} rows do{listed}"
     evidence = f"{count} of {total} rows fail" + _located(values, rows, limit, lambda v: _number(v, column))
     if kind == "expect_column_values_to_be_between" and column == Columns.TIMESTAMP:
         evidence += _timestamp_unit_hint(values, kwargs.get("max_value"))

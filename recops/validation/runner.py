@@ -35,6 +35,7 @@ from recops.columns import SPLIT_VALUES, Columns
 from recops.config import Settings
 from recops.errors import DataValidationError, RecopsError
 from recops.validation.report import describe_failure, failed_results, failure_message, summary_metrics
+from recops.validation.privacy import identifier_named_columns, privacy_expectations
 from recops.validation.suites import SkippedExpectation, applicable_expectations, load_suite
 from recops.web_assets import FETCH_HINT, localise_site
 
@@ -81,6 +82,15 @@ def validate_tables(
         evaluated[name], not_evaluated[name] = applicable_expectations(
             suites[name], batches[name], settings, given_tables=set(frames)
         )
+    if "users" in frames:  # data minimisation: no direct identifiers among the user attributes
+        named = identifier_named_columns(settings)
+        if named:
+            raise DataValidationError(
+                f"data validation failed: user attribute column(s) {', '.join(map(repr, named))} of "
+                f"{sources.get('users') or 'the users table'} are named like direct identifiers (e-mail, phone, IP "
+                "address, name): remove them from data.user_attributes (recops needs no identifiers), or list them "
+                "in privacy.allow_identifier_columns if they must stay")
+        evaluated["users"] = evaluated["users"] + privacy_expectations(batches["users"], settings)
     parameters = suite_parameters(settings)
 
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -348,3 +348,53 @@ def test_a_column_of_numbers_stored_as_text_says_how_it_is_stored(interactions, 
     assert "column 'rating': ratings must be numbers: the column is stored as object, although each value reads " \
            "as a number (e.g. " in message
     assert "store it as int64 or float64 numbers" in message
+
+
+# ------------------------------------------------------------------------------ privacy (data minimisation)
+def user_attributes(**columns) -> pd.DataFrame:
+    return pd.DataFrame({Columns.USER_ID: np.arange(N_USERS), **columns})
+
+
+def with_user_spec(settings: Settings, *categorical: str, **privacy) -> Settings:
+    from recops.config import AttributeColumns, PrivacyConfig
+
+    data = settings.data.model_copy(update={"user_attributes": AttributeColumns(id="uid", categorical=list(categorical))})
+    return settings.model_copy(update={"data": data, "privacy": PrivacyConfig(**privacy)})
+
+
+@pytest.mark.parametrize("values, kind", [
+    ([f"person{n}@example.org" if n == 7 else "teacher" for n in range(N_USERS)], "e-mail"),
+    (["+49 30 1234567" if n in (2, 3) else "de" for n in range(N_USERS)], "phone"),
+    (["192.168.10.4" if n == 11 else "fr" for n in range(N_USERS)], "IPv4"),
+    (["2001:db8::ff00:42:8329" if n == 0 else "us" for n in range(N_USERS)], "IPv6"),
+])
+def test_user_attributes_holding_direct_identifiers_fail_naming_rows_not_values(interactions, settings, tmp_path,
+                                                                               values, kind):
+    message = failure_message(interactions, with_user_spec(settings, "note"), tmp_path,
+                              users=user_attributes(note=values))
+    bad = [n for n, v in enumerate(values) if v not in ("teacher", "de", "fr", "us")]
+    assert "column 'note'" in message and "must not hold e-mail addresses" in message
+    assert f"{len(bad)} of {N_USERS} rows do, e.g. row" in message and str(bad[0] + 1) in message
+    assert not any(str(values[n]) in message for n in bad)  # the identifiers themselves are never echoed
+
+
+def test_a_text_attribute_that_singles_users_out_fails_unless_allowed(interactions, settings, tmp_path):
+    names = [f"Firstname{n} Lastname{n}" for n in range(N_USERS)]
+    message = failure_message(interactions, with_user_spec(settings, "nick"), tmp_path,
+                              users=user_attributes(nick=names))
+    assert "column 'nick'" in message and "at most 50% of the users" in message
+    allowed = with_user_spec(settings, "nick", allow_identifier_columns=["nick"])
+    assert validate_tables(interactions, user_attributes(nick=names), None, allowed, SOURCES,
+                           tmp_path)["validation.success"] == 1.0
+    few = ["de", "fr", "us", "it"] * (N_USERS // 4)  # 4 values among 20 users: fine
+    assert validate_tables(interactions, user_attributes(nick=few), None, with_user_spec(settings, "nick"), SOURCES,
+                           tmp_path)["validation.success"] == 1.0
+
+
+def test_a_user_attribute_named_like_an_identifier_is_refused_before_anything_runs(interactions, settings, tmp_path):
+    with pytest.raises(DataValidationError, match="'email'.*named like direct identifiers.*allow_identifier_columns"):
+        validate_tables(interactions, user_attributes(email="x"), None, with_user_spec(settings, "email"), SOURCES,
+                        tmp_path)
+    for harmless in ("gender", "occupation", "zip_region", "tenure_days"):
+        from recops.validation.privacy import IDENTIFIER_NAME
+        assert not IDENTIFIER_NAME.search(harmless), harmless
