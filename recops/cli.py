@@ -385,6 +385,49 @@ def validate(params: Params = Path("params.yaml"), quiet: Quiet = False) -> None
 
 
 @app.command()
+def forget(
+    user_ids: Annotated[list[str], typer.Argument(help="raw user ids, as the input data has them")],
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the audit record).")] = None,
+    actor: Annotated[str | None, typer.Option(help="Who asks (default: $USER).")] = None,
+    params: Params = Path("params.yaml"),
+    push: Annotated[bool, typer.Option(help="dvc push the retrained outputs to the default DVC remote.")] = True,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Forget users everywhere recops keeps them: their rows, events and cached lists; retrain without them and
+    promote the new version on the first-model gates; delete the earlier versions' user data and DVC's older data.
+    Rerun the same command to finish a request that was interrupted."""
+    from recops import forget as forgetting
+
+    try:
+        settings = _settings(params, quiet)
+        leave_no_orphans(settings, runs_flows=True)
+        request = forgetting.start(settings, user_ids, reason, actor)
+        if not request["known"]:
+            console.print(f"nothing to forget: no data recops keeps names the {request['users']} user id(s) given "
+                          "(unknown users; nothing was changed)")
+            return
+        from flows.training import training_flow_for
+
+        _prefect_terminal(quiet, verbose)
+        training_flow_for(str(params.resolve()))(params_path=str(params.resolve()), push=push)
+        from recops.steps import read_json
+
+        version = str(read_json(settings.path("registry_report"))["model_version"])
+        audit = forgetting.finish(settings, request, version)
+    except RecopsError as exc:
+        _exit_on_user_error(exc)
+    counts = audit["counts"]
+    console.print(f"forgot {audit['users']} user(s) (request {audit['request_id']}): version {audit['new_version']} "
+                  f"is the champion, retrained without them; removed {counts.get('source_rows', 0)} source rows, "
+                  f"{counts.get('event_lines', 0)} event lines, {counts.get('cache_entries', 0)} cached lists, "
+                  f"{counts.get('artifact_files', 0)} artifact files of versions "
+                  f"{', '.join(audit['erased_versions']) or 'none'}, "
+                  f"{max(counts.get('dvc_cache_objects', 0), 0)} DVC cache objects; audit record: "
+                  f"{settings.paths.privacy_dir}/forget-{audit['request_id']}.json")
+
+
+@app.command()
 def pseudonym(user_ids: Annotated[list[str], typer.Argument(help="raw user ids, as the input data has them")],
               params: Params = Path("params.yaml"), quiet: Quiet = False) -> None:
     """Print the pseudonym each raw user id is kept as (privacy.pseudonymize), to join recops' outputs (batch

@@ -58,6 +58,9 @@ class Paths(Strict):
     mlflow_db: str = "mlflow.db"
     mlflow_artifacts: str = "mlartifacts"
     stage_timings: str = ".recops/stage_timings.json"  # local state: when each stage last ran (MLflow run times)
+    # users who asked to be forgotten (recops forget): salted hashes ingest drops, in the external dir DVC watches
+    forgotten: str = "data/external/.recops-forgotten.json"
+    privacy_dir: str = "reports/privacy"  # the audit records of forget requests (no ids)
 
 
 class AttributeColumns(Strict):

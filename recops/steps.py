@@ -153,6 +153,17 @@ def ingest(settings: Settings) -> dict[str, float]:
         interactions = _pseudonymize(pseudo, interactions, settings, "interactions", cfg.interactions_path)
         if users is not None:
             users = _pseudonymize(pseudo, users, settings, "users", cfg.users_path)
+    from recops.forget import forgotten_mask
+
+    forgotten = forgotten_mask(settings, interactions[Columns.USER_ID])  # recops forget: never learnt from again
+    erased = int(forgotten.sum()) if forgotten is not None else 0
+    if erased:
+        interactions = interactions[~forgotten].reset_index(drop=True)
+        log.info("ingest: %d interactions of forgotten users dropped (%s)", erased, settings.paths.forgotten)
+    if users is not None:
+        gone = forgotten_mask(settings, users[Columns.USER_ID])
+        if gone is not None and gone.any():
+            users = users[~gone].reset_index(drop=True)
     if dropped and users is not None:  # attributes of users with nothing left are no longer needed either
         users = users[users[Columns.USER_ID].isin(interactions[Columns.USER_ID])].reset_index(drop=True)
     # Without an attribute table, the table holds just the ids seen in the log, so every later stage can rely on it.
@@ -170,6 +181,7 @@ def ingest(settings: Settings) -> dict[str, float]:
             "pseudonymized": None if pseudo is None else {"key_fingerprint": pseudo.fingerprint,
                                                           "key_env": settings.privacy.key_env},
             "retention": {"days": settings.privacy.retention_days, "rows_dropped": dropped},
+            "forgotten_rows_dropped": erased,
         }, indent=2, sort_keys=True) + "\n")
         _replace_dir(staging, raw_dir)
     finally:

@@ -71,6 +71,9 @@ PENDING_TAG = "recops.pending_move"
 
 PROMOTED_ON_AB_TEST = "ab_test"
 PROMOTED_ON_GATES = "first_model_gates"
+PROMOTED_ON_FORGET = "forget_request"  # retrained without forgotten users: on the first-model gates, no A/B wait
+# version tag: the forget request that erased this version's user data (bundle, factors, reports): never served again
+TAG_ERASED_BY_FORGET = "recops.forget.erased_by"
 
 # Version tags written by promote / rollback.
 TAG_PROMOTED_AT = "recops.promoted_at"
@@ -221,8 +224,12 @@ def promote(
     actor: str | None = None,
     reason: str | None = None,
     gates: Mapping[str, Any] | None = None,
+    forget_request: str | None = None,
 ) -> dict[str, Any]:
     """Point ``champion`` at the challenger (or ``version``) when the evidence allows it, and record the move.
+
+    ``forget_request``: the version was retrained without users who asked to be forgotten (recops.forget): it is
+    promoted on the first-model gates even over a champion, since erasure does not wait for an A/B "ship".
 
     With a champion in place, ``ab_report`` must be an A/B decision report (``decision``, ``champion_version``,
     ``challenger_version``, optionally ``reasons`` and any numbers) for exactly (current champion, the version
@@ -274,6 +281,10 @@ def promote(
         version = challenger
     target = _existing_version(client, settings, version)
     to_version = str(target.version)
+    if (target.tags or {}).get(TAG_ERASED_BY_FORGET):
+        raise RecopsError(
+            f"version {to_version} of {name!r} was trained on users who have since been forgotten (request "
+            f"{target.tags[TAG_ERASED_BY_FORGET]}): its user data is erased and it is never served again")
     if to_version == champion:
         if resumed is not None and resumed["action"] == "promote" and resumed["to_version"] == to_version:
             promoted_on = client.get_model_version(name, to_version).tags.get(TAG_PROMOTED_ON)
@@ -283,8 +294,9 @@ def promote(
             "challenge it"
         )
 
-    if champion is None:
-        if isinstance(ab_report, Mapping) or (isinstance(ab_report, Path) and ab_report.is_file()):
+    if champion is None or forget_request is not None:
+        if champion is None and (isinstance(ab_report, Mapping)
+                                 or (isinstance(ab_report, Path) and ab_report.is_file())):
             logger.info("%s has no champion yet: the first model is promoted on quality gates, not the A/B report",
                         name)
         metrics = _run_metrics(client, target)
@@ -302,9 +314,12 @@ def promote(
             for key in [primary, *(config.key(baseline) for baseline in config.min_lift_over)]
             if (value := _metric(metrics, key)) is not None
         }
-        promoted_on = PROMOTED_ON_GATES
+        promoted_on = PROMOTED_ON_GATES if forget_request is None else PROMOTED_ON_FORGET
         evidence_tags = {GATES_TAG_PREFIX + mlflow_metric_key(k): _tag_text(v) for k, v in evidence.items()}
-        default_reason = f"first model: passed the quality gates ({primary} = {evidence[primary]:.4f})"
+        default_reason = (f"first model: passed the quality gates ({primary} = {evidence[primary]:.4f})"
+                          if forget_request is None else
+                          f"forget request {forget_request}: retrained without the forgotten users, passed the "
+                          f"quality gates ({primary} = {evidence[primary]:.4f})")
     else:
         report, report_sha256 = (_logged_ab_report(client, name, target, ab_report) if isinstance(ab_report, Path)
                                  else (ab_report, None))
@@ -368,7 +383,14 @@ def rollback(settings: Settings, *, actor: str | None = None, reason: str | None
         raise RecopsError(
             f"version {champion} is the first champion of {name!r}: there is no previous champion to roll back to"
         )
-    previous = _existing_version(client, settings, stack[-2], what="previous champion").version
+    found = _existing_version(client, settings, stack[-2], what="previous champion")
+    erased = (found.tags or {}).get(TAG_ERASED_BY_FORGET)
+    if erased:
+        raise RecopsError(
+            f"the previous champion, version {found.version} of {name!r}, was trained on users who have since been "
+            f"forgotten (request {erased}): its user data is erased and it is never served again. Promote a later "
+            "version instead")
+    previous = found.version
     why = reason or f"rollback of version {champion} to version {previous}"
     entry = _history_entry("rollback", champion, str(previous), actor, why)
     version_tags = {TAG_ROLLED_BACK_AT: entry["at"], TAG_ROLLED_BACK_BY: entry["by"], TAG_ROLLBACK_REASON: why}

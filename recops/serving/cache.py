@@ -155,6 +155,14 @@ class RecommendationCache(abc.ABC):
         """
 
     @abc.abstractmethod
+    def forget_user(self, user_id: str) -> int:
+        """Drop the user's entries of every version (recops forget) and return how many there were.
+
+        Raises:
+            RecopsError: (Redis) the server failed; the message names the URL.
+        """
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the backend's resources (Redis connections); calling it twice is fine."""
 
@@ -236,6 +244,14 @@ class MemoryCache(RecommendationCache):
     def invalidate(self, version: str, user_id: str) -> None:
         with self._lock:
             self._entries.pop((str(version), str(user_id)), None)
+
+    def forget_user(self, user_id: str) -> int:
+        user_id = str(user_id)
+        with self._lock:
+            doomed = [key for key in self._entries if key[1] == user_id]
+            for key in doomed:
+                del self._entries[key]
+        return len(doomed)
 
     def clear_version(self, version: str) -> int:
         version = str(version)
@@ -390,6 +406,17 @@ class RedisCache(RecommendationCache):
         except redis.RedisError as exc:
             raise RecopsError(f"dropping the cached list of user {user_id!r} (version {version}) from Redis at "
                               f"{self._shown_url} failed: {exc}") from exc
+
+    def forget_user(self, user_id: str) -> int:
+        """Delete the user's cached lists of every version (recops forget); the number of keys removed."""
+        pattern = (_glob_escape(f"{self.key_prefix}:{self.model_name}:v") + "*"
+                   + _glob_escape(f":u:{user_id}"))
+        try:
+            keys = list(self._bulk.scan_iter(match=pattern, count=self.CHUNK))
+            return int(self._client.unlink(*keys)) if keys else 0
+        except redis.RedisError as exc:
+            raise RecopsError(f"deleting the cached lists of a forgotten user from Redis at {self._shown_url} "
+                              f"failed: {exc}") from exc
 
     def clear_version(self, version: str) -> int:
         pattern = _glob_escape(self.key(version, "")) + "*"

@@ -133,6 +133,8 @@ class SharedEventLog:
             start, position = position, position + len(line)
             if any(a <= start < b for a, b in own):
                 continue  # this process wrote (and applied) it
+            if not line.strip():
+                continue  # erased in place by recops forget (blanks of the line's length), or an empty line
             try:
                 record = parse_strict_json(line)
                 problem = event_problem(record, "string")

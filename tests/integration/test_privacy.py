@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import BIN, run_env, set_params
+from tests.conftest import BIN, NO_GATES, replace_param, run_env, set_params
 from tests.data.cases import PARAMS, clean_tables, write_case
 
 pytestmark = pytest.mark.integration
@@ -40,6 +40,8 @@ def own_project(fresh_workspace, prefect_api, name: str, **privacy):
                     "users.csv": users.to_csv(index=False).encode(),
                     "items.csv": items.to_csv(index=False).encode()})
     set_params(ws, **PARAMS, privacy=privacy)
+    # random synthetic data: no model beats popularity by the default gates' margin
+    replace_param(ws, "registry.first_model_gates", NO_GATES)
     return ws, events
 
 
@@ -184,3 +186,83 @@ def test_a_snapshot_is_pseudonymised_when_staged_and_retention_drops_old_rows(ru
     record = json.loads((ws / "data/raw/ingest.json").read_text())
     assert record["retention"] == {"days": days, "rows_dropped": int(len(staged) - len(prepared))}
     assert set(pd.read_parquet(ws / "data/prepared/users.parquet")["user_id"]) == set(prepared["user_id"])
+
+
+def project_files(ws):
+    return [p for p in ws.rglob("*") if p.is_file() and ".prefect" not in p.parts]
+
+
+def ids_in_tables(ws, wanted: set[int]) -> list[str]:
+    """Files of the project (DVC's cache and MLflow's artifacts included) that are Parquet tables holding one of
+    ``wanted`` in any integer or text column (compressed pages hide ids from a byte scan)."""
+    import pyarrow.parquet as pq
+
+    texts = {str(w) for w in wanted}
+    found = []
+    for path in project_files(ws):
+        try:
+            table = pq.read_table(path)
+        except Exception:  # noqa: BLE001 (not a Parquet file)
+            continue
+        for name in table.column_names:
+            column = table.column(name).to_pandas()
+            if column.dtype.kind in "iu" and column.isin(list(wanted)).any() \
+                    or column.dtype == object and column.astype(str).isin(texts).any():
+                found.append(f"{path.relative_to(ws)}:{name}")
+    return found
+
+
+def test_forget_erases_users_everywhere_retrains_and_promotes(runs):
+    from mlflow.tracking import MlflowClient
+
+    ws, _, _, events = runs
+    targets = [int(u) for u in np.unique(events["uid"])[:3]]
+    gone = set(pseudonyms(targets).values())
+    assert ids_in_tables(ws, gone)  # the check sees them before
+    settings = settings_of(ws)
+    client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
+    before = {str(v.version) for v in client.search_model_versions(f"name='{settings.registry.model_name}'")}
+    proc = cli(ws, "forget", *map(str, targets), "--reason", "asked to be forgotten", "-q")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "forgot 3 user(s)" in proc.stdout
+    # nowhere in the project: tables (prepared, split, candidates, features, bundle, reports), DVC's cache,
+    # MLflow's artifacts; nor as text in any file (MLflow's database, JSON, logs)
+    assert ids_in_tables(ws, gone) == []
+    texts = [str(g).encode() for g in gone]
+    assert [str(p.relative_to(ws)) for p in project_files(ws) if any(t in p.read_bytes() for t in texts)] == []
+    staged = pd.read_csv(ws / "data/external/events.csv")
+    assert not staged["uid"].isin(list(gone)).any() and len(staged) > 0
+    # the new version is the champion; the earlier ones are erased and never served again
+    model = client.get_registered_model(settings.registry.model_name)
+    new = str(model.aliases["champion"])
+    assert new not in before
+    for version in before:
+        assert client.get_model_version(settings.registry.model_name, version).tags["recops.forget.erased_by"]
+    refused = cli(ws, "promote", "--version", sorted(before)[-1], "-q")
+    assert refused.returncode == 1 and "forgotten" in refused.stderr
+    audit_files = list((ws / "reports/privacy").glob("forget-*.json"))
+    assert len(audit_files) == 1
+    audit = json.loads(audit_files[0].read_text())
+    assert audit["users"] == 3 and audit["new_version"] == new and audit["counts"]["source_rows"] > 0
+    assert audit["reason"] == "asked to be forgotten" and audit["counts"]["artifact_files"] > 0
+    assert not (ws / ".recops/forget-pending.json").exists()
+    # the champion's server knows them no more: the unknown-user fallback, as for anyone never seen
+    from fastapi.testclient import TestClient
+
+    from recops.serving.api import create_app
+
+    os.environ[KEY_ENV] = KEY
+    try:
+        local = settings.model_copy(update={"serving": settings.serving.model_copy(update={
+            "reload_poll_seconds": 0, "cache": settings.serving.cache.model_copy(update={"backend": "memory"})})})
+        with TestClient(create_app(local), raise_server_exceptions=False) as served:
+            for user in targets:
+                answer = served.get(f"/recommendations/{user}", params={"k": 5}).json()
+                assert answer["fallback"] is not None and answer["model_version"] == new, answer
+    finally:
+        os.environ.pop(KEY_ENV, None)
+    # again, or someone unknown: nothing to do, nothing changed
+    for ids in (map(str, targets), ["999999"]):
+        again = cli(ws, "forget", *ids, "-q")
+        assert again.returncode == 0 and "nothing to forget" in again.stdout, again.stderr[-2000:]
+    assert str(client.get_registered_model(settings.registry.model_name).aliases["champion"]) == new
