@@ -403,6 +403,15 @@ class ServingConfig(Strict):
     # POST /events needs "Authorization: Bearer <token>" when this variable holds one (a warning at start
     # otherwise: anyone who reaches the port can then write events)
     events_token_env: str = "RECOPS_EVENTS_TOKEN"
+    # GET /recommendations needs "Authorization: Bearer <token>" when this variable holds one (a warning at start
+    # otherwise: anyone who reaches the port can then read any user's list, and its reasons name their history)
+    read_token_env: str = "RECOPS_READ_TOKEN"
+    # a reason per listed item ("because you interacted with X"); false: no reason (nor explain's feature
+    # contributions) in any answer, live or cached
+    reasons: bool = True
+    # a reason names history item X for item Y only when at least this many *other* users interacted with both
+    # (k-anonymity: a pair behind one or two people says what they did); 0: no such check
+    min_reason_support: int = Field(5, ge=0)
     max_body_bytes: int = Field(65_536, ge=1)
     event_log_dir: str = "data/events"  # durable log of POST /events (JSON lines) for the next snapshot
     # worker processes of recops serve (one port, one event log, one memory-mapped bundle); null: one per core

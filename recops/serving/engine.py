@@ -16,10 +16,14 @@ by fold-in (least squares with the item factors fixed, :meth:`MatrixFactorizatio
 sequence features (last items, last activity) move on; the very next request reflects it. Other statistics
 (popularity, co-occurrence) change only with the next training run.
 
-Reasons: each item of a list names the item of the user's history most similar to it (cosine of MF item factors,
-or item-kNN similarity without MF): "because you interacted with X". ``explain=True`` adds the ranker's top
-feature contributions (LightGBM ``pred_contrib`` on the version's text model, read — never unpickled — from the
-bundle and loaded on first use).
+Reasons: each item Y of a list names the item X of the user's history most similar to it (cosine of MF item
+factors, or item-kNN similarity without MF): "because you interacted with X" — but only a pair that at least
+``serving.min_reason_support`` *other* users interacted with both of, in the version's interactions (otherwise
+the next most similar history item that is; else no item is named). A pair backed by one or two people would tell
+the requester what those people did (k-anonymity; docs/architecture.md, "API privacy"). ``explain=True`` adds the
+ranker's top feature contributions (LightGBM ``pred_contrib`` on the version's text model, read — never
+unpickled — from the bundle and loaded on first use). With ``serving.reasons: false`` there are no reasons and
+``explain`` adds nothing: nothing of the user's history (or anyone else's) is in an answer.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ SOURCE_CLASSES = {cls.name: cls for cls in (MostPopular, RecentPopularity, Decay
 UNKNOWN_USER = "unknown_user"
 COLD_USER = "cold_user"
 LOCK_STRIPES = 64
+# history items tried per listed item, most similar first, before its reason names none (bounds a request's cost
+# when the most similar pairs are rare ones)
+REASON_TRIES = 32
+SUPPORT_CHUNK = 256  # users of a pair's rarer item looked up at first (most pairs are decided by them)
+UNNAMED_REASON = "based on your activity"
 
 
 class UnknownIdError(RecopsError):
@@ -190,6 +199,7 @@ class Recommender:
         # one lock per stripe of users: a user's read waits only for events of users in its stripe (1 in
         # LOCK_STRIPES), never for every other user's event application
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._item_user_keys: tuple[np.ndarray, np.ndarray] | None = None  # for reasons' support, built on first use
         self.loaded_at = time.time()
         self.events_applied = 0
 
@@ -244,9 +254,9 @@ class Recommender:
         """The reasons of a list (dense item indices) for ``user_id``: what a cached list is served with, so that
         a cached and a live answer have the same fields."""
         index = self.user_index(user_id)
-        if index is None:
+        if index is None or not self.config.reasons:
             return [None] * len(items)
-        return self._reasons(self.user_items.row_items(index), np.asarray(items, dtype=np.int64))
+        return self._reasons(index, self.user_items.row_items(index), np.asarray(items, dtype=np.int64))
 
     def seen_items(self, user_id: Any) -> list[Any]:
         index = self.user_index(user_id)
@@ -328,16 +338,19 @@ class Recommender:
         keep = lists[0] >= 0
         items = lists[0][keep]
         history = self.user_items.row_items(index)
-        reasons = self._reasons(history, items)
-        if explain:
-            for reason, contribution in zip(reasons, self._contributions(index, items)):
-                reason["features"] = contribution
+        if not self.config.reasons:  # no reason, and nothing to explain them with
+            reasons: list[dict[str, Any] | None] = [None] * len(items)
+        else:
+            reasons = self._reasons(index, history, items)
+            if explain:
+                for reason, contribution in zip(reasons, self._contributions(index, items)):
+                    reason["features"] = contribution
         return Recommendation(
             str(user_id), self.item_ids[items].tolist(),
             [None if not np.isfinite(s) else float(s) for s in scores[0][keep]], self.version,
             fallback=None if len(history) else COLD_USER, explored=explored[0][keep].tolist(), reasons=reasons)
 
-    def _reasons(self, history: np.ndarray, items: np.ndarray) -> list[dict[str, Any] | None]:
+    def _reasons(self, user: int, history: np.ndarray, items: np.ndarray) -> list[dict[str, Any] | None]:
         if not len(history) or not len(items):
             return [{"because": None, "text": "popular with users like you"} for _ in items]
         unit = self.stats.item_unit_factors
@@ -346,15 +359,98 @@ class Recommender:
         else:
             block = self.stats.similarity[history][:, items]
             similarity = (block.toarray() if sp.issparse(block) else np.asarray(block)).T
-        best = similarity.argmax(axis=1)
-        out = []
+        best = self._supported_pairs(user, history, items, similarity)
+        out: list[dict[str, Any] | None] = []
         for row, item in enumerate(items):
+            if best[row] < 0:  # no history item shares this one with enough other users to be named
+                out.append({"because": None, "text": UNNAMED_REASON})
+                continue
             because = history[best[row]]
             title = self.title(because)
             out.append({"because": _plain(self.item_ids[because]), "because_title": title,
                         "similarity": float(similarity[row, best[row]]),
                         "text": f"because you interacted with {title or self.item_ids[because]}"})
         return out
+
+    def _supported_pairs(self, user: int, history: np.ndarray, items: np.ndarray,
+                         similarity: np.ndarray) -> np.ndarray:
+        """For each listed item, the position in ``history`` of the most similar history item that at least
+        ``serving.min_reason_support`` users other than ``user`` interacted with too (-1: none among the
+        :data:`REASON_TRIES` most similar eligible ones). At most three vectorised rounds: each listed item's most
+        similar history item (the usual case), the next ones of the items that failed, then an exact count of the
+        pairs the first two left undecided."""
+        need = self.config.min_reason_support
+        if need == 0:
+            return similarity.argmax(axis=1)
+        indptr, _ = self.item_user_keys()
+        users_of = np.diff(indptr)
+        # an item fewer than `need` users had cannot be shared by `need` of them: never tried
+        masked = np.where((users_of[history] >= need)[None, :], similarity, -np.inf)
+        masked[users_of[items] < need] = -np.inf
+        out = np.full(len(items), -1, dtype=np.int64)
+        best = masked.argmax(axis=1)
+        rows = np.flatnonzero(np.isfinite(masked[np.arange(len(items)), best]))
+        ok, _ = self._shared_by_others(history[best[rows]], items[rows], user, need, SUPPORT_CHUNK)
+        out[rows[ok]] = best[rows[ok]]
+        pending = rows[~ok]
+        if not len(pending):
+            return out
+        ranked = np.argsort(-masked[pending], axis=1, kind="stable")[:, :REASON_TRIES]  # most similar first
+        pair_rows, positions = np.repeat(pending, ranked.shape[1]), ranked.ravel()
+        keep = np.isfinite(masked[pair_rows, positions])
+        pair_rows, positions = pair_rows[keep], positions[keep]
+        ok, undecided = self._shared_by_others(history[positions], items[pair_rows], user, need, SUPPORT_CHUNK)
+        # an undecided pair matters only ranked before its row's first ok pair
+        order = np.arange(len(pair_rows))
+        first_ok = np.full(len(items), len(pair_rows))
+        np.minimum.at(first_ok, pair_rows[ok], order[ok])
+        unresolved = undecided & (order < first_ok[pair_rows])
+        if unresolved.any():
+            ok[unresolved], _ = self._shared_by_others(history[positions[unresolved]], items[pair_rows[unresolved]],
+                                                       user, need, None)
+        # per row, the first pair (most similar) that passed: pairs are grouped by row, in rank order
+        rows_ok, first = np.unique(pair_rows[ok], return_index=True)
+        out[rows_ok] = positions[ok][first]
+        return out
+
+    def item_user_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr, keys): ``keys[indptr[i]:indptr[i + 1]]`` are ``i * (n_users + 1) + user`` for the users of item
+        ``i`` in the bundle's interactions, ascending overall — so that whether a user had an item is one binary
+        search, for any number of (item, user) pairs at once. 8 bytes per interaction, built on first use. Live
+        events are not in it: they could only add support, so leaving them out errs on the side of privacy."""
+        if self._item_user_keys is None:
+            base = self.user_items.base
+            ones = sp.csr_matrix((np.ones(len(base.indices), dtype=np.int8), base.indices, base.indptr),
+                                 shape=base.shape)
+            ones.sum_duplicates()
+            by_item = ones.tocsc()
+            by_item.sort_indices()
+            item = np.repeat(np.arange(self.n_items, dtype=np.int64), np.diff(by_item.indptr))
+            self._item_user_keys = (by_item.indptr.astype(np.int64),
+                                item * (self.n_users + 1) + by_item.indices.astype(np.int64))
+        return self._item_user_keys
+
+    def _shared_by_others(self, a: np.ndarray, b: np.ndarray, user: int, need: int,
+                          cap: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(ok, undecided) for the item pairs ``(a[r], b[r])``: ok where at least ``need`` users other than ``user``
+        interacted with both. Each user of the pair's smaller list (its first ``cap`` only, when given: most pairs
+        are decided by them) is looked up among the other item's users; undecided: not ok, but only because the
+        list was cut at ``cap``."""
+        indptr, keys = self.item_user_keys()
+        span = np.int64(self.n_users + 1)
+        lengths = np.diff(indptr)
+        swap = lengths[a] > lengths[b]
+        small, large = np.where(swap, b, a), np.where(swap, a, b)
+        size = lengths[small]
+        take = size if cap is None else np.minimum(size, cap)
+        row = np.repeat(np.arange(len(a)), take)
+        within = np.arange(len(row)) - np.repeat(np.cumsum(take) - take, take)
+        users = keys[indptr[small][row] + within] % span
+        wanted = large[row] * span + users
+        found = keys[np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)] == wanted
+        count = np.bincount(row[found & (users != user)], minlength=len(a))
+        ok = count >= need
+        return ok, ~ok & (take < size)
 
     def title(self, item: int) -> str | None:
         """The display name of dense item ``item`` (None without a title column, or for an item without one)."""

@@ -19,7 +19,8 @@ from recops.config import ServingConfig, Settings
 from recops.errors import RecopsError
 from recops.registry.mlflow_registry import download_serving_bundle
 from recops.serving.bundle import load_bundle, sha256_file
-from recops.serving.engine import COLD_USER, UNKNOWN_USER, Recommender, UnknownIdError, cap_positions
+from recops.serving.engine import (COLD_USER, UNKNOWN_USER, UNNAMED_REASON, Recommender, UnknownIdError,
+                                   cap_positions)
 from tests.conftest import PROJECT
 from tests.data.cases import trained_project
 
@@ -136,7 +137,8 @@ def test_lists_have_k_unseen_items_with_reasons_from_the_history(settings, model
         assert len(rec.items) == K and len(set(rec.items)) == K and rec.fallback is None
         assert not set(map(str, rec.items)) & known[str(user)]
         assert rec.scores == sorted(rec.scores, reverse=True)
-        assert all(str(r["because"]) in known[str(user)] for r in rec.reasons)
+        assert all(str(r["because"]) in known[str(user)] if r["because"] is not None else r["text"] == UNNAMED_REASON
+                   for r in rec.reasons)
 
 
 def test_explain_adds_the_rankers_top_feature_contributions(model):
@@ -144,6 +146,49 @@ def test_explain_adds_the_rankers_top_feature_contributions(model):
     for reason in rec.reasons:
         names = [f["feature"] for f in reason["features"]]
         assert len(names) == 3 and set(names) <= set(model.feature_names)
+
+
+def test_a_reason_names_only_a_pair_that_enough_other_users_share(settings, downloaded):
+    """k-anonymity of reasons: "because you interacted with X" for Y says that people who had X had Y too, so X is
+    named only when at least min_reason_support users other than the requester had both (counted here from the
+    interaction table, not with the engine's own index)."""
+    need = 6
+    strict = engine(settings, downloaded, min_reason_support=need)
+    log = pd.read_parquet(settings.path("interactions"))
+    users_of = log.groupby(log[Columns.ITEM_ID].astype(str))[Columns.USER_ID].agg(lambda s: set(map(str, s)))
+    named = unnamed = 0
+    for user in strict.user_ids[:30]:
+        for item, reason in zip(*(lambda r: (r.items, r.reasons))(strict.recommend(user, K))):
+            if reason["because"] is None:
+                unnamed += 1
+                assert reason["text"] == UNNAMED_REASON and "because_title" not in reason
+                continue
+            named += 1
+            others = (users_of[str(reason["because"])] & users_of[str(item)]) - {str(user)}
+            assert len(others) >= need, (user, item, reason)
+    assert named and unnamed  # both sides of the rule were exercised on this data
+
+
+def test_the_support_count_cut_short_then_finished_names_what_the_exact_count_names(settings, downloaded,
+                                                                                    monkeypatch):
+    """Pairs are first judged on the first SUPPORT_CHUNK users of their rarer item, the undecided ones counted
+    exactly after: with a chunk of one user nearly every pair takes the exact round, and the reasons are the same."""
+    import recops.serving.engine as engine_module
+
+    strict = engine(settings, downloaded, min_reason_support=4)
+    users = strict.user_ids[:30]
+    usual = [strict.recommend(user, K).reasons for user in users]
+    monkeypatch.setattr(engine_module, "SUPPORT_CHUNK", 1)
+    assert [strict.recommend(user, K).reasons for user in users] == usual
+
+
+def test_without_reasons_no_answer_carries_one_and_explain_adds_nothing(settings, downloaded):
+    quiet = engine(settings, downloaded, reasons=False)
+    user = quiet.user_ids[3]
+    rec = quiet.recommend(user, K, explain=True)
+    assert len(rec.items) == K and rec.reasons == [None] * K
+    assert quiet.reasons_for(user, np.arange(K)) == [None] * K  # what a cached list is served with
+    assert quiet._booster is None  # explain computed nothing
 
 
 def test_an_unknown_user_gets_the_popularity_fallback_marked_as_such(model):
