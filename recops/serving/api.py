@@ -3,7 +3,8 @@
 Endpoints:
 
 - ``GET /recommendations/{user_id}?k=10[&explain=true][&request_id=...]``: the engine's list
-  (``recops.serving.engine``) with original item ids, scores, the model version, a reason per item and, for
+  (``recops.serving.engine``) with original item ids, scores, the model version, a reason per item (none with
+  ``serving.reasons: false``: then the answer's schema has ``reason: null`` and ``explain`` adds nothing) and, for
   users the version does not know, the popularity fallback marked as such. A fresh cached list (batch scoring's
   or an earlier answer's, keyed by model version; ``recops.serving.cache``) is served when there is one for at
   least ``k`` items and the user has no live event since; otherwise the list is scored live.
@@ -21,6 +22,11 @@ Endpoints:
   details, including the last failed reload and ``alias_warning``: a sentence when the champion alias was moved
   outside recops, e.g. with the registry UI's buttons, else null), ``GET /metrics`` (Prometheus text), ``/docs``
   (OpenAPI).
+- Readers: when the environment variable named by ``serving.read_token_env`` (``RECOPS_READ_TOKEN``) holds a token
+  (16 characters at least), ``GET /recommendations`` needs ``Authorization: Bearer <token>`` (compared in constant
+  time, 401 before anything of the request is looked at); without one the server warns at start that anyone who
+  reaches it can read any user's list. ``/health``, ``/ready``, ``/metrics`` and ``/docs`` stay open: they carry
+  no user's data (counts, versions, route templates — never a user id).
 - Producers: when the environment variable named by ``serving.events_token_env`` (``RECOPS_EVENTS_TOKEN``) holds a
   token (16 characters at least), ``POST /events`` needs ``Authorization: Bearer <token>`` (compared in constant
   time, 401 otherwise); without one the server warns at start that anyone who reaches it can write events.
@@ -61,9 +67,10 @@ from types import SimpleNamespace
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.openapi.docs import get_redoc_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -94,8 +101,10 @@ class FeatureContribution(BaseModel):
 
 
 class Reason(BaseModel):
-    because: AnyId | None = Field(description="the item of the user's history this one is most similar to; null "
-                                              "for a user without history")
+    because: AnyId | None = Field(description="the item of the user's history this one is most similar to, among "
+                                              "those at least serving.min_reason_support other users interacted "
+                                              "with together with this one; null for a user without history or "
+                                              "when no history item is shared by that many")
     because_title: str | None = Field(None, description="its display name (data.item_attributes.title)")
     similarity: float | None = Field(None, description="cosine similarity of the two items")
     text: str = Field(description="the reason in words", examples=["because you interacted with 50"])
@@ -127,6 +136,24 @@ class Recommendations(BaseModel):
                                              "yet; null: the ranker's list")
     cached: bool = Field(description="served from the cache (recops batch-score --cache) instead of scored live")
     cache_source: str | None = Field(None, description="who wrote the cached list (batch / online)")
+
+
+NO_REASONS = "always null: this server gives no reasons (serving.reasons: false)"
+
+
+class RecommendedItemWithoutReason(RecommendedItem):
+    """An item of a server with ``serving.reasons: false``: the schema itself says there is no reason."""
+
+    reason: None = Field(None, description=NO_REASONS)
+
+
+class RecommendationsWithoutReasons(Recommendations):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "user_id": 196, "model_name": "recops-ranker", "model_version": "3",
+        "items": [{"item_id": 50, "title": "Star Wars", "score": 1.92, "explored": False, "reason": None}],
+        "fallback": None, "cached": False, "cache_source": None}]})
+
+    items: list[RecommendedItemWithoutReason]
 
 
 class EventResult(BaseModel):
@@ -450,6 +477,13 @@ def configured_token(env: str) -> str | None:
     return token
 
 
+def check_tokens(cfg: Any) -> dict[str, str | None]:
+    """The configured tokens (admin, events, read) of ``serving``: a RecopsError before anything starts when one is
+    too short, so that a server never runs with a guessable secret (or, with several workers, each worker dies
+    on it in turn)."""
+    return {env: configured_token(env) for env in (cfg.admin_token_env, cfg.events_token_env, cfg.read_token_env)}
+
+
 def bearer_matches(request: Request, token: str | None) -> bool:
     """True without a configured token; otherwise whether ``Authorization: Bearer <token>`` was sent (compared in
     constant time)."""
@@ -589,9 +623,31 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     def admin_token() -> str | None:
         return configured_token(cfg.admin_token_env)
 
-    if configured_token(cfg.events_token_env) is None:
+    tokens = check_tokens(cfg)
+    if tokens[cfg.events_token_env] is None:
         log.warning("POST /events accepts events from anyone who reaches this server: set %s to a token (at least "
                     "%d characters) to require Authorization: Bearer <token>", cfg.events_token_env, MIN_TOKEN_CHARS)
+    read_token = tokens[cfg.read_token_env]
+    if read_token is None:
+        log.warning("GET /recommendations answers anyone who reaches this server, for any user%s: set %s to a token "
+                    "(at least %d characters) to require Authorization: Bearer <token>",
+                    " (and its reasons name the items of their history)" if cfg.reasons else "", cfg.read_token_env,
+                    MIN_TOKEN_CHARS)
+    read_needs = (f"GET /recommendations needs Authorization: Bearer <the token in {cfg.read_token_env}>")
+    bearer = HTTPBearer(auto_error=False, scheme_name="readToken",
+                        description=f"the token in {cfg.read_token_env} (reads need it when it is set)")
+
+    async def reader(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        """A dependency, so that it runs before the request's parameters are validated: without the token, nothing
+        of the request (not even whether the user id is well formed) is looked at. Constant-time comparison; the
+        401 names the variable, never the token."""
+        sent = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(sent.encode("utf-8", "replace"), read_token.encode()):
+            raise HTTPException(401, detail=read_needs, headers={"WWW-Authenticate": "Bearer"})
+
+    read_guard = [Depends(reader)] if read_token is not None else []
+    unauthorised = ({401: {"description": read_needs, "content": {"application/json": {"example": {
+        "detail": read_needs}}}}} if read_token is not None else {})
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
@@ -626,15 +682,20 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     # Scored on the event loop, not in the thread pool: a worker has one core, and threads taking turns on the GIL
     # only add switches (one worker, 8 connections: 292 -> 464 req/s, p99 51 -> 23 ms; BENCHMARKS.md); a slow
     # request delays the next ones of its worker alone.
-    @app.get("/recommendations/{user_id}", summary="Top-k items for a user", response_model=Recommendations)
+    @app.get("/recommendations/{user_id}", summary="Top-k items for a user",
+             response_model=Recommendations if cfg.reasons else RecommendationsWithoutReasons,
+             dependencies=read_guard, responses=unauthorised)
     async def recommendations(
         user_id: Annotated[str, PathParam(pattern=ID_PATTERN, description="the user's original id")],
         k: Annotated[int, Query(ge=1, le=cfg.max_k, description="list length")] = cfg.default_k,
-        explain: Annotated[bool, Query(description="add the ranker's top feature contributions")] = False,
+        explain: Annotated[bool, Query(description="add the ranker's top feature contributions to each reason"
+                                       if cfg.reasons else "ignored: this server gives no reasons "
+                                       "(serving.reasons: false)")] = False,
         request_id: Annotated[str | None, Query(max_length=128, pattern=ID_PATTERN)] = None,
     ) -> dict[str, Any]:
         holder.catch_up()  # what other workers were told: an acknowledged event shows in every worker's answer
         model = served()  # this request's model, whatever a swap does meanwhile
+        explain = explain and cfg.reasons  # nothing to explain without reasons: the answer may come from the cache
         asked = user_id
         if holder.pseudo is not None:  # from here on the user is their pseudonym: the cache, the log, the engine
             user_id = edge_pseudonym(holder.pseudo, user_id)
@@ -830,6 +891,7 @@ def run_workers(settings: Settings, params: Path, version: str, bundle_dir: Path
 
     import multiprocessing
 
+    check_tokens(settings.serving)  # a short token stops here, not in every worker in turn
     downloads = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
     try:
         # in a child process, so that the supervisor does not keep a loaded model's memory (and imports) for life

@@ -590,6 +590,127 @@ def test_events_need_the_producer_token_when_one_is_configured(project, monkeypa
         create_app(local, version="1")
 
 
+# ----------------------------------------------------------------------------------------------------- privacy
+def walk(node, path=""):
+    """(path, key, value) of every entry of a JSON answer."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield path, key, value
+            yield from walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value, f"{path}[]")
+
+
+def test_without_reasons_no_answer_names_anything_of_a_users_history(project):
+    from fastapi.testclient import TestClient
+
+    from recops.serving.api import create_app
+
+    _, settings = project
+    quiet = local_settings(settings)
+    quiet = quiet.model_copy(update={"serving": quiet.serving.model_copy(update={"reasons": False})})
+    with TestClient(create_app(quiet, version="1"), raise_server_exceptions=False) as client:
+        holder = client.app.state.holder
+        # a user without live events (the module's other tests post some): their list is cached after one answer
+        user = next(str(u) for u in holder.current.user_ids if ("1", str(u)) not in holder.fresh)
+        answers = {"live": client.get(f"/recommendations/{user}", params={"k": 5}).json(),
+                   "cached": client.get(f"/recommendations/{user}", params={"k": 5}).json(),
+                   "explain": client.get(f"/recommendations/{user}", params={"k": 5, "explain": "true"}).json(),
+                   "fallback": client.get("/recommendations/someone-new", params={"k": 5}).json()}
+        spec = client.get("/openapi.json").json()
+    assert answers["cached"]["cached"] and not answers["live"]["cached"]
+    assert answers["fallback"]["fallback"] == "unknown_user"
+    for name, body in answers.items():
+        assert len(body["items"]) == 5 and all(item["reason"] is None for item in body["items"]), (name, body)
+        assert not {"because", "because_title", "similarity", "text", "features"} & {k for _, k, _ in walk(body)}
+    # the schema says so: a client generated from it has no reason to read
+    item = spec["components"]["schemas"]["RecommendedItemWithoutReason"]["properties"]["reason"]
+    assert item["type"] == "null" and "serving.reasons: false" in item["description"]
+    parameters = spec["paths"]["/recommendations/{user_id}"]["get"]["parameters"]
+    explain = next(p for p in parameters if p["name"] == "explain")
+    assert "ignored" in explain["description"]
+
+
+def test_explain_names_only_the_requesters_history_in_pairs_other_users_share(app_client, project):
+    """explain=true: ids of the requester and of items only; an item of the history is named only for a pair at
+    least serving.min_reason_support other users had both of (counted here from the interaction table)."""
+    _, settings = project
+    need = settings.serving.min_reason_support
+    log = pd.read_parquet(settings.path("interactions"))
+    log = log.astype({Columns.USER_ID: str, Columns.ITEM_ID: str})
+    history = log.groupby(Columns.USER_ID)[Columns.ITEM_ID].agg(set)
+    users_of = log.groupby(Columns.ITEM_ID)[Columns.USER_ID].agg(set)
+    holder = app_client.app.state.holder
+    features = set(holder.current.feature_names)
+    app_client.get("/ready")  # takes in what the module's other tests logged: those users' histories grew since
+    users = [user for user in sorted(history.index) if ("1", user) not in holder.fresh][:12]
+    named = 0
+    for user in users:
+        body = app_client.get(f"/recommendations/{user}", params={"k": 10, "explain": "true"}).json()
+        assert str(body["user_id"]) == user and body["fallback"] is None
+        # no other user id can be in it: the only id-valued fields are the user's own and items'
+        assert [k for _, k, _ in walk(body) if "user" in k] == ["user_id"]
+        assert {k for _, k, _ in walk(body)} <= {
+            "user_id", "model_name", "model_version", "items", "fallback", "cached", "cache_source", "item_id",
+            "title", "score", "explored", "reason", "because", "because_title", "similarity", "text", "features",
+            "feature", "contribution"}
+        for item in body["items"]:
+            reason = item["reason"]
+            assert {f["feature"] for f in reason["features"]} <= features
+            if reason["because"] is not None:
+                named += 1
+                because = str(reason["because"])
+                assert because in history[user]
+                assert len((users_of[because] & users_of[str(item["item_id"])]) - {user}) >= need, (user, item)
+    assert named
+
+
+def test_reads_need_the_read_token_when_one_is_configured(project, monkeypatch, caplog):
+    from fastapi.testclient import TestClient
+
+    from recops.errors import RecopsError
+    from recops.serving.api import create_app
+
+    ws, settings = project
+    token = "reader-token-0123456789abcdef"
+    monkeypatch.setenv(settings.serving.read_token_env, token)
+    answers = []
+    with caplog.at_level(logging.DEBUG), TestClient(create_app(local_settings(settings), version="1"),
+                                                    raise_server_exceptions=False) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789abcdef"}, {"Authorization": token},
+                        {"Authorization": f"Basic {token}"}):
+            answers.append(client.get("/recommendations/13", params={"k": 3}, headers=headers))
+            assert answers[-1].status_code == 401 and answers[-1].headers["www-authenticate"] == "Bearer"
+        # refused before anything of the request is looked at: a malformed id is not even validated
+        answers.append(client.get("/recommendations/%20bad%20", params={"k": -1}))
+        assert answers[-1].status_code == 401
+        answers.append(client.get("/recommendations/13", params={"k": 3}, headers={"Authorization": f"Bearer {token}"}))
+        assert answers[-1].status_code == 200 and len(answers[-1].json()["items"]) == 3
+        for path in ("/health", "/ready", "/metrics", "/docs"):  # carry no user's data: stay open
+            answers.append(client.get(path))
+            assert answers[-1].status_code == 200, path
+        assert set(answers[-3].json()) <= {  # /ready: versions, counts and states, no user id
+            "ready", "model_name", "version", "bundle_sha256", "users", "items", "loaded_at", "events_applied",
+            "requested", "last_error", "last_check", "swaps", "cache", "trust", "alias_warning"}
+        spec = client.get("/openapi.json").json()
+    assert "readToken" in spec["components"]["securitySchemes"]
+    assert "401" in spec["paths"]["/recommendations/{user_id}"]["get"]["responses"]
+    assert settings.serving.read_token_env in answers[0].json()["detail"]
+    assert all(token not in answer.text for answer in answers) and token not in caplog.text
+    assert "GET /recommendations answers anyone" not in caplog.text  # reads are not open
+    monkeypatch.setenv(settings.serving.read_token_env, "short-secret")
+    with pytest.raises(RecopsError, match="at least 16") as refused:
+        create_app(local_settings(settings), version="1")
+    assert "short-secret" not in str(refused.value)
+    # recops serve with several workers: refused before any worker (or port) starts
+    served = subprocess.run([str(BIN / "recops"), "serve", "--port", str(free_port()), "--workers", "2"], cwd=ws,
+                            env={**run_env(ws), settings.serving.read_token_env: "short-secret"},
+                            capture_output=True, text=True, timeout=120)
+    assert served.returncode == 1 and "at least 16" in served.stdout + served.stderr
+    assert "short-secret" not in served.stdout + served.stderr and "Traceback" not in served.stderr
+
+
 # ------------------------------------------------------------------------------------------ local bundle trust
 def local_settings(settings):
     return settings.model_copy(update={"serving": settings.serving.model_copy(update={
