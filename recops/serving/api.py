@@ -74,7 +74,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from recops.config import Settings
+from recops.config import ServingConfig, Settings
 from recops.data.events import ID_PATTERN, Event, acceptance_problem, parse_strict_json, validation_problems
 from recops.errors import RecopsError
 from recops.redaction import redact
@@ -477,7 +477,7 @@ def configured_token(env: str) -> str | None:
     return token
 
 
-def check_tokens(cfg: Any) -> dict[str, str | None]:
+def check_tokens(cfg: ServingConfig) -> dict[str, str | None]:
     """The configured tokens (admin, events, read) of ``serving``: a RecopsError before anything starts when one is
     too short, so that a server never runs with a guessable secret (or, with several workers, each worker dies
     on it in turn)."""
@@ -633,7 +633,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
                     "(at least %d characters) to require Authorization: Bearer <token>",
                     " (and its reasons name the items of their history)" if cfg.reasons else "", cfg.read_token_env,
                     MIN_TOKEN_CHARS)
-    read_needs = (f"GET /recommendations needs Authorization: Bearer <the token in {cfg.read_token_env}>")
+    read_needs = f"GET /recommendations needs Authorization: Bearer <the token in {cfg.read_token_env}>"
     bearer = HTTPBearer(auto_error=False, scheme_name="readToken",
                         description=f"the token in {cfg.read_token_env} (reads need it when it is set)")
 

@@ -602,7 +602,7 @@ def walk(node, path=""):
             yield from walk(value, f"{path}[]")
 
 
-def test_without_reasons_no_answer_names_anything_of_a_users_history(project):
+def test_without_reasons_no_answer_names_anything_of_a_users_history(project, caplog):
     from fastapi.testclient import TestClient
 
     from recops.serving.api import create_app
@@ -610,7 +610,8 @@ def test_without_reasons_no_answer_names_anything_of_a_users_history(project):
     _, settings = project
     quiet = local_settings(settings)
     quiet = quiet.model_copy(update={"serving": quiet.serving.model_copy(update={"reasons": False})})
-    with TestClient(create_app(quiet, version="1"), raise_server_exceptions=False) as client:
+    with caplog.at_level(logging.WARNING), TestClient(create_app(quiet, version="1"),
+                                                      raise_server_exceptions=False) as client:
         holder = client.app.state.holder
         # a user without live events (the module's other tests post some): their list is cached after one answer
         user = next(str(u) for u in holder.current.user_ids if ("1", str(u)) not in holder.fresh)
@@ -619,6 +620,9 @@ def test_without_reasons_no_answer_names_anything_of_a_users_history(project):
                    "explain": client.get(f"/recommendations/{user}", params={"k": 5, "explain": "true"}).json(),
                    "fallback": client.get("/recommendations/someone-new", params={"k": 5}).json()}
         spec = client.get("/openapi.json").json()
+    # reads are open here (no RECOPS_READ_TOKEN): said at start, like open events
+    env = settings.serving.read_token_env
+    assert f"GET /recommendations answers anyone who reaches this server, for any user: set {env}" in caplog.text
     assert answers["cached"]["cached"] and not answers["live"]["cached"]
     assert answers["fallback"]["fallback"] == "unknown_user"
     for name, body in answers.items():
