@@ -337,6 +337,11 @@ def finish(settings: Settings, request: dict[str, Any], version: str) -> dict[st
                 reason=f"forget request {request_id}" + (f": {request['reason']}" if request["reason"] else ""),
                 forget_request=request_id)
     counts = dict(request["counts"])
+    try:  # what the retraining's ingest dropped through the list (all of their rows, whatever the source)
+        ingested = json.loads((settings.path("raw_dir") / "ingest.json").read_text(encoding="utf-8"))
+        counts["interactions_dropped_at_ingest"] = int(ingested.get("forgotten_rows_dropped", 0))
+    except (OSError, ValueError):
+        pass
     erased_versions, files = _erase_versions(settings, versions, str(version), request_id)
     counts["artifact_files"] = files
     counts["dvc_cache_objects"] = _dvc_gc(settings)

@@ -67,6 +67,7 @@ from types import SimpleNamespace
 from typing import Annotated, Any
 
 import numpy as np
+import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.openapi.docs import get_redoc_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -224,6 +225,24 @@ class ModelHolder:
         if self._events:
             log.info("replaying %d logged event(s) not yet in a snapshot onto the loaded version", len(self._events))
 
+    def _drop_forgotten(self) -> None:
+        """Drop the events of users forgotten since they were told (``recops forget`` erased them from the log and
+        lists them in ``paths.forgotten``): a version loaded now must not learn them again from memory."""
+        from recops.forget import forgotten_mask
+
+        if not self._events:
+            return
+        try:
+            gone = forgotten_mask(self.settings, pd.Series([str(e["user_id"]) for e in self._events]))
+        except RecopsError as exc:
+            log.warning("the list of forgotten users could not be read (%s): events kept in memory", exc)
+            return
+        if gone is not None and gone.any():
+            forgotten = {str(e["user_id"]) for e, drop in zip(self._events, gone) if drop}
+            self._events = [e for e, drop in zip(self._events, gone) if not drop]
+            self.fresh = {(v, u) for v, u in self.fresh if u not in forgotten}
+            log.info("dropped %d event(s) of %d forgotten user(s) from memory", int(gone.sum()), len(forgotten))
+
     # --- loading ----------------------------------------------------------------------------------------------
 
     def target_version(self) -> str:
@@ -315,6 +334,7 @@ class ModelHolder:
             try:
                 model = self.load(target if self.bundle_dir is None else None, force)
                 with self._lock:
+                    self._drop_forgotten()
                     for event in self._events:  # what this server was told since it started
                         try:
                             model.add_event(**event)

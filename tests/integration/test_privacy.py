@@ -222,9 +222,31 @@ def test_forget_erases_users_everywhere_retrains_and_promotes(runs):
     settings = settings_of(ws)
     client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
     before = {str(v.version) for v in client.search_model_versions(f"name='{settings.registry.model_name}'")}
-    proc = cli(ws, "forget", *map(str, targets), "--reason", "asked to be forgotten", "-q")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert "forgot 3 user(s)" in proc.stdout
+    # a server running through the request, told of one of them live (its memory holds their event)
+    from fastapi.testclient import TestClient
+
+    from recops.serving.api import create_app
+
+    os.environ[KEY_ENV] = KEY
+    local = settings.model_copy(update={"serving": settings.serving.model_copy(update={
+        "reload_poll_seconds": 0, "cache": settings.serving.cache.model_copy(update={"backend": "memory"})})})
+    running = TestClient(create_app(local), raise_server_exceptions=False)
+    running.__enter__()
+    try:
+        told = running.post("/events", json={"user_id": targets[0], "item_id": int(events["sku"].iloc[-1]),
+                                             "timestamp": float(events["ts"].max() - 30)})
+        assert told.status_code == 202
+        proc = cli(ws, "forget", *map(str, targets), "--reason", "asked to be forgotten", "-q")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        assert "forgot 3 user(s)" in proc.stdout
+        holder = running.app.state.holder
+        assert holder.reload()["changed"]  # what its poll does: the new champion, without their events
+        assert not [e for e in holder._events if int(e["user_id"]) in gone]
+        answer = running.get(f"/recommendations/{targets[0]}", params={"k": 5}).json()
+        assert answer["fallback"] is not None and answer["cached"] is False
+    finally:
+        running.__exit__(None, None, None)
+        os.environ.pop(KEY_ENV, None)
     # nowhere in the project: tables (prepared, split, candidates, features, bundle, reports), DVC's cache,
     # MLflow's artifacts; nor as text in any file (MLflow's database, JSON, logs)
     assert ids_in_tables(ws, gone) == []
