@@ -78,6 +78,10 @@ def _token(salt: str, stored: Any) -> str:
     return hashlib.sha256(_TOKEN_LABEL + salt.encode() + b"\0" + str(stored).encode()).hexdigest()
 
 
+def has_forgotten(settings: Settings) -> bool:
+    return bool(_read_list(settings)["tokens"])
+
+
 def forgotten_mask(settings: Settings, user_ids: pd.Series) -> np.ndarray | None:
     """Which rows belong to forgotten users (True: drop), hashing each distinct id once; None when nobody was
     forgotten."""
@@ -139,7 +143,32 @@ def _known(settings: Settings, stored: list[Any]) -> set[str]:
             found |= wanted & set(ids.unique())
     for path in _event_files(settings):
         found |= {user for user, _ in _matching_lines(path, wanted)}
+    if found != wanted:  # in the source but not ingested yet (a snapshot staged, a file replaced by hand)
+        found |= _in_source(settings, wanted - found)
     return found
+
+
+def _in_source(settings: Settings, wanted: set[str]) -> set[str]:
+    from recops.privacy import Pseudonymizer, pseudonymized_with
+
+    cfg = settings.data
+    if cfg.source != "file" or not cfg.interactions_path:
+        return set()
+    path = settings.resolve(cfg.interactions_path)
+    if not path.is_file():
+        return set()
+    column = cfg.columns.user
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            ids = pd.read_parquet(path, columns=[column])[column]
+        else:
+            ids = pd.read_csv(path, sep=cfg.csv_separator, usecols=[column], low_memory=False)[column]
+    except (ValueError, OSError):
+        return set()  # ingest names what is wrong with the file
+    pseudo = Pseudonymizer.from_settings(settings)
+    if pseudo is not None and pseudonymized_with(path) is None:
+        ids = pseudo.column(ids, str(path))
+    return wanted & set(ids.astype(str).unique())
 
 
 # --- the event log ----------------------------------------------------------------------------------------------------

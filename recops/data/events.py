@@ -400,9 +400,11 @@ def stage_snapshot(settings: Settings, source: Path, staging: Path, include_even
     reads it as it is; the raw snapshot is never copied under the project."""
     from recops.privacy import Pseudonymizer, mark_pseudonymized, pseudonymized_with
 
+    from recops.forget import forgotten_mask, has_forgotten
+
     pseudo = Pseudonymizer.from_settings(settings)
     take_events = include_events and bool(event_files(settings))
-    if pseudo is None and not take_events:
+    if pseudo is None and not take_events and not has_forgotten(settings):
         shutil.copy2(source, staging)
         return [], 0
     sep = settings.data.csv_separator
@@ -417,6 +419,11 @@ def stage_snapshot(settings: Settings, source: Path, staging: Path, include_even
             if user not in frame.columns:
                 raise RecopsError(f"snapshot {source}: no user column {user!r} to pseudonymise (data.columns.user)")
             frame[user] = pseudo.column(frame[user], f"snapshot {source}")
+    user = settings.data.columns.user
+    gone = forgotten_mask(settings, frame[user]) if user in frame.columns else None
+    if gone is not None and gone.any():  # users forgotten earlier that the upstream export still has
+        log.info("snapshot %s: %d row(s) of forgotten users left out", source, int(gone.sum()))
+        frame = frame[~gone].reset_index(drop=True)
     combined, files, added = with_events(frame, settings) if take_events else (frame, [], 0)
     if ".parquet" in staging.name:
         combined.to_parquet(staging, index=False)

@@ -227,18 +227,28 @@ def test_forget_erases_users_everywhere_retrains_and_promotes(runs):
 
     from recops.serving.api import create_app
 
+    # ... with its lists cached in Redis (the project's params say so, so that forget clears them there)
+    import redis
+
+    prefix = f"recops-test-forget-{os.getpid()}"
+    set_params(ws, serving={"cache": {"backend": "redis", "key_prefix": prefix}})
+    settings = settings_of(ws)
     os.environ[KEY_ENV] = KEY
-    local = settings.model_copy(update={"serving": settings.serving.model_copy(update={
-        "reload_poll_seconds": 0, "cache": settings.serving.cache.model_copy(update={"backend": "memory"})})})
+    local = settings.model_copy(update={"serving": settings.serving.model_copy(update={"reload_poll_seconds": 0})})
     running = TestClient(create_app(local), raise_server_exceptions=False)
     running.__enter__()
+    store = redis.Redis.from_url(settings.serving.cache.redis_url)
     try:
         told = running.post("/events", json={"user_id": targets[0], "item_id": int(events["sku"].iloc[-1]),
                                              "timestamp": float(events["ts"].max() - 30)})
         assert told.status_code == 202
+        assert running.get(f"/recommendations/{targets[1]}", params={"k": 5}).json()["fallback"] is None
+        cached = [k.decode() for k in store.scan_iter(match=f"{prefix}:*")]
+        assert any(k.endswith(f":u:{g}") for k in cached for g in gone)
         proc = cli(ws, "forget", *map(str, targets), "--reason", "asked to be forgotten", "-q")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
         assert "forgot 3 user(s)" in proc.stdout
+        assert not [k for k in store.scan_iter(match=f"{prefix}:*") if any(str(g) in k.decode() for g in gone)]
         holder = running.app.state.holder
         assert holder.reload()["changed"]  # what its poll does: the new champion, without their events
         assert not [e for e in holder._events if int(e["user_id"]) in gone]
@@ -247,6 +257,10 @@ def test_forget_erases_users_everywhere_retrains_and_promotes(runs):
     finally:
         running.__exit__(None, None, None)
         os.environ.pop(KEY_ENV, None)
+        for key in store.scan_iter(match=f"{prefix}:*"):
+            store.unlink(key)
+        set_params(ws, serving={"cache": {"backend": "memory"}})
+        settings = settings_of(ws)
     # nowhere in the project: tables (prepared, split, candidates, features, bundle, reports), DVC's cache,
     # MLflow's artifacts; nor as text in any file (MLflow's database, JSON, logs)
     assert ids_in_tables(ws, gone) == []
@@ -267,6 +281,7 @@ def test_forget_erases_users_everywhere_retrains_and_promotes(runs):
     audit = json.loads(audit_files[0].read_text())
     assert audit["users"] == 3 and audit["new_version"] == new and audit["counts"]["source_rows"] > 0
     assert audit["reason"] == "asked to be forgotten" and audit["counts"]["artifact_files"] > 0
+    assert audit["counts"]["cache_entries"] >= 1 and audit["counts"]["event_lines"] >= 1
     assert not (ws / ".recops/forget-pending.json").exists()
     # the champion's server knows them no more: the unknown-user fallback, as for anyone never seen
     from fastapi.testclient import TestClient
@@ -288,3 +303,24 @@ def test_forget_erases_users_everywhere_retrains_and_promotes(runs):
         again = cli(ws, "forget", *ids, "-q")
         assert again.returncode == 0 and "nothing to forget" in again.stdout, again.stderr[-2000:]
     assert str(client.get_registered_model(settings.registry.model_name).aliases["champion"]) == new
+
+
+def test_an_interrupted_forget_is_finished_by_running_the_same_command(runs):
+    from recops import forget
+
+    ws, _, _, events = runs
+    targets = [str(int(u)) for u in np.unique(events["uid"])[3:5]]
+    os.environ[KEY_ENV] = KEY
+    try:
+        request = forget.start(settings_of(ws), targets, reason="interrupted")  # then the process was killed
+    finally:
+        os.environ.pop(KEY_ENV, None)
+    assert (ws / ".recops/forget-pending.json").is_file()
+    other = cli(ws, "forget", "7", "-q")
+    assert other.returncode == 1 and "did not finish" in other.stderr and request["request_id"] in other.stderr
+    done = cli(ws, "forget", *targets, "-q")
+    assert done.returncode == 0 and "forgot 2 user(s)" in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
+    assert (ws / f"reports/privacy/forget-{request['request_id']}.json").is_file()
+    assert not (ws / ".recops/forget-pending.json").exists()
+    gone = set(pseudonyms([int(t) for t in targets]).values())
+    assert not set(pd.read_parquet(ws / "data/prepared/interactions.parquet")["user_id"]) & gone
