@@ -50,6 +50,7 @@ def main() -> None:
     if not (folder / ".dvc").is_dir():
         subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=folder, check=True)
         (folder / "dvc.yaml").symlink_to(ROOT / "dvc.yaml")
+    (folder / "data" / "external").mkdir(parents=True, exist_ok=True)  # a dependency of ingest in dvc.yaml
     for name in ("pipelines", "recops"):  # what dvc.yaml's stages name as dependencies
         if not (folder / name).exists():
             (folder / name).symlink_to(ROOT / name)

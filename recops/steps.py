@@ -145,6 +145,12 @@ def ingest(settings: Settings) -> dict[str, float]:
             inputs[name]["columns_read"] = [str(c) for c in frame.columns]
     kept = _retain(interactions, settings.privacy.retention_days)
     dropped = int(len(interactions) - kept.sum()) if kept is not None else 0
+    expired_files = 0
+    if kept is not None:  # the event log's files of days wholly before the kept period go too
+        from recops.data.events import expire_event_files
+
+        newest = float(pd.to_numeric(interactions[Columns.TIMESTAMP], errors="coerce").max())
+        expired_files = expire_event_files(settings, newest - settings.privacy.retention_days * 86_400)
     if kept is not None and dropped:
         interactions = interactions[kept].reset_index(drop=True)
         log.info("ingest: retention of %g days dropped %d interactions older than %s", settings.privacy.retention_days,
@@ -180,7 +186,8 @@ def ingest(settings: Settings) -> dict[str, float]:
             "inputs": inputs,
             "pseudonymized": None if pseudo is None else {"key_fingerprint": pseudo.fingerprint,
                                                           "key_env": settings.privacy.key_env},
-            "retention": {"days": settings.privacy.retention_days, "rows_dropped": dropped},
+            "retention": {"days": settings.privacy.retention_days, "rows_dropped": dropped,
+                          "event_files_deleted": expired_files},
             "forgotten_rows_dropped": erased,
         }, indent=2, sort_keys=True) + "\n")
         _replace_dir(staging, raw_dir)

@@ -377,6 +377,30 @@ def _where(events: pd.DataFrame, shown: int = 5) -> str:
     return "; ".join(parts) + (f" and {len(events) - shown} more" if len(events) > shown else "")
 
 
+def expire_event_files(settings: Settings, cutoff: float) -> int:
+    """Delete the event log's day files (live, ingested and set-aside) whose whole day lies before ``cutoff``
+    (unix seconds; ``privacy.retention_days`` before the newest interaction); the number deleted. Servers tailing a
+    live file that goes away stop tracking it (its events are older than anything kept anyway)."""
+    import re
+    from datetime import datetime, timezone
+
+    folder = settings.root / settings.serving.event_log_dir
+    if not folder.is_dir():
+        return 0
+    deleted = 0
+    for path in sorted(folder.rglob("*.jsonl")):
+        match = re.search(r"-(\d{8})\.jsonl$", path.name)
+        if not match:
+            continue
+        day_end = datetime.strptime(match.group(1), "%Y%m%d").replace(tzinfo=timezone.utc).timestamp() + 86_400
+        if day_end <= cutoff:
+            path.unlink(missing_ok=True)
+            deleted += 1
+    if deleted:
+        log.info("retention: %d event log file(s) older than the kept period deleted from %s", deleted, folder)
+    return deleted
+
+
 def mark_ingested(files: list[Path]) -> None:
     """Move consumed event files to ``ingested/`` (kept, not deleted: the log stays auditable)."""
     for path in files:

@@ -178,13 +178,18 @@ def test_a_snapshot_is_pseudonymised_when_staged_and_retention_drops_old_rows(ru
     assert set(pd.read_parquet(ws / "data/prepared/interactions.parquet")["user_id"]) == set(mapping.values())
 
     days = 100
+    old = ws / "data/events/ingested/events-20190101.jsonl"  # a day wholly before the kept period
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_text('{"user_id":"1","item_id":"2","timestamp":1546300800.0,"weight":1.0}\n')
     kept = settings.model_copy(update={"privacy": settings.privacy.model_copy(update={"retention_days": days})})
     steps.ingest(kept)
     newest = staged["ts"].max()
     prepared = pd.read_parquet(ws / "data/prepared/interactions.parquet")
     assert len(prepared) == int((staged["ts"] >= newest - days * 86_400).sum()) < len(staged)
     record = json.loads((ws / "data/raw/ingest.json").read_text())
-    assert record["retention"] == {"days": days, "rows_dropped": int(len(staged) - len(prepared))}
+    assert record["retention"] == {"days": days, "rows_dropped": int(len(staged) - len(prepared)),
+                                   "event_files_deleted": 1}
+    assert not old.exists() and list((ws / "data/events").glob("events-*.jsonl"))  # today's file stays
     assert set(pd.read_parquet(ws / "data/prepared/users.parquet")["user_id"]) == set(prepared["user_id"])
 
 
