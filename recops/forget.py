@@ -148,9 +148,18 @@ def _known(settings: Settings, stored: list[Any]) -> set[str]:
     return found
 
 
-def _in_source(settings: Settings, wanted: set[str]) -> set[str]:
+def _as_stored(settings: Settings, path: Path, ids: pd.Series) -> pd.Series:
+    """A source file's user ids as recops keeps them: pseudonymised when privacy is on and the file is the user's
+    raw one (not marked as written with pseudonyms), as they are otherwise."""
     from recops.privacy import Pseudonymizer, pseudonymized_with
 
+    pseudo = Pseudonymizer.from_settings(settings)
+    if pseudo is not None and pseudonymized_with(path) is None:
+        return pseudo.column(ids, str(path))
+    return ids
+
+
+def _in_source(settings: Settings, wanted: set[str]) -> set[str]:
     cfg = settings.data
     if cfg.source != "file" or not cfg.interactions_path:
         return set()
@@ -165,10 +174,7 @@ def _in_source(settings: Settings, wanted: set[str]) -> set[str]:
             ids = pd.read_csv(path, sep=cfg.csv_separator, usecols=[column], low_memory=False)[column]
     except (ValueError, OSError):
         return set()  # ingest names what is wrong with the file
-    pseudo = Pseudonymizer.from_settings(settings)
-    if pseudo is not None and pseudonymized_with(path) is None:
-        ids = pseudo.column(ids, str(path))
-    return wanted & set(ids.astype(str).unique())
+    return wanted & set(_as_stored(settings, path, ids).astype(str).unique())
 
 
 # --- the event log ----------------------------------------------------------------------------------------------------
@@ -231,9 +237,9 @@ def _erase_events(settings: Settings, stored: list[Any]) -> int:
 
 
 def _rewrite_source(settings: Settings, source: str | None, column: str | None, stored: list[Any]) -> int:
-    """Rewrite a source file of the project without the users' rows (same format; marked as pseudonymised when it
-    was, or when its raw ids were matched through pseudonyms); the rows removed."""
-    from recops.privacy import Pseudonymizer, mark_pseudonymized, pseudonymized_with
+    """Rewrite a source file of the project without the users' rows (same format; still marked as pseudonymised
+    when it was); the rows removed."""
+    from recops.privacy import mark_pseudonymized, pseudonymized_with
 
     if not source or not column:
         return 0
@@ -251,12 +257,8 @@ def _rewrite_source(settings: Settings, source: str | None, column: str | None, 
     frame = pd.read_parquet(path) if parquet else pd.read_csv(path, sep=sep, low_memory=False)
     if column not in frame.columns:
         return 0
-    pseudo = Pseudonymizer.from_settings(settings)
     marked = pseudonymized_with(path)
-    ids = frame[column]
-    if pseudo is not None and marked is None:  # the user's raw file: match its rows through their pseudonyms
-        ids = pseudo.column(ids, str(path))
-    drop = ids.astype(str).isin({str(s) for s in stored}).to_numpy()
+    drop = _as_stored(settings, path, frame[column]).astype(str).isin({str(s) for s in stored}).to_numpy()
     if not drop.any():
         return 0
     kept = frame[~drop]

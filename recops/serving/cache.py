@@ -245,21 +245,19 @@ class MemoryCache(RecommendationCache):
         with self._lock:
             self._entries.pop((str(version), str(user_id)), None)
 
-    def forget_user(self, user_id: str) -> int:
-        user_id = str(user_id)
+    def _drop(self, position: int, value: str) -> int:
+        """Drop the entries whose key (version, user) holds ``value`` at ``position``; how many there were."""
         with self._lock:
-            doomed = [key for key in self._entries if key[1] == user_id]
+            doomed = [key for key in self._entries if key[position] == value]
             for key in doomed:
                 del self._entries[key]
         return len(doomed)
 
+    def forget_user(self, user_id: str) -> int:
+        return self._drop(1, str(user_id))
+
     def clear_version(self, version: str) -> int:
-        version = str(version)
-        with self._lock:
-            doomed = [key for key in self._entries if key[0] == version]
-            for key in doomed:
-                del self._entries[key]
-        return len(doomed)
+        return self._drop(0, str(version))
 
     def close(self) -> None:
         with self._lock:
