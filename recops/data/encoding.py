@@ -1,12 +1,15 @@
 """Dense int32 indices for users and items, made once, and the way back to the original ids.
 
-Index ``k`` of ``IdIndex.user_ids`` is the original id of user ``k``; ids are sorted so the mapping does not
-depend on row order. Everything between the split and the reports works on the dense indices.
+Index ``k`` of ``IdIndex.user_ids`` is the original id of user ``k``. Items are numbered in id order. Users are
+numbered in the order of their first interaction (time, then row order), never by the value of their id: a run
+on pseudonymised ids (``privacy.pseudonymize``) numbers every user as the run on raw ids does, so the models'
+seeded initialisations, the ranker's query order and every metric are the same. Everything between the split
+and the reports works on the dense indices.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -18,6 +21,12 @@ from recops.columns import Columns
 class IdIndex:
     user_ids: np.ndarray
     item_ids: np.ndarray
+    _user_order: np.ndarray = field(init=False, repr=False, compare=False)
+    _item_order: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_user_order", np.argsort(self.user_ids, kind="stable"))
+        object.__setattr__(self, "_item_order", np.argsort(self.item_ids, kind="stable"))
 
     @property
     def n_users(self) -> int:
@@ -29,7 +38,9 @@ class IdIndex:
 
     @classmethod
     def from_interactions(cls, interactions: pd.DataFrame) -> IdIndex:
-        users = np.sort(pd.unique(interactions[Columns.USER_ID].to_numpy()))
+        users = interactions[Columns.USER_ID].to_numpy()
+        by_time = np.argsort(interactions[Columns.TIMESTAMP].to_numpy(), kind="stable")
+        users = pd.unique(users[by_time])  # in order of first interaction; ties in row order
         items = np.sort(pd.unique(interactions[Columns.ITEM_ID].to_numpy()))
         return cls(user_ids=users, item_ids=items)
 
@@ -41,10 +52,10 @@ class IdIndex:
         return out
 
     def user_index(self, ids: np.ndarray) -> np.ndarray:
-        return _lookup(self.user_ids, ids, "user")
+        return _lookup(self.user_ids, self._user_order, ids, "user")
 
     def item_index(self, ids: np.ndarray) -> np.ndarray:
-        return _lookup(self.item_ids, ids, "item")
+        return _lookup(self.item_ids, self._item_order, ids, "item")
 
     def to_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         users = pd.DataFrame({Columns.USER: np.arange(self.n_users, dtype=np.int32), Columns.USER_ID: self.user_ids})
@@ -59,10 +70,12 @@ class IdIndex:
         )
 
 
-def _lookup(sorted_ids: np.ndarray, ids: np.ndarray, kind: str) -> np.ndarray:
-    pos = np.searchsorted(sorted_ids, ids)
-    pos_clipped = np.minimum(pos, len(sorted_ids) - 1)
-    unknown = sorted_ids[pos_clipped] != ids
+def _lookup(known: np.ndarray, order: np.ndarray, ids: np.ndarray, kind: str) -> np.ndarray:
+    """The positions of ``ids`` in ``known`` (``order`` sorts ``known``); KeyError naming how many are unknown."""
+    ids = np.asarray(ids)
+    pos = np.minimum(np.searchsorted(known, ids, sorter=order), len(known) - 1)
+    found = order[pos] if len(known) else pos
+    unknown = known[found] != ids if len(known) else np.ones(len(ids), dtype=bool)
     if unknown.any():
         raise KeyError(f"{int(unknown.sum())} unknown {kind} ids, e.g. {ids[unknown][:5].tolist()}")
-    return pos.astype(np.int32)
+    return found.astype(np.int32)

@@ -87,8 +87,8 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
         scoring_seconds = time.perf_counter() - scored
         bundle_sha256 = bundle.manifest_sha256
     index = model  # the version's own ids
-    per_user = np.bincount(np.searchsorted(index.user_ids, frame[Columns.USER_ID].to_numpy()),
-                           minlength=index.n_users)
+    per_user = (frame[Columns.USER_ID].value_counts().reindex(pd.Index(index.user_ids), fill_value=0)
+                .to_numpy())
     short = int((per_user < k).sum())
     if short:
         log.warning("%d of %d users got fewer than k = %d items (a user's list holds at most the version's "

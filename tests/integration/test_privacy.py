@@ -97,16 +97,11 @@ def test_a_pseudonymised_run_scores_as_the_raw_run_does(runs):
     ws, _, raw_ws, _ = runs
     on = json.loads((ws / "reports/metrics.json").read_text())
     off = json.loads((raw_ws / "reports/metrics.json").read_text())
-    keys = [k for k in off if k.startswith("test.") and ("ndcg@10" in k or "recall@20" in k)]
-    assert keys and set(keys) <= set(on)
-    # the same rows, split and seeds: every candidate source scores exactly as on raw ids; the ranker's training
-    # queries come in the users' index order, which follows the ids (sorted), so LightGBM sums its gradients in
-    # another order and the ranker moves within noise (measured: -0.005 NDCG@10 on these 60 users)
-    for key in keys:
-        if key.startswith("test.ranker."):
-            assert on[key] == pytest.approx(off[key], abs=0.02), (key, on[key], off[key])
-        else:
-            assert on[key] == pytest.approx(off[key], rel=1e-12, abs=1e-12), (key, on[key], off[key])
+    keys = [k for k in off if k.startswith(("test.", "valid.", "candidates."))]
+    assert any(k.startswith("test.ranker.ndcg@10") for k in keys) and set(keys) <= set(on)
+    # the same rows, split and seeds, and users numbered by their first interaction, not by their ids: every
+    # source, the ranker's queries and so every metric come out exactly as on raw ids
+    assert {k: on[k] for k in keys} == {k: off[k] for k in keys}
 
 
 def test_without_the_key_nothing_runs_and_nothing_is_lost(runs):

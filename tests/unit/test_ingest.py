@@ -1,5 +1,6 @@
 """Reading users' own files through a column mapping, and the errors for files that cannot be read."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -75,14 +76,29 @@ def test_attribute_table_keeps_declared_columns_under_the_canonical_id(tmp_path)
     assert list(frame.columns) == [Columns.ITEM_ID, "price", "color"]
 
 
-def test_id_index_is_dense_sorted_and_reversible():
-    frame = pd.DataFrame({Columns.USER_ID: [30, 10, 30], Columns.ITEM_ID: [7, 5, 9], Columns.TIMESTAMP: [1, 2, 3]})
+def test_id_index_numbers_users_by_first_interaction_and_is_reversible():
+    frame = pd.DataFrame({Columns.USER_ID: [30, 10, 30, 20], Columns.ITEM_ID: [7, 5, 9, 5],
+                          Columns.TIMESTAMP: [1, 2, 3, 1]})
     index = IdIndex.from_interactions(frame)
     encoded = index.encode(frame)
-    assert encoded[Columns.USER].tolist() == [1, 0, 1]
-    assert index.item_ids[encoded[Columns.ITEM]].tolist() == [7, 5, 9]
+    assert index.user_ids.tolist() == [30, 20, 10]  # first interaction time, ties in row order; never id order
+    assert encoded[Columns.USER].tolist() == [0, 2, 0, 1]
+    assert index.item_ids.tolist() == [5, 7, 9] and index.item_ids[encoded[Columns.ITEM]].tolist() == [7, 5, 9, 5]
     users, items = index.to_frames()
-    assert IdIndex.from_frames(users, items).user_ids.tolist() == [10, 30]
+    assert IdIndex.from_frames(users, items).user_ids.tolist() == [30, 20, 10]
+    with pytest.raises(KeyError, match="1 unknown user ids, e.g. \\[11\\]"):
+        index.user_index(np.array([10, 11]))
+
+
+def test_renaming_users_keeps_every_users_number():
+    """What makes a pseudonymised run score as the raw run: the numbering depends on the rows, not the ids."""
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 1_000, 5_000)
+    frame = pd.DataFrame({Columns.USER_ID: raw, Columns.ITEM_ID: rng.integers(0, 50, 5_000),
+                          Columns.TIMESTAMP: rng.integers(0, 300, 5_000)})
+    renamed = frame.assign(**{Columns.USER_ID: (raw * 7_919 + 13) % 1_000_003})  # another id for everyone
+    a, b = IdIndex.from_interactions(frame), IdIndex.from_interactions(renamed)
+    assert np.array_equal(a.encode(frame)[Columns.USER], b.encode(renamed)[Columns.USER])
 
 
 def test_gzip_logs_are_read_and_a_fake_or_cut_gzip_is_named(tmp_path):
