@@ -30,7 +30,8 @@ def start_task(params_path: str, user_ids: list[str], reason: str | None, actor:
 @task(name="forget-finish", **TASK)
 def finish_task(params_path: str, request: dict[str, Any]) -> dict[str, Any]:
     settings = load_settings(params_path)
-    version = str(steps.read_json(settings.path("registry_report"))["model_version"])
+    version = forgetting.retrained_version(request) \
+        or str(steps.read_json(settings.path("registry_report"))["model_version"])
     return forgetting.finish(settings, request, version)
 
 
@@ -47,5 +48,6 @@ def forget_flow(user_ids: list[str], reason: str | None = None, actor: str | Non
         get_run_logger().info("nothing to forget: no data recops keeps names the %d user(s) given",
                               request["users"])
         return {"request_id": None, "users": request["users"], "users_known": 0}
-    training_flow_for(params_path)(params_path=params_path, push=push)
+    if forgetting.retrained_version(request) is None:  # else: interrupted after retraining; finish it
+        training_flow_for(params_path)(params_path=params_path, push=push)
     return finish_task(params_path, request)

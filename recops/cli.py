@@ -407,13 +407,17 @@ def forget(
             console.print(f"nothing to forget: no data recops keeps names the {request['users']} user id(s) given "
                           "(unknown users; nothing was changed)")
             return
-        from flows.training import training_flow_for
+        version = forgetting.retrained_version(request)
+        if version is None:
+            from flows.training import training_flow_for
+            from recops.steps import read_json
 
-        _prefect_terminal(quiet, verbose)
-        training_flow_for(str(params.resolve()))(params_path=str(params.resolve()), push=push)
-        from recops.steps import read_json
-
-        version = str(read_json(settings.path("registry_report"))["model_version"])
+            _prefect_terminal(quiet, verbose)
+            training_flow_for(str(params.resolve()))(params_path=str(params.resolve()), push=push)
+            version = str(read_json(settings.path("registry_report"))["model_version"])
+        else:
+            console.print(f"forget {request['request_id']}: retrained as version {version} before it was "
+                          "interrupted; finishing")
         audit = forgetting.finish(settings, request, version)
     except RecopsError as exc:
         _exit_on_user_error(exc)

@@ -18,14 +18,16 @@ A request runs in three parts; the training between them is the ordinary pipelin
    ranker, the serving bundle) and registers a new version;
 3. :func:`finish` — the new version becomes champion on the first-model gates (erasure does not wait for an A/B
    "ship"); only then are the earlier versions' artifacts that hold users (serving bundle, MF factors, reports with
-   recommendations) deleted from the artifact store and those versions tagged as never to be served again
+   recommendations) deleted from the artifact store — and the same artifacts of every other run of the
+   experiment, unregistered and deleted runs included — and those versions tagged as never to be served again
    (promote and rollback refuse them), and DVC's cache (and remote) cleared of every
    version the workspace no longer uses (they all held the users). An audit record (request id, time, actor,
    reason, counts — never an id) is written to ``paths.privacy_dir`` and logged on the new version's run.
 
 A request is recorded in ``.recops/forget-pending.json`` (local state, with the ids) until it finishes, so a run
-killed at any point is finished by running the same command again; the champion moves before any artifact is
-deleted, so it never points at a deleted one.
+killed at any point is finished by running the same command again (one killed once the retrained version is
+known to :func:`finish` is not retrained again); the champion moves before any artifact is deleted, so it never
+points at a deleted one.
 """
 
 from __future__ import annotations
@@ -350,6 +352,13 @@ def start(settings: Settings, raw_ids: list[str], reason: str | None = None,
     return request
 
 
+def retrained_version(request: dict[str, Any]) -> str | None:
+    """The version an interrupted request was retrained as (recorded by :func:`finish` before it promotes):
+    a rerun finishes with it instead of training again. None: the request has not reached :func:`finish`."""
+    version = request.get("version")
+    return str(version) if version is not None else None
+
+
 def finish(settings: Settings, request: dict[str, Any], version: str) -> dict[str, Any]:
     """Part 3 (module docstring): promote ``version`` (retrained without the users), then erase what the earlier
     versions and runs hold, then the audit record. Returns the audit record."""
@@ -362,6 +371,9 @@ def finish(settings: Settings, request: dict[str, Any], version: str) -> dict[st
     if record is None:
         raise RecopsError(f"version {version} is not registered: the retraining of forget request {request_id} "
                           "did not finish; run the request again")
+    if request.get("version") != str(version):  # a rerun after this point goes straight to finish (retrained)
+        request["version"] = str(version)
+        _pending_path(settings).write_text(json.dumps(request, indent=1) + "\n", encoding="utf-8")
     if "champion" not in (record.get("aliases") or []):
         promote(settings, ab_report=None, version=str(version), gates=settings.registry.first_model_gates,
                 actor=request["actor"],
@@ -415,20 +427,50 @@ def _erase_versions(settings: Settings, versions: list[dict[str, Any]], keep: st
 
     client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
     erased, files = [], 0
+    kept_run = next((r.get("run_id") for r in versions if str(r["version"]) == keep), None)
     for record in versions:
         if str(record["version"]) == keep or not record.get("run_id"):
             continue
         _, repo = _artifact_repository(settings, record["run_id"])
-        for name in USER_ARTIFACTS:
-            listed = _count_files(repo, name)
-            if listed:
-                repo.delete_artifacts(name)
-                files += listed
+        files += _delete_user_artifacts(repo)
         if not (record.get("tags") or {}).get(TAG_ERASED_BY_FORGET):
             client.set_model_version_tag(settings.registry.model_name, str(record["version"]),
                                          TAG_ERASED_BY_FORGET, request_id)
         erased.append(str(record["version"]))
+    files += _erase_unregistered_runs(settings, client, kept_run)
     return erased, files
+
+
+def _delete_user_artifacts(repo) -> int:
+    files = 0
+    for name in USER_ARTIFACTS:
+        listed = _count_files(repo, name)
+        if listed:
+            repo.delete_artifacts(name)
+            files += listed
+    return files
+
+
+def _erase_unregistered_runs(settings: Settings, client, keep_run: str | None) -> int:
+    """The same artifacts of every other run of the experiment, deleted runs included: a training whose
+    registration failed, or a run someone deleted (``mlflow gc`` would purge only the latter, and with their
+    metrics)."""
+    from mlflow.entities import ViewType
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    experiment = client.get_experiment_by_name(settings.registry.experiment)
+    if experiment is None:
+        return 0
+    files, token = 0, None
+    while True:
+        page = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL, max_results=500,
+                                  page_token=token)
+        for run in page:
+            if run.info.run_id != keep_run:
+                files += _delete_user_artifacts(get_artifact_repository(run.info.artifact_uri))
+        token = page.token
+        if not token:
+            return files
 
 
 def _count_files(repo, path: str) -> int:

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import BIN, NO_GATES, replace_param, run_env, set_params
 from tests.data.cases import PARAMS, clean_tables, write_case
+from tests.scan import files_under, tables_with_values
 
 pytestmark = pytest.mark.integration
 
@@ -189,27 +190,12 @@ def test_a_snapshot_is_pseudonymised_when_staged_and_retention_drops_old_rows(ru
 
 
 def project_files(ws):
-    return [p for p in ws.rglob("*") if p.is_file() and ".prefect" not in p.parts]
+    return files_under(ws)
 
 
 def ids_in_tables(ws, wanted: set[int]) -> list[str]:
-    """Files of the project (DVC's cache and MLflow's artifacts included) that are Parquet tables holding one of
-    ``wanted`` in any integer or text column (compressed pages hide ids from a byte scan)."""
-    import pyarrow.parquet as pq
-
-    texts = {str(w) for w in wanted}
-    found = []
-    for path in project_files(ws):
-        try:
-            table = pq.read_table(path)
-        except Exception:  # noqa: BLE001 (not a Parquet file)
-            continue
-        for name in table.column_names:
-            column = table.column(name).to_pandas()
-            if column.dtype.kind in "iu" and column.isin(list(wanted)).any() \
-                    or column.dtype == object and column.astype(str).isin(texts).any():
-                found.append(f"{path.relative_to(ws)}:{name}")
-    return found
+    """Parquet tables of the project (DVC's cache and MLflow's artifacts included) holding one of ``wanted``."""
+    return tables_with_values(project_files(ws), wanted)
 
 
 def test_forget_erases_users_everywhere_retrains_and_promotes(runs):
@@ -222,6 +208,14 @@ def test_forget_erases_users_everywhere_retrains_and_promotes(runs):
     settings = settings_of(ws)
     client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
     before = {str(v.version) for v in client.search_model_versions(f"name='{settings.registry.model_name}'")}
+    # a training whose registration failed, since deleted in the UI: its run still holds their lists
+    experiment = client.get_experiment_by_name(settings.registry.experiment).experiment_id
+    failed = client.create_run(experiment).info.run_id
+    planted = ws / ".recops/recommendations_test.parquet"
+    pd.DataFrame({"user_id": sorted(gone), "item_id": 1}).to_parquet(planted, index=False)
+    client.log_artifact(failed, str(planted), artifact_path="reports")
+    planted.unlink()
+    client.delete_run(failed)
     # a server running through the request, told of one of them live (its memory holds their event)
     from fastapi.testclient import TestClient
 
@@ -324,3 +318,60 @@ def test_an_interrupted_forget_is_finished_by_running_the_same_command(runs):
     assert not (ws / ".recops/forget-pending.json").exists()
     gone = set(pseudonyms([int(t) for t in targets]).values())
     assert not set(pd.read_parquet(ws / "data/prepared/interactions.parquet")["user_id"]) & gone
+
+
+class Killed(BaseException):
+    """What SIGKILL leaves behind, at a chosen point: everything durable so far, nothing after."""
+
+
+def test_a_forget_killed_after_its_promotion_leaves_a_serving_champion_and_a_rerun_only_finishes(runs, monkeypatch):
+    from fastapi.testclient import TestClient
+    from mlflow.tracking import MlflowClient
+
+    from recops import forget
+    from recops.registry.promotion import TAG_ERASED_BY_FORGET
+    from recops.serving.api import create_app
+
+    ws, _, _, events = runs
+    targets = [str(int(u)) for u in np.unique(events["uid"])[5:7]]
+    monkeypatch.setenv(KEY_ENV, KEY)
+    settings = settings_of(ws)
+    client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
+    name = settings.registry.model_name
+    request = forget.start(settings, targets, reason="killed after promotion")
+    retrain = cli(ws, "run", "-q")  # what the command runs between start and finish
+    assert retrain.returncode == 0, retrain.stderr[-4000:]
+    version = json.loads((ws / "reports/registry.json").read_text())["model_version"]
+    before = {str(v.version) for v in client.search_model_versions(f"name='{name}'")}
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(forget, "_erase_versions", killed)
+    with pytest.raises(Killed):
+        forget.finish(settings, request, str(version))
+    monkeypatch.undo()
+    monkeypatch.setenv(KEY_ENV, KEY)
+    # the champion moved first: it is the retrained version, complete, and a server loads and serves it
+    assert str(client.get_registered_model(name).aliases["champion"]) == str(version)
+    assert json.loads((ws / ".recops/forget-pending.json").read_text())["version"] == str(version)
+    unerased = [v for v in before - {str(version)}
+                if not client.get_model_version(name, v).tags.get(TAG_ERASED_BY_FORGET)]
+    assert unerased  # the earlier versions still wait for their erasure
+    local = settings.model_copy(update={"serving": settings.serving.model_copy(update={
+        "reload_poll_seconds": 0, "cache": settings.serving.cache.model_copy(update={"backend": "memory"})})})
+    other = int(np.unique(events["uid"])[-1])
+    with TestClient(create_app(local), raise_server_exceptions=False) as served:
+        answer = served.get(f"/recommendations/{other}", params={"k": 5}).json()
+        assert answer["model_version"] == str(version) and answer["fallback"] is None, answer
+        for user in targets:
+            assert served.get(f"/recommendations/{user}", params={"k": 5}).json()["fallback"] is not None
+    # the same command finishes it without training again: no new version, the earlier ones erased
+    done = cli(ws, "forget", *targets, "-q")
+    assert done.returncode == 0 and f"retrained as version {version} before it was interrupted" in done.stdout, \
+        done.stdout[-2000:] + done.stderr[-4000:]
+    assert {str(v.version) for v in client.search_model_versions(f"name='{name}'")} == before
+    assert all(client.get_model_version(name, v).tags.get(TAG_ERASED_BY_FORGET) for v in unerased)
+    assert str(client.get_registered_model(name).aliases["champion"]) == str(version)
+    assert not (ws / ".recops/forget-pending.json").exists()
+    assert (ws / f"reports/privacy/forget-{request['request_id']}.json").is_file()
