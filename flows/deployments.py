@@ -1,6 +1,6 @@
 """The scheduled deployments of recops, defined in code from params.yaml, served by one process.
 
-``recops deploy`` (``make deploy``) registers five deployments with the Prefect API (PREFECT_API_URL: the server
+``recops deploy`` (``make deploy``) registers six deployments with the Prefect API (PREFECT_API_URL: the server
 ``make server`` starts, or Prefect's ephemeral one) and executes their runs in this process until interrupted —
 Prefect's ``serve``, which needs no work pool and runs the flows from this checkout:
 
@@ -11,6 +11,7 @@ Prefect's ``serve``, which needs no work pool and runs the flows from this check
 | ``batch-score`` | recops-batch-score | every ``batch_interval_minutes`` |
 | ``ingest-snapshot`` | recops-ingest-snapshot | none: triggered with a snapshot path |
 | ``backtest`` | recops-backtest | ``backtest_cron``: the configuration judged on the rolling timeline |
+| ``monitoring`` | recops-monitoring | ``monitoring_cron``: online metrics of what was served |
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import timedelta
 
 from recops.config import Settings
 
-DEPLOYMENT_NAMES = ("training", "evaluate-and-promote", "batch-score", "ingest-snapshot", "backtest")
+DEPLOYMENT_NAMES = ("training", "evaluate-and-promote", "batch-score", "ingest-snapshot", "backtest", "monitoring")
 
 
 def build_deployments(settings: Settings, params_path: str) -> list:
@@ -27,6 +28,7 @@ def build_deployments(settings: Settings, params_path: str) -> list:
 
     from flows.backtest import backtest_flow_for
     from flows.lifecycle import batch_score_flow, evaluate_and_promote_flow, ingest_snapshot_flow
+    from flows.monitoring import monitoring_flow
     from flows.training import training_flow_for
 
     cfg = settings.deployments
@@ -52,6 +54,10 @@ def build_deployments(settings: Settings, params_path: str) -> list:
             name="backtest", schedule=CronSchedule(cron=cfg.backtest_cron, timezone=cfg.timezone),
             parameters={"params_path": params_path}, tags=tags,
             description="rolling-origin backtest of the configuration: recops vs every peer on the timeline"),
+        monitoring_flow.to_deployment(
+            name="monitoring", schedule=CronSchedule(cron=cfg.monitoring_cron, timezone=cfg.timezone),
+            parameters={"params_path": params_path}, tags=tags,
+            description="online metrics per served version and day: impression log x event log"),
     ]
 
 

@@ -787,6 +787,29 @@ def batch_score(
 
 
 @app.command()
+def monitor(params: Params = Path("params.yaml"), quiet: Quiet = False) -> None:
+    """Online metrics of what was served in the last monitoring.online_days days, per version and day: CTR@k,
+    coverage, novelty, explored slots' CTR, cold-user share (impression log x event log) ->
+    reports/monitoring/online.{json,html}."""
+    from recops import steps
+
+    settings, report = _with_settings(params, quiet, steps.online_metrics)
+    table = Table(title=f"online metrics: {report['impressions']} lists served, {report['events']} events "
+                        f"(clicks within {report['attribution_minutes']:g} min)", title_justify="left")
+    ks = sorted(settings.monitoring.ks)
+    columns = ["lists", "users", *(f"ctr@{k}" for k in ks), *(f"coverage@{k}" for k in ks), "explored_ctr",
+               "fallback_share"]
+    for name in ["version", "day", *columns]:
+        table.add_column(name, justify="left" if name in ("version", "day") else "right")
+    for row in report["rows"]:
+        table.add_row(str(row["version"]), row["day"], *(str(int(row[c])) if c in ("lists", "users")
+                                                          else _number(row.get(c)) for c in columns))
+    console.print(table if report["rows"] else "nothing was served in the window (serving.impressions off, "
+                  "or no request yet)")
+    console.print(f"report: {settings.paths.monitoring_dir}/online.html")
+
+
+@app.command()
 def serve(
     params: Params = Path("params.yaml"),
     version: Annotated[str, typer.Option(help="Alias (followed: hot swap when it moves) or version number.")]

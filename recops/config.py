@@ -51,6 +51,7 @@ class Paths(Strict):
     plots_dir: str = "reports/plots"
     headline_dir: str = "reports/headline"  # dvc metrics show: a few metrics per protocol and model (git-tracked)
     timings_dir: str = "reports/timings"  # seconds per stage and step: never in a DVC-tracked file
+    monitoring_dir: str = "reports/monitoring"  # online metrics, drift and off-policy reports (recops monitor)
     recommendations: str = "reports/recommendations_test.parquet"
     registry_report: str = "reports/registry.json"
     backtest_report: str = "reports/backtest.json"
@@ -321,6 +322,12 @@ class ABConfig(Strict):
     # also judge both versions' configurations on the rolling-timeline backtest (refitted before each cut, paired
     # per window and user); ship only if the challenger is better there too. Costs two two-stage backtests.
     timeline: bool = False
+    # CUPED: narrow the between-arm intervals of the simulated online test with each user's value of a covariate
+    # in the pre-period (the validation fold, right before the test period). activity: the user's number of
+    # interactions there (free; the best single covariate measured on ML-100k); champion_metric: primary_metric of
+    # the champion's list there, the champion rebuilt on the training fold (one more rebuild)
+    cuped: bool = True
+    cuped_covariate: Literal["activity", "champion_metric"] = "activity"
     guardrails: GuardrailsConfig = GuardrailsConfig()
 
 
@@ -342,9 +349,17 @@ class ComputeConfig(Strict):
     ranker_retries: int = Field(1, ge=0)  # refits of the distributed ranker after a worker is lost
 
 
+class MonitoringConfig(Strict):
+    """Watching production (recops.monitoring): online metrics from the impression and event logs."""
+
+    online_days: int = Field(7, ge=1)  # the online metrics cover the served lists of the last this many days
+    ks: list[int] = [5, 10]  # list depths of CTR@k, coverage@k and novelty@k
+
+
 class DeploymentsConfig(Strict):
     # Schedules of the Prefect deployments served by `recops deploy` (cron in the server's time zone, UTC)
     training_cron: str = "0 3 * * *"
+    monitoring_cron: str = "30 2 * * *"  # online metrics of the day before
     promotion_cron: str = "0 5 * * *"
     backtest_cron: str = "0 4 * * 0"
     batch_interval_minutes: float = Field(60.0, gt=0)
@@ -385,6 +400,17 @@ class CacheConfig(Strict):
     max_entries: int = Field(100_000, ge=1)  # memory backend: least recently used entries are evicted beyond this
 
 
+class ImpressionsConfig(Strict):
+    """The impression log (recops.serving.impressions): every served list, for online metrics and off-policy
+    evaluation."""
+
+    enabled: bool = True
+    flush_seconds: float = Field(1.0, gt=0.0, le=60.0)  # a SIGKILL loses at most this long of impressions
+    max_buffer: int = Field(100_000, ge=1)  # records held in memory when the disk stalls; the oldest go beyond
+    # an event of the user within this many minutes after an impression that showed its item is a click on it
+    attribution_minutes: float = Field(30.0, gt=0.0)
+
+
 class ServingConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -414,6 +440,7 @@ class ServingConfig(Strict):
     min_reason_support: int = Field(5, ge=0)
     max_body_bytes: int = Field(65_536, ge=1)
     event_log_dir: str = "data/events"  # durable log of POST /events (JSON lines) for the next snapshot
+    impressions: ImpressionsConfig = ImpressionsConfig()  # logged under <event_log_dir>/impressions
     # worker processes of recops serve (one port, one event log, one memory-mapped bundle); null: one per core
     workers: int | None = Field(None, ge=1)
 
@@ -436,6 +463,7 @@ class Settings(Strict):
     ab: ABConfig = ABConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     compute: ComputeConfig = ComputeConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     deployments: DeploymentsConfig = DeploymentsConfig()
     registry: RegistryConfig = RegistryConfig()
     serving: ServingConfig = ServingConfig()

@@ -1009,3 +1009,53 @@ def _gates_on_the_timeline(settings: Settings) -> bool:
     from recops.registry.promotion import parse_gates
 
     return parse_gates(settings.registry.first_model_gates).fold == "timeline"
+
+
+def online_metrics(settings: Settings, now: float | None = None) -> dict[str, Any]:
+    """Online metrics (recops.monitoring.online) of the lists served in the last ``monitoring.online_days`` days,
+    per version and day, from the impression log and the event log (live and ingested): written to
+    ``paths.monitoring_dir/online.json`` and ``online.html``; returns the report."""
+    from recops.data.events import read_events
+    from recops.monitoring.online import attribute_clicks, online_metrics as per_version_day
+    from recops.monitoring.report import render_table
+    from recops.serving.impressions import impressions_folder, read_impressions
+
+    started = time.perf_counter()
+    cfg = settings.monitoring
+    end = time.time() if now is None else now
+    start = end - cfg.online_days * 86_400
+    event_dir = settings.root / settings.serving.event_log_dir
+    shown, skipped = read_impressions(impressions_folder(event_dir), start=start, end=end)
+    window = settings.serving.impressions.attribution_minutes * 60
+    files = sorted([*event_dir.glob("events-*.jsonl"), *(event_dir / "ingested").glob("events-*.jsonl")]) \
+        if event_dir.is_dir() else []
+    events, _ = read_events(files, settings.data.id_type)
+    events = events[events[Columns.TIMESTAMP].between(start, end + window)]
+    reference = read_parquet(settings.path("interactions"))[Columns.ITEM_ID]
+    counts = reference.value_counts()
+    table = per_version_day(attribute_clicks(shown, events, window), cfg.ks, n_items=len(counts),
+                            reference_counts=counts)
+    report = {
+        "window": {"start": _iso(start), "end": _iso(end), "days": cfg.online_days},
+        "attribution_minutes": settings.serving.impressions.attribution_minutes,
+        "impressions": int(shown["impression_id"].nunique()) if len(shown) else 0,
+        "events": int(len(events)),
+        "unreadable_impression_lines": skipped,
+        "rows": json.loads(table.to_json(orient="records")),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    out = settings.path("monitoring_dir")
+    write_json(report, out / "online.json")
+    (out / "online.html").write_text(render_table(
+        "recops online metrics", f"served {report['window']['start']} .. {report['window']['end']}: "
+        f"{report['impressions']} lists, {report['events']} events (clicks: an event on a shown item within "
+        f"{report['attribution_minutes']:g} minutes)", table), encoding="utf-8")
+    log.info("online metrics: %d lists served, %d events, %d version-days -> %s", report["impressions"],
+             report["events"], len(table), out / "online.json")
+    return report
+
+
+def _iso(seconds: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")

@@ -84,6 +84,7 @@ from recops.privacy import Pseudonymizer, pseudonym
 from recops.serving.bundle import check_local_bundle, check_pseudonym_key, load_bundle, verify_bundle
 from recops.serving.engine import Recommender, UnknownIdError
 from recops.serving.event_log import SharedEventLog
+from recops.serving.impressions import ImpressionLog, impressions_folder, served_record
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class Recommendations(BaseModel):
         "items": [{"item_id": 50, "title": "Star Wars", "score": 1.92, "explored": False,
                    "reason": {"because": 181, "because_title": "Return of the Jedi", "similarity": 0.87,
                               "text": "because you interacted with Return of the Jedi"}}],
-        "fallback": None, "cached": False, "cache_source": None}]})
+        "fallback": None, "cached": False, "cache_source": None, "impression_id": "5f0c2a9e41b7d3c8"}]})
 
     user_id: AnyId
     model_name: str
@@ -137,6 +138,8 @@ class Recommendations(BaseModel):
                                              "yet; null: the ranker's list")
     cached: bool = Field(description="served from the cache (recops batch-score --cache) instead of scored live")
     cache_source: str | None = Field(None, description="who wrote the cached list (batch / online)")
+    impression_id: str | None = Field(None, description="this answer's line in the impression log (the request_id "
+                                                        "when one was given); null when serving.impressions is off")
 
 
 NO_REASONS = "always null: this server gives no reasons (serving.reasons: false)"
@@ -152,7 +155,7 @@ class RecommendationsWithoutReasons(Recommendations):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "user_id": 196, "model_name": "recops-ranker", "model_version": "3",
         "items": [{"item_id": 50, "title": "Star Wars", "score": 1.92, "explored": False, "reason": None}],
-        "fallback": None, "cached": False, "cache_source": None}]})
+        "fallback": None, "cached": False, "cache_source": None, "impression_id": "5f0c2a9e41b7d3c8"}]})
 
     items: list[RecommendedItemWithoutReason]
 
@@ -601,6 +604,8 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     cfg = settings.serving
     holder = ModelHolder(settings, version, bundle_dir, downloads=downloads)
     cache = make_cache(cfg.cache, settings.registry.model_name)
+    impressions = (ImpressionLog(impressions_folder(settings.root / cfg.event_log_dir), cfg.impressions.flush_seconds,
+                                 cfg.impressions.max_buffer) if cfg.impressions.enabled else None)
 
     # Several worker processes (``run_workers`` sets PROMETHEUS_MULTIPROC_DIR before they start): each writes its
     # values to files there and /metrics sums the counters and histograms over all of them, whichever answers.
@@ -638,7 +643,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     @app.get(REDOC_JS_URL, include_in_schema=False)
     async def redoc_script() -> Response:
         return Response(redoc_js, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
-    app.state.holder, app.state.cache = holder, cache
+    app.state.holder, app.state.cache, app.state.impressions = holder, cache, impressions
 
     def admin_token() -> str | None:
         return configured_token(cfg.admin_token_env)
@@ -733,7 +738,11 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
                 reasons = model.reasons_for(user_id, dense)
                 items = [{"item_id": _plain_id(model.item_ids[j]), "title": model.title(j), "score": score,
                           "explored": False, "reason": reason} for (j, score), reason in zip(kept, reasons)]
-                return {**answer, "items": items, "fallback": None, "cached": True, "cache_source": hit.source}
+                # a cached list is shown as it is: every position deterministic
+                shown = logged(user_id, model.version, [i["item_id"] for i in items], [1.0] * len(items),
+                               [False] * len(items), True, None, request_id)
+                return {**answer, "items": items, "fallback": None, "cached": True, "cache_source": hit.source,
+                        "impression_id": shown}
             cache_lookups.labels("miss").inc()
         rec = model.recommend(user_id, k, request_id=request_id, explain=explain)
         if cacheable and rec.fallback is None and not any(rec.explored):
@@ -741,7 +750,20 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
         items = [{"item_id": item, "title": model.title(model.item_index(item)), "score": rec.scores[n],
                   "explored": bool(rec.explored and rec.explored[n]), "reason": rec.reasons[n] if rec.reasons else None}
                  for n, item in enumerate(rec.items)]
-        return {**answer, "items": items, "fallback": rec.fallback, "cached": False, "cache_source": None}
+        shown = logged(user_id, model.version, rec.items, rec.propensities or [1.0] * len(rec.items),
+                       rec.explored or [False] * len(rec.items), False, rec.fallback, request_id)
+        return {**answer, "items": items, "fallback": rec.fallback, "cached": False, "cache_source": None,
+                "impression_id": shown}
+
+    def logged(user_id: Any, version: str, items: list[Any], propensities: list[float | None],
+               explored: list[bool], cached: bool, fallback: str | None, request_id: str | None) -> str | None:
+        """Queue the answer's impression (no I/O here); its id, or None with the log off."""
+        if impressions is None:
+            return None
+        impression_id = request_id or uuid.uuid4().hex[:16]
+        impressions.record(served_record(impression_id, _plain_id(user_id), version, [_plain_id(i) for i in items],
+                                         propensities, explored, cached, fallback))
+        return impression_id
 
     @app.post("/events", status_code=202, summary="Record interactions and apply them to the served model",
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -845,11 +867,15 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
         if holder.current is None:
             holder.reload()
         holder.start_polling()
+        if impressions is not None:
+            impressions.start()
 
     @app.on_event("shutdown")
     def shutdown() -> None:
         holder.close()
         cache.close()
+        if impressions is not None:
+            impressions.close()
 
     if load:
         outcome = holder.reload()

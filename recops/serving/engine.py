@@ -123,6 +123,8 @@ class Recommendation:
     fallback: str | None = None
     explored: list[bool] = field(default_factory=list)
     reasons: list[dict[str, Any] | None] = field(default_factory=list)
+    # the probability that this policy shows each item at its position (exploration.apply_logged); None unknown
+    propensities: list[float | None] = field(default_factory=list)
 
 
 def cap_positions(lists: np.ndarray, categories: np.ndarray, cap: int, k: int) -> np.ndarray:
@@ -265,9 +267,10 @@ class Recommender:
     # --- scoring ------------------------------------------------------------------------------------------------
 
     def recommend_users(self, users: np.ndarray, k: int, keys: np.ndarray | None = None,
-                        block_users: int = 512, on_block=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        block_users: int = 512, on_block=None, propensities: bool = False):
         """(lists, scores, explored) of ``users`` (dense indices), each ``len(users) x k``, -1 / -inf padded;
-        ``on_block(n)`` after each block of ``n`` users (batch scoring's progress)."""
+        ``on_block(n)`` after each block of ``n`` users (batch scoring's progress). With ``propensities``, a
+        fourth array: the probability of each shown item at its position (``ExplorationPolicy.apply_logged``)."""
         from recops.candidates.merge import merged_candidate_blocks
         from recops.features.builder import gather_feature_matrix
         from recops.ranking import top_k_lists
@@ -306,7 +309,8 @@ class Recommender:
                 if on_block is not None:
                     on_block(len(batch))
             if not self.exploration.active:
-                return lists, scores, np.zeros(lists.shape, dtype=bool)
+                plain = (lists, scores, np.zeros(lists.shape, dtype=bool))
+                return (*plain, np.where(lists >= 0, 1.0, np.nan)) if propensities else plain
             if keys is None:
                 keys = request_keys(users, None, self.config.exploration.seed)
             excluded = self.user_items[users]
@@ -315,9 +319,9 @@ class Recommender:
                 rows = np.repeat(np.arange(len(users)), len(blocked))
                 excluded = (excluded + sp.csr_matrix((np.ones(len(rows), np.float32), (rows, np.tile(blocked,
                             len(users)))), shape=excluded.shape)).tocsr()
-            explored_lists, explored = self.exploration.apply(lists, keys, excluded)
+            explored_lists, explored, chance = self.exploration.apply_logged(lists, keys, excluded)
         scores = np.where(explored, np.nan, scores).astype(np.float32)
-        return explored_lists, scores, explored
+        return (explored_lists, scores, explored, chance) if propensities else (explored_lists, scores, explored)
 
     def recommend(self, user_id: Any, k: int, request_id: str | None = None,
                   explain: bool = False) -> Recommendation:
@@ -330,11 +334,11 @@ class Recommender:
             return Recommendation(str(user_id), self.item_ids[items].tolist(),
                                   self.sources["popularity"].popularity_[items].astype(float).tolist(),
                                   self.version, fallback=UNKNOWN_USER, explored=[False] * len(items),
-                                  reasons=[None] * len(items))
+                                  reasons=[None] * len(items), propensities=[1.0] * len(items))
         users = np.array([index], dtype=np.int32)
         keys = (request_keys(users, None if request_id is None else [request_id], self.config.exploration.seed)
                 if self.exploration.active else None)
-        lists, scores, explored = self.recommend_users(users, k, keys)
+        lists, scores, explored, chance = self.recommend_users(users, k, keys, propensities=True)
         keep = lists[0] >= 0
         items = lists[0][keep]
         history = self.user_items.row_items(index)
@@ -348,7 +352,8 @@ class Recommender:
         return Recommendation(
             str(user_id), self.item_ids[items].tolist(),
             [None if not np.isfinite(s) else float(s) for s in scores[0][keep]], self.version,
-            fallback=None if len(history) else COLD_USER, explored=explored[0][keep].tolist(), reasons=reasons)
+            fallback=None if len(history) else COLD_USER, explored=explored[0][keep].tolist(), reasons=reasons,
+            propensities=[None if not np.isfinite(c) else float(c) for c in chance[0][keep]])
 
     def _reasons(self, user: int, history: np.ndarray, items: np.ndarray) -> list[dict[str, Any] | None]:
         if not len(history) or not len(items):

@@ -49,7 +49,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from scipy import special
+from scipy import special, stats
 
 from recops.config import ExplorationConfig
 
@@ -301,6 +301,7 @@ class ExplorationPolicy:
     def apply(self, lists: np.ndarray, keys: np.ndarray,
               excluded: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rewrite the tail of every list with exploration items (see the module docstring for the rules).
+        :meth:`apply_logged` also gives each shown item's propensity.
 
         Args:
             lists: ``(n, k)`` dense item indices, best first, ``-1`` padding after the real items only.
@@ -315,6 +316,25 @@ class ExplorationPolicy:
         Raises:
             ValueError: Shapes do not match, padding is not at the end of a row, or an item is outside the
                 catalogue.
+        """
+        new_lists, explored, _ = self.apply_logged(lists, keys, excluded)
+        return new_lists, explored
+
+    def apply_logged(self, lists: np.ndarray, keys: np.ndarray,
+                     excluded: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`apply`, plus the *propensity* of every shown item: the probability that this policy shows
+        that item at that position of the row, what off-policy evaluation divides by (the impression log keeps
+        it). ``NaN`` for padding, and for Thompson's explored items (a Beta-draw ranking has no closed form).
+
+        - A position before the exploration slots: 1.
+        - epsilon-greedy: with ``E ~ Binomial(slots, epsilon)`` exploring slots, of which ``min(E, P)`` find an
+          item (``P``: the row's eligible items), the run of explored items covers positions
+          ``[first, first + min(E, P))`` with ``first = min(len, k - min(E, P))``. A ranker item at position
+          ``p`` is shown there exactly when ``p < first``; an explored item, by the symmetry of drawing without
+          replacement, stands at a covered position ``p`` with probability ``P(p is covered) / P``. Both are
+          summed over the ``slots + 1`` values of ``E``: exact for any number of slots. (With one slot: ``1 -
+          epsilon`` for the ranker's last item of a full list, ``epsilon / P`` for the explored one.)
+        - Thompson, a ranker item that survives: 1 (every slot explores).
         """
         lists = np.asarray(lists)
         if lists.ndim != 2 or not (lists.size == 0 or np.issubdtype(lists.dtype, np.integer)):
@@ -335,17 +355,38 @@ class ExplorationPolicy:
                 raise ValueError(f"excluded must have one row per list ({n}), got {excluded.shape[0]}")
         new_lists = lists.copy()
         explored = np.zeros((n, k), dtype=bool)
+        propensity = np.where(real, 1.0, np.nan)
         slots = min(self.config.slots, k)
         if not self.active or slots == 0 or n == 0:
-            return new_lists, explored
+            return new_lists, explored, propensity
 
         forbidden = self._forbidden(lists, real, excluded)
+        lengths = real.sum(axis=1)
         if self.config.policy == "epsilon_greedy":
-            chosen = self._epsilon_greedy(keys, forbidden, slots)
+            chosen, eligible = self._epsilon_greedy(keys, forbidden, slots)
+            self._place(new_lists, explored, lengths, chosen)
+            shown_ranker, covered = self._coverage(lengths, eligible, k, slots)
+            propensity = np.where(explored, covered / np.maximum(eligible, 1)[:, None],
+                                  np.where(new_lists >= 0, shown_ranker, np.nan))
         else:
             chosen = self._thompson(keys, forbidden, slots)
-        self._place(new_lists, explored, real.sum(axis=1), chosen)
-        return new_lists, explored
+            self._place(new_lists, explored, lengths, chosen)
+            propensity = np.where(explored | (new_lists < 0), np.nan, 1.0)
+        return new_lists, explored, propensity
+
+    def _coverage(self, lengths: np.ndarray, eligible: np.ndarray, k: int,
+                  slots: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(n, k)`` probabilities that position p still shows the ranker's item, and that the explored run
+        covers it, summed over the number of exploring slots (see :meth:`apply_logged`)."""
+        positions = np.arange(k)[None, :]
+        shown_ranker = np.zeros((len(lengths), k))
+        covered = np.zeros((len(lengths), k))
+        for e, weight in enumerate(stats.binom.pmf(np.arange(slots + 1), slots, self.config.epsilon)):
+            run = np.minimum(e, eligible)[:, None]
+            first = np.minimum(lengths[:, None], k - run)
+            shown_ranker += weight * (positions < first)
+            covered += weight * ((positions >= first) & (positions < first + run))
+        return np.minimum(shown_ranker, 1.0), np.minimum(covered, 1.0)  # sums of pmf weights: no 1 + 2e-16
 
     def _forbidden(self, lists: np.ndarray, real: np.ndarray, excluded: sp.csr_matrix | None) -> np.ndarray:
         """Sorted unique codes ``row * pool_size + pool_position`` of the pool items a row must not get."""
@@ -363,10 +404,12 @@ class ExplorationPolicy:
             parts.append(ex_rows[ex_positions >= 0] * p + ex_positions[ex_positions >= 0])
         return _sorted_unique(np.concatenate(parts))
 
-    def _epsilon_greedy(self, keys: np.ndarray, forbidden: np.ndarray, slots: int) -> np.ndarray:
-        """``(n, slots)`` chosen items, ``-1`` where a slot does not explore or finds no eligible item."""
+    def _epsilon_greedy(self, keys: np.ndarray, forbidden: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(n, slots)`` chosen items, ``-1`` where a slot does not explore or finds no eligible item; and each
+        row's number of eligible items before the first slot."""
         n, p = len(keys), len(self._pool)
         chosen = np.full((n, slots), -1, dtype=np.int64)
+        first_eligible = p - np.bincount(forbidden // p, minlength=n)
         rows_all = np.arange(n, dtype=np.int64)
         for s in range(slots):
             explores = _uniform(keys, _salt(_STREAM_DECIDE, s)) < self.config.epsilon
@@ -385,7 +428,7 @@ class ExplorationPolicy:
             positions = j + before
             chosen[rows, s] = self._pool[positions]
             forbidden = np.sort(np.concatenate([forbidden, rows * p + positions]))  # new codes were eligible
-        return chosen
+        return chosen, first_eligible
 
     def _thompson(self, keys: np.ndarray, forbidden: np.ndarray, slots: int) -> np.ndarray:
         """``(n, slots)`` items with the highest posterior draws per row, ``-1`` where none is eligible."""

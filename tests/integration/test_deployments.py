@@ -1,6 +1,6 @@
 """Scheduled deployments against a real local Prefect server: register them, trigger each, wait for the result.
 
-A separate `prefect server start` on a free port, `recops deploy` serving the five deployments, and runs
+A separate `prefect server start` on a free port, `recops deploy` serving the six deployments, and runs
 triggered with `prefect deployment run --watch` — the commands a user types. The project is a small own-data one
 (the clean tables of tests/data/cases.py) so that each training run takes seconds; the ingest-snapshot
 deployment then takes a second snapshot, with more interactions, through validation, training and the A/B.
@@ -31,7 +31,8 @@ from tests.data.cases import PARAMS, clean_tables, write_case
 pytestmark = pytest.mark.integration
 
 DEPLOYMENTS = ("recops-training/training", "recops-evaluate-and-promote/evaluate-and-promote",
-               "recops-batch-score/batch-score", "recops-ingest-snapshot/ingest-snapshot", "recops-backtest/backtest")
+               "recops-batch-score/batch-score", "recops-ingest-snapshot/ingest-snapshot", "recops-backtest/backtest",
+               "recops-monitoring/monitoring")
 
 
 def free_port() -> int:
@@ -99,7 +100,7 @@ def _served(fresh_workspace, prefect_db: tuple[str, str], mlflow_db: tuple[str, 
                     if subprocess.run([str(BIN / "prefect"), "deployment", "inspect", name], cwd=ws, env=env,
                                       capture_output=True).returncode == 0]
 
-        wait_for(lambda: len(deployments()) == len(DEPLOYMENTS), 120, "the five deployments")
+        wait_for(lambda: len(deployments()) == len(DEPLOYMENTS), 120, "the six deployments")
         yield ws, env, prefect_db, mlflow_db
     finally:
         for proc in (worker, server):

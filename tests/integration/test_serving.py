@@ -305,6 +305,7 @@ def test_mixed_load_with_a_worker_killed_loses_no_acknowledged_event_and_answers
     stop = threading.Event()
     statuses: Counter = Counter()
     acknowledged: list[tuple[str, str, float]] = []
+    answered: dict[str, float] = {}  # request id -> when its 200 came back (its impression must be logged)
 
     def produce(n: int) -> None:
         with httpx.Client(base_url=base, timeout=10) as client:
@@ -326,8 +327,12 @@ def test_mixed_load_with_a_worker_killed_loses_no_acknowledged_event_and_answers
             i = n
             while not stop.is_set():
                 try:
-                    statuses[client.get(f"/recommendations/{users[i % len(users)]}",
-                                        params={"k": 10, "request_id": f"m{i}"}).status_code] += 1
+                    response = client.get(f"/recommendations/{users[i % len(users)]}",
+                                          params={"k": 10, "request_id": f"m{i}"})
+                    statuses[response.status_code] += 1
+                    if response.status_code == 200:
+                        assert response.json()["impression_id"] == f"m{i}"
+                        answered[f"m{i}"] = time.time()
                 except httpx.HTTPError as exc:
                     statuses[type(exc).__name__] += 1
                 i += 2
@@ -339,6 +344,7 @@ def test_mixed_load_with_a_worker_killed_loses_no_acknowledged_event_and_answers
     time.sleep(LOAD_SECONDS / 3)
     victim = worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
+    killed_at = time.time()
     time.sleep(LOAD_SECONDS * 2 / 3)
     stop.set()
     for thread in threads:
@@ -354,6 +360,17 @@ def test_mixed_load_with_a_worker_killed_loses_no_acknowledged_event_and_answers
     # every worker, the new one included, applied every acknowledged event (the log is replayed at its start)
     applied = {httpx.get(f"{base}/ready").json()["events_applied"] for _ in range(20)}
     assert min(applied) >= len(set(acknowledged)), (applied, len(acknowledged))
+    # every answered list is in the impression log, but what the killed worker served in its last flush interval
+    from recops.serving.impressions import impressions_folder, read_impressions
+
+    flush = settings.serving.impressions.flush_seconds
+    time.sleep(2 * flush + 0.5)  # the live workers' last batches
+    shown, _ = read_impressions(impressions_folder(ws / settings.serving.event_log_dir))
+    logged = set(shown["impression_id"])
+    missing = {r: t for r, t in answered.items() if r not in logged}
+    assert all(killed_at - flush - 1.0 <= t <= killed_at + 1.0 for t in missing.values()), \
+        (len(missing), sorted(t - killed_at for t in missing.values())[:5])
+    assert len(answered) > 100 and len(missing) < 0.05 * len(answered)
 
 
 def test_the_next_snapshot_picks_up_the_served_events(server):
@@ -801,3 +818,77 @@ def test_a_local_bundle_is_served_as_an_unverified_folder_when_the_registry_is_u
     trust = check_local_bundle(away, settings.path("serving_bundle"))
     assert trust.version is None and trust.statement.startswith("unverified local folder")
     assert "could not be asked" in trust.statement and "pa55-w0rd-xyz" not in trust.statement
+
+
+def test_every_answer_is_in_the_impression_log_with_its_propensities(project, tmp_path):
+    """Live, cached and fallback answers each leave one line; with epsilon-greedy exploration the tail's
+    propensities are the policy's (1 - epsilon for the ranker's last item, epsilon / eligible for an explored one)."""
+    from fastapi.testclient import TestClient
+
+    from recops.serving.api import create_app
+    from recops.serving.impressions import impressions_folder, read_impressions
+
+    ws, settings = project
+    local = local_settings(settings)
+    # an event log of its own: no user has events since the bundle, so a repeated request is a cache hit
+    local = local.model_copy(update={"serving": local.serving.model_copy(update={
+        "event_log_dir": str(tmp_path / "events")})})
+    epsilon = 0.5
+    explore = local.model_copy(update={"serving": local.serving.model_copy(update={
+        "exploration": local.serving.exploration.model_copy(update={"policy": "epsilon_greedy", "slots": 1,
+                                                                    "epsilon": epsilon})})})
+    user = sorted(seen_by_user(settings))[0]
+    tag = uuid.uuid4().hex[:6]
+    with TestClient(create_app(local, version="1"), raise_server_exceptions=False) as client:
+        live = client.get(f"/recommendations/{user}", params={"k": 5}).json()
+        cached = client.get(f"/recommendations/{user}", params={"k": 5}).json()
+        unknown = client.get("/recommendations/no-such-user-" + tag, params={"k": 5}).json()
+        assert not live["cached"] and cached["cached"] and unknown["fallback"] == "unknown_user", (live, cached, unknown)
+        ids = {live["impression_id"], cached["impression_id"], unknown["impression_id"]}
+        assert None not in ids and len(ids) == 3
+    with TestClient(create_app(explore, version="1"), raise_server_exceptions=False) as client:
+        answers = [client.get(f"/recommendations/{user}", params={"k": 5, "request_id": f"{tag}-{i}"}).json()
+                   for i in range(60)]
+    # both apps flushed at shutdown
+    shown, skipped = read_impressions(impressions_folder(tmp_path / "events"))
+    assert skipped == 0
+    mine = shown[shown["impression_id"].isin(ids)]
+    assert mine.groupby("impression_id").size().to_dict() == {live["impression_id"]: 5, cached["impression_id"]: 5,
+                                                              unknown["impression_id"]: 5}
+    first = mine[mine["impression_id"] == live["impression_id"]]
+    assert first["item_id"].astype(str).tolist() == [str(i["item_id"]) for i in live["items"]]
+    assert (mine["propensity"] == 1.0).all() and (mine["version"] == "1").all() and not mine["explored"].any()
+    assert mine["user_id"].astype(str).isin([user]).sum() == 10  # the unknown user is logged as asked
+    assert mine.loc[mine["impression_id"] == cached["impression_id"], "cached"].all()
+    explored = shown[shown["impression_id"].str.startswith(tag + "-")]
+    assert explored["impression_id"].nunique() == 60
+    tail = explored[explored["position"] == 4]
+    n_explored = sum(a["items"][-1]["explored"] for a in answers)
+    assert 0 < n_explored < 60 and tail["explored"].sum() == n_explored
+    assert (tail.loc[~tail["explored"], "propensity"] == 1 - epsilon).all()
+    chances = tail.loc[tail["explored"], "propensity"]
+    assert ((chances > 0) & (chances <= epsilon / 2)).all()  # epsilon / eligible, and the pool holds many
+    assert (explored.loc[explored["position"] < 4, "propensity"] == 1.0).all()
+
+
+def test_recops_monitor_counts_a_click_on_a_served_item_per_version_and_day(project):
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import run_cli
+    from recops.serving.api import create_app
+
+    ws, settings = project
+    user = sorted(seen_by_user(settings))[1]
+    with TestClient(create_app(local_settings(settings), version="1"), raise_server_exceptions=False) as client:
+        answer = client.get(f"/recommendations/{user}", params={"k": 5}).json()
+        clicked = answer["items"][2]["item_id"]
+        assert client.post("/events", json={"user_id": user, "item_id": clicked,
+                                            "timestamp": time.time()}).status_code == 202
+    proc = run_cli(ws, "monitor")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "online metrics" in proc.stdout and "ctr@5" in proc.stdout
+    report = json.loads((ws / "reports/monitoring/online.json").read_text())
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    row = next(r for r in report["rows"] if r["version"] == "1" and r["day"] == today)
+    assert row["ctr@5"] > 0 and row["item_ctr@5"] > 0 and 0 < row["coverage@5"] <= 1
+    assert "<table>" in (ws / "reports/monitoring/online.html").read_text()

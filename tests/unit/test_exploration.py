@@ -375,3 +375,42 @@ def test_epsilon_greedy_is_vectorised_over_requests() -> None:
     new, mask = policy.apply(lists, keys, excluded)
     assert time.perf_counter() - started < 2.0
     assert 0.25 < mask.sum() / (2 * n) < 0.35
+
+
+# ---- propensities (what the impression log keeps for off-policy evaluation)
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_logged_propensities_are_the_frequencies_with_which_each_item_shows_at_its_position(slots: int) -> None:
+    """The same list served to many requests: how often each (position, item) pair shows must be the propensity
+    logged with it, for the ranker's items in the tail and for the explored ones."""
+    n, epsilon, k = 40_000, 0.3, 6
+    exposure = np.r_[np.zeros(10), np.ones(50)]  # items 0..9 form the pool
+    row = np.array([[20, 21, 22, 23, 24, 2]])  # pool item 2 in the list: 9 eligible
+    lists = np.repeat(row, n, axis=0)
+    policy = _policy(epsilon=epsilon, slots=slots, exposure=exposure)
+    new, mask, propensity = policy.apply_logged(lists, request_keys(np.arange(n), None, 0))
+    assert np.isfinite(propensity).all() and ((propensity > 0) & (propensity <= 1)).all()
+    assert (propensity[:, : k - slots] == 1).all()
+    for p in range(k - slots, k):
+        shown = new[:, p] == row[0, p]  # the ranker's item kept its place
+        expected = stats.binom.cdf(k - 1 - p, slots, epsilon)
+        assert np.allclose(propensity[shown, p], expected)
+        assert abs(shown.mean() - expected) < 5 * np.sqrt(expected * (1 - expected) / n)
+    for p in range(k - slots, k):  # an explored item: every eligible one equally likely at a covered position
+        logged = np.unique(propensity[mask[:, p], p])
+        assert len(logged) == 1, logged
+        for item in set(range(10)) - {2}:
+            share = (new[:, p] == item).mean()
+            assert abs(share - logged[0]) < 5 * np.sqrt(logged[0] * (1 - logged[0]) / n), (p, item)
+    if slots == 1:
+        assert np.allclose(propensity[mask[:, -1], -1], epsilon / 9)
+
+
+def test_propensities_are_one_without_exploration_and_unknown_for_thompsons_picks() -> None:
+    lists = _lists(50)
+    lists[0, 5:] = -1
+    _, _, none = _policy(policy="none").apply_logged(lists, request_keys(np.arange(50), None, 0))
+    assert (none[lists >= 0] == 1).all() and np.isnan(none[lists < 0]).all()
+    new, mask, thompson = _policy(policy="thompson").apply_logged(lists, request_keys(np.arange(50), None, 0))
+    assert np.isnan(thompson[mask]).all() and (thompson[~mask & (new >= 0)] == 1).all()
