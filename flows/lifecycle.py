@@ -55,6 +55,27 @@ def ab_task(params_path: str) -> dict[str, Any] | None:
     return run_ab(settings)
 
 
+@task(name="drift", **TASK)
+def drift_task(params_path: str) -> dict[str, Any] | None:
+    """``recops drift`` of the current snapshot against the champion's training data, logged to MLflow; None
+    without a champion (nothing to compare with)."""
+    from recops.evaluation.abtest import resolve_version
+    from recops.registry.report_runs import log_report_run
+
+    settings = load_settings(params_path)
+    try:
+        resolve_version(settings, "champion")
+    except RecopsError:
+        return None
+    out = steps.drift(settings)
+    folder = settings.path("monitoring_dir")
+    metrics = {f"{c['name']}.statistic": c["statistic"] for c in out["report"]["checks"]}
+    metrics |= {f"{c['name']}.drifted": float(c["drifted"]) for c in out["report"]["checks"]}
+    log_report_run(settings, "drift", metrics, [folder / "drift.json", folder / "drift.html"],
+                   tags={"recops.drift.decision": out["decision"]["decision"], "recops.drift.version": out["version"]})
+    return out
+
+
 @task(name="promote", **TASK)
 def promote_task(params_path: str, ab_report: dict[str, Any] | None) -> dict[str, Any] | None:
     """The promotion entry; None when nothing moved (a hold, nothing to evaluate). Without a champion the
@@ -89,6 +110,18 @@ def evaluate_and_promote_flow(params_path: str = "params.yaml") -> dict[str, Any
     COMPLETED state named ``Held`` whose message gives the reason."""
     send_recops_logs()
     params_path = str(Path(params_path).resolve())
+    drifted = with_retries(drift_task, params_path)(params_path)
+    if drifted is not None and drifted["decision"]["drift"]:
+        action = load_settings(params_path).monitoring.drift.action
+        why = "; ".join(drifted["decision"]["reasons"])
+        if action == "block":
+            return held(f"drift blocks the promotion (monitoring.drift.action: block): {why}",
+                        {"decision": None, "promotion": None, "drift": drifted["decision"]})
+        if action == "retrain":
+            get_run_logger().warning("drift: retraining on the current snapshot before the A/B: %s", why)
+            training_flow_for(params_path)(params_path=params_path)
+        else:
+            get_run_logger().warning("drift (monitoring.drift.action: warn, promotion goes on): %s", why)
     report = with_retries(ab_task, params_path)(params_path)
     entry = with_retries(promote_task, params_path)(params_path, report)
     refused = (entry or {}).get("refused")

@@ -538,6 +538,13 @@ def ab(
     rows = [(summary["primary_metric"], f"{summary['mean_a']:.4f} -> {summary['mean_b']:.4f}"),
             ("delta [CI]", f"{summary['delta']:+.4f} [{summary['ci_low']:+.4f}, {summary['ci_high']:+.4f}]"),
             ("p-value", f"{summary['p_value']:.3g}"), ("minimum detectable delta", f"{summary['mde']:.4f}")]
+    between = summary.get("online_metric") or {}
+    if between.get("ci_width_ratio") is not None:  # CUPED on (ab.cuped) and the covariate varied
+        rows.append(("between arms [CI]",
+                     f"{between['delta']:+.4f} [{between['ci_low']:+.4f}, {between['ci_high']:+.4f}]"))
+        rows.append((f"with CUPED on {between['covariate']}",
+                     f"{between['delta_cuped']:+.4f} [{between['ci_low_cuped']:+.4f}, "
+                     f"{between['ci_high_cuped']:+.4f}], CI width x {between['ci_width_ratio']:.3f}"))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
@@ -807,6 +814,32 @@ def monitor(params: Params = Path("params.yaml"), quiet: Quiet = False) -> None:
     console.print(table if report["rows"] else "nothing was served in the window (serving.impressions off, "
                   "or no request yet)")
     console.print(f"report: {settings.paths.monitoring_dir}/online.html")
+
+
+@app.command()
+def drift(params: Params = Path("params.yaml"),
+          version: Annotated[str, typer.Option(help="Alias or version whose training data is the reference.")]
+          = "champion",
+          quiet: Quiet = False) -> None:
+    """The current snapshot against what the champion was trained on: interactions (popularity concentration,
+    new items, cold users), the ranker's features, the champion's and the challenger's scores; and what the
+    gate (monitoring.drift.action) does about it -> reports/monitoring/drift.{json,html}."""
+    from recops import steps
+
+    settings, out = _with_settings(params, quiet, lambda s: steps.drift(s, version))
+    checks = out["report"]["checks"]
+    table = Table(title=f"drift vs version {out['version']}: {out['current']}", title_justify="left")
+    for name in ("check", "method", "statistic", "drifted"):
+        table.add_column(name, justify="left" if name in ("check", "method") else "right")
+    for check in sorted(checks, key=lambda c: (not c["drifted"], c["name"])):
+        table.add_row(check["name"], check["method"], _number(check["statistic"]), "yes" if check["drifted"] else "")
+    console.print(table)
+    for note in out["notes"]:
+        console.print(f"note: {note}")
+    decision = out["decision"]
+    console.print(f"gate ({settings.monitoring.drift.action}): {decision['decision']} — "
+                  + "; ".join(decision["reasons"]))
+    console.print(f"report: {settings.paths.monitoring_dir}/drift.html")
 
 
 @app.command()

@@ -349,11 +349,29 @@ class ComputeConfig(Strict):
     ranker_retries: int = Field(1, ge=0)  # refits of the distributed ranker after a worker is lost
 
 
+class DriftConfig(Strict):
+    """``recops drift`` (recops.monitoring.drift): the current snapshot against the champion's training data."""
+
+    # what a drifted snapshot does in evaluate-and-promote: block the promotion, retrain first, or only warn
+    action: Literal["block", "retrain", "warn"] = "warn"
+    max_drifted_share: float = Field(0.5, gt=0.0, le=1.0)  # dataset drift: this share of the checks drifted
+    # checks that act alone (the recommender-level ones: each needs an absolute change and 3 standard errors)
+    decisive_checks: list[str] = ["popularity_gini", "top_items_share", "new_item_share", "cold_user_share"]
+    # features that move with the clock whatever users do (ages, recencies): reported, never counted for the gate
+    ignore_features: list[str] = ["item_age_days", "item_days_since_last", "user_days_since_last",
+                                  "item_age_at_user_days"]
+    # "current": the interactions after the champion's history ended; fewer than min_rows -> the last window_days
+    min_rows: int = Field(200, ge=1)
+    window_days: float = Field(30.0, gt=0.0)
+    sample_rows: int = Field(5000, ge=100)  # feature rows compared per side (seeded sample)
+
+
 class MonitoringConfig(Strict):
-    """Watching production (recops.monitoring): online metrics from the impression and event logs."""
+    """Watching production (recops.monitoring): online metrics from the impression and event logs, drift."""
 
     online_days: int = Field(7, ge=1)  # the online metrics cover the served lists of the last this many days
     ks: list[int] = [5, 10]  # list depths of CTR@k, coverage@k and novelty@k
+    drift: DriftConfig = DriftConfig()
 
 
 class DeploymentsConfig(Strict):

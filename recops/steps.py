@@ -1059,3 +1059,93 @@ def _iso(seconds: float) -> str:
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+def drift(settings: Settings, version: str = "champion") -> dict[str, Any]:
+    """``recops drift``: the current snapshot against what ``version`` (the champion) was trained on, with the
+    gate's decision (``monitoring.drift``); written to ``paths.monitoring_dir/drift.{json,html}``.
+
+    Reference: the version's serving bundle (its interactions, and the sample of its ranker's training rows with
+    their scores that the bundle stage keeps). Current: the snapshot's interactions after the version's history
+    ended (or its last ``window_days`` when fewer than ``min_rows`` are new) and this run's newest feature rows
+    (the test fold). Scores: the version's ranker on its training sample vs on the current rows, and this run's
+    ranker (the challenger) vs the version's on the same current rows, each on its own scale."""
+    import lightgbm as lgb
+
+    from recops.evaluation.abtest import resolve_version
+    from recops.monitoring.drift import DriftGateConfig, DriftReport, drift_report, gate_decision, score_drift
+    from recops.registry.mlflow_registry import download_serving_bundle
+    from recops.serving.bundle import DRIFT_REFERENCE, load_bundle
+
+    started = time.perf_counter()
+    cfg = settings.monitoring.drift
+    number = resolve_version(settings, version)
+    with tempfile.TemporaryDirectory(prefix="recops-drift-") as tmp:
+        folder, sha, _ = download_serving_bundle(settings, number, Path(tmp))
+        bundle = load_bundle(folder, sha)
+        pairs = bundle.confidence.tocoo()
+        reference = pd.DataFrame({Columns.USER_ID: bundle.user_ids[pairs.row], Columns.ITEM_ID: bundle.item_ids[pairs.col]})
+        history_end = bundle.manifest.get("history_end")
+        sample_path = folder / DRIFT_REFERENCE
+        reference_rows = pd.read_parquet(sample_path) if sample_path.is_file() else None
+        champion_booster = lgb.Booster(model_file=str(bundle.booster_path))
+        champion_names = list(bundle.manifest["feature_names"])
+
+    interactions = read_parquet(settings.path("interactions"))
+    times = interactions[Columns.TIMESTAMP].to_numpy(dtype=np.float64)
+    newer = times > history_end if history_end is not None else np.zeros(len(times), dtype=bool)
+    if newer.sum() >= cfg.min_rows:
+        current, window = interactions[newer], f"the {int(newer.sum())} interactions after version {number}'s history"
+    else:
+        recent = times >= times.max() - cfg.window_days * 86_400
+        current = interactions[recent]
+        window = (f"the snapshot's last {cfg.window_days:g} days ({int(recent.sum())} interactions; only "
+                  f"{int(newer.sum())} are newer than version {number}'s history)")
+    report = drift_report(reference_interactions=reference, current_interactions=current, seed=settings.seed)
+    checks = list(report.checks)
+    notes = []
+    features_path = settings.path("features_dir") / "test.parquet"
+    names = _feature_names(settings)
+    if reference_rows is None:
+        notes.append(f"version {number}'s bundle keeps no training sample (built before recops drift): features "
+                     "and scores not compared")
+    elif not features_path.is_file():
+        notes.append(f"{features_path} not found: run the pipeline (recops run) to compare features and scores")
+    else:
+        rows = read_parquet(features_path)
+        if len(rows) > cfg.sample_rows:
+            pick = np.random.default_rng(settings.seed).choice(len(rows), cfg.sample_rows, replace=False)
+            rows = rows.iloc[np.sort(pick)].reset_index(drop=True)
+        compared = [n for n in names if n in reference_rows.columns and n not in cfg.ignore_features]
+        spec_u, spec_i = settings.data.user_attributes, settings.data.item_attributes
+        categorical = [n for n in compared if n in {f"user_{c}" for c in (spec_u.categorical if spec_u else [])}
+                       | {f"item_{c}" for c in (spec_i.categorical if spec_i else [])}]
+        from recops.monitoring.drift import table_drift
+
+        checks += table_drift(reference_rows, rows, compared, categorical=categorical)
+        if cfg.ignore_features:
+            notes.append("not compared (they move with the clock): " + ", ".join(cfg.ignore_features))
+        if all(n in rows.columns for n in champion_names):
+            champion_now = champion_booster.predict(rows[champion_names].to_numpy(dtype=np.float32),
+                                                    num_threads=settings.threads)
+            checks.append(score_drift(reference_rows["score"].to_numpy(), champion_now, name="champion_score"))
+            challenger = lgb.Booster(model_file=str(settings.path("ranker_model")))
+            challenger_now = challenger.predict(rows[names].to_numpy(dtype=np.float32), num_threads=settings.threads)
+            checks.append(score_drift(champion_now, challenger_now, name="challenger_vs_champion_score",
+                                      standardise=True))
+        else:
+            notes.append(f"version {number} ranks other features than this run: scores not compared")
+    report = DriftReport(checks=tuple(checks))
+    gate = DriftGateConfig(action=cfg.action, max_drifted_share=cfg.max_drifted_share,
+                           decisive_checks=tuple(cfg.decisive_checks))
+    decision = gate_decision(report, gate)
+    out = {
+        "version": number, "current": window, "notes": notes, "decision": decision.to_dict(),
+        "report": report.to_dict(), "seconds": round(time.perf_counter() - started, 3),
+    }
+    folder = settings.path("monitoring_dir")
+    write_json(out, folder / "drift.json")
+    (folder / "drift.html").write_text(report.to_html(f"recops drift: snapshot vs version {number}", decision),
+                                       encoding="utf-8")
+    log.info("drift vs version %s: %s (%s)", number, decision.decision, "; ".join(decision.reasons)[:300])
+    return out

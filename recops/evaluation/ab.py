@@ -14,6 +14,15 @@ held-out data, three ways, from the strongest evidence to the closest imitation 
    picked it; a user prefers the team whose items they clicked more (`team_draft_interleave`,
    `interleaving_test`).
 
+**CUPED** (Deng et al., 2013) narrows the between-arm intervals of the simulated online test: each user's
+pre-period value of a covariate ``x`` (measured before the test period, so the arm cannot have moved it)
+predicts the part of the user's outcome that would have been the same in either arm, and subtracting it,
+``y - theta (x - mean x)``, removes that share of the variance (`cuped`, `arm_test`; the CTR's interval in
+`simulated_online_test`). The mean difference between arms stays unbiased because randomisation makes the arms'
+covariate means equal in expectation. The paired offline test gets no CUPED: every user is in both "arms", so
+the arms' covariate means are the same number and the adjustment cancels exactly from the mean difference; the
+pairing already removes what CUPED would (each user's own champion value is a perfect same-period covariate).
+
 `guardrails` checks that the challenger does not give up catalogue coverage, novelty or latency, and `decide`
 turns everything into "ship" or "hold" with every reason for and against spelled out. `ab_summary` assembles the
 JSON-ready record that `recops.evaluation.ab_report` renders.
@@ -208,6 +217,135 @@ def _bootstrap_means(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tu
     return boot_a, boot_b
 
 
+# ------------------------------------------------------------------------------------ CUPED variance reduction
+@dataclass(frozen=True)
+class Cuped:
+    """One CUPED adjustment: ``adjusted = y - theta (x - mean x)`` with ``theta = cov(x, y) / var(x)``.
+
+    ``correlation`` is that of x and y (NaN when either is constant); ``variance_ratio`` is
+    var(adjusted) / var(y), about ``1 - correlation**2`` (1 when y is constant: nothing to reduce);
+    ``n_imputed`` users had no covariate (NaN) and got the mean of the others.
+    """
+
+    adjusted: np.ndarray
+    theta: float
+    correlation: float
+    variance_ratio: float
+    n_imputed: int
+
+
+def cuped(y: np.ndarray, x: np.ndarray) -> Cuped:
+    """CUPED-adjust outcomes ``y`` with the pre-period covariate ``x`` (one value per user, NaN = none).
+
+    Estimate theta on the pooled users of every arm: pooling ignores the arms, so theta does not depend on the
+    assignment, and the adjusted difference of arm means stays unbiased (the arms' covariate means differ only
+    by chance). Users without a covariate (no pre-period activity) get the mean covariate of the others: their
+    adjustment is then 0 and they keep their raw outcome, the usual treatment that leaves them in the test
+    without biasing it. A constant or missing covariate explains nothing: theta is 0 and ``y`` comes back as is.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if y.shape != x.shape or y.ndim != 1:
+        raise ValueError(f"y and x must be 1-d arrays of the same users, got shapes {y.shape} and {x.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("outcomes must be finite: drop users whose metric is undefined first")
+    known = np.isfinite(x)
+    n_imputed = int((~known).sum())
+    if known.sum() < 2:
+        return Cuped(adjusted=y.copy(), theta=0.0, correlation=math.nan, variance_ratio=1.0, n_imputed=n_imputed)
+    filled = np.where(known, x, x[known].mean())
+    x_centred = filled - filled.mean()
+    y_centred = y - y.mean()
+    var_x, var_y = float(x_centred @ x_centred), float(y_centred @ y_centred)
+    # relative to the covariate's scale: a "constant" column with rounding noise must not give a huge theta
+    if var_x <= 1e-24 * max(1.0, float(filled @ filled)):
+        return Cuped(adjusted=y.copy(), theta=0.0, correlation=math.nan, variance_ratio=1.0, n_imputed=n_imputed)
+    cov_xy = float(x_centred @ y_centred)
+    theta = cov_xy / var_x
+    adjusted = y - theta * x_centred
+    if var_y == 0.0:
+        return Cuped(adjusted=adjusted, theta=theta, correlation=math.nan, variance_ratio=1.0, n_imputed=n_imputed)
+    residual = adjusted - adjusted.mean()
+    return Cuped(adjusted=adjusted, theta=theta, correlation=cov_xy / math.sqrt(var_x * var_y),
+                 variance_ratio=float(residual @ residual) / var_y, n_imputed=n_imputed)
+
+
+class ArmTest(TypedDict):
+    """Difference of an outcome's mean between the arms (challenger - champion), with and without CUPED.
+
+    Intervals are normal (Welch) intervals at ``1 - alpha``; the ``*_cuped`` fields, the covariate's ``theta``,
+    ``correlation`` and ``variance_ratio`` are NaN without a covariate. ``ci_width_ratio`` is the CUPED
+    interval's width over the unadjusted one's (below 1: CUPED narrowed it).
+    """
+
+    metric: str
+    n_champion: int
+    n_challenger: int
+    mean_champion: float
+    mean_challenger: float
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    covariate: str | None
+    n_imputed: int
+    theta: float
+    correlation: float
+    variance_ratio: float
+    delta_cuped: float
+    ci_low_cuped: float
+    ci_high_cuped: float
+    p_value_cuped: float
+    ci_width_ratio: float
+
+
+def arm_test(y: np.ndarray, arms: np.ndarray, covariate: np.ndarray | None = None, *, metric: str,
+             alpha: float = 0.05, covariate_name: str | None = None) -> ArmTest:
+    """Compare one outcome per user between the arms of `assign_arms`; with ``covariate``, also CUPED-adjusted.
+
+    ``y`` holds each user's outcome under the model of their own arm (e.g. the primary metric of the champion's
+    list for arm-0 users, the challenger's for arm-1 users). ``covariate`` is the users' pre-period value (NaN
+    where unknown), see `cuped`.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    arms = np.asarray(arms)
+    if arms.shape != y.shape or y.ndim != 1:
+        raise ValueError(f"y and arms need one entry per user, got shapes {y.shape} and {arms.shape}")
+    in_b = arms == CHALLENGER
+    z_crit = float(stats.norm.ppf(1 - alpha / 2))
+    delta, low, high, p_value = _welch(y, in_b, z_crit)
+    nan = math.nan
+    theta = correlation = variance_ratio = delta_c = low_c = high_c = p_c = width_ratio = nan
+    n_imputed = 0
+    if covariate is not None:
+        adjustment = cuped(y, covariate)
+        theta, correlation, n_imputed = adjustment.theta, adjustment.correlation, adjustment.n_imputed
+        variance_ratio = adjustment.variance_ratio
+        delta_c, low_c, high_c, p_c = _welch(adjustment.adjusted, in_b, z_crit)
+        width_ratio = (high_c - low_c) / (high - low) if high > low else nan
+    n_a, n_b = int((~in_b).sum()), int(in_b.sum())
+    return ArmTest(
+        metric=metric, n_champion=n_a, n_challenger=n_b,
+        mean_champion=float(y[~in_b].mean()) if n_a else nan, mean_challenger=float(y[in_b].mean()) if n_b else nan,
+        delta=delta, ci_low=low, ci_high=high, p_value=p_value,
+        covariate=(covariate_name or "covariate") if covariate is not None else None, n_imputed=n_imputed, theta=theta,
+        correlation=correlation, variance_ratio=variance_ratio, delta_cuped=delta_c, ci_low_cuped=low_c,
+        ci_high_cuped=high_c, p_value_cuped=p_c, ci_width_ratio=width_ratio,
+    )
+
+
+def _welch(y: np.ndarray, in_b: np.ndarray, z_crit: float) -> tuple[float, float, float, float]:
+    """(delta, ci_low, ci_high, p_value) of mean(y | arm 1) - mean(y | arm 0), unpooled normal approximation."""
+    y_a, y_b = y[~in_b], y[in_b]
+    if len(y_a) < 2 or len(y_b) < 2:
+        return math.nan, math.nan, math.nan, math.nan
+    delta = float(y_b.mean() - y_a.mean())
+    se = math.sqrt(y_a.var(ddof=1) / len(y_a) + y_b.var(ddof=1) / len(y_b))
+    if se == 0.0:  # both arms constant: the difference is exact
+        return delta, delta, delta, 1.0 if delta == 0.0 else 0.0
+    return delta, delta - z_crit * se, delta + z_crit * se, float(2 * stats.norm.sf(abs(delta) / se))
+
+
 # ------------------------------------------------------------------------------------------- arm assignment
 def assign_arms(user_ids: Sequence[Any] | np.ndarray, salt: str, split: float) -> np.ndarray:
     """Arm of each user: int8, 0 = champion, 1 = challenger (a share ``split`` of users).
@@ -255,15 +393,22 @@ class OnlineTest(TypedDict):
     observed_split: float
     srm_p_value: float         # chi-square of the arm counts against the expected split
     srm: bool                  # sample-ratio mismatch: srm_p_value below the alarm threshold
+    # CUPED with the pre-period covariate (NaN without one): the CTR difference and its interval, and that
+    # interval's width over the unadjusted one's (both unpooled normal intervals, so like is compared with like)
+    ctr_diff_cuped: float
+    ctr_diff_ci_low_cuped: float
+    ctr_diff_ci_high_cuped: float
+    ctr_ci_width_ratio: float
 
 
 def simulated_online_test(arms: np.ndarray, lists_a: np.ndarray, lists_b: np.ndarray, users: np.ndarray,
                           truth: sp.csr_matrix, *, k: int, alpha: float = 0.05, expected_split: float = 0.5,
-                          srm_p_value: float = 0.001) -> OnlineTest:
+                          srm_p_value: float = 0.001, covariate: np.ndarray | None = None) -> OnlineTest:
     """Replay an online A/B test offline; CTR = share of an arm's users with a held-out item in the top k.
 
     Every row counts as a visitor, including users without held-out items (they never click): pass the
-    population that would have been exposed. Arms come from `assign_arms`.
+    population that would have been exposed. Arms come from `assign_arms`. ``covariate`` (one pre-period value
+    per row, NaN where unknown) adds the CUPED-adjusted CTR difference (`cuped`).
     """
     arms = np.asarray(arms)
     if not len(arms) == len(users) == len(lists_a) == len(lists_b):
@@ -298,6 +443,8 @@ def simulated_online_test(arms: np.ndarray, lists_a: np.ndarray, lists_b: np.nda
         lift = ctr_b / ctr_a - 1 if ctr_a > 0 else math.nan
         lift_low = lift_high = math.nan
 
+    adjusted = arm_test(clicked.astype(np.float64), arms, covariate, metric=f"ctr@{k}", alpha=alpha) \
+        if covariate is not None else None
     total = n_a + n_b
     srm_p = float(stats.chisquare([n_a, n_b], [total * (1 - expected_split), total * expected_split]).pvalue) \
         if total else math.nan
@@ -307,6 +454,10 @@ def simulated_online_test(arms: np.ndarray, lists_a: np.ndarray, lists_b: np.nda
         ctr_lift=lift, ctr_lift_ci_low=lift_low, ctr_lift_ci_high=lift_high, z=float(z), p_value=p_value,
         expected_split=expected_split, observed_split=n_b / total if total else math.nan,
         srm_p_value=srm_p, srm=bool(srm_p < srm_p_value),
+        ctr_diff_cuped=adjusted["delta_cuped"] if adjusted else math.nan,
+        ctr_diff_ci_low_cuped=adjusted["ci_low_cuped"] if adjusted else math.nan,
+        ctr_diff_ci_high_cuped=adjusted["ci_high_cuped"] if adjusted else math.nan,
+        ctr_ci_width_ratio=adjusted["ci_width_ratio"] if adjusted else math.nan,
     )
 
 
@@ -464,14 +615,16 @@ class Decision(TypedDict):
 
 
 def decide(paired: PairedTest, online: OnlineTest | None, interleaving: InterleavingTest | None,
-           guards: Sequence[Guardrail], config: ABConfig, timeline: PairedTest | None = None) -> Decision:
+           guards: Sequence[Guardrail], config: ABConfig, timeline: PairedTest | None = None,
+           online_metric: ArmTest | None = None) -> Decision:
     """Ship only if the primary metric's delta is significantly positive (interval above 0 and p < alpha),
     its relative lift reaches ``min_lift``, every checked guardrail passes and the arm split shows no SRM; with
     ``timeline`` (the same paired test on the rolling-timeline backtest of both configurations, ``ab.timeline``),
     also only if the challenger's delta there lies above 0.
 
-    The online CTR comparison and the interleaving preference are reported as notes: they replay the same
-    held-out data as the paired test, so they corroborate it but do not add independent evidence.
+    The online CTR comparison, the between-arm comparison of the primary metric (``online_metric``, with its
+    CUPED interval) and the interleaving preference are reported as notes: they replay the same held-out data as
+    the paired test, so they corroborate it but do not add independent evidence.
     """
     if paired.alpha != config.alpha or paired.min_lift != config.min_lift:
         raise ValueError(f"paired test run with alpha={paired.alpha}, min_lift={paired.min_lift} but the config has "
@@ -538,6 +691,8 @@ def decide(paired: PairedTest, online: OnlineTest | None, interleaving: Interlea
             f"note: simulated online CTR@{online['k']} {online['champion']['ctr']:.4f} -> "
             f"{online['challenger']['ctr']:.4f} ({online['ctr_diff']:+.4f}, 95% CI {online['ctr_diff_ci_low']:+.4f}"
             f" to {online['ctr_diff_ci_high']:+.4f}, z-test p = {_p(online['p_value'])})")
+    if online_metric is not None:
+        reasons.append(f"note: {_arm_test_text(online_metric, level)}")
     if interleaving is not None:
         reasons.append(
             f"note: interleaving: challenger preferred by {interleaving['wins_challenger']} users, champion by "
@@ -573,12 +728,14 @@ def segment_lifts(a: np.ndarray, b: np.ndarray, labels: np.ndarray, *, alpha: fl
 def ab_summary(a: np.ndarray, b: np.ndarray, paired: PairedTest, decision: Decision, config: ABConfig, *,
                online: OnlineTest | None = None, interleaving: InterleavingTest | None = None,
                guards: Sequence[Guardrail] = (), segments: Mapping[str, np.ndarray] | None = None,
-               seed: int = 0) -> dict[str, Any]:
+               seed: int = 0, online_metric: ArmTest | None = None) -> dict[str, Any]:
     """The JSON-ready record of one A/B evaluation (plain types only; NaN and infinities become None).
 
     ``a`` and ``b`` are the per-user primary-metric values `paired` was computed from. ``segments`` maps a
     segmentation's name (e.g. ``"activity"``) to one label per user; each gets per-label lifts under
-    ``segments[<name>]``.
+    ``segments[<name>]``. ``online_metric`` (`arm_test` of the primary metric) goes under ``online_metric``:
+    its ``ci_low``/``ci_high`` without and ``ci_low_cuped``/``ci_high_cuped`` with CUPED, and
+    ``ci_width_ratio``.
     """
     summary: dict[str, Any] = {
         "decision": decision["decision"],
@@ -586,6 +743,7 @@ def ab_summary(a: np.ndarray, b: np.ndarray, paired: PairedTest, decision: Decis
         "primary_metric": config.primary_metric,
         **paired.to_dict(),
         "online": dict(online) if online is not None else None,
+        "online_metric": dict(online_metric) if online_metric is not None else None,
         "interleaving": dict(interleaving) if interleaving is not None else None,
         "guardrails": [dict(g) for g in guards],
         "segments": {name: segment_lifts(a, b, labels, alpha=config.alpha,
@@ -593,6 +751,18 @@ def ab_summary(a: np.ndarray, b: np.ndarray, paired: PairedTest, decision: Decis
                      for name, labels in (segments or {}).items()},
     }
     return _plain(summary)
+
+
+def _arm_test_text(test: ArmTest, level: str) -> str:
+    """The between-arm comparison in one sentence, with the CUPED interval and how much narrower it is."""
+    text = (f"between arms (each user sees one model) {test['metric']} {test['mean_champion']:.4f} -> "
+            f"{test['mean_challenger']:.4f} ({test['delta']:+.4f}, {level} CI {test['ci_low']:+.4f} to "
+            f"{test['ci_high']:+.4f})")
+    if test["covariate"] is None or not math.isfinite(test["ci_width_ratio"]):
+        return text
+    return (f"{text}; with CUPED on the {test['covariate']} (correlation {test['correlation']:.2f}) "
+            f"{test['delta_cuped']:+.4f}, {level} CI {test['ci_low_cuped']:+.4f} to {test['ci_high_cuped']:+.4f}: "
+            f"{test['ci_width_ratio']:.2f}x the width, variance x {test['variance_ratio']:.2f}")
 
 
 def _p(value: float) -> str:

@@ -1,10 +1,11 @@
 """A single self-contained HTML page for one A/B evaluation, readable by someone who will not open the JSON.
 
 It renders the record `recops.evaluation.ab.ab_summary` builds: the decision and its reasons first, then the
-statistics, the figures (per-user delta histogram, lift with its interval, per-segment lifts) and the online,
-interleaving and guardrail tables. Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot
-state, no display needed) and embedded as base64 PNG, so the file has no external assets and can be mailed or
-logged as an MLflow artifact as it is. This module computes no statistics of its own.
+statistics, the figures (per-user delta histogram, lift with its interval, per-segment lifts) and the online
+(with the primary metric between the arms, without and with CUPED, and how much narrower CUPED made its
+interval), interleaving and guardrail tables. Figures are drawn with matplotlib's object API on the Agg canvas
+(no pyplot state, no display needed) and embedded as base64 PNG, so the file has no external assets and can be
+mailed or logged as an MLflow artifact as it is. This module computes no statistics of its own.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ def write_html_report(summary: Mapping[str, Any], per_user_delta: np.ndarray,
             parts.append(_segment_table(segment_summary.get(name, {})))
     parts.append("<h2>Simulated online test</h2>")
     parts.append(_online_table(summary.get("online")))
+    online_metric = summary.get("online_metric")
+    if online_metric:
+        parts.append(f"<h3>{_esc(metric)} between the arms, without and with CUPED</h3>")
+        parts.append(_online_metric_table(online_metric))
+        if _number(online_metric.get("ci_width_ratio")):
+            parts.append(_image(_cuped_figure(online_metric), "between-arm interval without and with CUPED"))
     parts.append("<h2>Team-draft interleaving</h2>")
     parts.append(_interleaving_table(summary.get("interleaving")))
     parts.append("<h2>Guardrails</h2>")
@@ -166,7 +173,42 @@ def _online_table(online: Mapping[str, Any] | None) -> str:
         ("sample-ratio check p-value", _p(online.get("srm_p_value"))),
         ("sample-ratio mismatch", srm),
     ]
+    if _number(online.get("ctr_ci_width_ratio")):
+        rows[2:2] = [
+            ("CTR difference with CUPED", online.get("ctr_diff_cuped")),
+            ("CUPED difference 95% CI", _interval(online.get("ctr_diff_ci_low_cuped"),
+                                                  online.get("ctr_diff_ci_high_cuped"))),
+            ("CUPED CI width / unadjusted CI width", online.get("ctr_ci_width_ratio")),
+        ]
     return per_arm + _table(("statistic", "value"), rows)
+
+
+def _online_metric_table(test: Mapping[str, Any]) -> str:
+    """The primary metric's difference between the arms: the plain interval, then CUPED's and the ratio."""
+    metric = test.get("metric")
+    rows: list[tuple[str, Any]] = [
+        ("users: champion / challenger arm", f"{_fmt(test.get('n_champion'))} / {_fmt(test.get('n_challenger'))}"),
+        (f"mean {metric}: champion / challenger arm",
+         f"{_fmt(test.get('mean_champion'))} / {_fmt(test.get('mean_challenger'))}"),
+        ("difference (challenger - champion)", test.get("delta")),
+        ("difference 95% CI (normal, unadjusted)", _interval(test.get("ci_low"), test.get("ci_high"))),
+        ("p-value (unadjusted)", _p(test.get("p_value"))),
+    ]
+    if test.get("covariate") is None:
+        rows.append(("CUPED", "off (ab.cuped)"))
+        return _table(("statistic", "value"), rows)
+    rows += [
+        ("CUPED covariate (pre-period = the validation fold)", test.get("covariate")),
+        ("correlation of covariate and outcome", test.get("correlation")),
+        ("theta", test.get("theta")),
+        ("users without a pre-period value (given the mean)", test.get("n_imputed")),
+        ("difference with CUPED", test.get("delta_cuped")),
+        ("difference 95% CI with CUPED", _interval(test.get("ci_low_cuped"), test.get("ci_high_cuped"))),
+        ("p-value with CUPED", _p(test.get("p_value_cuped"))),
+        ("variance with CUPED / without", test.get("variance_ratio")),
+        ("CI width with CUPED / without", test.get("ci_width_ratio")),
+    ]
+    return _table(("statistic", "value"), rows)
 
 
 def _interleaving_table(result: Mapping[str, Any] | None) -> str:
@@ -241,6 +283,26 @@ def _lift_figure(summary: Mapping[str, Any], metric: str) -> Figure:
         ax.axvline(100 * min_lift, color=_CHALLENGER_COLOUR, linestyle="--", linewidth=1, label="required lift")
         ax.legend(loc="lower right")
     ax.set_title("Relative lift of the challenger, with its interval")
+    return fig
+
+
+def _cuped_figure(test: Mapping[str, Any]) -> Figure:
+    """The between-arm difference with its interval, unadjusted and with CUPED, on one axis."""
+    rows = [("unadjusted", test.get("delta"), test.get("ci_low"), test.get("ci_high")),
+            ("CUPED", test.get("delta_cuped"), test.get("ci_low_cuped"), test.get("ci_high_cuped"))]
+    fig = Figure(figsize=(7, 1.9))
+    ax = fig.add_subplot()
+    shown = [(name, float(point), float(low), float(high)) for name, point, low, high in rows
+             if _number(point) and _number(low) and _number(high)]
+    y = np.arange(len(shown))[::-1]
+    points = np.array([r[1] for r in shown])
+    errors = np.vstack([points - np.array([r[2] for r in shown]), np.array([r[3] for r in shown]) - points])
+    ax.errorbar(points, y, xerr=errors.clip(min=0), fmt="o", color="black", capsize=4)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [r[0] for r in shown])
+    ax.margins(y=0.4)
+    ax.set_xlabel(f"{test.get('metric')} difference (challenger arm - champion arm)")
+    ax.set_title(f"CUPED interval: {float(test['ci_width_ratio']):.3f}x the width of the unadjusted one")
     return fig
 
 

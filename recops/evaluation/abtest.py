@@ -3,11 +3,12 @@
 Both registered versions are rebuilt on the current snapshot (``recops.evaluation.versions``): the split outputs
 of the project as they are now (history = train + valid, ground truth = test). Then, with the statistics of
 ``recops.evaluation.ab``: the offline paired test on the primary metric, the simulated online test (hash-bucketed
-arms, held-out interactions replayed as clicks), team-draft interleaving, guardrails (coverage, novelty, ONNX p99
-latency of the challenger) and the decision. ``reports/ab.json`` and ``reports/ab.html`` are written and both are
-logged to MLflow on the challenger's run, with the headline numbers as metrics and the sha256 of the ab.json bytes
-as the run tag ``recops.ab.report_sha256``: ``recops promote`` acts on the file only when it still has that
-digest (``recops.registry.promotion``).
+arms, held-out interactions replayed as clicks) with the primary metric compared between the arms too, both with
+CUPED on a pre-period covariate (``ab.cuped``, `pre_period_covariate`), team-draft interleaving, guardrails
+(coverage, novelty, ONNX p99 latency of the challenger) and the decision. ``reports/ab.json`` and
+``reports/ab.html`` are written and both are logged to MLflow on the challenger's run, with the headline numbers
+as metrics and the sha256 of the ab.json bytes as the run tag ``recops.ab.report_sha256``: ``recops promote``
+acts on the file only when it still has that digest (``recops.registry.promotion``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recops.columns import Columns
 from recops.config import Settings
 from recops.errors import RecopsError
+
+if TYPE_CHECKING:
+    from recops.data import IdIndex
+    from recops.features import Attributes
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +68,9 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
     require the challenger to be better there (:func:`timeline_comparison`)."""
     from recops import steps
     from recops.candidates import interaction_matrix
-    from recops.evaluation.ab import (ab_summary, assign_arms, decide, guardrails, interleaving_test, paired_test,
-                                      per_user_metric, relevant_users_mask, simulated_online_test,
+    from recops.evaluation.ab import CHALLENGER as CHALLENGER_ARM
+    from recops.evaluation.ab import (ab_summary, arm_test, assign_arms, decide, guardrails, interleaving_test,
+                                      paired_test, per_user_metric, relevant_users_mask, simulated_online_test,
                                       team_draft_interleave)
     from recops.evaluation.ab_report import write_html_report
     from recops.evaluation.metrics import evaluate_lists
@@ -100,14 +106,18 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
     truth = interaction_matrix(target, index.n_users, index.n_items, "binary")
     seen = interaction_matrix(history, index.n_users, index.n_items, "binary")
     depth = max(cfg.k, 10, *settings.evaluation.ks)
-    built, configs = {}, {}
+    built, configs, files_of = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="recops-ab-") as tmp:
         for role, version in ((CHAMPION, champion_version), (CHALLENGER, challenger_version)):
-            files = download_version_files(settings, version, Path(tmp) / role)
+            files_of[role] = files = download_version_files(settings, version, Path(tmp) / role)
             configs[role] = files["settings"]
             built[role] = rebuild_lists(settings, files, history, users, index.n_users, index.n_items,
                                         users_attr, items_attr, depth)
             log.info("%s = version %s rebuilt on the current snapshot", role, version)
+        # inside the block: the champion_metric covariate rebuilds the champion from its downloaded files
+        covariate, covariate_name = (
+            pre_period_covariate(settings, index, users, files_of[CHAMPION], users_attr, items_attr)
+            if cfg.cuped else (None, None))
     lists = {}
     for role, result in built.items():  # align both to ``users`` (a user without candidates gets an empty list)
         aligned = np.full((len(users), depth), -1, dtype=np.int64)
@@ -121,8 +131,13 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
     paired = paired_test(a, b, alpha=cfg.alpha, power=cfg.power, n_boot=cfg.bootstrap_samples, seed=settings.seed,
                          min_lift=cfg.min_lift)
     arms = assign_arms(index.user_ids[users_scored], cfg.salt, cfg.split)
+    covariate_scored = covariate[scored] if covariate is not None else None
     online = simulated_online_test(arms, lists[CHAMPION][scored], lists[CHALLENGER][scored], users_scored, truth,
-                                   k=cfg.k, alpha=cfg.alpha, expected_split=cfg.split, srm_p_value=cfg.srm_p_value)
+                                   k=cfg.k, alpha=cfg.alpha, expected_split=cfg.split, srm_p_value=cfg.srm_p_value,
+                                   covariate=covariate_scored)
+    # each user's primary metric under their own arm's model: what an online test of the metric would observe
+    online_metric = arm_test(np.where(arms == CHALLENGER_ARM, b, a), arms, covariate_scored,
+                             metric=cfg.primary_metric, alpha=cfg.alpha, covariate_name=covariate_name)
     interleaved, team = team_draft_interleave(lists[CHAMPION][scored], lists[CHALLENGER][scored], cfg.k,
                                               seed=settings.seed)
     interleaving = interleaving_test(interleaved, team, users_scored, truth)
@@ -137,14 +152,14 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
                         built[CHALLENGER].latency_ms["p99"], cfg.guardrails)
     on_timeline = (timeline_comparison(settings, configs[CHAMPION], configs[CHALLENGER])
                    if (cfg.timeline if timeline is None else timeline) else None)
-    decision = decide(paired, online, interleaving, guards, cfg, timeline=on_timeline)
+    decision = decide(paired, online, interleaving, guards, cfg, timeline=on_timeline, online_metric=online_metric)
     segment_of = steps._activity_segments(np.diff(seen.indptr), users_scored)
     labels = np.full(len(users_scored), "", dtype=object)
     for name, mask in segment_of.items():
         labels[mask] = name
     segments = {"activity": labels.astype(str)}
     summary = ab_summary(a, b, paired, decision, cfg, online=online, interleaving=interleaving, guards=guards,
-                         segments=segments, seed=settings.seed)
+                         segments=segments, seed=settings.seed, online_metric=online_metric)
     summary.update({
         "champion_version": champion_version, "challenger_version": challenger_version,
         "model_name": settings.registry.model_name,
@@ -167,6 +182,42 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
     if log_to_mlflow:
         _log_to_challenger_run(settings, challenger_version, summary, [reports / "ab.json", reports / "ab.html"])
     return summary
+
+
+def pre_period_covariate(settings: Settings, index: IdIndex, users: np.ndarray, champion_files: dict[str, Any],
+                         users_attr: Attributes, items_attr: Attributes) -> tuple[np.ndarray, str]:
+    """Each of ``users``' CUPED covariate (``ab.cuped_covariate``) and its name for the report.
+
+    The pre-period is the validation fold: the period right before the test period, whose interactions are the
+    test's held-out clicks. Nothing of the test fold is read, and the value is the same whichever arm a user is
+    in, so the arm cannot have moved it (what keeps CUPED unbiased).
+
+    - ``activity``: the user's number of interactions in the pre-period (0 for a user without any). Free, and on
+      ML-100k the best single covariate of those measured (docs/architecture.md, "CUPED").
+    - ``champion_metric``: the primary metric of the champion's list in the pre-period, the champion rebuilt on
+      the training fold alone (one more rebuild); NaN for users without pre-period interactions, which `cuped`
+      fills with the mean.
+    """
+    from recops import steps
+    from recops.candidates import interaction_matrix
+    from recops.evaluation.ab import parse_metric, per_user_metric, relevant_users_mask
+    from recops.evaluation.versions import rebuild_lists
+
+    cfg = settings.ab
+    train, pre_period = steps._fold_tables(settings, "valid")
+    if cfg.cuped_covariate == "activity":
+        counts = np.bincount(pre_period[Columns.USER].to_numpy(), minlength=index.n_users)
+        return counts[users].astype(np.float64), "pre-period interactions"
+    _, k = parse_metric(cfg.primary_metric)
+    truth = interaction_matrix(pre_period, index.n_users, index.n_items, "binary")
+    active = relevant_users_mask(users, truth)
+    rebuilt = rebuild_lists(settings, champion_files, train, users[active], index.n_users, index.n_items,
+                            users_attr, items_attr, k, measure_latency=False)
+    lists = np.full((int(active.sum()), k), -1, dtype=np.int64)  # a user without candidates: an empty list
+    lists[np.searchsorted(users[active], rebuilt.users)] = rebuilt.lists[:, :k]
+    values = np.full(len(users), np.nan)
+    values[active] = per_user_metric(users[active], lists, truth, cfg.primary_metric)
+    return values, f"pre-period {cfg.primary_metric} of the champion"
 
 
 def version_card(record: dict[str, Any], version: str) -> dict[str, Any]:
@@ -225,6 +276,9 @@ def _log_to_challenger_run(settings: Settings, version: str, summary: dict[str, 
             # step 0 like every metric of the run (a later A/B test of the same version is a later point at step
             # 0, and MLflow shows the latest); a timestamp as the step made MLflow plot it on a 1.7e9-wide axis
             client.log_metric(run_id, mlflow_metric_key(f"ab.{key}"), float(value), step=0)
+    width_ratio = (summary.get("online_metric") or {}).get("ci_width_ratio")
+    if isinstance(width_ratio, (int, float)) and np.isfinite(width_ratio):  # CUPED's interval over the plain one
+        client.log_metric(run_id, mlflow_metric_key("ab.cuped_ci_width_ratio"), float(width_ratio), step=0)
     client.set_tag(run_id, "recops.ab.decision", summary["decision"])
     client.set_tag(run_id, "recops.ab.champion_version", summary["champion_version"])
     for path in files:

@@ -174,6 +174,28 @@ def check_pseudonym_key(manifest: dict[str, Any], fingerprint: str | None, versi
                       "trained with, or retrain under the new key")
 
 
+DRIFT_REFERENCE = "drift_reference.parquet"
+DRIFT_REFERENCE_ROWS = 5000
+
+
+def _write_drift_reference(settings: Settings, names: list[str], booster_path: Path, path: Path) -> None:
+    """What ``recops drift`` compares a later snapshot with: a seeded sample of the ranker's training rows (its
+    features, no ids) with the ranker's score of each. Nothing is written when there is no training table."""
+    import lightgbm as lgb
+
+    table_path = settings.path("features_dir") / "fit.parquet"
+    if not table_path.is_file():
+        return
+    table = pd.read_parquet(table_path, columns=names)
+    if len(table) > DRIFT_REFERENCE_ROWS:
+        rows = np.sort(np.random.default_rng(settings.seed).choice(len(table), DRIFT_REFERENCE_ROWS, replace=False))
+        table = table.iloc[rows].reset_index(drop=True)
+    booster = lgb.Booster(model_file=str(booster_path))
+    table["score"] = booster.predict(table[names].to_numpy(dtype=np.float32),
+                                     num_threads=settings.threads).astype(np.float32)
+    table.to_parquet(path, index=False)
+
+
 def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
     """Fit the version's sources and feature statistics on all interactions and write the bundle; returns the
     manifest. Writes into a temporary sibling folder and swaps it in, so a failure leaves the previous bundle."""
@@ -224,6 +246,7 @@ def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, A
     item_ids.to_parquet(tmp / "ids_items.parquet", index=False)
     shutil.copyfile(onnx_path, tmp / "ranker.onnx")
     shutil.copyfile(booster_path, tmp / "ranker.txt")
+    _write_drift_reference(settings, names, booster_path, tmp / DRIFT_REFERENCE)
     files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     manifest = {
         "format": FORMAT,

@@ -279,6 +279,140 @@ def test_better_challenger_has_higher_online_ctr_with_significant_z_test():
     assert online["ctr_lift_ci_low"] < online["ctr_lift"] < online["ctr_lift_ci_high"]
 
 
+# ------------------------------------------------------------------------------------------------------- CUPED
+def correlated_pair(n: int, rho: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x): standard normal outcome and covariate with correlation ``rho``; x on another scale and offset."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n)
+    y = rho * x + math.sqrt(1 - rho**2) * rng.standard_normal(n)
+    return y, 3.0 * x + 10.0
+
+
+def arm_experiment(n: int, effect: float, rho: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y, arms, x) of a randomised test: outcome = user baseline + noise (+ effect in arm 1); corr(x, y) = rho."""
+    base, x = correlated_pair(n, rho, seed)
+    arms = (np.random.default_rng(seed + 10_000).random(n) < 0.5).astype(np.int8)
+    return base + effect * arms, arms, x
+
+
+@pytest.mark.parametrize("rho", [0.3, 0.6, 0.9, -0.6])
+def test_cuped_variance_ratio_is_one_minus_rho_squared(rho):
+    y, x = correlated_pair(50_000, rho, seed=1)
+    result = ab.cuped(y, x)
+    assert result.correlation == pytest.approx(rho, abs=0.01)
+    assert result.variance_ratio == pytest.approx(1 - rho**2, abs=0.01)
+    assert result.theta == pytest.approx(rho / 3.0, abs=0.01)  # x is 3 times the unit scale
+    assert result.adjusted.var() / y.var() == pytest.approx(result.variance_ratio)
+
+
+def test_cuped_keeps_the_mean_of_the_outcome():
+    y, x = correlated_pair(1000, 0.7, seed=2)
+    assert ab.cuped(y, x).adjusted.mean() == pytest.approx(y.mean(), abs=1e-12)
+
+
+def test_cuped_difference_between_arms_is_unbiased_over_randomisations():
+    effect, deltas, plain = 0.1, [], []
+    for seed in range(300):  # a loop over simulated experiments, each vectorised over its users
+        y, arms, x = arm_experiment(2000, effect, rho=0.8, seed=seed)
+        test = ab.arm_test(y, arms, x, metric="m")
+        deltas.append(test["delta_cuped"])
+        plain.append(test["delta"])
+    deltas_arr = np.array(deltas)
+    # 300 draws: the mean lies within 4 standard errors of the effect, and the spread shrinks as 1 - rho^2 says
+    assert abs(deltas_arr.mean() - effect) < 4 * deltas_arr.std() / math.sqrt(len(deltas_arr))
+    assert deltas_arr.std() / np.std(plain) == pytest.approx(math.sqrt(1 - 0.8**2), abs=0.1)
+
+
+def test_cuped_interval_covers_the_effect_at_its_nominal_rate():
+    effect = 0.1
+    tests = [ab.arm_test(*arm_experiment(1000, effect, 0.8, seed), metric="m") for seed in range(400)]
+    rate = np.mean([t["ci_low_cuped"] <= effect <= t["ci_high_cuped"] for t in tests])
+    assert 0.92 <= rate <= 0.98  # 95% nominal; the binomial sd over 400 experiments is 0.011
+
+
+def test_cuped_with_an_independent_covariate_reduces_nothing():
+    y, arms, _ = arm_experiment(20_000, 0.1, rho=0.5, seed=3)
+    noise = np.random.default_rng(4).standard_normal(len(y))
+    test = ab.arm_test(y, arms, noise, metric="m")
+    assert abs(test["correlation"]) < 0.03
+    assert test["variance_ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert test["ci_width_ratio"] == pytest.approx(1.0, abs=2e-3)
+    assert test["delta_cuped"] == pytest.approx(test["delta"], abs=0.01)
+
+
+def test_arm_test_with_an_informative_covariate_has_a_narrower_interval():
+    y, arms, x = arm_experiment(5000, 0.1, rho=0.7, seed=5)
+    test = ab.arm_test(y, arms, x, metric="ndcg@10", covariate_name="pre-period interactions")
+    assert test["ci_width_ratio"] == pytest.approx(math.sqrt(1 - 0.7**2), abs=0.03)
+    assert test["ci_high_cuped"] - test["ci_low_cuped"] < test["ci_high"] - test["ci_low"]
+    assert test["ci_low_cuped"] < test["delta_cuped"] < test["ci_high_cuped"]
+    assert test["covariate"] == "pre-period interactions" and test["n_imputed"] == 0
+
+
+def test_arm_test_without_a_covariate_reports_only_the_unadjusted_interval():
+    y, arms, _ = arm_experiment(1000, 0.1, rho=0.7, seed=6)
+    test = ab.arm_test(y, arms, metric="m")
+    assert test["covariate"] is None and math.isnan(test["ci_width_ratio"]) and math.isnan(test["ci_low_cuped"])
+    se = math.sqrt(y[arms == 0].var(ddof=1) / (arms == 0).sum() + y[arms == 1].var(ddof=1) / (arms == 1).sum())
+    assert test["ci_high"] - test["ci_low"] == pytest.approx(2 * 1.959964 * se, rel=1e-5)
+
+
+@pytest.mark.parametrize("covariate", [np.full(100, 4.2), np.full(100, np.nan), np.r_[1.0, np.full(99, np.nan)]],
+                         ids=["constant", "all missing", "one known value"])
+def test_a_covariate_that_explains_nothing_leaves_the_outcomes_as_they_are(covariate):
+    y = np.random.default_rng(7).random(100)
+    result = ab.cuped(y, covariate)
+    assert result.theta == 0.0 and result.variance_ratio == 1.0
+    np.testing.assert_array_equal(result.adjusted, y)
+
+
+def test_users_without_a_covariate_get_the_mean_and_keep_their_outcome():
+    y, x = correlated_pair(2000, 0.8, seed=8)
+    missing = np.random.default_rng(9).random(2000) < 0.2
+    result = ab.cuped(y, np.where(missing, np.nan, x))
+    assert result.n_imputed == int(missing.sum())
+    np.testing.assert_allclose(result.adjusted[missing], y[missing], atol=1e-12)  # the mean: no adjustment
+    assert ab.cuped(y, np.where(missing, x[~missing].mean(), x)).theta == pytest.approx(result.theta)
+    assert result.variance_ratio < 0.6  # the 80% with a covariate still reduce the variance
+
+
+def test_cuped_on_a_constant_outcome_reduces_nothing_and_stays_finite():
+    result = ab.cuped(np.zeros(50), np.arange(50.0))
+    assert result.variance_ratio == 1.0 and result.theta == 0.0
+    np.testing.assert_array_equal(result.adjusted, np.zeros(50))
+
+
+def test_cuped_refuses_mismatched_or_non_finite_outcomes():
+    with pytest.raises(ValueError, match="same users"):
+        ab.cuped(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="finite"):
+        ab.cuped(np.array([0.0, np.nan]), np.zeros(2))
+
+
+def test_cuped_cannot_narrow_a_paired_difference_whose_users_are_in_both_arms():
+    # the adjustment subtracts theta * (x - mean x), which sums to 0 over the users: the paired mean difference,
+    # computed on every user, is unchanged, so its sampling variance is too (why paired_test has no CUPED)
+    y, x = correlated_pair(500, 0.8, seed=10)
+    assert ab.cuped(y, x).adjusted.mean() == pytest.approx(y.mean(), abs=1e-12)
+
+
+def test_simulated_online_test_adds_a_cuped_ctr_interval_only_with_a_covariate():
+    relevant, truth = one_relevant_item(4000)
+    rng = np.random.default_rng(11)
+    skill = rng.random(4000)  # a user's pre-period activity: active users find their item more often
+    lists_a = list_with_item_at(relevant, np.where(rng.random(4000) < 0.5 * skill, 0, -1))
+    lists_b = list_with_item_at(relevant, np.where(rng.random(4000) < 0.6 * skill, 0, -1))
+    arms = ab.assign_arms(np.arange(4000), "recops-ab", 0.5)
+    users = np.arange(4000)
+    plain = ab.simulated_online_test(arms, lists_a, lists_b, users, truth, k=10)
+    adjusted = ab.simulated_online_test(arms, lists_a, lists_b, users, truth, k=10, covariate=skill)
+    assert math.isnan(plain["ctr_ci_width_ratio"]) and math.isnan(plain["ctr_diff_ci_low_cuped"])
+    assert adjusted["ctr_ci_width_ratio"] < 0.97
+    assert adjusted["ctr_diff_ci_low_cuped"] < adjusted["ctr_diff_cuped"] < adjusted["ctr_diff_ci_high_cuped"]
+    assert {k: v for k, v in adjusted.items() if "cuped" not in k and k != "ctr_ci_width_ratio"} == \
+        {k: v for k, v in plain.items() if "cuped" not in k and k != "ctr_ci_width_ratio"}
+
+
 # ------------------------------------------------------------------------------------------------ interleaving
 def test_team_draft_takes_from_both_lists_without_duplicates_and_balanced_teams():
     rng = np.random.default_rng(10)
@@ -383,14 +517,18 @@ def summary_inputs():
     lists_b = list_with_item_at(relevant, np.where(rng.random(1000) < 0.6, 0, -1))
     paired, a, b = run_paired(lists_a, lists_b, truth, config)
     users = np.arange(1000)
-    online = ab.simulated_online_test(ab.assign_arms(users, config.salt, config.split), lists_a, lists_b, users,
-                                      truth, k=config.k, expected_split=config.split)
+    arms = ab.assign_arms(users, config.salt, config.split)
+    pre_period = a + rng.normal(0, 0.3, 1000)  # a covariate correlated with the outcome
+    online = ab.simulated_online_test(arms, lists_a, lists_b, users, truth, k=config.k,
+                                      expected_split=config.split, covariate=pre_period)
+    online_metric = ab.arm_test(np.where(arms == ab.CHALLENGER, b, a), arms, pre_period,
+                                metric=config.primary_metric, covariate_name="pre-period interactions")
     interleaving = ab.interleaving_test(*ab.team_draft_interleave(lists_a, lists_b, config.k), users, truth)
     guards = ab.guardrails(GOOD_METRICS, GOOD_METRICS, None, config.guardrails)
-    verdict = ab.decide(paired, online, interleaving, guards, config)
+    verdict = ab.decide(paired, online, interleaving, guards, config, online_metric=online_metric)
     segments = {"activity": np.where(users % 3 == 0, "heavy", "light")}
     summary = ab.ab_summary(a, b, paired, verdict, config, online=online, interleaving=interleaving,
-                            guards=guards, segments=segments)
+                            guards=guards, segments=segments, online_metric=online_metric)
     return summary, b - a, segments
 
 
@@ -402,6 +540,10 @@ def test_summary_is_strict_json_with_the_documented_fields(summary_inputs):
                   "lift_ci_low", "lift_ci_high", "mde", "n_users", "online", "interleaving", "guardrails"):
         assert field in summary
     assert summary["decision"] == "ship"
+    for field in ("ci_low", "ci_high", "ci_low_cuped", "ci_high_cuped", "ci_width_ratio", "variance_ratio"):
+        assert isinstance(summary["online_metric"][field], float)
+    assert summary["online_metric"]["ci_width_ratio"] < 1
+    assert any(r.startswith("note: between arms") and "with CUPED" in r for r in summary["reasons"])
     assert set(summary["segments"]["activity"]) == {"heavy", "light"}
     assert sum(s["n"] for s in summary["segments"]["activity"].values()) == summary["n_users"]
 
@@ -411,7 +553,8 @@ def test_html_report_is_self_contained_and_shows_the_decision(summary_inputs, tm
     path = write_html_report(summary, delta, segments, tmp_path / "ab" / "report.html")
     text = path.read_text(encoding="utf-8")
     assert "SHIP" in text and summary["reasons"][0].split(":")[0] in text
-    assert text.count("data:image/png;base64,") >= 3  # histogram, lift, segments
+    assert text.count("data:image/png;base64,") >= 4  # histogram, lift, segments, CUPED intervals
+    assert "CI width with CUPED / without" in text and "CUPED CI width / unadjusted CI width" in text
     assert "http://" not in text and "https://" not in text and "<script" not in text
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert [p.name for p in path.parent.iterdir()] == ["report.html"]  # no temporary file left behind
