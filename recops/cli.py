@@ -843,6 +843,29 @@ def drift(params: Params = Path("params.yaml"),
 
 
 @app.command()
+def ope(params: Params = Path("params.yaml"),
+        version: Annotated[str, typer.Option(help="Alias or version to evaluate on the served lists' log.")]
+        = "challenger",
+        quiet: Quiet = False) -> None:
+    """Off-policy evaluation: the clicks per list a version would earn, estimated from the impression log of what
+    was served (IPS, SNIPS, doubly robust; bootstrap CIs, effective sample size) -> reports/monitoring/ope.json."""
+    from recops import steps
+
+    settings, out = _with_settings(params, quiet, lambda s: steps.ope(s, version))
+    table = Table(title=f"off-policy estimates on {out['lists']} served lists (clicks per list; served: "
+                        f"{out['served_clicks_per_list']:.4f})", title_justify="left")
+    for name in ("policy", "estimator", "estimate", "95% CI", "ESS", "support"):
+        table.add_column(name, justify="left" if name in ("policy", "estimator", "support") else "right")
+    for policy, estimates in ((f"version {out['target_version']}", out["target"]), ("served", out["served"])):
+        for name, e in estimates.items():
+            table.add_row(policy, name, f"{e['estimate']:.4f}", f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}]",
+                          f"{e['ess']:.0f}", "poor" if e["poor_support"] else "ok")
+    console.print(table)
+    if out["left_out_lists"]:
+        console.print(f"note: {out['left_out_lists']} lists with an unknown propensity (Thompson) left out")
+
+
+@app.command()
 def serve(
     params: Params = Path("params.yaml"),
     version: Annotated[str, typer.Option(help="Alias (followed: hot swap when it moves) or version number.")]

@@ -892,3 +892,19 @@ def test_recops_monitor_counts_a_click_on_a_served_item_per_version_and_day(proj
     row = next(r for r in report["rows"] if r["version"] == "1" and r["day"] == today)
     assert row["ctr@5"] > 0 and row["item_ctr@5"] > 0 and 0 < row["coverage@5"] <= 1
     assert "<table>" in (ws / "reports/monitoring/online.html").read_text()
+
+
+def test_recops_ope_estimates_the_challenger_from_the_served_lists(project):
+    from tests.conftest import run_cli
+
+    ws, _ = project
+    proc = run_cli(ws, "ope", "--version", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "off-policy estimates" in proc.stdout and "snips" in proc.stdout
+    out = json.loads((ws / "reports/monitoring/ope.json").read_text())
+    assert out["target_version"] == "2" and out["lists"] > 0
+    # the served policy judged on its own log: every weight 1, so IPS and SNIPS are the observed clicks per list
+    for name in ("ips", "snips"):
+        assert out["served"][name]["estimate"] == pytest.approx(out["served_clicks_per_list"], rel=1e-9)
+    target = out["target"]["snips"]
+    assert target["ci_low"] <= target["estimate"] <= target["ci_high"] and target["ess"] >= 0
