@@ -1,6 +1,7 @@
 """Serving performance of the trained project's bundle (``models/serving``), all in one process and one run.
 
     .venv/bin/python -m benchmarks.serving [--params params.yaml] [--requests 2000] [--http-seconds 60]
+    .venv/bin/python -m benchmarks.serving --impressions-ab [--ab-pairs 10] [--ab-seconds 8]
 
 Run after `make run`. Measures, and prints as Markdown for BENCHMARKS.md:
 
@@ -17,6 +18,19 @@ Run after `make run`. Measures, and prints as Markdown for BENCHMARKS.md:
 6. over HTTP on loopback: `recops serve --bundle models/serving` (1 uvicorn worker), a closed-loop async httpx
    client at 1, 2 and 4 concurrent connections for ``--http-seconds`` each: requests/second, p50 / p99, errors,
    and the server's resident memory at the start and end of each level. The client runs on the same 2 cores.
+
+``--impressions-ab`` measures only what the impression log (``serving.impressions``) costs, instead of 1-6:
+
+7. in process: blocks of requests alternately without the log (``recommend``) and with it (``recommend`` and what
+   the API's ``logged`` does: ``served_record`` + ``ImpressionLog.record``, plus a flush every
+   ``flush_seconds`` of logged time, counted by its thread CPU time: in the server the fsync wait is another
+   thread's, off the GIL), same users in both arms, in ABBA order: the time ratio with a 95% CI over block pairs;
+8. over HTTP: two `recops serve --bundle models/serving` processes (1 worker each) from the same params but
+   ``serving.impressions.enabled`` true / false, both writing under one temporary ``event_log_dir`` (so the
+   project's data/events is untouched), loaded in turn (ABBA rounds of ``--ab-seconds``, a pause longer than
+   ``flush_seconds`` between rounds so one server's last flush does not land in the other's round) at 4 and
+   then 1 connections: requests/s and p50 / p99 per arm, and the requests/s ratio OFF / ON with a 95% CI over
+   round pairs (t interval on the log ratios).
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -198,27 +213,39 @@ async def load(base: str, users: list[str], concurrency: int, seconds: float) ->
     return np.asarray(latencies), errors
 
 
-def http_rows(params: Path, users: list[str], seconds: float) -> list[str]:
+def start_server(params: Path) -> tuple[subprocess.Popen, str]:
+    """`recops serve --bundle models/serving` (1 worker) on a free loopback port, once it answers /ready."""
     import httpx
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "recops.cli", "serve", "--params", str(params), "--bundle",
-                               "models/serving", "--port", str(port), "-q"], cwd=params.parent,
+                               "models/serving", "--port", str(port), "--workers", "1", "-q"], cwd=params.parent,
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return server, base
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            stop_server(server)
+            raise RuntimeError(f"recops serve --params {params} did not become ready")
+        time.sleep(0.3)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGINT)  # a clean shutdown: the impression log flushes what is left
+    server.wait(timeout=30)
+
+
+def http_rows(params: Path, users: list[str], seconds: float) -> list[str]:
+    server, base = start_server(params)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("recops serve did not become ready")
-            time.sleep(0.3)
         asyncio.run(load(base, users, 2, 3.0))  # warm-up
         rows = []
         for concurrency in (1, 2, 4):
@@ -229,8 +256,163 @@ def http_rows(params: Path, users: list[str], seconds: float) -> list[str]:
                         f"{before:.0f} -> {after:.0f} |")
         return rows
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        server.wait(timeout=30)
+        stop_server(server)
+
+
+def ratio_ci(on: np.ndarray, off: np.ndarray) -> tuple[float, float, float]:
+    """Geometric mean of the paired ratios off / on and its 95% t interval (on the logs, over pairs)."""
+    from scipy import stats
+
+    logs = np.log(np.asarray(off) / np.asarray(on))
+    half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
+    return float(np.exp(logs.mean())), float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))
+
+
+def abba(pairs: int) -> list[tuple[int, bool]]:
+    """(pair, logged?) in ABBA order: ON OFF, OFF ON, ... so that a linear drift cancels within two pairs."""
+    return [(n, arm) for n in range(pairs) for arm in ((True, False) if n % 2 == 0 else (False, True))]
+
+
+def impression_cost_in_process(model, users: np.ndarray, folder: Path, flush_seconds: float,
+                               block: int = 200) -> list[str]:
+    """Request-path cost of the impression log in process: logged blocks against unlogged ones (module doc, 7)."""
+    import uuid
+
+    from recops.serving.api import _plain_id
+    from recops.serving.impressions import ImpressionLog, served_record
+
+    log = ImpressionLog(folder, flush_seconds)  # flushed here, synchronously and timed: no thread
+
+    def logged(user, rec) -> None:  # what the API's logged() does for a live answer without a request_id
+        n = len(rec.items)
+        impression_id = uuid.uuid4().hex[:16]
+        log.record(served_record(impression_id, _plain_id(user), rec.version, [_plain_id(i) for i in rec.items],
+                                 rec.propensities or [1.0] * n, rec.explored or [False] * n, False, rec.fallback))
+
+    for user in users[:50]:
+        logged(model.user_ids[user], model.recommend(model.user_ids[user], 10))
+    log.flush()
+    pairs = len(users) // block
+    seconds = {True: np.zeros(pairs), False: np.zeros(pairs)}
+    recommend_s = log_s = flush_cpu_s = flush_wall_s = 0.0
+    flushes = flushed = 0
+    since_flush = 0.0
+    for n, arm in abba(pairs):
+        ids = model.user_ids[users[n * block:(n + 1) * block]]
+        if not arm:
+            started = time.perf_counter()
+            for user in ids:
+                model.recommend(user, 10)
+            seconds[False][n] = time.perf_counter() - started
+            continue
+        spent = 0.0
+        for user in ids:
+            started = time.perf_counter()
+            rec = model.recommend(user, 10)
+            middle = time.perf_counter()
+            logged(user, rec)
+            ended = time.perf_counter()
+            recommend_s += middle - started
+            log_s += ended - middle
+            spent += ended - started
+            since_flush += ended - started
+            if since_flush >= flush_seconds:  # as the flusher thread would, every flush_seconds of serving
+                cpu, wall = time.thread_time(), time.perf_counter()
+                flushed += log.flush()
+                flush_cpu_s += time.thread_time() - cpu
+                flush_wall_s += time.perf_counter() - wall
+                spent += time.thread_time() - cpu
+                flushes += 1
+                since_flush = 0.0
+        seconds[True][n] = spent
+    cpu, wall = time.thread_time(), time.perf_counter()
+    flushed += log.flush()
+    flush_cpu_s += time.thread_time() - cpu
+    flush_wall_s += time.perf_counter() - wall
+    flushes += 1
+    logged_requests = pairs * block
+    ratio, low, high = ratio_ci(1 / seconds[True], 1 / seconds[False])
+    return [
+        f"| in process, {pairs} pairs of {block}-request blocks (ABBA) | without log: "
+        f"{seconds[False].sum() / logged_requests * 1e3:.3f} ms/request | with log: "
+        f"{seconds[True].sum() / logged_requests * 1e3:.3f} ms/request | {ratio:.4f} [{low:.4f}, {high:.4f}] |",
+        "",
+        f"breakdown of the logged arm, per request: recommend {recommend_s / logged_requests * 1e3:.3f} ms, "
+        f"served_record + record {log_s / logged_requests * 1e6:.1f} us "
+        f"({log_s / recommend_s:.2%} of recommend), flush {flush_cpu_s / flushed * 1e6:.1f} us CPU per record "
+        f"({flush_cpu_s / recommend_s:.2%} of recommend; {flushes} flushes of {flushed / flushes:.0f} records, "
+        f"{flush_wall_s / flushes * 1e3:.2f} ms wall each with the fsync)",
+    ]
+
+
+async def timed_load(base: str, users: list[str], concurrency: int, seconds: float) -> tuple[np.ndarray, int, float]:
+    started = time.perf_counter()
+    ms, errors = await load(base, users, concurrency, seconds)
+    return ms, errors, time.perf_counter() - started  # requests in flight at the deadline still finish
+
+
+def impressions_ab_rows(params: Path, users: list[str], pairs: int, seconds: float) -> list[str]:
+    """HTTP requests/s and latency with the impression log on and off, interleaved (module doc, 8)."""
+    import httpx
+    import yaml
+
+    raw = yaml.safe_load(params.read_text(encoding="utf-8"))
+    flush_seconds = float(raw.get("serving", {}).get("impressions", {}).get("flush_seconds", 1.0))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="recops-impressions-ab-") as events:
+        paths = {}
+        servers: dict[bool, tuple[subprocess.Popen, str]] = {}
+        try:
+            for arm in (True, False):
+                serving = raw.setdefault("serving", {})
+                serving["event_log_dir"] = events  # absolute: the project's data/events stays untouched
+                serving.setdefault("impressions", {})["enabled"] = arm
+                # next to params.yaml: the project's relative paths resolve from the params file's folder
+                with tempfile.NamedTemporaryFile("w", dir=params.parent, prefix=".impressions-ab-",
+                                                 suffix=".yaml", delete=False) as fh:
+                    yaml.safe_dump(raw, fh, sort_keys=False)
+                paths[arm] = Path(fh.name)
+            for arm in (True, False):
+                servers[arm] = start_server(paths[arm])
+            for arm in (True, False):
+                answer = httpx.get(f"{servers[arm][1]}/recommendations/{users[0]}", params={"k": 10}).json()
+                if (answer.get("impression_id") is not None) != arm:
+                    raise RuntimeError(f"the {'ON' if arm else 'OFF'} server answered impression_id "
+                                       f"{answer.get('impression_id')!r}: serving.impressions.enabled not applied")
+                asyncio.run(load(servers[arm][1], users, 2, 3.0))  # warm-up
+            served_on = 0
+            for concurrency in (4, 1):
+                rps = {True: np.zeros(pairs), False: np.zeros(pairs)}
+                latencies: dict[bool, list[np.ndarray]] = {True: [], False: []}
+                errors = {True: 0, False: 0}
+                for n, arm in abba(pairs):
+                    time.sleep(flush_seconds + 0.5)  # the ON server's last flush lands before the next round
+                    ms, failed, elapsed = asyncio.run(timed_load(servers[arm][1], users, concurrency, seconds))
+                    rps[arm][n] = len(ms) / elapsed
+                    latencies[arm].append(ms)
+                    errors[arm] += failed
+                    served_on += len(ms) if arm else 0
+                ratio, low, high = ratio_ci(rps[True], rps[False])
+                per_pair = rps[False] / rps[True]
+                for arm in (True, False):
+                    ms = np.concatenate(latencies[arm])
+                    rows.append(f"| {concurrency} | {'ON' if arm else 'OFF'} | {rps[arm].mean():.0f} "
+                                f"({rps[arm].min():.0f}-{rps[arm].max():.0f}) | {np.percentile(ms, 50):.2f} | "
+                                f"{np.percentile(ms, 99):.2f} | {errors[arm]} | "
+                                + (f"{ratio:.4f} [{low:.4f}, {high:.4f}]; pairs {per_pair.min():.3f}-"
+                                   f"{per_pair.max():.3f} |" if arm else "|"))
+        finally:
+            for server, _ in servers.values():
+                stop_server(server)
+            for path in paths.values():
+                path.unlink(missing_ok=True)
+        from recops.serving.impressions import impressions_folder, read_impressions
+
+        shown, skipped = read_impressions(impressions_folder(Path(events)))
+        # one row per item shown: the lists are the rows at position 0 (request ids repeat across rounds)
+        rows.append(f"\nimpression log written by the ON server: {int((shown['position'] == 0).sum())} lists "
+                    f"({skipped} unreadable lines) for {served_on} timed ON requests plus its warm-up")
+    return rows
 
 
 def main() -> None:
@@ -238,6 +420,10 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--http-seconds", type=float, default=60.0)
+    parser.add_argument("--impressions-ab", action="store_true",
+                        help="measure only the impression log's cost: in process and over HTTP, ON vs OFF")
+    parser.add_argument("--ab-pairs", type=int, default=10, help="ON/OFF round pairs per connection level")
+    parser.add_argument("--ab-seconds", type=float, default=8.0, help="seconds per HTTP round")
     args = parser.parse_args()
     params = Path(args.params).resolve()
     from recops.entry import configure_logging, prepare_environment
@@ -258,6 +444,21 @@ def main() -> None:
           f"{platform.python_version()}; {model.n_users} users x {model.n_items} items, "
           f"{model.candidates_config.n_candidates} candidates, {len(model.feature_names)} features, "
           f"serving.threads={settings.serving.threads}\n")
+
+    if args.impressions_ab:
+        flush_seconds = settings.serving.impressions.flush_seconds
+        print(f"impression log: flush every {flush_seconds:g} s\n")
+        print("| impression log | OFF | ON | time ratio ON / OFF [95% CI] |\n|---|---:|---:|---:|")
+        with tempfile.TemporaryDirectory(prefix="recops-impressions-") as folder:
+            print("\n".join(impression_cost_in_process(model, rng.integers(0, model.n_users, 3000), Path(folder),
+                                                       flush_seconds)))
+        ids = [str(u) for u in model.user_ids.tolist()]
+        print(f"\nover HTTP, 1 uvicorn worker per arm, closed loop, {args.ab_pairs} ABBA pairs of "
+              f"{args.ab_seconds:g} s rounds per level (a request id per request: live scoring)\n")
+        print("| connections | impression log | requests/s, mean (min-max of rounds) | p50 ms | p99 ms | errors | "
+              "requests/s OFF / ON [95% CI] |\n|---:|---|---:|---:|---:|---:|---|")
+        print("\n".join(impressions_ab_rows(params, ids, args.ab_pairs, args.ab_seconds)))
+        return
 
     one = in_process(model, users, 10)
     print("| in process, one request (k=10) | p50 ms | p99 ms | mean ms |\n|---|---:|---:|---:|")

@@ -10,8 +10,9 @@ A request runs in three parts; the training between them is the ordinary pipelin
      upstream system that still has them;
    - the interaction source and the users table, when they are files in the project, are rewritten without their
      rows (marked as pseudonymised when they were);
-   - their lines in the event log (live, ingested and set-aside files) are erased in place: overwritten by blanks
-     of the same length under the log's lock, so the servers tailing it keep their byte offsets;
+   - their lines in the event log (live, ingested and set-aside files) and in the impression log are erased in
+     place: overwritten by blanks of the same length under the log's lock, so the servers tailing it keep their
+     byte offsets (and once more in part 3, for what servers wrote meanwhile);
    - their cached lists are deleted from Redis for every version, and the batch scores (``reports/batch``) of
      earlier versions are deleted (they list every user).
 2. the pipeline retrains every stage on data without them (MF, EASE, item-kNN, popularity statistics, the
@@ -385,6 +386,9 @@ def finish(settings: Settings, request: dict[str, Any], version: str) -> dict[st
         counts["interactions_dropped_at_ingest"] = int(ingested.get("forgotten_rows_dropped", 0))
     except (OSError, ValueError):
         pass
+    # again: what running servers logged of them since the first pass (an impression batch is written up to
+    # serving.impressions.flush_seconds after the answer; a request during the retraining)
+    counts["event_lines"] = counts.get("event_lines", 0) + _erase_events(settings, request["stored"])
     erased_versions, files = _erase_versions(settings, versions, str(version), request_id)
     counts["artifact_files"] = files
     counts["dvc_cache_objects"] = _dvc_gc(settings)

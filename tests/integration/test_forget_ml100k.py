@@ -103,6 +103,8 @@ def test_forgotten_users_are_nowhere_and_everyone_else_is_served_as_by_a_model_t
             assert running.get(f"/recommendations/{raw}", params={"k": 10}).json()["fallback"] is None
         assert any(t in key.decode() for key in store.scan_iter(match=f"{prefix}:*") for t in texts)
         assert files_with_text(files_under(ws / "data/events"), texts)
+        running.app.state.impressions.flush()  # the lists shown to them, in the impression log
+        assert files_with_text(files_under(ws / "data/events/impressions"), texts)
 
         started = time.perf_counter()
         proc = cli(ws, "forget", *map(str, TARGETS), "--reason", "verification", "-q")
@@ -115,9 +117,8 @@ def test_forgotten_users_are_nowhere_and_everyone_else_is_served_as_by_a_model_t
         holder = running.app.state.holder
         assert holder.reload()["changed"]  # its poll: the new champion, their events out of its memory
         assert not [e for e in holder._events if int(e["user_id"]) in gone]
-        for raw in TARGETS:
-            answer = running.get(f"/recommendations/{raw}", params={"k": 10}).json()
-            assert answer["fallback"] is not None and answer["cached"] is False, answer
+        # it knows them no more (asked here: a request of theirs now would be a new visit, logged as such)
+        assert all(holder.current.user_index(str(g)) is None for g in gone)
     finally:
         running.__exit__(None, None, None)
         os.environ.pop(KEY_ENV, None)
@@ -135,7 +136,20 @@ def test_forgotten_users_are_nowhere_and_everyone_else_is_served_as_by_a_model_t
     audit = [json.loads(p.read_text()) for p in (ws / "reports/privacy").glob("forget-*.json")]
     assert len(audit) == 1 and audit[0]["users"] == 3 and audit[0]["reason"] == "verification"
     assert audit[0]["counts"]["interactions_dropped_at_ingest"] == len(rows)
-    assert audit[0]["counts"]["dvc_cache_objects"] > 0 and audit[0]["counts"]["event_lines"] == len(TARGETS)
+    # their events and the lists shown to them
+    assert audit[0]["counts"]["dvc_cache_objects"] > 0 and audit[0]["counts"]["event_lines"] == 2 * len(TARGETS)
+    # a server started now answers them as unknown users
+    os.environ[KEY_ENV] = KEY
+    try:
+        quiet = settings.model_copy(update={"serving": settings.serving.model_copy(update={
+            "reload_poll_seconds": 0, "cache": settings.serving.cache.model_copy(update={"backend": "memory"}),
+            "impressions": settings.serving.impressions.model_copy(update={"enabled": False})})})
+        with TestClient(create_app(quiet), raise_server_exceptions=False) as fresh:
+            for raw in TARGETS:
+                answer = fresh.get(f"/recommendations/{raw}", params={"k": 10}).json()
+                assert answer["fallback"] == "unknown_user", answer
+    finally:
+        os.environ.pop(KEY_ENV, None)
 
     # an independent retrain: a second project given the same tables without their rows, as raw file input
     other = fresh_workspace("never-saw-them", prefect_api)
