@@ -95,3 +95,41 @@ def online_metrics(shown: pd.DataFrame, ks: Sequence[int], n_items: int,
         if "surprise" in top:
             out[f"novelty@{k}"] = top_groups["surprise"].mean()
     return out.reset_index()
+
+
+_EXPOSED = {"ctr": "share of lists with a click in their first k", "item_ctr": "clicks per item shown in the "
+            "first k", "coverage": "share of the catalogue shown in the first k", "novelty": "mean -log2 "
+            "popularity share of the items shown in the first k"}
+
+
+def prometheus_lines(report: dict) -> str:
+    """The latest day of each version of an online-metrics report (``recops monitor``) as Prometheus gauges,
+    ``recops_online_<metric>{version, k, day}``, plus the explored-slot CTR and the fallback share."""
+    latest: dict[str, dict] = {}
+    for row in report.get("rows", []):
+        version = str(row["version"])
+        if version not in latest or row["day"] > latest[version]["day"]:
+            latest[version] = row
+    lines = []
+
+    def gauge(name: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
+        lines.append(f"# HELP recops_online_{name} {help_text} (recops monitor: latest day per version)")
+        lines.append(f"# TYPE recops_online_{name} gauge")
+        for labels, value in samples:
+            text = ",".join(f'{key}="{val}"' for key, val in labels.items())
+            lines.append(f"recops_online_{name}{{{text}}} {float(value)!r}")
+
+    for metric, help_text in _EXPOSED.items():
+        samples = [({"version": v, "k": key.split("@")[1], "day": row["day"]}, value)
+                   for v, row in latest.items() for key, value in row.items()
+                   if key.startswith(metric + "@") and isinstance(value, (int, float)) and np.isfinite(value)]
+        if samples:
+            gauge(metric, help_text, samples)
+    for metric, help_text in (("explored_ctr", "click rate of the exploration slots"),
+                              ("fallback_share", "share of lists that were a fallback (cold or unknown user)"),
+                              ("lists", "lists served")):
+        samples = [({"version": v, "day": row["day"]}, row[metric]) for v, row in latest.items()
+                   if isinstance(row.get(metric), (int, float)) and np.isfinite(row[metric])]
+        if samples:
+            gauge(metric, help_text, samples)
+    return "\n".join(lines) + ("\n" if lines else "")

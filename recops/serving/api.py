@@ -853,7 +853,18 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
         model = holder.current
         model_version.set(float(model.version) if model is not None and model.version.isdigit() else 0.0)
         swaps.set(holder.swaps)
-        return PlainTextResponse(exposition().decode(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(exposition().decode() + online_lines(), media_type="text/plain; version=0.0.4")
+
+    online_report = settings.path("monitoring_dir") / "online.json"
+
+    def online_lines() -> str:
+        """The last ``recops monitor`` report's latest day per version (online CTR, coverage, ...)."""
+        from recops.monitoring.online import prometheus_lines
+
+        try:
+            return prometheus_lines(json.loads(online_report.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):  # none yet, or being rewritten: next scrape
+            return ""
 
     if admin_token() is not None:
         @app.post("/admin/reload", summary="Look at the registry now and swap if the alias moved")

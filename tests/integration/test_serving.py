@@ -892,6 +892,9 @@ def test_recops_monitor_counts_a_click_on_a_served_item_per_version_and_day(proj
     row = next(r for r in report["rows"] if r["version"] == "1" and r["day"] == today)
     assert row["ctr@5"] > 0 and row["item_ctr@5"] > 0 and 0 < row["coverage@5"] <= 1
     assert "<table>" in (ws / "reports/monitoring/online.html").read_text()
+    with TestClient(create_app(local_settings(settings), version="1"), raise_server_exceptions=False) as client:
+        exposed = client.get("/metrics").text
+    assert f'recops_online_ctr{{version="1",k="5",day="{today}"}} {row["ctr@5"]!r}' in exposed, exposed[-2000:]
 
 
 def test_recops_ope_estimates_the_challenger_from_the_served_lists(project):
