@@ -52,7 +52,9 @@ def ab_task(params_path: str) -> dict[str, Any] | None:
     if champion == challenger:
         get_run_logger().info("the challenger is the champion (version %s): nothing to evaluate", champion)
         return {"decision": NOTHING_TO_DO, "champion_version": champion, "challenger_version": challenger}
-    return run_ab(settings)
+    report = run_ab(settings)
+    report["off_policy"] = steps.off_policy_section(settings, report["challenger_version"])
+    return report
 
 
 @task(name="drift", **TASK)

@@ -527,8 +527,12 @@ def ab(
     from recops.evaluation.abtest import run_ab
 
     def run(settings):
+        from recops import steps
+
         leave_no_orphans(settings)
-        return run_ab(settings, champion, challenger, timeline=timeline, allow_other_data=allow_other_data)
+        summary = run_ab(settings, champion, challenger, timeline=timeline, allow_other_data=allow_other_data)
+        summary["off_policy"] = steps.off_policy_section(settings, summary["challenger_version"])
+        return summary
 
     settings, summary = _with_settings(params, quiet, run)
     colour = "green" if summary["decision"] == "ship" else "yellow"
@@ -545,6 +549,13 @@ def ab(
         rows.append((f"with CUPED on {between['covariate']}",
                      f"{between['delta_cuped']:+.4f} [{between['ci_low_cuped']:+.4f}, "
                      f"{between['ci_high_cuped']:+.4f}], CI width x {between['ci_width_ratio']:.3f}"))
+    off = summary.get("off_policy")
+    if off:  # evidence from the impression log, beside the decision
+        snips = off["snips"]
+        rows.append(("off-policy clicks/list (SNIPS)",
+                     f"served {off['served_clicks_per_list']:.4f} -> {snips['estimate']:.4f} [{snips['ci_low']:.4f}, "
+                     f"{snips['ci_high']:.4f}], ESS {snips['ess']:.0f} of {off['lists']} lists"
+                     + (", poor support" if snips["poor_support"] else "")))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)

@@ -1220,3 +1220,27 @@ def ope(settings: Settings, version: str = "challenger", now: float | None = Non
              out["target_version"], out["lists"], estimates["snips"].estimate, estimates["snips"].ci_low,
              estimates["snips"].ci_high, estimates["snips"].ess)
     return out
+
+
+def off_policy_section(settings: Settings, version: str) -> dict[str, Any] | None:
+    """The off-policy part of an A/B (``recops ab``, evaluate-and-promote): :func:`ope` of ``version`` on what
+    was served, added to ``reports/ab.json`` as ``off_policy``; None (and nothing written) when no list was
+    served in the window. Evidence shown beside the decision, which it does not change: the logs come from one
+    policy with exploration in the last positions only, so a challenger that reorders the top has thin support."""
+    from recops.serving.impressions import impressions_folder, read_impressions
+
+    start = time.time() - settings.monitoring.online_days * 86_400
+    shown, _ = read_impressions(impressions_folder(settings.root / settings.serving.event_log_dir), start=start)
+    if shown.empty:
+        return None
+    out = ope(settings, version)
+    section = {"version": out["target_version"], "lists": out["lists"],
+               "served_clicks_per_list": out["served_clicks_per_list"],
+               **{name: {key: out["target"][name][key] for key in ("estimate", "ci_low", "ci_high", "ess",
+                                                                    "poor_support")} for name in ("snips", "dr")}}
+    path = settings.path("reports_dir") / "ab.json"
+    if path.is_file():
+        report = read_json(path)
+        report["off_policy"] = section
+        write_json(report, path)
+    return section

@@ -897,10 +897,26 @@ def test_recops_monitor_counts_a_click_on_a_served_item_per_version_and_day(proj
     assert f'recops_online_ctr{{version="1",k="5",day="{today}"}} {row["ctr@5"]!r}' in exposed, exposed[-2000:]
 
 
+def serve_and_click(project, users: int = 20) -> None:
+    """Lists served by version 1 to ``users`` users (into the project's impression log), a click on each one's
+    second item: what the off-policy tests read, whatever ran before them."""
+    from fastapi.testclient import TestClient
+
+    from recops.serving.api import create_app
+
+    _, settings = project
+    with TestClient(create_app(local_settings(settings), version="1"), raise_server_exceptions=False) as client:
+        for user in sorted(seen_by_user(settings))[:users]:
+            answer = client.get(f"/recommendations/{user}", params={"k": 5}).json()
+            client.post("/events", json={"user_id": user, "item_id": answer["items"][1]["item_id"],
+                                         "timestamp": time.time()})
+
+
 def test_recops_ope_estimates_the_challenger_from_the_served_lists(project):
     from tests.conftest import run_cli
 
     ws, _ = project
+    serve_and_click(project)
     proc = run_cli(ws, "ope", "--version", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "off-policy estimates" in proc.stdout and "snips" in proc.stdout
@@ -911,3 +927,16 @@ def test_recops_ope_estimates_the_challenger_from_the_served_lists(project):
         assert out["served"][name]["estimate"] == pytest.approx(out["served_clicks_per_list"], rel=1e-9)
     target = out["target"]["snips"]
     assert target["ci_low"] <= target["estimate"] <= target["ci_high"] and target["ess"] >= 0
+
+
+def test_recops_ab_shows_the_off_policy_estimate_beside_its_decision(project):
+    from tests.conftest import run_cli
+
+    ws, _ = project
+    serve_and_click(project)
+    proc = run_cli(ws, "ab", "--champion", "1", "--challenger", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "off-policy clicks/list (SNIPS)" in proc.stdout, proc.stdout[-2000:]
+    report = json.loads((ws / "reports/ab.json").read_text())
+    off = report["off_policy"]
+    assert off["version"] == "2" and off["lists"] > 0 and off["snips"]["ci_low"] <= off["snips"]["estimate"]
