@@ -177,10 +177,14 @@ def test_the_champion_answers_every_movielens_user_with_k_unseen_items(trained):
             body = client.get(f"/recommendations/{user}", params={"k": 10}).json()
             got = [entry["item_id"] for entry in body["items"]]
             assert len(got) == 10 == len(set(got)) and not set(got) & items, (user, body)
-            assert body["fallback"] is None and all(entry["reason"]["because"] in items for entry in body["items"])
+            # a reason names one of the user's own items, or none when too few others share the pair
+            # (serving.min_reason_support: "based on your activity")
+            named = [entry["reason"] for entry in body["items"] if entry["reason"]["because"] is not None]
+            assert body["fallback"] is None and all(reason["because"] in items for reason in named)
+            assert len(named) >= 5, body
             # the films by their titles (item_attributes.title), in the list and in its reasons
-            assert all(entry["title"] and entry["reason"]["because_title"] in entry["reason"]["text"]
-                       for entry in body["items"]), body
+            assert all(entry["title"] for entry in body["items"]) and all(
+                reason["because_title"] in reason["text"] for reason in named), body
         assert client.get("/ready").json()["version"] == json.loads(
             (ws / "reports" / "registry.json").read_text())["champion"]
 

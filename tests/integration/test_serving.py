@@ -673,7 +673,8 @@ def test_explain_names_only_the_requesters_history_in_pairs_other_users_share(ap
         # no other user id can be in it: the only id-valued fields are the user's own and items'
         assert [k for _, k, _ in walk(body) if "user" in k] == ["user_id"]
         assert {k for _, k, _ in walk(body)} <= {
-            "user_id", "model_name", "model_version", "items", "fallback", "cached", "cache_source", "item_id",
+            "user_id", "model_name", "model_version", "items", "fallback", "cached", "cache_source", "impression_id",
+            "item_id",
             "title", "score", "explored", "reason", "because", "because_title", "similarity", "text", "features",
             "feature", "contribution"}
         for item in body["items"]:
