@@ -1011,19 +1011,15 @@ def _gates_on_the_timeline(settings: Settings) -> bool:
     return parse_gates(settings.registry.first_model_gates).fold == "timeline"
 
 
-def online_metrics(settings: Settings, now: float | None = None) -> dict[str, Any]:
-    """Online metrics (recops.monitoring.online) of the lists served in the last ``monitoring.online_days`` days,
-    per version and day, from the impression log and the event log (live and ingested): written to
-    ``paths.monitoring_dir/online.json`` and ``online.html``; returns the report."""
+def _served_with_clicks(settings: Settings, end: float) -> tuple[pd.DataFrame, int, int]:
+    """The impression log's rows of the last ``monitoring.online_days`` days before ``end``, each with
+    ``clicked`` (recops.monitoring.online.attribute_clicks on the event log, live and ingested); the impression
+    lines skipped as unreadable; the events read in the window."""
     from recops.data.events import read_events
-    from recops.monitoring.online import attribute_clicks, online_metrics as per_version_day
-    from recops.monitoring.report import render_table
+    from recops.monitoring.online import attribute_clicks
     from recops.serving.impressions import impressions_folder, read_impressions
 
-    started = time.perf_counter()
-    cfg = settings.monitoring
-    end = time.time() if now is None else now
-    start = end - cfg.online_days * 86_400
+    start = end - settings.monitoring.online_days * 86_400
     event_dir = settings.root / settings.serving.event_log_dir
     shown, skipped = read_impressions(impressions_folder(event_dir), start=start, end=end)
     window = settings.serving.impressions.attribution_minutes * 60
@@ -1031,15 +1027,28 @@ def online_metrics(settings: Settings, now: float | None = None) -> dict[str, An
         if event_dir.is_dir() else []
     events, _ = read_events(files, settings.data.id_type)
     events = events[events[Columns.TIMESTAMP].between(start, end + window)]
-    reference = read_parquet(settings.path("interactions"))[Columns.ITEM_ID]
-    counts = reference.value_counts()
-    table = per_version_day(attribute_clicks(shown, events, window), cfg.ks, n_items=len(counts),
-                            reference_counts=counts)
+    return attribute_clicks(shown, events, window), skipped, len(events)
+
+
+def online_metrics(settings: Settings, now: float | None = None) -> dict[str, Any]:
+    """Online metrics (recops.monitoring.online) of the lists served in the last ``monitoring.online_days`` days,
+    per version and day, from the impression log and the event log (live and ingested): written to
+    ``paths.monitoring_dir/online.json`` and ``online.html``; returns the report."""
+    from recops.monitoring.online import online_metrics as per_version_day
+    from recops.monitoring.report import render_table
+
+    started = time.perf_counter()
+    cfg = settings.monitoring
+    end = time.time() if now is None else now
+    start = end - cfg.online_days * 86_400
+    shown, skipped, n_events = _served_with_clicks(settings, end)
+    counts = read_parquet(settings.path("interactions"))[Columns.ITEM_ID].value_counts()
+    table = per_version_day(shown, cfg.ks, n_items=len(counts), reference_counts=counts)
     report = {
         "window": {"start": _iso(start), "end": _iso(end), "days": cfg.online_days},
         "attribution_minutes": settings.serving.impressions.attribution_minutes,
         "impressions": int(shown["impression_id"].nunique()) if len(shown) else 0,
-        "events": int(len(events)),
+        "events": n_events,
         "unreadable_impression_lines": skipped,
         "rows": json.loads(table.to_json(orient="records")),
         "seconds": round(time.perf_counter() - started, 3),
@@ -1073,7 +1082,8 @@ def drift(settings: Settings, version: str = "champion") -> dict[str, Any]:
     import lightgbm as lgb
 
     from recops.evaluation.abtest import resolve_version
-    from recops.monitoring.drift import DriftGateConfig, DriftReport, drift_report, gate_decision, score_drift
+    from recops.monitoring.drift import (DriftGateConfig, DriftReport, drift_report, gate_decision, score_drift,
+                                         table_drift)
     from recops.registry.mlflow_registry import download_serving_bundle
     from recops.serving.bundle import DRIFT_REFERENCE, load_bundle
 
@@ -1120,8 +1130,6 @@ def drift(settings: Settings, version: str = "champion") -> dict[str, Any]:
         spec_u, spec_i = settings.data.user_attributes, settings.data.item_attributes
         categorical = [n for n in compared if n in {f"user_{c}" for c in (spec_u.categorical if spec_u else [])}
                        | {f"item_{c}" for c in (spec_i.categorical if spec_i else [])}]
-        from recops.monitoring.drift import table_drift
-
         checks += table_drift(reference_rows, rows, compared, categorical=categorical)
         if cfg.ignore_features:
             notes.append("not compared (they move with the clock): " + ", ".join(cfg.ignore_features))
@@ -1160,24 +1168,22 @@ def ope(settings: Settings, version: str = "challenger", now: float | None = Non
     deterministic policy: weight ``1 / propensity`` where it would show the logged item at that position, else 0.
     Lists with an unknown propensity (Thompson exploration) are left out, and counted. Written to
     ``paths.monitoring_dir/ope.json``."""
-    from recops.data.events import read_events
+    from recops.serving.impressions import impressions_folder
+
+    shown, _, _ = _served_with_clicks(settings, time.time() if now is None else now)
+    if shown.empty:
+        folder = impressions_folder(settings.root / settings.serving.event_log_dir)
+        raise RecopsError(f"no served list in {folder} for the last {settings.monitoring.online_days} days: "
+                          "serve with serving.impressions.enabled first")
+    return _ope(settings, version, shown, n_bootstrap)
+
+
+def _ope(settings: Settings, version: str, shown: pd.DataFrame, n_bootstrap: int) -> dict[str, Any]:
+    """:func:`ope` on impression rows with ``clicked`` (:func:`_served_with_clicks`), at least one."""
     from recops.evaluation.ope import SlateLog, evaluate
-    from recops.monitoring.online import attribute_clicks
     from recops.serving.batch import batch_score
-    from recops.serving.impressions import impressions_folder, read_impressions
 
     started = time.perf_counter()
-    end = time.time() if now is None else now
-    start = end - settings.monitoring.online_days * 86_400
-    event_dir = settings.root / settings.serving.event_log_dir
-    shown, _ = read_impressions(impressions_folder(event_dir), start=start, end=end)
-    if shown.empty:
-        raise RecopsError(f"no served list in {impressions_folder(event_dir)} for the last "
-                          f"{settings.monitoring.online_days} days: serve with serving.impressions.enabled first")
-    window = settings.serving.impressions.attribution_minutes * 60
-    files = sorted([*event_dir.glob("events-*.jsonl"), *(event_dir / "ingested").glob("events-*.jsonl")])
-    events, _ = read_events(files, settings.data.id_type)
-    shown = attribute_clicks(shown, events, window)
     unknown = shown["impression_id"].isin(set(shown.loc[shown["propensity"].isna(), "impression_id"]))
     left_out = int(shown.loc[unknown, "impression_id"].nunique())
     shown = shown[~unknown.to_numpy()]
@@ -1227,13 +1233,10 @@ def off_policy_section(settings: Settings, version: str) -> dict[str, Any] | Non
     was served, added to ``reports/ab.json`` as ``off_policy``; None (and nothing written) when no list was
     served in the window. Evidence shown beside the decision, which it does not change: the logs come from one
     policy with exploration in the last positions only, so a challenger that reorders the top has thin support."""
-    from recops.serving.impressions import impressions_folder, read_impressions
-
-    start = time.time() - settings.monitoring.online_days * 86_400
-    shown, _ = read_impressions(impressions_folder(settings.root / settings.serving.event_log_dir), start=start)
+    shown, _, _ = _served_with_clicks(settings, time.time())
     if shown.empty:
         return None
-    out = ope(settings, version)
+    out = _ope(settings, version, shown, n_bootstrap=1000)
     section = {"version": out["target_version"], "lists": out["lists"],
                "served_clicks_per_list": out["served_clicks_per_list"],
                **{name: {key: out["target"][name][key] for key in ("estimate", "ci_low", "ci_high", "ess",
