@@ -89,3 +89,25 @@ def test_the_gate_blocks_the_promotion_when_told_to(project):
     assert "drift" in proc.stdout and "'promotion': None" in proc.stdout, proc.stdout[-2000:]
     assert current_aliases(settings)["champion"] == "1"
     assert not (ws / "reports/ab.json").exists()  # blocked before any A/B
+
+
+def test_the_gate_retrains_on_the_current_snapshot_before_the_ab_when_told_to(project):
+    from recops.config import load_settings
+    from recops.registry.mlflow_registry import latest_version
+    from recops.registry.promotion import current_aliases
+
+    ws = project
+    set_params(ws, monitoring={"drift": {"action": "retrain"}})
+    settings = load_settings(ws / "params.yaml")
+    before = current_aliases(settings)
+    registered = int(latest_version(settings)["version"])
+    flow = ("from flows.lifecycle import evaluate_and_promote_flow; "
+            f"print(evaluate_and_promote_flow(params_path={str(ws / 'params.yaml')!r}))")
+    proc = subprocess.run([sys.executable, "-c", flow], cwd=ws, env=run_env(ws), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "retraining on the current snapshot" in proc.stdout + proc.stderr
+    assert int(latest_version(settings)["version"]) == registered + 1  # one new version, on the current snapshot
+    report = json.loads((ws / "reports/ab.json").read_text())
+    assert report["challenger_version"] == str(registered + 1)  # the A/B judged the fresh one, not the stale one
+    assert report["champion_version"] == before["champion"]

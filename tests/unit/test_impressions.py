@@ -4,7 +4,6 @@ survives torn and erased lines, whole batches across processes, and what a SIGKI
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -86,23 +85,28 @@ def test_close_writes_what_the_flusher_had_not_yet(tmp_path: Path) -> None:
     assert frame["impression_id"].nunique() == 100 and log.written == 100
 
 
-def _writer(folder: str, worker: int, batches: int) -> None:
-    log = ImpressionLog(Path(folder), flush_seconds=60)
-    for b in range(batches):
-        for i in range(50):
-            log.record(served_record(f"w{worker}-{b}-{i}", f"u{worker}", "1", list(range(40)), [1.0] * 40,
-                                     [False] * 40, False, None))
-        log.flush()
+WRITER = """
+import sys
+from pathlib import Path
+from recops.serving.impressions import ImpressionLog, served_record
+
+folder, worker, batches = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+log = ImpressionLog(folder, flush_seconds=60)
+for b in range(batches):
+    for i in range(50):
+        log.record(served_record(f"w{worker}-{b}-{i}", f"u{worker}", "1", list(range(40)), [1.0] * 40,
+                                 [False] * 40, False, None))
+    assert log.flush() == 50, (log.failed_flushes, log.dropped)
+"""
 
 
 def test_workers_appending_at_once_never_interleave_their_lines(tmp_path: Path) -> None:
-    context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_writer, args=(str(tmp_path), w, 20)) for w in range(3)]
+    # separate interpreters (not fork from a threaded test worker), their errors shown when one fails
+    workers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(w), "20"],
+                                stderr=subprocess.PIPE, text=True) for w in range(3)]
     for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-        assert worker.exitcode == 0
+        _, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err[-2000:]
     frame, skipped = read_impressions(tmp_path)
     assert skipped == 0 and frame["impression_id"].nunique() == 3 * 20 * 50 and len(frame) == 3 * 20 * 50 * 40
 
