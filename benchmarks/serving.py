@@ -5,10 +5,10 @@
 
 Run after `make run`. Measures, and prints as Markdown for BENCHMARKS.md:
 
-1. one request in process (``Recommender.recommend``: retrieval from every source, features, ONNX ranker, rules,
+1. one request in process (``Recommender.recommend``: retrieval from every source, features, the ranker, rules,
    reasons): p50 / p99 / mean over ``--requests`` requests of random users, after a warm-up;
-2. the ranker alone on the same inputs (each request's candidate feature matrix): onnxruntime against native
-   LightGBM ``predict`` (1 thread each), as a ratio measured in the same process;
+2. the ranker alone on the same inputs (each request's candidate feature matrix): the compiled forest (lleaves),
+   onnxruntime and native LightGBM ``predict`` (1 thread each), as ratios measured in the same process;
 3. an event to a fresh answer (``add_event`` then ``recommend``), in process;
 4. batch scoring of every user (top-100) through the same engine: users/second, and the MF scoring's share of
    the machine's single-thread float32 GEMM peak (a large ``sgemm`` timed in the same process);
@@ -67,14 +67,11 @@ def in_process(model, users: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def ranker_only(model, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-request ranker time, onnxruntime vs native LightGBM, on each request's own feature matrix."""
-    import lightgbm as lgb
-
+def request_matrices(model, users: np.ndarray) -> list[np.ndarray]:
+    """Each request's own candidate feature matrix (what the ranker scores for that user)."""
     from recops.candidates.merge import merged_candidate_blocks
     from recops.features.builder import gather_feature_matrix
 
-    booster = lgb.Booster(model_file=str(model._booster_path))
     matrices = []
     for user in users:
         columns = next(merged_candidate_blocks(model.sources, model.candidates_config, np.array([user], np.int32),
@@ -82,19 +79,33 @@ def ranker_only(model, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         values = np.column_stack([columns[c] for c in model.source_columns]).astype(np.float32)
         matrices.append(gather_feature_matrix(columns["user_idx"], columns["item_idx"], values, model.stats,
                                               model.features_config.chunk_rows))
-    name = model.session.get_inputs()[0].name
-    onnx_ms, native_ms = np.empty(len(users)), np.empty(len(users))
+    return matrices
+
+
+def ranker_only(model, users: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+    """Per-request ranker time on each request's own feature matrix: the compiled forest (lleaves),
+    onnxruntime and native LightGBM, 1 thread each, interleaved request by request."""
+    import lightgbm as lgb
+
+    from recops.serving.bundle import load_bundle
+    from recops.serving.ranker_runtime import OnnxScorer, compiled_scorer
+
+    bundle = load_bundle(model._booster_path.parent, None)
+    booster = lgb.Booster(model_file=str(model._booster_path))
+    scorers = {"lleaves": compiled_scorer(bundle.root, bundle.manifest)[0].predict,
+               "onnx": OnnxScorer(bundle.onnx_bytes).predict,
+               "native": lambda x: booster.predict(x, num_threads=1)}
+    matrices = request_matrices(model, users)
+    times = {name: np.empty(len(users)) for name in scorers}
     for x in matrices[:20]:
-        model.session.run(None, {name: x})
-        booster.predict(x, num_threads=1)
+        for score in scorers.values():
+            score(x)
     for j, x in enumerate(matrices):
-        started = time.perf_counter()
-        model.session.run(None, {name: x})
-        onnx_ms[j] = (time.perf_counter() - started) * 1000
-        started = time.perf_counter()
-        booster.predict(x, num_threads=1)
-        native_ms[j] = (time.perf_counter() - started) * 1000
-    return onnx_ms, native_ms, int(np.mean([len(x) for x in matrices]))
+        for name, score in scorers.items():
+            started = time.perf_counter()
+            score(x)
+            times[name][j] = (time.perf_counter() - started) * 1000
+    return times, int(np.mean([len(x) for x in matrices]))
 
 
 def gemm_peak_gflops(n: int = 2048, repeat: int = 3) -> float:
@@ -462,11 +473,13 @@ def main() -> None:
 
     one = in_process(model, users, 10)
     print("| in process, one request (k=10) | p50 ms | p99 ms | mean ms |\n|---|---:|---:|---:|")
-    print(f"| retrieve + features + ONNX rank + rules + reasons | {percentiles(one)} |")
-    onnx_ms, native_ms, rows = ranker_only(model, users[:500])
-    print(f"| ranker only: onnxruntime ({rows} candidates) | {percentiles(onnx_ms)} |")
-    print(f"| ranker only: native LightGBM predict, same inputs | {percentiles(native_ms)} |")
-    print(f"\nnative / ONNX mean time: {native_ms.mean() / onnx_ms.mean():.1f}x\n")
+    print(f"| retrieve + features + rank ({model.scorer.name}) + rules + reasons | {percentiles(one)} |")
+    times, rows = ranker_only(model, users[:500])
+    print(f"| ranker only: compiled forest, lleaves ({rows} candidates) | {percentiles(times['lleaves'])} |")
+    print(f"| ranker only: onnxruntime, same inputs | {percentiles(times['onnx'])} |")
+    print(f"| ranker only: native LightGBM predict, same inputs | {percentiles(times['native'])} |")
+    print(f"\nmean time: ONNX / lleaves {times['onnx'].mean() / times['lleaves'].mean():.1f}x, native / ONNX "
+          f"{times['native'].mean() / times['onnx'].mean():.1f}x (the served runtime: {model.ranker_runtime})\n")
 
     fresh = np.empty(200)
     items = rng.integers(0, model.n_items, len(fresh))

@@ -435,6 +435,9 @@ class ServingConfig(Strict):
     default_k: int = Field(10, ge=1)
     max_k: int = Field(1000, ge=1)
     threads: int = Field(1, ge=1)  # onnxruntime / BLAS threads per request (1 is fastest on small machines)
+    # lleaves: the forest compiled to machine code at the bundle stage (exactly LightGBM's scores, ~10x faster than
+    # onnxruntime per request, BENCHMARKS.md "Ranker runtimes"); onnx: onnxruntime over the registered ONNX model
+    ranker_runtime: Literal["lleaves", "onnx"] = "lleaves"
     blocked_items: list[str] = []  # item ids never recommended (original ids, as text)
     # at most this many items sharing a value of ``cap_attribute`` (an item multi-label or categorical attribute,
     # e.g. genres) in one list; null: no cap

@@ -106,8 +106,10 @@ def onnx_scores(session, features: np.ndarray, batch_rows: int = 1_000_000) -> n
 
 
 def parity_report(users: np.ndarray, native: np.ndarray, converted: np.ndarray, k: int,
-                  max_abs_diff: float, tie_tolerance: float) -> dict[str, float]:
-    """Parity metrics; raises RecopsError when the scores or any user's top-k order disagree."""
+                  max_abs_diff: float, tie_tolerance: float, prefix: str = "export.parity",
+                  what: str = "ONNX") -> dict[str, float]:
+    """Parity metrics (keys under ``prefix``); raises RecopsError when the scores or any user's top-k order
+    disagree. ``what`` names the converted model in the error (the ONNX export, the compiled forest)."""
     diff = np.abs(native.astype(np.float64) - converted.astype(np.float64))
     rows = np.arange(len(native))
     _, by_native, _ = top_k_lists(users, rows, native, k)
@@ -120,19 +122,19 @@ def parity_report(users: np.ndarray, native: np.ndarray, converted: np.ndarray, 
         tie_only = (np.abs(padded_native - padded_onnx) <= tie_tolerance) | (padded_native == padded_onnx)
     order_ok = same_rows | tie_only.all(axis=1)
     report = {
-        "export.parity.rows": float(len(native)),
-        "export.parity.users": float(len(by_native)),
-        "export.parity.max_abs_diff": float(diff.max(initial=0.0)),
-        "export.parity.mean_abs_diff": float(diff.mean()) if len(diff) else 0.0,
-        f"export.parity.top{k}_identical_users_share": float(order_ok.mean()) if len(order_ok) else 1.0,
-        f"export.parity.top{k}_mismatched_users": float((~order_ok).sum()),
+        f"{prefix}.rows": float(len(native)),
+        f"{prefix}.users": float(len(by_native)),
+        f"{prefix}.max_abs_diff": float(diff.max(initial=0.0)),
+        f"{prefix}.mean_abs_diff": float(diff.mean()) if len(diff) else 0.0,
+        f"{prefix}.top{k}_identical_users_share": float(order_ok.mean()) if len(order_ok) else 1.0,
+        f"{prefix}.top{k}_mismatched_users": float((~order_ok).sum()),
     }
     problems = []
-    if report["export.parity.max_abs_diff"] > max_abs_diff:
-        problems.append(f"max |score difference| {report['export.parity.max_abs_diff']:.3g} > {max_abs_diff}")
+    if report[f"{prefix}.max_abs_diff"] > max_abs_diff:
+        problems.append(f"max |score difference| {report[f'{prefix}.max_abs_diff']:.3g} > {max_abs_diff}")
     if (~order_ok).any():
         problems.append(f"top-{k} order differs for {int((~order_ok).sum())} of {len(order_ok)} users")
     if problems:
-        raise RecopsError("ONNX parity check failed: " + "; ".join(problems) +
-                          " — the exported model would not serve what was evaluated; nothing is registered")
+        raise RecopsError(f"{what} parity check failed: " + "; ".join(problems) +
+                          f" — the {what} model would not serve what was evaluated; nothing is registered")
     return report

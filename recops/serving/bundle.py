@@ -196,6 +196,30 @@ def _write_drift_reference(settings: Settings, names: list[str], booster_path: P
     table.to_parquet(path, index=False)
 
 
+def _compile_ranker(settings: Settings, names: list[str], root: Path) -> dict[str, Any]:
+    """Compile ``root/ranker.txt`` with lleaves and check it against native LightGBM on the test candidates with
+    the ONNX export's rules (``export.max_abs_diff``, every user's top-10 order); raises when they disagree."""
+    import lightgbm as lgb
+
+    from recops.export import parity_report
+    from recops.serving.ranker_runtime import COMPILED_FILE, compile_ranker, compiled_scorer
+
+    info = compile_ranker(root / "ranker.txt", root / COMPILED_FILE)
+    table_path = settings.path("features_dir") / "test.parquet"
+    if table_path.is_file():
+        table = pd.read_parquet(table_path, columns=[Columns.USER, *names])
+        features = table[names].to_numpy(np.float32)
+        native = lgb.Booster(model_file=str(root / "ranker.txt")).predict(features, num_threads=settings.threads)
+        scorer, _ = compiled_scorer(root, {"compiled_ranker": info}, settings.threads)
+        info["parity"] = parity_report(table[Columns.USER].to_numpy(), native, scorer.predict(features), k=10,
+                                       max_abs_diff=settings.export.max_abs_diff,
+                                       tie_tolerance=settings.export.tie_tolerance, prefix="compiled.parity",
+                                       what="compiled (lleaves)")
+    log.info("bundle: max |compiled ranker - LightGBM| %.2g",
+             info.get("parity", {}).get("compiled.parity.max_abs_diff", float("nan")))
+    return info
+
+
 def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
     """Fit the version's sources and feature statistics on all interactions and write the bundle; returns the
     manifest. Writes into a temporary sibling folder and swaps it in, so a failure leaves the previous bundle."""
@@ -247,6 +271,7 @@ def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, A
     shutil.copyfile(onnx_path, tmp / "ranker.onnx")
     shutil.copyfile(booster_path, tmp / "ranker.txt")
     _write_drift_reference(settings, names, booster_path, tmp / DRIFT_REFERENCE)
+    compiled = _compile_ranker(settings, names, tmp)
     files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     manifest = {
         "format": FORMAT,
@@ -259,6 +284,8 @@ def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, A
         "history_end": float(history[Columns.TIMESTAMP].max()) if len(history) else None,
         # the fingerprint of the key the user ids are pseudonyms under (None: raw ids): a server must hold it
         "pseudonym_key": _pseudonym_fingerprint(settings),
+        # the forest compiled by lleaves (recops.serving.ranker_runtime): target, versions, parity with LightGBM
+        "compiled_ranker": compiled,
         "layout": layout,
         "files": files,
     }

@@ -150,8 +150,8 @@ class Recommender:
     """One served model version: ``recommend`` (one request), ``recommend_users`` (a block), ``add_event``."""
 
     def __init__(self, bundle: Bundle, config: ServingConfig, version: str, model_name: str = "") -> None:
-        from recops.export import inference_session
         from recops.serving.exploration import ExplorationPolicy
+        from recops.serving.ranker_runtime import load_scorer
 
         self.version = str(version)
         self.model_name = model_name
@@ -184,8 +184,10 @@ class Recommender:
         if computed != self.feature_names:
             raise RecopsError(f"version {version}'s ranker expects features {self.feature_names}, this recops "
                               f"computes {computed} from its bundle: serve it with the recops that trained it")
-        self.session = inference_session(bundle.onnx_bytes, threads=threads)
-        self._input = self.session.get_inputs()[0].name
+        # the compiled forest (lleaves) or onnxruntime (serving.ranker_runtime), checked on reference rows
+        self.scorer, self.ranker_runtime = load_scorer(bundle.root, manifest, bundle.onnx_bytes,
+                                                       config.ranker_runtime, threads)
+        log.info("version %s ranks with %s", self.version, self.ranker_runtime)
         self._booster_path = bundle.booster_path
         self._booster = None
         self.blocked = np.zeros(self.n_items, dtype=bool)
@@ -295,7 +297,7 @@ class Recommender:
                     source_values = np.column_stack([columns[c] for c in self.source_columns])
                     x = gather_feature_matrix(cand_users, cand_items, source_values.astype(np.float32), self.stats,
                                               self.features_config.chunk_rows)
-                    raw = self.session.run(None, {self._input: x})[0].reshape(-1).astype(np.float32)
+                    raw = self.scorer.predict(x)
                     listed, items, values = top_k_lists(cand_users, cand_items, raw, depth)
                     if self.categories is not None:
                         kept = cap_positions(items, self.categories, self.config.category_cap, k)
@@ -525,7 +527,7 @@ class Recommender:
     def describe(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "version": self.version, "bundle_sha256": self.bundle_sha256,
                 "users": self.n_users, "items": self.n_items, "loaded_at": self.loaded_at,
-                "events_applied": self.events_applied}
+                "events_applied": self.events_applied, "ranker_runtime": self.ranker_runtime}
 
 
 def _sorted(values: np.ndarray) -> bool:
