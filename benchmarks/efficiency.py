@@ -11,7 +11,14 @@ Markdown for BENCHMARKS.md ("Efficiency options"):
    measured in alternating blocks of the same users (ABAB...), p50 / p99 per arm and the mean-time ratio with a
    95% interval over block pairs;
 2. **pruned ranker**: the ranker cut to its first N trees (LightGBM ``num_iteration``): test NDCG@10 of the
-   split protocol (the evaluate stage's candidates and truth) and the compiled forest's time per request, per N.
+   split protocol (the evaluate stage's candidates and truth) and the compiled forest's time per request, per N;
+3. **compressed retrieval, what it would cost in quality**: the version's sources and feature statistics fitted on
+   the test fold's history (as the bundle stage fits them on everything), then served through the engine to
+   every test user with the arrays rounded as each storage would round them — MF item factors in float16 or int8
+   with a scale per row, the item-item matrices (EASE weights, item-kNN similarities, the similarity feature) in
+   float16, EASE cut to its largest weights per row — and compared with float32 on merged-candidate recall@200
+   and the final lists' NDCG@10, with the bytes each storage would take. Scoring still runs on float32 copies:
+   this measures the loss, not the latency or memory of a kernel that reads the compressed arrays.
 """
 
 from __future__ import annotations
@@ -143,6 +150,147 @@ def pruned_rows(settings, bundle, requests: list[np.ndarray]) -> list[str]:
     return rows
 
 
+def _int8_rows(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per-row symmetric int8 (scale = max |row| / 127), returned dequantized; and its storage bytes."""
+    scale = np.abs(x).max(axis=1, keepdims=True) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.round(x / scale), -127, 127).astype(np.int8)
+    return (q.astype(np.float32) * scale).astype(np.float32), q.nbytes + 4 * len(scale)
+
+
+def _float16(x):
+    """float16 rounding of a dense array or a sparse matrix's values; and its storage bytes."""
+    import scipy.sparse as sp
+
+    if sp.issparse(x):
+        x = x.tocsr(copy=True)
+        x.data = x.data.astype(np.float16).astype(np.float32)
+        return x, 2 * x.nnz + 4 * x.nnz + 4 * (x.shape[0] + 1)
+    return np.asarray(x).astype(np.float16).astype(np.float32), 2 * np.asarray(x).size
+
+
+def _bytes(x) -> int:
+    import scipy.sparse as sp
+
+    if sp.issparse(x):
+        x = x.tocsr()
+        return x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
+    return np.asarray(x).nbytes
+
+
+def _top_per_row(w: np.ndarray, n: int):
+    """Keep each row's n largest |weights| (sparse); and its storage bytes (float32 values, int32 indices)."""
+    import scipy.sparse as sp
+
+    keep = np.argpartition(-np.abs(w), n - 1, axis=1)[:, :n]
+    rows = np.repeat(np.arange(w.shape[0]), n)
+    pruned = sp.csr_matrix((w[rows, keep.ravel()], (rows, keep.ravel())), shape=w.shape, dtype=np.float32)
+    return pruned.toarray(), _bytes(pruned)
+
+
+def compression_rows(settings, bundle) -> list[str]:
+    import copy
+    import dataclasses
+
+    from recops import steps
+    from recops.candidates import fit_sources, interaction_matrix
+    from recops.candidates.merge import merged_candidate_blocks
+    from recops.columns import Columns
+    from recops.evaluation.metrics import candidate_recall, ranking_metrics
+    from recops.features.builder import history_statistics
+    from recops.serving.engine import Recommender
+
+    index = steps._index(settings)
+    history, target = steps._fold_tables(settings, "test")
+    users_attr, items_attr = steps._attributes(settings, index)
+    n_users, n_items = index.n_users, index.n_items
+    sources, _ = fit_sources(history, n_users, n_items, settings.candidates, settings.seed, 1)
+    mf = sources.get("mf")
+    stats = history_statistics(history, n_users, n_items, settings.features, users_attr, items_attr,
+                               None if mf is None else mf.item_factors_)
+    base = {"sources": {name: dict(source.arrays()) for name, source in sources.items()},
+            "stats": {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats) if f.init}}
+    truth = steps._truth(target, n_users, n_items)
+    test_users = np.unique(target[Columns.USER].to_numpy()).astype(np.int32)
+    serving = settings.serving.model_copy(update={"reasons": False, "category_cap": None})
+    serving = serving.model_copy(update={"exploration": serving.exploration.model_copy(update={"policy": "none"})})
+
+    def measure(arrays) -> tuple[float, float, float]:
+        served = dataclasses.replace(bundle, user_items=interaction_matrix(history, n_users, n_items, "binary"),
+                                     confidence=interaction_matrix(history, n_users, n_items,
+                                                                   settings.candidates.confidence),
+                                     sources=arrays["sources"], stats=arrays["stats"])
+        engine = Recommender(served, serving, "bench")
+        cand_users, cand_items = [], []
+        for columns in merged_candidate_blocks(engine.sources, engine.candidates_config, test_users,
+                                               engine.user_items, block_users=256):
+            cand_users.append(columns[Columns.USER])
+            cand_items.append(columns[Columns.ITEM])
+        recall = candidate_recall(np.concatenate(cand_users), np.concatenate(cand_items), truth)
+        started = time.perf_counter()
+        lists = engine.recommend_users(test_users, 10)[0]
+        seconds = time.perf_counter() - started
+        return recall, ranking_metrics(test_users, lists, truth, [10])["ndcg@10"], seconds
+
+    def variant(change) -> tuple[dict, int, int]:
+        arrays = copy.deepcopy(base)
+        before, after = change(arrays)
+        return arrays, before, after
+
+    def factors(kind):
+        def change(arrays):
+            item = arrays["sources"]["mf"]["item_factors"]
+            rounded, size = _int8_rows(item) if kind == "int8" else _float16(item)
+            arrays["sources"]["mf"]["item_factors"] = rounded
+            unit = arrays["stats"].get("item_unit_factors")
+            if unit is not None:
+                arrays["stats"]["item_unit_factors"] = (_int8_rows(unit) if kind == "int8" else _float16(unit))[0]
+            return _bytes(item), size
+        return change
+
+    def item_item_float16(arrays):
+        before = after = 0
+        targets = [("sources", name, key) for name, key in (("ease", "weights"), ("itemknn", "similarity"),
+                                                              ("recent_itemknn", "similarity"))
+                   if name in arrays["sources"] and key in arrays["sources"][name]]
+        for _, name, key in targets:
+            matrix = arrays["sources"][name][key]
+            arrays["sources"][name][key], size = _float16(matrix)
+            before, after = before + _bytes(matrix), after + size
+        matrix = arrays["stats"]["similarity"]
+        arrays["stats"]["similarity"], size = _float16(matrix)
+        return before + _bytes(matrix), after + size
+
+    def ease_top(n):
+        def change(arrays):
+            weights = arrays["sources"]["ease"]["weights"]
+            arrays["sources"]["ease"]["weights"], size = _top_per_row(np.asarray(weights), n)
+            return _bytes(weights), size
+        return change
+
+    variants = {"float32 (as built)": lambda arrays: (0, 0)}
+    if "mf" in base["sources"]:
+        variants |= {"MF item factors float16": factors("float16"), "MF item factors int8, a scale per row":
+                     factors("int8")}
+    variants["item-item matrices float16"] = item_item_float16
+    if "ease" in base["sources"]:
+        variants |= {f"EASE top {n} weights per row": ease_top(n) for n in (200, 50)}
+    rows = [f"compressed retrieval on the test fold ({len(test_users)} users; sources and statistics fitted on its "
+            "history, served through the engine; float32 kernels on the rounded values):\n",
+            "| storage | its arrays: bytes | vs float32 | candidate recall@200 | change | NDCG@10 | change |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    reference = None
+    for name, change in variants.items():
+        arrays, before, after = variant(change)
+        recall, ndcg, _ = measure(arrays)
+        reference = reference or (recall, ndcg)
+        size = f"{after / 2**20:.2f} MB" if before else ""
+        ratio = f"{after / before:.0%}" if before else ""
+        rows.append(f"| {name} | {size} | {ratio} | {recall:.4f} | {recall / reference[0] - 1:+.2%} | {ndcg:.4f} | "
+                    f"{ndcg / reference[1] - 1:+.2%} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
@@ -171,6 +319,7 @@ def main() -> None:
         print("\n".join(runtime_rows(settings, bundle, users, args.rounds)) + "\n")
         engine = Recommender(bundle, settings.serving, "local")
         print("\n".join(pruned_rows(settings, bundle, request_matrices(engine, users[:300]))) + "\n")
+        print("\n".join(compression_rows(settings, bundle)) + "\n")
 
 
 if __name__ == "__main__":

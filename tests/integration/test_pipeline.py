@@ -105,6 +105,11 @@ def test_outputs_are_where_the_readme_says(trained):
     parity = json.loads((ws / "reports" / "export_metrics.json").read_text())
     assert parity["export.parity.top10_mismatched_users"] == 0
     assert (ws / "models" / "ranker.onnx").stat().st_size > 0
+    # the serving bundle's compiled forest, checked against LightGBM on every test candidate
+    compiled = json.loads((ws / "models" / "serving" / "manifest.json").read_text())["compiled_ranker"]
+    assert compiled["parity"]["compiled.parity.rows"] == parity["export.parity.rows"]
+    assert compiled["parity"]["compiled.parity.top10_mismatched_users"] == 0
+    assert compiled["parity"]["compiled.parity.max_abs_diff"] < 1e-5  # float64 sums, like LightGBM
     assert (ws / "reports" / "validation" / "data_docs" / "index.html").is_file()
     assert (ws / "reports" / "plots" / "ranking_at_k.csv").is_file()
     registry = json.loads((ws / "reports" / "registry.json").read_text())
