@@ -1,6 +1,6 @@
 """What each efficiency option of serving costs and saves, on the trained project's bundle (``models/serving``).
 
-    .venv/bin/python -m benchmarks.efficiency [--params params.yaml] [--requests 1500] [--rounds 6]
+    .venv/bin/python -m benchmarks.efficiency [--params params.yaml] [--requests 1500] [--rounds 6] [--only storage]
 
 Run after `make run`. Everything in one process, one thread for onnxruntime, lleaves, LightGBM and BLAS; prints
 Markdown for BENCHMARKS.md ("Efficiency options"):
@@ -12,13 +12,18 @@ Markdown for BENCHMARKS.md ("Efficiency options"):
    95% interval over block pairs;
 2. **pruned ranker**: the ranker cut to its first N trees (LightGBM ``num_iteration``): test NDCG@10 of the
    split protocol (the evaluate stage's candidates and truth) and the compiled forest's time per request, per N;
-3. **compressed retrieval, what it would cost in quality**: the version's sources and feature statistics fitted on
-   the test fold's history (as the bundle stage fits them on everything), then served through the engine to
-   every test user with the arrays rounded as each storage would round them — MF item factors in float16 or int8
-   with a scale per row, the item-item matrices (EASE weights, item-kNN similarities, the similarity feature) in
-   float16, EASE cut to its largest weights per row — and compared with float32 on merged-candidate recall@200
-   and the final lists' NDCG@10, with the bytes each storage would take. Scoring still runs on float32 copies:
-   this measures the loss, not the latency or memory of a kernel that reads the compressed arrays.
+3. **compressed retrieval** (``export.storage``, ``OPTIONS``): the version's sources and feature statistics fitted on
+   the test fold's history (as the bundle stage fits them on everything), stored and read back by the bundle's
+   own code with each option's storage — MF factors float16 or int8 with a scale per row, item-item matrices
+   (EASE weights, item-kNN and similarity-feature cosines) float16, EASE cut to its largest weights per row — and
+   served by the engine, which reads the compressed arrays as they are (``recops.candidates.storage``): bytes of
+   the retrieval arrays, merged-candidate recall@200 and NDCG@10 of the final lists for every test user, and
+   the time per request against float32;
+4. **every option live** (``--live-rounds``): a real bundle built per option and one ``recops serve`` per option,
+   loaded in turn over HTTP: bundle size, server RSS, requests/s, p50 / p99, and p99 against the configuration
+   before issue 18 (onnxruntime, float32).
+
+``--only runtime|pruned|storage|live`` (repeatable) runs some parts.
 """
 
 from __future__ import annotations
@@ -150,54 +155,50 @@ def pruned_rows(settings, bundle, requests: list[np.ndarray]) -> list[str]:
     return rows
 
 
-def _int8_rows(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """Per-row symmetric int8 (scale = max |row| / 127), returned dequantized; and its storage bytes."""
-    scale = np.abs(x).max(axis=1, keepdims=True) / 127.0
-    scale[scale == 0] = 1.0
-    q = np.clip(np.round(x / scale), -127, 127).astype(np.int8)
-    return (q.astype(np.float32) * scale).astype(np.float32), q.nbytes + 4 * len(scale)
+OPTIONS = {  # name: (serving.ranker_runtime, export.storage)
+    "onnx, float32 (before issue 18)": ("onnx", {}),
+    "lleaves, float32": ("lleaves", {}),
+    "lleaves, MF int8": ("lleaves", {"mf_factors": "int8"}),
+    "lleaves, MF float16, item-item float16": ("lleaves", {"mf_factors": "float16", "item_item": "float16"}),
+    "lleaves, MF int8, item-item float16, EASE top 200": ("lleaves", {"mf_factors": "int8", "item_item": "float16",
+                                                                     "ease_top_k": 200}),
+}
 
 
-def _float16(x):
-    """float16 rounding of a dense array or a sparse matrix's values; and its storage bytes."""
+def _tree_bytes(tree) -> int:
+    """Bytes a loaded bundle tree takes as stored (RowStore: compressed; CSR: data + indices + indptr)."""
     import scipy.sparse as sp
 
-    if sp.issparse(x):
-        x = x.tocsr(copy=True)
-        x.data = x.data.astype(np.float16).astype(np.float32)
-        return x, 2 * x.nnz + 4 * x.nnz + 4 * (x.shape[0] + 1)
-    return np.asarray(x).astype(np.float16).astype(np.float32), 2 * np.asarray(x).size
+    from recops.candidates.storage import RowStore
+
+    if tree is None:
+        return 0
+    if isinstance(tree, dict):
+        return sum(_tree_bytes(v) for v in tree.values())
+    if isinstance(tree, RowStore):
+        return tree.nbytes
+    if sp.issparse(tree):
+        return tree.data.nbytes + tree.indices.nbytes + tree.indptr.nbytes
+    return np.asarray(tree).nbytes
 
 
-def _bytes(x) -> int:
-    import scipy.sparse as sp
-
-    if sp.issparse(x):
-        x = x.tocsr()
-        return x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
-    return np.asarray(x).nbytes
+def _folder_bytes(root: Path, under: str = "") -> int:
+    return sum(p.stat().st_size for p in (root / under).rglob("*") if p.is_file())
 
 
-def _top_per_row(w: np.ndarray, n: int):
-    """Keep each row's n largest |weights| (sparse); and its storage bytes (float32 values, int32 indices)."""
-    import scipy.sparse as sp
-
-    keep = np.argpartition(-np.abs(w), n - 1, axis=1)[:, :n]
-    rows = np.repeat(np.arange(w.shape[0]), n)
-    pruned = sp.csr_matrix((w[rows, keep.ravel()], (rows, keep.ravel())), shape=w.shape, dtype=np.float32)
-    return pruned.toarray(), _bytes(pruned)
-
-
-def compression_rows(settings, bundle) -> list[str]:
-    import copy
+def storage_rows(settings, bundle, rounds: int) -> list[str]:
+    """Each option's engine on the test fold (module doc, 3): retrieval bytes, candidate recall@200, NDCG@10 and
+    the time per request, with the arrays written and read back through the bundle's own code."""
     import dataclasses
 
     from recops import steps
     from recops.candidates import fit_sources, interaction_matrix
     from recops.candidates.merge import merged_candidate_blocks
     from recops.columns import Columns
+    from recops.config import StorageConfig
     from recops.evaluation.metrics import candidate_recall, ranking_metrics
     from recops.features.builder import history_statistics
+    from recops.serving.bundle import _load_tree, _save_tree, stored_sources, stored_stats
     from recops.serving.engine import Recommender
 
     index = steps._index(settings)
@@ -208,87 +209,135 @@ def compression_rows(settings, bundle) -> list[str]:
     mf = sources.get("mf")
     stats = history_statistics(history, n_users, n_items, settings.features, users_attr, items_attr,
                                None if mf is None else mf.item_factors_)
-    base = {"sources": {name: dict(source.arrays()) for name, source in sources.items()},
-            "stats": {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats) if f.init}}
     truth = steps._truth(target, n_users, n_items)
     test_users = np.unique(target[Columns.USER].to_numpy()).astype(np.int32)
-    serving = settings.serving.model_copy(update={"reasons": False, "category_cap": None})
-    serving = serving.model_copy(update={"exploration": serving.exploration.model_copy(update={"policy": "none"})})
-
-    def measure(arrays) -> tuple[float, float, float]:
-        served = dataclasses.replace(bundle, user_items=interaction_matrix(history, n_users, n_items, "binary"),
-                                     confidence=interaction_matrix(history, n_users, n_items,
-                                                                   settings.candidates.confidence),
-                                     sources=arrays["sources"], stats=arrays["stats"])
-        engine = Recommender(served, serving, "bench")
-        cand_users, cand_items = [], []
-        for columns in merged_candidate_blocks(engine.sources, engine.candidates_config, test_users,
-                                               engine.user_items, block_users=256):
-            cand_users.append(columns[Columns.USER])
-            cand_items.append(columns[Columns.ITEM])
-        recall = candidate_recall(np.concatenate(cand_users), np.concatenate(cand_items), truth)
-        started = time.perf_counter()
-        lists = engine.recommend_users(test_users, 10)[0]
-        seconds = time.perf_counter() - started
-        return recall, ranking_metrics(test_users, lists, truth, [10])["ndcg@10"], seconds
-
-    def variant(change) -> tuple[dict, int, int]:
-        arrays = copy.deepcopy(base)
-        before, after = change(arrays)
-        return arrays, before, after
-
-    def factors(kind):
-        def change(arrays):
-            item = arrays["sources"]["mf"]["item_factors"]
-            rounded, size = _int8_rows(item) if kind == "int8" else _float16(item)
-            arrays["sources"]["mf"]["item_factors"] = rounded
-            unit = arrays["stats"].get("item_unit_factors")
-            if unit is not None:
-                arrays["stats"]["item_unit_factors"] = (_int8_rows(unit) if kind == "int8" else _float16(unit))[0]
-            return _bytes(item), size
-        return change
-
-    def item_item_float16(arrays):
-        before = after = 0
-        targets = [("sources", name, key) for name, key in (("ease", "weights"), ("itemknn", "similarity"),
-                                                              ("recent_itemknn", "similarity"))
-                   if name in arrays["sources"] and key in arrays["sources"][name]]
-        for _, name, key in targets:
-            matrix = arrays["sources"][name][key]
-            arrays["sources"][name][key], size = _float16(matrix)
-            before, after = before + _bytes(matrix), after + size
-        matrix = arrays["stats"]["similarity"]
-        arrays["stats"]["similarity"], size = _float16(matrix)
-        return before + _bytes(matrix), after + size
-
-    def ease_top(n):
-        def change(arrays):
-            weights = arrays["sources"]["ease"]["weights"]
-            arrays["sources"]["ease"]["weights"], size = _top_per_row(np.asarray(weights), n)
-            return _bytes(weights), size
-        return change
-
-    variants = {"float32 (as built)": lambda arrays: (0, 0)}
-    if "mf" in base["sources"]:
-        variants |= {"MF item factors float16": factors("float16"), "MF item factors int8, a scale per row":
-                     factors("int8")}
-    variants["item-item matrices float16"] = item_item_float16
-    if "ease" in base["sources"]:
-        variants |= {f"EASE top {n} weights per row": ease_top(n) for n in (200, 50)}
-    rows = [f"compressed retrieval on the test fold ({len(test_users)} users; sources and statistics fitted on its "
-            "history, served through the engine; float32 kernels on the rounded values):\n",
-            "| storage | its arrays: bytes | vs float32 | candidate recall@200 | change | NDCG@10 | change |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
-    reference = None
-    for name, change in variants.items():
-        arrays, before, after = variant(change)
-        recall, ndcg, _ = measure(arrays)
-        reference = reference or (recall, ndcg)
-        size = f"{after / 2**20:.2f} MB" if before else ""
-        ratio = f"{after / before:.0%}" if before else ""
-        rows.append(f"| {name} | {size} | {ratio} | {recall:.4f} | {recall / reference[0] - 1:+.2%} | {ndcg:.4f} | "
-                    f"{ndcg / reference[1] - 1:+.2%} |")
+    user_items = interaction_matrix(history, n_users, n_items, "binary")
+    confidence = interaction_matrix(history, n_users, n_items, settings.candidates.confidence)
+    engines, rows = {}, []
+    with tempfile.TemporaryDirectory(prefix="recops-storage-") as folder:
+        for name, (runtime, storage) in OPTIONS.items():
+            config = StorageConfig(**storage)
+            root = Path(folder) / str(len(engines))
+            layout = {"sources": {n: _save_tree(root, f"sources/{n}", a)
+                                  for n, a in stored_sources(sources, config).items()},
+                      "stats": {n: _save_tree(root, f"stats/{n}", v) for n, v in stored_stats(stats, config).items()}}
+            loaded = {key: {n: _load_tree(root, spec) for n, spec in part.items()} for key, part in layout.items()}
+            served = dataclasses.replace(bundle, user_items=user_items, confidence=confidence,
+                                         sources=loaded["sources"], stats=loaded["stats"],
+                                         manifest={**bundle.manifest, "storage": config.model_dump(mode="json")})
+            serving = settings.serving.model_copy(update={"ranker_runtime": runtime})
+            engine = Recommender(served, serving, "bench")
+            cand_users, cand_items = [], []
+            for columns in merged_candidate_blocks(engine.sources, engine.candidates_config, test_users,
+                                                   engine.user_items, block_users=256):
+                cand_users.append(columns[Columns.USER])
+                cand_items.append(columns[Columns.ITEM])
+            recall = candidate_recall(np.concatenate(cand_users), np.concatenate(cand_items), truth)
+            lists = engine.recommend_users(test_users, 10)[0]
+            ndcg = ranking_metrics(test_users, lists, truth, [10])["ndcg@10"]
+            mf_bytes = _tree_bytes(loaded["sources"].get("mf", {}))
+            item_item = sum(_tree_bytes(loaded["sources"].get(n, {})) for n in ("ease", "itemknn", "recent_itemknn"))
+            item_item += _tree_bytes(loaded["stats"]["similarity"])
+            engines[name] = (engine, recall, ndcg, mf_bytes, item_item + _tree_bytes(loaded["stats"].get(
+                "item_unit_factors")), _folder_bytes(root))
+        # the time per request, options in rotating order over blocks of the same users
+        rng = np.random.default_rng(settings.seed)
+        users = rng.choice(test_users, size=min(len(test_users), 100 * rounds), replace=len(test_users) < 100 * rounds)
+        times = {name: [] for name in engines}
+        for engine, *_ in engines.values():
+            for user in users[:30]:
+                engine.recommend(engine.user_ids[user], 10)
+        block = max(1, len(users) // rounds)
+        names = list(engines)
+        for r in range(rounds):
+            part = users[r * block:(r + 1) * block]
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                engine = engines[name][0]
+                ms = np.empty(len(part))
+                for j, user in enumerate(part):
+                    started = time.perf_counter()
+                    engine.recommend(engine.user_ids[user], 10)
+                    ms[j] = (time.perf_counter() - started) * 1000
+                times[name].append(ms)
+    base = engines["lleaves, float32"]
+    rows = [f"compressed retrieval on the test fold ({len(test_users)} users; sources and feature statistics fitted "
+            "on its history, stored and read back as each option stores them, served by the engine): bytes of the "
+            "MF arrays (user and item factors) and of the item-item arrays (EASE, item-kNN, similarity feature, "
+            "unit MF factors), merged-candidate recall@200 and NDCG@10 of the final lists, and the time per "
+            f"request (k=10; {rounds} blocks of {block} users, options in rotating order):\n",
+            "| option | MF bytes | vs float32 | item-item bytes | vs float32 | recall@200 | vs float32 | NDCG@10 | "
+            "vs float32 | p50 ms | p99 ms | mean ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, (_, recall, ndcg, mf_bytes, item_bytes, _) in engines.items():
+        ms = np.concatenate(times[name])
+        rows.append(f"| {name} | {mf_bytes / 2**20:.2f} MiB | {mf_bytes / base[3]:.0%} | {item_bytes / 2**20:.1f} MiB | "
+                    f"{item_bytes / base[4]:.0%} | {recall:.4f} | {recall / base[1] - 1:+.2%} | {ndcg:.4f} | "
+                    f"{ndcg / base[2] - 1:+.2%} | {pct(ms)} |")
     return rows
+
+
+def live_rows(params: Path, settings, users: list[str], rounds: int, seconds: float) -> list[str]:
+    """Every option as a real server (module doc, 4): ``build_bundle`` with its storage into a temporary folder,
+    ``recops serve --bundle`` (1 worker) with its ranker runtime, all started at once and loaded in turn (rounds of
+    ``seconds`` at 1 connection, options in rotating order); bundle size, server RSS, requests/s, p50 / p99."""
+    import asyncio
+
+    import yaml
+
+    from benchmarks.serving import load, rss_mb, start_server, stop_server
+    from recops.config import StorageConfig
+    from recops.serving.bundle import build_bundle
+
+    raw = yaml.safe_load(params.read_text(encoding="utf-8"))
+    rows, servers, sizes, files = [], {}, {}, []
+    with tempfile.TemporaryDirectory(prefix="recops-options-") as folder:
+        try:
+            for n, (name, (runtime, storage)) in enumerate(OPTIONS.items()):
+                out = Path(folder) / f"bundle-{n}"
+                build_bundle(settings.model_copy(update={"export": settings.export.model_copy(
+                    update={"storage": StorageConfig(**storage)})}), out)
+                sizes[name] = (_folder_bytes(out), _folder_bytes(out, "arrays"))
+                raw.setdefault("serving", {})["ranker_runtime"] = runtime
+                raw["serving"].setdefault("impressions", {})["enabled"] = False
+                raw["serving"]["event_log_dir"] = str(Path(folder) / "events")
+                with tempfile.NamedTemporaryFile("w", dir=params.parent, prefix=".options-", suffix=".yaml",
+                                                 delete=False) as fh:
+                    yaml.safe_dump(raw, fh, sort_keys=False)
+                files.append(Path(fh.name))
+                servers[name] = start_server(files[-1], str(out))
+            for server, base in servers.values():
+                asyncio.run(load(base, users, 1, 3.0))  # warm-up
+            names = list(servers)
+            latencies = {name: [] for name in names}
+            rps = {name: [] for name in names}
+            errors = dict.fromkeys(names, 0)
+            for r in range(rounds):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    ms, failed = asyncio.run(load(servers[name][1], users, 1, seconds))
+                    latencies[name].append(ms)
+                    rps[name].append(len(ms) / seconds)
+                    errors[name] += failed
+            rss = {name: rss_mb(server.pid) for name, (server, _) in servers.items()}
+        finally:
+            for server, _ in servers.values():
+                stop_server(server)
+            for path in files:
+                path.unlink(missing_ok=True)
+    base = "onnx, float32 (before issue 18)"
+    p99 = {name: np.percentile(np.concatenate(ms), 99) for name, ms in latencies.items()}
+    rows += [f"over HTTP: one `recops serve --bundle` (1 worker) per option, live requests (k=10, a request_id: not "
+             f"cached) at 1 connection, {rounds} rounds of {seconds:.0f} s each, options in rotating order:\n",
+             "| option | bundle MiB | arrays MiB | server RSS MiB | req/s | p50 ms | p99 ms | mean ms | p99 / before "
+             "| errors |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in latencies:
+        ms = np.concatenate(latencies[name])
+        rows.append(f"| {name} | {sizes[name][0] / 2**20:.1f} | {sizes[name][1] / 2**20:.1f} | {rss[name]:.0f} | "
+                    f"{np.median(rps[name]):.0f} | {percentiles_ms(ms)} | {p99[name] / p99[base]:.0%} | "
+                    f"{errors[name]} |")
+    return rows
+
+
+def percentiles_ms(ms: np.ndarray) -> str:
+    return f"{np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f} | {ms.mean():.2f}"
 
 
 def main() -> None:
@@ -296,6 +345,10 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--live-rounds", type=int, default=8, help="HTTP rounds per option (0: no live table)")
+    parser.add_argument("--live-seconds", type=float, default=6.0)
+    parser.add_argument("--only", choices=["runtime", "pruned", "storage", "live"], action="append",
+                        help="run only these parts (repeatable); all by default")
     args = parser.parse_args()
     params = Path(args.params).resolve()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -315,11 +368,18 @@ def main() -> None:
     users = np.random.default_rng(settings.seed).integers(0, len(bundle.user_ids), args.requests)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
           f"{platform.python_version()}; {len(bundle.user_ids)} users x {len(bundle.item_ids)} items\n")
+    parts = set(args.only or ("runtime", "pruned", "storage", "live"))
     with threadpool_limits(1):
-        print("\n".join(runtime_rows(settings, bundle, users, args.rounds)) + "\n")
-        engine = Recommender(bundle, settings.serving, "local")
-        print("\n".join(pruned_rows(settings, bundle, request_matrices(engine, users[:300]))) + "\n")
-        print("\n".join(compression_rows(settings, bundle)) + "\n")
+        if "runtime" in parts:
+            print("\n".join(runtime_rows(settings, bundle, users, args.rounds)) + "\n", flush=True)
+        if "pruned" in parts:
+            engine = Recommender(bundle, settings.serving, "local")
+            print("\n".join(pruned_rows(settings, bundle, request_matrices(engine, users[:300]))) + "\n", flush=True)
+        if "storage" in parts:
+            print("\n".join(storage_rows(settings, bundle, args.rounds * 2)) + "\n", flush=True)
+    if "live" in parts and args.live_rounds:
+        ids = [str(bundle.user_ids[u]) for u in users]
+        print("\n".join(live_rows(params, settings, ids, args.live_rounds, args.live_seconds)) + "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -224,7 +224,7 @@ async def load(base: str, users: list[str], concurrency: int, seconds: float) ->
     return np.asarray(latencies), errors
 
 
-def start_server(params: Path) -> tuple[subprocess.Popen, str]:
+def start_server(params: Path, bundle: str = "models/serving") -> tuple[subprocess.Popen, str]:
     """`recops serve --bundle models/serving` (1 worker) on a free loopback port, once it answers /ready."""
     import httpx
 
@@ -232,7 +232,7 @@ def start_server(params: Path) -> tuple[subprocess.Popen, str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "recops.cli", "serve", "--params", str(params), "--bundle",
-                               "models/serving", "--port", str(port), "--workers", "1", "-q"], cwd=params.parent,
+                               bundle, "--port", str(port), "--workers", "1", "-q"], cwd=params.parent,
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, PositiveFloat, PositiveInt
 
 from recops.errors import RecopsError
 
@@ -250,6 +250,15 @@ class EvaluationConfig(Strict):
     max_users: int | None = Field(None, ge=10)
 
 
+class StorageConfig(Strict):
+    """How the serving bundle stores the retrieval arrays (``recops.candidates.storage``; the measured cost of each
+    choice in BENCHMARKS.md "Compressed retrieval")."""
+
+    mf_factors: Literal["float32", "float16", "int8"] = "float32"  # int8: a float32 scale per row
+    item_item: Literal["float32", "float16"] = "float32"  # EASE weights, item-kNN and similarity-feature cosines
+    ease_top_k: PositiveInt | None = None  # keep each EASE row's k largest weights (sparse); null: all
+
+
 class ExportConfig(Strict):
     target_opset: int = 15
     # The export rounds split thresholds so branch decisions match native LightGBM exactly on float32 features;
@@ -259,6 +268,7 @@ class ExportConfig(Strict):
     max_abs_diff: float = 1e-3
     # Native scores closer than this are ties: float32 summation may swap them, so their order is not checked.
     tie_tolerance: float = 1e-4
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
 
 class TuningConfig(Strict):

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recops.candidates.mf import MFCandidateGenerator
+from recops.candidates.storage import RowStore, dense, sparse_times, times_t
 from recops.columns import DAY
 from recops.config import CandidatesConfig
 from recops.errors import RecopsError
@@ -115,10 +116,14 @@ class DecayedPopularity(MostPopular):
 
 def _sum_rows(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``binary_row @ matrix`` for one user's history rows: the rows summed in index order, in float32 — the same
-    additions in the same order as the sparse-times-dense product of ``score``, without building a sparse row."""
+    additions in the same order as the sparse-times-dense product of ``score``, without building a sparse row.
+    ``matrix`` may be dense float16 (summed in float32) or sparse (``export.storage``)."""
     if not len(rows):
         return np.zeros(matrix.shape[1], dtype=np.float32)
-    if len(rows) > 150:  # a long history: the sparse product reads the rows without copying them (2x faster)
+    if sp.issparse(matrix):
+        return sparse_times(_history_row(rows, matrix.shape[0]), matrix)[0]
+    if len(rows) > 150 and matrix.dtype == np.float32:
+        # a long history: the sparse product reads the rows without copying them (2x faster)
         return np.asarray(_history_row(rows, matrix.shape[0]) @ matrix, dtype=np.float32)[0]
     return np.add.reduce(matrix[rows], axis=0, dtype=np.float32)
 
@@ -141,6 +146,8 @@ class ItemKNN:
         self.neighbours = neighbours
         self.shrinkage = shrinkage
         self.threads = threads
+        # the dtype of the dense copy (float16 when the bundle stores item-item matrices as float16)
+        self.dense_dtype = np.float32
 
     # The co-occurrence matrix is built a block of items at a time, at most about this many item-item entries per
     # block (block items x catalogue), each block pruned to its k neighbours before the next: memory stays
@@ -173,16 +180,14 @@ class ItemKNN:
         if dense is None:
             n = self.similarity_.shape[0]
             use_dense = (self.similarity_.nnz >= self.DENSE_DENSITY * n * n and 4 * n * n <= self.DENSE_MAX_BYTES)
-            dense = self._dense = self.similarity_.toarray().astype(np.float32) if use_dense else False
+            dense = self._dense = self.similarity_.toarray().astype(self.dense_dtype) if use_dense else False
         return None if dense is False else dense
 
     def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         rows = _binary(user_items[users])
         dense = self._dense_similarity()
-        if dense is None:
-            return np.asarray((rows @ self.similarity_).toarray(), dtype=np.float32)
         with blas_limits(self.threads):
-            return np.asarray(rows @ dense, dtype=np.float32)
+            return sparse_times(rows, self.similarity_ if dense is None else dense)
 
     def score_user(self, user: int, history: np.ndarray) -> np.ndarray:
         """``score`` of one user from their history's item indices (sorted, unique), as a 1-D array."""
@@ -272,7 +277,7 @@ class EASE:
 
     def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         with blas_limits(self.threads):
-            return np.asarray(_binary(user_items[users]) @ self.weights_, dtype=np.float32)
+            return sparse_times(_binary(user_items[users]), self.weights_)
 
     def score_user(self, user: int, history: np.ndarray) -> np.ndarray:
         """``score`` of one user from their history's item indices (sorted, unique), as a 1-D array."""
@@ -283,8 +288,11 @@ class EASE:
 
     @classmethod
     def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> EASE:
+        """Weights dense float32, dense float16, or sparse (``export.storage``), as stored."""
         source = cls(config.ease_l2, config.ease_max_items, threads)
-        source.weights_ = np.asarray(arrays["weights"], dtype=np.float32)
+        weights = arrays["weights"]
+        source.weights_ = (weights.tocsr() if sp.issparse(weights) else
+                           weights if weights.dtype == np.float16 else np.asarray(weights, dtype=np.float32))
         return source
 
 
@@ -312,7 +320,7 @@ class MatrixFactorization:
 
     def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         with blas_limits(self.threads):
-            out = self.generator_.user_factors_[users] @ self.generator_.item_factors_.T
+            out = times_t(self.generator_.user_factors_[users], self.generator_.item_factors_)
         out[~self.generator_.has_history_[users]] = 0.0
         return out.astype(np.float32, copy=False)
 
@@ -320,7 +328,7 @@ class MatrixFactorization:
         """``score`` of one user (the same product, on a one-row block), as a 1-D array."""
         g = self.generator_
         with blas_limits(self.threads):
-            out = g.user_factors_[user:user + 1] @ g.item_factors_.T
+            out = times_t(g.user_factors_[user:user + 1], g.item_factors_)
         if not g.has_history_[user]:
             out[:] = 0.0
         return out[0].astype(np.float32, copy=False)
@@ -331,11 +339,13 @@ class MatrixFactorization:
 
     @classmethod
     def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> MatrixFactorization:
-        """A fitted source from stored factors (writable copies: live updates fold users in)."""
+        """A fitted source from stored factors: the user factors as a writable float32 copy (live updates fold
+        users in), the item factors as stored (float32, or a compressed :class:`RowStore`)."""
         source = cls(config, threads=threads)
         generator = MFCandidateGenerator(config, threads=threads)
-        generator.user_factors_ = np.array(arrays["user_factors"], dtype=np.float32)
-        generator.item_factors_ = np.ascontiguousarray(arrays["item_factors"], dtype=np.float32)
+        generator.user_factors_ = np.array(dense(arrays["user_factors"]), dtype=np.float32)
+        items = arrays["item_factors"]
+        generator.item_factors_ = items if isinstance(items, RowStore) else np.ascontiguousarray(items, np.float32)
         generator.has_history_ = np.array(arrays["has_history"], dtype=bool)
         source.generator_ = generator
         return source
@@ -350,7 +360,7 @@ class MatrixFactorization:
         confidence = 1.0 + self.config.alpha * np.asarray(weights, dtype=np.float64)
         with blas_limits(self.threads):
             if getattr(self, "_gram", None) is None:  # Y'Y (the zero-preference part), once per item factors
-                full = g.item_factors_.astype(np.float64)
+                full = dense(g.item_factors_).astype(np.float64)
                 self._gram = full.T @ full
             a = self._gram + (y.T * (confidence - 1.0)) @ y + self.config.regularization * np.eye(y.shape[1])
             b = (y.T * confidence).sum(axis=1)

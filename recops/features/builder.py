@@ -298,7 +298,8 @@ def gather_feature_matrix(users_all: np.ndarray, items_all: np.ndarray, source_v
         last = stats.last_items[u]
         valid = last >= 0
         length = last.shape[1]
-        cooc = np.asarray(stats.similarity[np.maximum(last, 0).ravel(), np.repeat(i, length)]).reshape(-1, length)
+        cooc = np.asarray(stats.similarity[np.maximum(last, 0).ravel(), np.repeat(i, length)],
+                          dtype=np.float32).reshape(-1, length)
         cols += list(_nan_mean_max(cooc, valid))
         if stats.item_unit_factors is not None:
             f = stats.item_unit_factors

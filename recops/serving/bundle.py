@@ -39,8 +39,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recops.candidates.storage import HalfCSR, RowStore, item_item, top_k_per_row
 from recops.columns import Columns
-from recops.config import Settings
+from recops.config import Settings, StorageConfig
 from recops.errors import RecopsError
 from recops.io import file_digest
 from recops.registry.mlflow_registry import SERVING_BUILD_TAG as BUILD_TAG  # noqa: F401 (re-exported)
@@ -87,6 +88,15 @@ def _save_tree(root: Path, name: str, value: Any) -> Any:
         return {"kind": "none"}
     if isinstance(value, dict):
         return {"kind": "dict", "items": {str(k): _save_tree(root, f"{name}/{k}", v) for k, v in value.items()}}
+    if isinstance(value, RowStore):
+        _save_array(root, f"{name}/values", value.values)
+        if value.scale is not None:
+            _save_array(root, f"{name}/scale", value.scale)
+        return {"kind": "rows", "path": name, "storage": value.storage}
+    if isinstance(value, HalfCSR):  # float16 values: a float32 CSR matrix again when loaded
+        for part, array in (("data", value.data), ("indices", value.matrix.indices), ("indptr", value.matrix.indptr)):
+            _save_array(root, f"{name}/{part}", array)
+        return {"kind": "csr", "path": name, "shape": [int(n) for n in value.matrix.shape]}
     if sp.issparse(value):
         matrix = sp.csr_matrix(value)
         for part in ("data", "indices", "indptr"):
@@ -111,8 +121,14 @@ def _load_tree(root: Path, layout: dict[str, Any]) -> Any:
     if kind == "dict":
         return {k: _load_tree(root, v) for k, v in layout["items"].items()}
     if kind == "csr":
-        parts = [_load_array(root, f"{layout['path']}/{p}") for p in ("data", "indices", "indptr")]
-        return sp.csr_matrix(tuple(parts), shape=tuple(layout["shape"]))
+        data, indices, indptr = (_load_array(root, f"{layout['path']}/{p}") for p in ("data", "indices", "indptr"))
+        if data.dtype == np.float16:  # export.storage.item_item: float16 in the bundle, scipy needs float32
+            data = data.astype(np.float32)
+        return sp.csr_matrix((data, indices, indptr), shape=tuple(layout["shape"]))
+    if kind == "rows":
+        path = layout["path"]
+        return RowStore(_load_array(root, f"{path}/values"),
+                        _load_array(root, f"{path}/scale") if layout["storage"] == "int8" else None)
     return _load_array(root, layout["path"])
 
 
@@ -220,6 +236,35 @@ def _compile_ranker(settings: Settings, names: list[str], root: Path) -> dict[st
     return info
 
 
+def stored_sources(sources: dict[str, Any], storage: StorageConfig) -> dict[str, dict[str, Any]]:
+    """Each fitted source's arrays as ``export.storage`` stores them (``recops.candidates.storage``)."""
+    stored = {}
+    for name, source in sources.items():
+        arrays = dict(source.arrays())
+        if name == "mf":
+            for key in ("user_factors", "item_factors"):
+                arrays[key] = RowStore.compress(arrays[key], storage.mf_factors)
+        elif name == "ease":
+            weights = arrays["weights"]
+            if storage.ease_top_k is not None:
+                weights = top_k_per_row(weights, storage.ease_top_k)
+            arrays["weights"] = item_item(weights, storage.item_item)
+        elif "similarity" in arrays:  # item-kNN and its recent-window variant
+            arrays["similarity"] = item_item(arrays["similarity"], storage.item_item)
+        stored[name] = arrays
+    return stored
+
+
+def stored_stats(stats, storage: StorageConfig) -> dict[str, Any]:
+    """The feature statistics' fields as ``export.storage`` stores them: the unit MF item factors like the MF
+    factors, the similarity cosines like the other item-item matrices."""
+    values = {f.name: getattr(stats, f.name) for f in fields(stats) if f.init}
+    if values.get("item_unit_factors") is not None:
+        values["item_unit_factors"] = RowStore.compress(values["item_unit_factors"], storage.mf_factors)
+    values["similarity"] = item_item(values["similarity"], storage.item_item)
+    return values
+
+
 def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
     """Fit the version's sources and feature statistics on all interactions and write the bundle; returns the
     manifest. Writes into a temporary sibling folder and swaps it in, so a failure leaves the previous bundle."""
@@ -254,9 +299,10 @@ def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, A
     layout = {
         "user_items": _save_tree(tmp, "user_items", user_items),
         "confidence": _save_tree(tmp, "confidence", weights),
-        "sources": {name: _save_tree(tmp, f"sources/{name}", source.arrays()) for name, source in sources.items()},
-        "stats": {f.name: _save_tree(tmp, f"stats/{f.name}", getattr(stats, f.name)) for f in fields(stats)
-                  if f.init},
+        "sources": {name: _save_tree(tmp, f"sources/{name}", arrays)
+                    for name, arrays in stored_sources(sources, settings.export.storage).items()},
+        "stats": {name: _save_tree(tmp, f"stats/{name}", value)
+                  for name, value in stored_stats(stats, settings.export.storage).items()},
         "item_attributes": {
             "multi_label": _save_tree(tmp, "item_attributes/multi_label", dict(items_attr.multi_label)),
             "categorical": _save_tree(tmp, "item_attributes/categorical", dict(items_attr.categorical)),
@@ -286,6 +332,8 @@ def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, A
         "pseudonym_key": _pseudonym_fingerprint(settings),
         # the forest compiled by lleaves (recops.serving.ranker_runtime): target, versions, parity with LightGBM
         "compiled_ranker": compiled,
+        # how the retrieval arrays are stored (export.storage: float32, float16, int8 factors, pruned EASE)
+        "storage": settings.export.storage.model_dump(mode="json"),
         "layout": layout,
         "files": files,
     }

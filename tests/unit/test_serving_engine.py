@@ -339,3 +339,37 @@ def test_a_read_never_waits_for_another_users_event_application(settings, downlo
         assert not done.get(busy)  # the same user's read waits: it must see the event whole
     threads[1].join(timeout=30)
     assert done.get(busy)
+
+
+# ------------------------------------------------------------------------------------------- compressed storage
+@pytest.mark.parametrize("storage", [{"mf_factors": "int8"}, {"mf_factors": "float16", "item_item": "float16"},
+                                     {"ease_top_k": 30}])
+def test_a_bundle_with_compressed_retrieval_serves_nearly_the_same_lists(settings, model, storage, tmp_path):
+    """export.storage: int8 / float16 factors, float16 item-item matrices and pruned EASE weights are what the
+    bundle holds and what the server reads (no float32 copy of the item factors), and the lists barely move."""
+    from recops.candidates.storage import RowStore
+    from recops.config import StorageConfig
+    from recops.serving.bundle import build_bundle
+
+    compressed = settings.model_copy(update={"export": settings.export.model_copy(
+        update={"storage": StorageConfig(**storage)})})
+    manifest = build_bundle(compressed, tmp_path / "bundle")
+    assert manifest["storage"] == StorageConfig(**storage).model_dump(mode="json")
+    served = Recommender(load_bundle(tmp_path / "bundle", None), settings.serving, "1")
+    mf = served.sources["mf"].generator_.item_factors_
+    if storage.get("mf_factors", "float32") != "float32":
+        assert isinstance(mf, RowStore) and mf.storage == storage["mf_factors"]
+        n_items, width = model.sources["mf"].generator_.item_factors_.shape  # float32: 4 bytes per entry
+        # int8: one byte per entry and a float32 scale per row (ML-100k's 28 factors: 29 % of float32)
+        assert mf.nbytes == (n_items * (width + 4) if storage["mf_factors"] == "int8" else n_items * width * 2)
+    if "ease_top_k" in storage:
+        weights = served.sources["ease"].weights_
+        assert np.all(np.diff(weights.indptr) == 30)
+    if storage.get("item_item") == "float16":
+        assert served.sources["ease"].weights_.dtype == np.float16
+    users = np.arange(model.n_users, dtype=np.int32)
+    exact, approximate = model.recommend_users(users, K)[0], served.recommend_users(users, K)[0]
+    overlap = np.mean([len(set(a) & set(b)) / K for a, b in zip(exact, approximate)])
+    assert overlap >= 0.8, overlap
+    answer = served.recommend(str(model.user_ids[0]), K)
+    assert len(answer.items) == K and answer.items == served.item_ids[approximate[0]].tolist()

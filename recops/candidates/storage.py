@@ -1,0 +1,170 @@
+"""How a serving bundle stores the retrieval arrays, and the products that read them without a float32 copy.
+
+``export.storage`` picks, per kind of array (BENCHMARKS.md "Compressed retrieval" has the measured costs):
+
+- ``mf_factors``: MF user and item factors (and the unit-norm item factors of the sequence features) as float32,
+  float16, or int8 with one float32 scale per row (symmetric: ``scale = max |row| / 127``, so a row's largest entry
+  is exact and every entry is off by at most ``scale / 2``). In memory the item factors stay compressed
+  (:class:`RowStore`): a product reads them in chunks of rows converted to float32, so a server holds a quarter of
+  the bytes (int8) at the price of a conversion per request; the user factors are rewritten by live events, so they
+  are float32 once loaded.
+- ``item_item``: the EASE weights and the item-kNN / similarity-feature cosines as float32 or float16. A dense
+  float16 matrix stays float16 in memory (a user's scores gather and sum their history's rows in float32); a sparse
+  one stores float16 values in the bundle and is float32 again in memory (scipy.sparse has no float16).
+- ``ease_top_k``: each EASE row cut to its ``k`` largest weights by magnitude and kept sparse (the closed form
+  spreads weight over every item; most of it is tiny).
+
+Rounding happens once, at the bundle stage, on the arrays fitted in float32; training and evaluation never see it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+Storage = Literal["float32", "float16", "int8"]
+
+# rows converted to float32 at a time by the products below: 4096 x 64 factors = 1 MiB, a few cache-sized pieces
+CHUNK_ROWS = 4096
+
+
+class RowStore:
+    """A float matrix kept as float16, or int8 with a float32 scale per row; reads give float32.
+
+    ``store[index]`` (any numpy index of rows) returns those rows as float32; :meth:`times_t` is ``left @ M.T``
+    and :meth:`toarray` the whole float32 matrix.
+    """
+
+    def __init__(self, values: np.ndarray, scale: np.ndarray | None = None) -> None:
+        if values.ndim != 2:
+            raise ValueError(f"RowStore holds a matrix, got shape {values.shape}")
+        if scale is None and values.dtype != np.float16:
+            raise ValueError(f"RowStore values without a scale must be float16, got {values.dtype}")
+        if scale is not None and (values.dtype != np.int8 or scale.shape != (len(values),)):
+            raise ValueError(f"int8 RowStore needs int8 values and one scale per row, got {values.dtype} "
+                             f"{values.shape} and scale {None if scale is None else scale.shape}")
+        self.values = values
+        self.scale = None if scale is None else np.asarray(scale, dtype=np.float32)
+
+    @classmethod
+    def compress(cls, matrix: np.ndarray, storage: Storage) -> np.ndarray | RowStore:
+        """``matrix`` as ``storage`` keeps it (float32: a float32 array, unchanged)."""
+        matrix = np.asarray(matrix, dtype=np.float32)
+        if storage == "float32":
+            return matrix
+        if storage == "float16":
+            return cls(matrix.astype(np.float16))
+        scale = (np.abs(matrix).max(axis=1) / np.float32(127.0)).astype(np.float32) if matrix.size else \
+            np.zeros(len(matrix), np.float32)
+        safe = np.where(scale > 0, scale, np.float32(1.0))
+        values = np.clip(np.rint(matrix / safe[:, None]), -127, 127).astype(np.int8)
+        return cls(values, scale)
+
+    @property
+    def storage(self) -> Storage:
+        return "float16" if self.scale is None else "int8"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.values.shape
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + (0 if self.scale is None else self.scale.nbytes)
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows = self.values[index].astype(np.float32)
+        if self.scale is not None:
+            rows *= self.scale[index][..., None]
+        return rows
+
+    def toarray(self) -> np.ndarray:
+        return self[:]
+
+    def times_t(self, left: np.ndarray) -> np.ndarray:
+        """``left @ M.T`` (float32), converting ``CHUNK_ROWS`` rows of M at a time."""
+        left = np.asarray(left, dtype=np.float32)
+        out = np.empty((len(left), len(self.values)), dtype=np.float32)
+        for start in range(0, len(self.values), CHUNK_ROWS):
+            stop = start + CHUNK_ROWS
+            out[:, start:stop] = left @ self.values[start:stop].astype(np.float32).T
+            if self.scale is not None:
+                out[:, start:stop] *= self.scale[start:stop]
+        return out
+
+
+def times_t(left: np.ndarray, matrix: np.ndarray | RowStore) -> np.ndarray:
+    """``left @ matrix.T`` for a float32 array or a :class:`RowStore`."""
+    if isinstance(matrix, RowStore):
+        return matrix.times_t(left)
+    return left @ matrix.T
+
+
+def dense(matrix: np.ndarray | RowStore) -> np.ndarray:
+    """The float32 matrix (a RowStore converted; a float32 array as it is)."""
+    return matrix.toarray() if isinstance(matrix, RowStore) else np.asarray(matrix, dtype=np.float32)
+
+
+def sparse_times(rows: sp.csr_matrix, matrix: np.ndarray | sp.csr_matrix) -> np.ndarray:
+    """``rows @ matrix`` as a dense float32 block: ``matrix`` dense float32 (one BLAS product), dense float16 (in
+    chunks of ``CHUNK_ROWS`` rows converted to float32, so no float32 copy of the whole matrix), or sparse."""
+    if sp.issparse(matrix):
+        return np.asarray((rows @ matrix).toarray(), dtype=np.float32)
+    if matrix.dtype == np.float32:
+        return np.asarray(rows @ matrix, dtype=np.float32)
+    rows = rows.tocsc()
+    out = np.zeros((rows.shape[0], matrix.shape[1]), dtype=np.float32)
+    for start in range(0, matrix.shape[0], CHUNK_ROWS):
+        part = rows[:, start:start + CHUNK_ROWS]
+        if part.nnz:
+            out += part @ matrix[start:start + CHUNK_ROWS].astype(np.float32)
+    return out
+
+
+class HalfCSR:
+    """A CSR matrix whose values a bundle stores as float16 (``_save_tree`` writes ``data`` as float16; loading
+    gives a float32 CSR matrix again)."""
+
+    def __init__(self, matrix: sp.csr_matrix) -> None:
+        self.matrix = sp.csr_matrix(matrix)
+        self.data = self.matrix.data.astype(np.float16)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + self.matrix.indices.nbytes + self.matrix.indptr.nbytes
+
+
+def item_item(matrix: np.ndarray | sp.csr_matrix, storage: Storage) -> np.ndarray | sp.csr_matrix | HalfCSR:
+    """An item-item matrix as ``export.storage.item_item`` stores it: as it is (float32), dense float16, or a
+    :class:`HalfCSR`."""
+    if storage == "float32":
+        return matrix
+    if storage != "float16":
+        raise ValueError(f"item-item matrices are stored as float32 or float16, not {storage}")
+    if sp.issparse(matrix):
+        return HalfCSR(matrix)
+    return np.asarray(matrix).astype(np.float16)
+
+
+def top_k_per_row(weights: np.ndarray, k: int) -> sp.csr_matrix:
+    """Each row's ``k`` largest entries by magnitude, as a CSR matrix with sorted columns; the rest dropped. Rows
+    are selected ``CHUNK_ROWS`` at a time (``argpartition``: linear in the row length), so the index arrays stay
+    small whatever the catalogue."""
+    weights = np.asarray(weights)
+    n_rows, n_cols = weights.shape
+    k = min(k, n_cols)
+    columns = np.empty((n_rows, k), dtype=np.int32)
+    for start in range(0, n_rows, CHUNK_ROWS):
+        block = np.abs(weights[start:start + CHUNK_ROWS])
+        part = np.argpartition(-block, k - 1, axis=1)[:, :k] if 0 < k < n_cols else \
+            np.broadcast_to(np.arange(k), (len(block), k))
+        columns[start:start + len(block)] = np.sort(part, axis=1)
+    values = np.take_along_axis(weights, columns, axis=1).astype(np.float32)
+    indptr = np.arange(0, n_rows * k + 1, max(k, 1), dtype=np.int64)[:n_rows + 1] if k else \
+        np.zeros(n_rows + 1, np.int64)
+    return sp.csr_matrix((values.ravel(), columns.ravel(), indptr), shape=weights.shape)
