@@ -160,8 +160,9 @@ OPTIONS = {  # name: (serving.ranker_runtime, export.storage)
     "lleaves, float32": ("lleaves", {}),
     "lleaves, MF int8": ("lleaves", {"mf_factors": "int8"}),
     "lleaves, MF float16, item-item float16": ("lleaves", {"mf_factors": "float16", "item_item": "float16"}),
-    "lleaves, MF int8, item-item float16, EASE top 200": ("lleaves", {"mf_factors": "int8", "item_item": "float16",
-                                                                     "ease_top_k": 200}),
+    "lleaves, MF int8, item-item int8": ("lleaves", {"mf_factors": "int8", "item_item": "int8"}),
+    "lleaves, MF int8, item-item int8, EASE top 200": ("lleaves", {"mf_factors": "int8", "item_item": "int8",
+                                                                  "ease_top_k": 200}),
 }
 
 

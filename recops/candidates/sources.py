@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recops.candidates.mf import MFCandidateGenerator
-from recops.candidates.storage import RowStore, dense, sparse_times, times_t
+from recops.candidates.storage import RowStore, dense, dense_item_item, sparse_times, times_t
 from recops.columns import DAY
 from recops.config import CandidatesConfig
 from recops.errors import RecopsError
@@ -117,12 +117,14 @@ class DecayedPopularity(MostPopular):
 def _sum_rows(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``binary_row @ matrix`` for one user's history rows: the rows summed in index order, in float32 — the same
     additions in the same order as the sparse-times-dense product of ``score``, without building a sparse row.
-    ``matrix`` may be dense float16 (summed in float32) or sparse (``export.storage``)."""
+    ``matrix`` may also be a compressed :class:`RowStore` or sparse (``export.storage``)."""
     if not len(rows):
         return np.zeros(matrix.shape[1], dtype=np.float32)
+    if isinstance(matrix, RowStore):
+        return matrix.sum_rows(rows)
     if sp.issparse(matrix):
         return sparse_times(_history_row(rows, matrix.shape[0]), matrix)[0]
-    if len(rows) > 150 and matrix.dtype == np.float32:
+    if len(rows) > 150:
         # a long history: the sparse product reads the rows without copying them (2x faster)
         return np.asarray(_history_row(rows, matrix.shape[0]) @ matrix, dtype=np.float32)[0]
     return np.add.reduce(matrix[rows], axis=0, dtype=np.float32)
@@ -146,8 +148,8 @@ class ItemKNN:
         self.neighbours = neighbours
         self.shrinkage = shrinkage
         self.threads = threads
-        # the dtype of the dense copy (float16 when the bundle stores item-item matrices as float16)
-        self.dense_dtype = np.float32
+        # how the dense copy is kept (export.storage.item_item of the bundle it was loaded from)
+        self.dense_storage = "float32"
 
     # The co-occurrence matrix is built a block of items at a time, at most about this many item-item entries per
     # block (block items x catalogue), each block pruned to its k neighbours before the next: memory stays
@@ -180,7 +182,7 @@ class ItemKNN:
         if dense is None:
             n = self.similarity_.shape[0]
             use_dense = (self.similarity_.nnz >= self.DENSE_DENSITY * n * n and 4 * n * n <= self.DENSE_MAX_BYTES)
-            dense = self._dense = self.similarity_.toarray().astype(self.dense_dtype) if use_dense else False
+            dense = self._dense = dense_item_item(self.similarity_, self.dense_storage) if use_dense else False
         return None if dense is False else dense
 
     def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
@@ -288,11 +290,11 @@ class EASE:
 
     @classmethod
     def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> EASE:
-        """Weights dense float32, dense float16, or sparse (``export.storage``), as stored."""
+        """Weights dense float32, compressed (a :class:`RowStore`) or sparse (``export.storage``), as stored."""
         source = cls(config.ease_l2, config.ease_max_items, threads)
         weights = arrays["weights"]
-        source.weights_ = (weights.tocsr() if sp.issparse(weights) else
-                           weights if weights.dtype == np.float16 else np.asarray(weights, dtype=np.float32))
+        source.weights_ = (weights.tocsr() if sp.issparse(weights) else weights if isinstance(weights, RowStore)
+                           else np.asarray(weights, dtype=np.float32))
         return source
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.candidates.storage import HalfCSR, RowStore, item_item, top_k_per_row
+from recops.candidates.storage import CompressedCSR, RowStore, item_item, top_k_per_row
 from recops.columns import Columns
 from recops.config import Settings, StorageConfig
 from recops.errors import RecopsError
@@ -93,10 +93,13 @@ def _save_tree(root: Path, name: str, value: Any) -> Any:
         if value.scale is not None:
             _save_array(root, f"{name}/scale", value.scale)
         return {"kind": "rows", "path": name, "storage": value.storage}
-    if isinstance(value, HalfCSR):  # float16 values: a float32 CSR matrix again when loaded
+    if isinstance(value, CompressedCSR):  # float16 / int8 values: a float32 CSR matrix again when loaded
         for part, array in (("data", value.data), ("indices", value.matrix.indices), ("indptr", value.matrix.indptr)):
             _save_array(root, f"{name}/{part}", array)
-        return {"kind": "csr", "path": name, "shape": [int(n) for n in value.matrix.shape]}
+        if value.scale is not None:
+            _save_array(root, f"{name}/scale", value.scale)
+        return {"kind": "csr", "path": name, "shape": [int(n) for n in value.matrix.shape],
+                "storage": value.storage}
     if sp.issparse(value):
         matrix = sp.csr_matrix(value)
         for part in ("data", "indices", "indptr"):
@@ -122,8 +125,9 @@ def _load_tree(root: Path, layout: dict[str, Any]) -> Any:
         return {k: _load_tree(root, v) for k, v in layout["items"].items()}
     if kind == "csr":
         data, indices, indptr = (_load_array(root, f"{layout['path']}/{p}") for p in ("data", "indices", "indptr"))
-        if data.dtype == np.float16:  # export.storage.item_item: float16 in the bundle, scipy needs float32
-            data = data.astype(np.float32)
+        if layout.get("storage", "float32") != "float32":  # export.storage.item_item: scipy needs float32
+            scale = _load_array(root, f"{layout['path']}/scale") if layout["storage"] == "int8" else None
+            return CompressedCSR.restore(data, indices, indptr, tuple(layout["shape"]), scale)
         return sp.csr_matrix((data, indices, indptr), shape=tuple(layout["shape"]))
     if kind == "rows":
         path = layout["path"]

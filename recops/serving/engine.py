@@ -41,6 +41,7 @@ import scipy.sparse as sp
 
 from recops.candidates.sources import (EASE, DecayedPopularity, ItemKNN, MatrixFactorization, MostPopular,
                                        RecentItemKNN, RecentPopularity)
+from recops.candidates.storage import dense_item_item
 from recops.columns import Columns
 from recops.config import CandidatesConfig, FeaturesConfig, ServingConfig, StorageConfig
 from recops.errors import RecopsError
@@ -172,16 +173,15 @@ class Recommender:
                         for name, arrays in bundle.sources.items()}
         # export.storage.item_item: dense copies of item-item matrices kept in the bundle's precision
         self.storage = StorageConfig.model_validate(manifest.get("storage", {}))
-        dense_dtype = np.float16 if self.storage.item_item == "float16" else np.float32
         for source in self.sources.values():
             if isinstance(source, ItemKNN):
-                source.dense_dtype = dense_dtype
+                source.dense_storage = self.storage.item_item
         self.stats = HistoryStatistics(**bundle.stats)
         similarity = self.stats.similarity
         n = similarity.shape[0]
         if similarity.nnz >= 0.02 * n * n and 4 * n * n <= 512 * 2**20:
             # gathered 5 x 200 times per request: a dense lookup instead of scipy's sparse sampling
-            self.stats.similarity = similarity.toarray().astype(dense_dtype)
+            self.stats.similarity = dense_item_item(similarity, self.storage.item_item)
         self.user_items = OverlayMatrix(bundle.user_items)
         self.confidence = bundle.confidence.tocsr()
         from recops.features.builder import feature_names

@@ -342,8 +342,8 @@ def test_a_read_never_waits_for_another_users_event_application(settings, downlo
 
 
 # ------------------------------------------------------------------------------------------- compressed storage
-@pytest.mark.parametrize("storage", [{"mf_factors": "int8"}, {"mf_factors": "float16", "item_item": "float16"},
-                                     {"ease_top_k": 30}])
+@pytest.mark.parametrize("storage", [{"mf_factors": "int8", "item_item": "int8"},
+                                     {"mf_factors": "float16", "item_item": "float16"}, {"ease_top_k": 30}])
 def test_a_bundle_with_compressed_retrieval_serves_nearly_the_same_lists(settings, model, storage, tmp_path):
     """export.storage: int8 / float16 factors, float16 item-item matrices and pruned EASE weights are what the
     bundle holds and what the server reads (no float32 copy of the item factors), and the lists barely move."""
@@ -365,8 +365,9 @@ def test_a_bundle_with_compressed_retrieval_serves_nearly_the_same_lists(setting
     if "ease_top_k" in storage:
         weights = served.sources["ease"].weights_
         assert np.all(np.diff(weights.indptr) == 30)
-    if storage.get("item_item") == "float16":
-        assert served.sources["ease"].weights_.dtype == np.float16
+    if storage.get("item_item", "float32") != "float32":
+        weights = served.sources["ease"].weights_
+        assert isinstance(weights, RowStore) and weights.storage == storage["item_item"]
     users = np.arange(model.n_users, dtype=np.int32)
     exact, approximate = model.recommend_users(users, K)[0], served.recommend_users(users, K)[0]
     overlap = np.mean([len(set(a) & set(b)) / K for a, b in zip(exact, approximate)])

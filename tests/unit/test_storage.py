@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from recops.candidates import storage
 from recops.candidates.sources import EASE, ItemKNN, MatrixFactorization
-from recops.candidates.storage import HalfCSR, RowStore, item_item, sparse_times, top_k_per_row
+from recops.candidates.storage import CompressedCSR, RowStore, item_item, sparse_times, top_k_per_row
 from recops.config import CandidatesConfig
 from recops.serving.bundle import _load_tree, _save_tree
 
@@ -53,15 +53,35 @@ def test_the_product_over_chunks_equals_the_product_of_the_rounded_matrix(factor
     np.testing.assert_array_equal(store[index], store.toarray()[index])
 
 
-def test_a_sparse_block_times_a_float16_matrix_in_chunks(monkeypatch):
+@pytest.mark.parametrize("kind", ["int8", "float16"])
+def test_item_item_rows_summed_and_multiplied_in_chunks(monkeypatch, kind):
     monkeypatch.setattr(storage, "CHUNK_ROWS", 16)
     rng = np.random.default_rng(5)
     dense = rng.normal(size=(50, 40)).astype(np.float32)
-    half = item_item(dense, "float16")
-    assert half.dtype == np.float16
+    store = item_item(dense, kind)
+    assert isinstance(store, RowStore) and store.storage == kind
+    rounded = store.toarray()
     rows = sp.random(6, 50, density=0.2, random_state=1, format="csr", dtype=np.float32)
-    np.testing.assert_allclose(sparse_times(rows, half), rows @ half.astype(np.float32), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(sparse_times(rows, sp.csr_matrix(dense)), rows @ dense, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sparse_times(rows, store), rows @ rounded, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sparse_times(rows, sp.csr_matrix(dense)), rows @ dense, rtol=1e-5, atol=1e-5)
+    history = np.array([1, 4, 9, 33])
+    np.testing.assert_allclose(store.sum_rows(history), rounded[history].sum(axis=0), rtol=1e-5, atol=1e-5)
+    r, c = np.array([1, 4, 4]), np.array([0, 39, 2])
+    np.testing.assert_array_equal(store[r, c], rounded[r, c])
+
+
+@pytest.mark.parametrize("kind", ["int8", "float16"])
+def test_a_compressed_sparse_matrix_is_restored_as_its_rounded_float32_values(kind):
+    matrix = sp.random(30, 30, density=0.2, random_state=3, format="csr", dtype=np.float32)
+    stored = CompressedCSR(matrix, kind)
+    restored = CompressedCSR.restore(stored.data, stored.matrix.indices, stored.matrix.indptr, matrix.shape,
+                                     stored.scale)
+    assert restored.dtype == np.float32 and stored.data.dtype == (np.int8 if kind == "int8" else np.float16)
+    step = (abs(matrix).max(axis=1).toarray() / 127) if kind == "int8" else np.abs(matrix.toarray()) / 1024
+    assert np.all(np.abs(restored.toarray() - matrix.toarray()) <= step / 2 + 1e-7)
+    # the dense copy a server makes rounds to the same integers again
+    dense = storage.dense_item_item(restored, kind)
+    np.testing.assert_allclose(dense.toarray(), restored.toarray(), rtol=1e-6)
 
 
 def test_top_k_per_row_keeps_the_largest_magnitudes():
@@ -79,7 +99,7 @@ def test_top_k_per_row_keeps_the_largest_magnitudes():
 def test_bundle_files_keep_the_compressed_bytes(tmp_path, factors):
     similarity = sp.random(40, 40, density=0.1, random_state=2, format="csr", dtype=np.float32)
     tree = {"int8": RowStore.compress(factors, "int8"), "half": RowStore.compress(factors, "float16"),
-            "csr": HalfCSR(similarity)}
+            "csr": CompressedCSR(similarity, "float16")}
     layout = _save_tree(tmp_path, "t", tree)
     assert np.load(tmp_path / "arrays" / "t" / "int8" / "values.npy").dtype == np.int8
     assert np.load(tmp_path / "arrays" / "t" / "csr" / "data.npy").dtype == np.float16
@@ -117,17 +137,19 @@ def test_sources_score_from_compressed_arrays_as_from_their_float32_values():
                                rounded.fold_in(3, items, np.ones(len(items))), atol=1e-4)
 
     ease = EASE(l2=10.0).fit(history)
-    for weights in (item_item(ease.weights_, "float16"), top_k_per_row(ease.weights_, 12)):
+    for weights in (item_item(ease.weights_, "float16"), item_item(ease.weights_, "int8"),
+                    top_k_per_row(ease.weights_, 12)):
         source = EASE.from_arrays({"weights": weights}, config)
         block = source.score(users, history)
-        reference = history[users].toarray() @ (weights.toarray() if sp.issparse(weights)
-                                               else weights.astype(np.float32))
+        reference = history[users].toarray() @ weights.toarray()
         np.testing.assert_allclose(block, reference, atol=1e-5)
         np.testing.assert_allclose(source.score_user(4, history[4].indices), block[4], atol=1e-5)
 
     knn = ItemKNN(neighbours=30).fit(history)
-    half = ItemKNN.from_arrays({"similarity": knn.similarity_}, config)
-    half.dense_dtype = np.float16
-    reference = history[users].toarray() @ knn.similarity_.toarray().astype(np.float16).astype(np.float32)
-    np.testing.assert_allclose(half.score(users, history), reference, atol=1e-5)
-    np.testing.assert_allclose(half.score_user(2, history[2].indices), reference[2], atol=1e-5)
+    for kind in ("float16", "int8"):
+        compressed = ItemKNN.from_arrays({"similarity": knn.similarity_}, config)
+        compressed.dense_storage = kind
+        rounded = RowStore.compress(knn.similarity_.toarray(), kind).toarray()
+        reference = history[users].toarray() @ rounded
+        np.testing.assert_allclose(compressed.score(users, history), reference, atol=1e-5)
+        np.testing.assert_allclose(compressed.score_user(2, history[2].indices), reference[2], atol=1e-5)
