@@ -276,21 +276,101 @@ def storage_rows(settings, bundle, rounds: int) -> list[str]:
     return rows
 
 
-def live_rows(params: Path, settings, users: list[str], rounds: int, seconds: float) -> list[str]:
+WRK_SCRIPT = """
+local users = {%s}
+local counter = 0
+math.randomseed(%d)
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/recommendations/" .. users[math.random(#users)] .. "?k=10&request_id=w" .. counter)
+end
+"""
+
+
+def wrk_round(base: str, script: Path, seconds: float) -> tuple[float, float, float, int]:
+    """One closed-loop round of ``wrk`` at 1 connection: (requests/s, p50 ms, p99 ms, non-2xx + socket errors)."""
+    import re
+    import subprocess
+
+    out = subprocess.run(["wrk", "-t1", "-c1", f"-d{seconds:g}s", "--latency", "-s", str(script), base],
+                         capture_output=True, text=True, check=True).stdout
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout)\s*:?\s*(\d+)",
+                                            out))
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), ms("50%"), ms("99%"), errors
+
+
+def start_before(project: Path, commit: str, folder: Path, bundle: Path) -> tuple[object, str, Path, Path]:
+    """The server as it was before issue 18: ``recops serve`` of ``commit`` (a git worktree, first on the import
+    path) over the same float32 bundle, on uvicorn's pure-Python h11 parser (httptools, added since, is hidden
+    from it); onnxruntime ranks since that code knows nothing else."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    tree = folder / "before"
+    subprocess.run(["git", "-C", str(project), "worktree", "add", "--detach", "--force", str(tree), commit],
+                   check=True, capture_output=True)
+    import yaml
+
+    raw = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
+    raw.get("export", {}).pop("storage", None)  # the settings issue 18 added: that code refuses unknown keys
+    raw.get("serving", {}).pop("ranker_runtime", None)
+    params = folder / "before.yaml"
+    with tempfile.NamedTemporaryFile("w", dir=project, prefix=".before-", suffix=".yaml", delete=False) as fh:
+        yaml.safe_dump(raw, fh, sort_keys=False)  # next to params.yaml: relative paths resolve the same
+    params = Path(fh.name)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # the worktree ahead of the working directory ('' on sys.path: the project's own recops)
+    code = (f"import sys; sys.path.insert(0, {str(tree)!r}); sys.modules['httptools'] = None; "
+            "sys.argv[0] = 'recops'; from recops.cli import app; app()")
+    server = subprocess.Popen([sys.executable, "-c", code, "serve", "--params", str(params),
+                               "--bundle", str(bundle), "--port", str(port), "--workers", "1", "-q"],
+                              cwd=project, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            ready = httpx.get(f"{base}/ready", timeout=2)
+            if ready.status_code == 200:
+                if "ranker_runtime" in ready.json():
+                    raise RuntimeError(f"the server of {commit} runs today's recops (it names a ranker runtime)")
+                return server, base, tree, params
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"recops serve of {commit} did not become ready")
+        time.sleep(0.3)
+
+
+def live_rows(params: Path, settings, users: list[str], rounds: int, seconds: float, before: str | None) -> list[str]:
     """Every option as a real server (module doc, 4): ``build_bundle`` with its storage into a temporary folder,
-    ``recops serve --bundle`` (1 worker) with its ranker runtime, all started at once and loaded in turn (rounds of
-    ``seconds`` at 1 connection, options in rotating order); bundle size, server RSS, requests/s, p50 / p99."""
-    import asyncio
+    ``recops serve --bundle`` (1 worker) with its ranker runtime, and (``before``) the server of the commit before
+    issue 18 on the float32 bundle; all started at once and loaded in turn by ``wrk`` (rounds of ``seconds`` at 1
+    connection, live requests, options in rotating order): bundle size, server RSS, requests/s, p50 / p99."""
+    import subprocess
 
     import yaml
 
-    from benchmarks.serving import load, rss_mb, start_server, stop_server
+    from benchmarks.serving import rss_mb, start_server, stop_server
     from recops.config import StorageConfig
     from recops.serving.bundle import build_bundle
 
     raw = yaml.safe_load(params.read_text(encoding="utf-8"))
-    rows, servers, sizes, files = [], {}, {}, []
+    servers, sizes, files, tree = {}, {}, [], None
+    before_name = f"before issue 18 ({before}: onnxruntime, float32, h11)"
     with tempfile.TemporaryDirectory(prefix="recops-options-") as folder:
+        script = Path(folder) / "requests.lua"
+        script.write_text(WRK_SCRIPT % (", ".join(f'"{u}"' for u in users), settings.seed))
         try:
             for n, (name, (runtime, storage)) in enumerate(OPTIONS.items()):
                 out = Path(folder) / f"bundle-{n}"
@@ -298,47 +378,46 @@ def live_rows(params: Path, settings, users: list[str], rounds: int, seconds: fl
                     update={"storage": StorageConfig(**storage)})}), out)
                 sizes[name] = (_folder_bytes(out), _folder_bytes(out, "arrays"))
                 raw.setdefault("serving", {})["ranker_runtime"] = runtime
-                raw["serving"].setdefault("impressions", {})["enabled"] = False
                 raw["serving"]["event_log_dir"] = str(Path(folder) / "events")
                 with tempfile.NamedTemporaryFile("w", dir=params.parent, prefix=".options-", suffix=".yaml",
                                                  delete=False) as fh:
                     yaml.safe_dump(raw, fh, sort_keys=False)
                 files.append(Path(fh.name))
                 servers[name] = start_server(files[-1], str(out))
+                if before and n == 0:
+                    server, base, tree, old_params = start_before(params.parent, before, Path(folder), out)
+                    files.append(old_params)
+                    servers[before_name], sizes[before_name] = (server, base), sizes[name]
             for server, base in servers.values():
-                asyncio.run(load(base, users, 1, 3.0))  # warm-up
+                wrk_round(base, script, 2)  # warm-up
             names = list(servers)
-            latencies = {name: [] for name in names}
-            rps = {name: [] for name in names}
-            errors = dict.fromkeys(names, 0)
+            results = {name: [] for name in names}
             for r in range(rounds):
                 for name in names[r % len(names):] + names[:r % len(names)]:
-                    ms, failed = asyncio.run(load(servers[name][1], users, 1, seconds))
-                    latencies[name].append(ms)
-                    rps[name].append(len(ms) / seconds)
-                    errors[name] += failed
+                    results[name].append(wrk_round(servers[name][1], script, seconds))
             rss = {name: rss_mb(server.pid) for name, (server, _) in servers.items()}
         finally:
             for server, _ in servers.values():
                 stop_server(server)
             for path in files:
                 path.unlink(missing_ok=True)
-    base = "onnx, float32 (before issue 18)"
-    p99 = {name: np.percentile(np.concatenate(ms), 99) for name, ms in latencies.items()}
-    rows += [f"over HTTP: one `recops serve --bundle` (1 worker) per option, live requests (k=10, a request_id: not "
-             f"cached) at 1 connection, {rounds} rounds of {seconds:.0f} s each, options in rotating order:\n",
-             "| option | bundle MiB | arrays MiB | server RSS MiB | req/s | p50 ms | p99 ms | mean ms | p99 / before "
-             "| errors |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in latencies:
-        ms = np.concatenate(latencies[name])
-        rows.append(f"| {name} | {sizes[name][0] / 2**20:.1f} | {sizes[name][1] / 2**20:.1f} | {rss[name]:.0f} | "
-                    f"{np.median(rps[name]):.0f} | {percentiles_ms(ms)} | {p99[name] / p99[base]:.0%} | "
-                    f"{errors[name]} |")
-    return rows
-
-
-def percentiles_ms(ms: np.ndarray) -> str:
-    return f"{np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f} | {ms.mean():.2f}"
+            if tree is not None:
+                subprocess.run(["git", "-C", str(params.parent), "worktree", "remove", "--force", str(tree)],
+                               capture_output=True)
+    reference = before_name if before else "onnx, float32 (before issue 18)"
+    table = {name: np.array(rows) for name, rows in results.items()}
+    lines = [f"over HTTP: one `recops serve --bundle` (1 worker) per option, `wrk` at 1 connection, live requests "
+             f"(k=10, a request_id each: never cached), {rounds} rounds of {seconds:g} s per option in rotating "
+             "order; medians over rounds, p99 / reference with the range of the per-round ratios:\n",
+             "| option | bundle MiB | arrays MiB | server RSS MiB | req/s | p50 ms | p99 ms | p99 / reference "
+             "| errors |", "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for name, rows in table.items():
+        ratios = rows[:, 2] / table[reference][:, 2]
+        lines.append(f"| {name} | {sizes[name][0] / 2**20:.1f} | {sizes[name][1] / 2**20:.1f} | {rss[name]:.0f} | "
+                     f"{np.median(rows[:, 0]):.0f} | {np.median(rows[:, 1]):.2f} | {np.median(rows[:, 2]):.2f} | "
+                     f"{np.median(rows[:, 2]) / np.median(table[reference][:, 2]):.0%} "
+                     f"({ratios.min():.0%}-{ratios.max():.0%}) | {int(rows[:, 3].sum())} |")
+    return lines
 
 
 def main() -> None:
@@ -348,6 +427,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--live-rounds", type=int, default=8, help="HTTP rounds per option (0: no live table)")
     parser.add_argument("--live-seconds", type=float, default=6.0)
+    parser.add_argument("--before", default="3be7cd3",
+                        help="commit whose server is the live reference (default: the last one before issue 18; "
+                             "'' for none)")
     parser.add_argument("--only", choices=["runtime", "pruned", "storage", "live"], action="append",
                         help="run only these parts (repeatable); all by default")
     args = parser.parse_args()
@@ -380,7 +462,8 @@ def main() -> None:
             print("\n".join(storage_rows(settings, bundle, args.rounds * 2)) + "\n", flush=True)
     if "live" in parts and args.live_rounds:
         ids = [str(bundle.user_ids[u]) for u in users]
-        print("\n".join(live_rows(params, settings, ids, args.live_rounds, args.live_seconds)) + "\n", flush=True)
+        print("\n".join(live_rows(params, settings, ids, args.live_rounds, args.live_seconds, args.before or None))
+              + "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ Storage = Literal["float32", "float16", "int8"]
 
 # rows converted to float32 at a time by the products below: 4096 x 64 factors = 1 MiB, a few cache-sized pieces
 CHUNK_ROWS = 4096
+# history rows converted at a time by RowStore.sum_rows (64 x 1682 floats: 430 KB, in L2; 400 rows 2x faster
+# than converting them all at once)
+SUM_CHUNK = 64
 
 
 class RowStore:
@@ -91,11 +94,27 @@ class RowStore:
         return rows
 
     def sum_rows(self, rows: np.ndarray) -> np.ndarray:
-        """The sum of some rows in float32 (one user's history times an item-item matrix): int8 rows are gathered,
-        converted and weighted by their scales in one product."""
-        if self.scale is None:
-            return np.add.reduce(self.values[rows], axis=0, dtype=np.float32)
-        return self.scale[rows] @ self.values[rows].astype(np.float32)
+        """The sum of some rows (sorted indices: one user's history) in float32, with the very additions of
+        :meth:`left_times` on that user's binary row: each row's products, summed in index order within a
+        ``CHUNK_ROWS`` chunk of M, the chunks' sums added in order — so an online request and a block of users get
+        the same scores to the last bit. ``SUM_CHUNK`` rows are converted at a time (they stay in cache)."""
+        n = self.values.shape[1]
+        out = np.zeros(n, dtype=np.float32)
+        rows = np.asarray(rows)
+        if not len(rows):
+            return out
+        buffer = np.empty((min(SUM_CHUNK, len(rows)) + 1, n), dtype=np.float32)
+        for part in np.split(rows, np.flatnonzero(np.diff(rows // CHUNK_ROWS)) + 1):
+            buffer[0] = 0.0
+            for start in range(0, len(part), SUM_CHUNK):
+                piece = part[start:start + SUM_CHUNK]
+                block = buffer[1:1 + len(piece)]
+                np.copyto(block, self.values[piece], casting="unsafe")
+                if self.scale is not None:
+                    block *= self.scale[piece][:, None]
+                buffer[0] = np.add.reduce(buffer[:1 + len(piece)], axis=0)  # row by row: acc + r0 + r1 ...
+            out += buffer[0]
+        return out
 
     def left_times(self, block: sp.csr_matrix) -> np.ndarray:
         """``block @ M`` (a sparse block of user rows), converting ``CHUNK_ROWS`` rows of M at a time."""

@@ -594,6 +594,44 @@ def echoed_id(raw: str, id_type: str) -> Any:
     return raw
 
 
+class Measured:
+    """The app's outer layer, plain ASGI: refuses a declared body above ``serving.max_body_bytes`` (413) before
+    anything reads it, and counts every answer and its latency by route. Starlette's ``@app.middleware("http")``
+    did the same through a task group and memory streams per request: ~0.3 ms of a ~2.5 ms live request."""
+
+    def __init__(self, app, max_body_bytes: int, requests_total, latency) -> None:
+        self.app, self.max_body_bytes = app, max_body_bytes
+        self.requests_total, self.latency = requests_total, latency
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        length = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"content-length"),
+                      None)
+        status = 500
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            status = 413
+            await JSONResponse({"detail": f"request body larger than serving.max_body_bytes = "
+                                          f"{self.max_body_bytes} bytes"}, status_code=413)(scope, receive, send)
+        else:
+            async def sending(message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, sending)
+            except Exception:  # a server error: counted like any answer, then Starlette's 500
+                self.requests_total.labels(getattr(scope.get("route"), "path", "unmatched"), "500").inc()
+                raise
+        endpoint = getattr(scope.get("route"), "path", "unmatched")
+        self.requests_total.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
 def create_app(settings: Settings, version: str = "champion", bundle_dir: Path | None = None,
                load: bool = True, downloads: Path | None = None) -> FastAPI:
     """The API. ``load=False`` defers the first load to the app's startup (``recops serve``); tests load now."""
@@ -674,25 +712,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     unauthorised = ({401: {"description": read_needs, "content": {"application/json": {"example": {
         "detail": read_needs}}}}} if read_token is not None else {})
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > cfg.max_body_bytes):
-            response = JSONResponse({"detail": f"request body larger than serving.max_body_bytes = "
-                                               f"{cfg.max_body_bytes} bytes"}, status_code=413)
-        else:
-            try:
-                response = await call_next(request)
-            except Exception:  # a server error: counted like any answer, then Starlette's 500
-                route = request.scope.get("route")
-                requests_total.labels(getattr(route, "path", "unmatched"), "500").inc()
-                raise
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        requests_total.labels(endpoint, str(response.status_code)).inc()
-        latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(Measured, max_body_bytes=cfg.max_body_bytes, requests_total=requests_total, latency=latency)
 
     @app.exception_handler(RecopsError)
     async def recops_error(request: Request, exc: RecopsError):

@@ -76,6 +76,8 @@ class OverlayMatrix:
     def __init__(self, base: sp.csr_matrix) -> None:
         self.base = base.tocsr()
         self.shape = self.base.shape
+        # sorted, duplicate-free rows (what the bundle writes): a user's items are then a slice of the row
+        self._canonical = bool(self.base.has_canonical_format)
         # user -> {item: summed weight of the live events}: a repeated event costs O(1) here and the user's
         # state stays O(distinct items), however many events arrive
         self.added: dict[int, dict[int, float]] = {}
@@ -112,6 +114,8 @@ class OverlayMatrix:
     def row_items(self, user: int) -> np.ndarray:
         base = self.base.indices[self.base.indptr[user]:self.base.indptr[user + 1]]
         added = self.added.get(int(user), {})
+        if not added and self._canonical:
+            return base.astype(np.int64)
         return np.unique(np.r_[base, np.fromiter(added, dtype=np.int64, count=len(added))]).astype(np.int64)
 
 

@@ -50,6 +50,24 @@ def model(settings: Settings, downloaded) -> Recommender:
     return engine(settings, downloaded)
 
 
+def _stored_as(settings: Settings, folder: Path, **storage) -> Recommender:
+    from recops.config import StorageConfig
+    from recops.serving.bundle import build_bundle
+
+    config = StorageConfig(**storage)
+    manifest = build_bundle(settings.model_copy(update={"export": settings.export.model_copy(
+        update={"storage": config})}), folder)
+    assert manifest["storage"] == config.model_dump(mode="json")
+    return Recommender(load_bundle(folder, None), settings.serving, "1")
+
+
+@pytest.fixture(scope="module")
+def exact(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    """The same version's bundle with every retrieval array in float32."""
+    return _stored_as(settings, tmp_path_factory.mktemp("float32") / "bundle", mf_factors="float32",
+                      item_item="float32")
+
+
 def seen(settings: Settings) -> dict[str, set[str]]:
     log = pd.read_parquet(settings.path("interactions"))
     return log.groupby(log[Columns.USER_ID].astype(str))[Columns.ITEM_ID].agg(lambda s: set(map(str, s))).to_dict()
@@ -81,9 +99,11 @@ def test_a_manifest_the_registry_did_not_record_is_refused(downloaded):
 
 
 # ------------------------------------------------------------------------------------------------------ lists
-def test_the_engine_gives_the_lists_the_pipeline_gives(settings, model, downloaded, tmp_path):
+def test_the_engine_gives_the_lists_the_pipeline_gives(settings, exact, downloaded, tmp_path):
     """The bundle's arrays and the engine's array path reproduce the pipeline's own rebuild of the version on the
-    same history (the A/B path: sources refitted, DataFrames throughout), list for list."""
+    same history (the A/B path: sources refitted, DataFrames throughout), list for list — with the arrays stored
+    as float32 (export.storage rounds them otherwise: measured by the compressed-storage tests below)."""
+    model = exact
     from recops.evaluation.versions import rebuild_lists
     from recops.registry.mlflow_registry import download_version_files
 
@@ -101,11 +121,13 @@ def test_the_engine_gives_the_lists_the_pipeline_gives(settings, model, download
     np.testing.assert_allclose(scores[built.users], built.scores, rtol=1e-5, atol=1e-6)
 
 
-def test_an_online_request_gives_the_block_paths_candidates_and_list(model):
+@pytest.mark.parametrize("stored", ["model", "exact"])
+def test_an_online_request_gives_the_block_paths_candidates_and_list(stored, request):
     """One request runs the 1-D merge (``score_user`` of each source); a block of users runs the sparse block path.
     Every user's candidates, source columns and final list agree; scores exactly, but for MF's one-row BLAS
     product, which may differ from the block product in the last bits of float32 (both paths use the same
-    one-row product for an online request)."""
+    one-row product for an online request). As stored by default (int8 retrieval arrays) and in float32."""
+    model = request.getfixturevalue(stored)
     from recops.candidates.merge import merged_candidate_blocks
 
     users = np.arange(model.n_users, dtype=np.int32)
@@ -343,21 +365,18 @@ def test_a_read_never_waits_for_another_users_event_application(settings, downlo
 
 # ------------------------------------------------------------------------------------------- compressed storage
 @pytest.mark.parametrize("storage", [{"mf_factors": "int8", "item_item": "int8"},
-                                     {"mf_factors": "float16", "item_item": "float16"}, {"ease_top_k": 30}])
-def test_a_bundle_with_compressed_retrieval_serves_nearly_the_same_lists(settings, model, storage, tmp_path):
-    """export.storage: int8 / float16 factors, float16 item-item matrices and pruned EASE weights are what the
-    bundle holds and what the server reads (no float32 copy of the item factors), and the lists barely move."""
+                                     {"mf_factors": "float16", "item_item": "float16"},
+                                     {"mf_factors": "float32", "item_item": "float32", "ease_top_k": 30}])
+def test_a_bundle_with_compressed_retrieval_serves_nearly_the_same_lists(settings, exact, storage, tmp_path):
+    """export.storage: int8 / float16 factors and item-item matrices and pruned EASE weights are what the bundle
+    holds and what the server reads (no float32 copy of the item factors), and the lists barely move."""
     from recops.candidates.storage import RowStore
-    from recops.config import StorageConfig
-    from recops.serving.bundle import build_bundle
 
-    compressed = settings.model_copy(update={"export": settings.export.model_copy(
-        update={"storage": StorageConfig(**storage)})})
-    manifest = build_bundle(compressed, tmp_path / "bundle")
-    assert manifest["storage"] == StorageConfig(**storage).model_dump(mode="json")
-    served = Recommender(load_bundle(tmp_path / "bundle", None), settings.serving, "1")
+    model = exact
+    assert isinstance(model.sources["mf"].generator_.item_factors_, np.ndarray)
+    served = _stored_as(settings, tmp_path / "bundle", **storage)
     mf = served.sources["mf"].generator_.item_factors_
-    if storage.get("mf_factors", "float32") != "float32":
+    if storage["mf_factors"] != "float32":
         assert isinstance(mf, RowStore) and mf.storage == storage["mf_factors"]
         n_items, width = model.sources["mf"].generator_.item_factors_.shape  # float32: 4 bytes per entry
         # int8: one byte per entry and a float32 scale per row (ML-100k's 28 factors: 29 % of float32)
@@ -365,7 +384,7 @@ def test_a_bundle_with_compressed_retrieval_serves_nearly_the_same_lists(setting
     if "ease_top_k" in storage:
         weights = served.sources["ease"].weights_
         assert np.all(np.diff(weights.indptr) == 30)
-    if storage.get("item_item", "float32") != "float32":
+    if storage["item_item"] != "float32":
         weights = served.sources["ease"].weights_
         assert isinstance(weights, RowStore) and weights.storage == storage["item_item"]
     users = np.arange(model.n_users, dtype=np.int32)

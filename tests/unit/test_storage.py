@@ -64,8 +64,14 @@ def test_item_item_rows_summed_and_multiplied_in_chunks(monkeypatch, kind):
     rows = sp.random(6, 50, density=0.2, random_state=1, format="csr", dtype=np.float32)
     np.testing.assert_allclose(sparse_times(rows, store), rows @ rounded, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sparse_times(rows, sp.csr_matrix(dense)), rows @ dense, rtol=1e-5, atol=1e-5)
-    history = np.array([1, 4, 9, 33])
-    np.testing.assert_allclose(store.sum_rows(history), rounded[history].sum(axis=0), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(storage, "SUM_CHUNK", 3)
+    for history in (np.array([1, 4, 9]), np.array([1, 4, 9, 33, 34, 40, 49])):  # one chunk, several
+        np.testing.assert_allclose(store.sum_rows(history), rounded[history].sum(axis=0), rtol=1e-5, atol=1e-5)
+    # one user's sum and the block product add the same numbers in the same order: equal to the last bit
+    history = np.array([0, 2, 3, 15, 16, 17, 30, 31, 33, 47, 49])  # across chunks of 16 rows, pieces of 3
+    one = sp.csr_matrix((np.ones(len(history), np.float32), history, [0, len(history)]), shape=(1, 50))
+    np.testing.assert_array_equal(store.sum_rows(history), store.left_times(one)[0])
+    np.testing.assert_array_equal(store.sum_rows(history), sparse_times(sp.vstack([rows, one]).tocsr(), store)[-1])
     r, c = np.array([1, 4, 4]), np.array([0, 39, 2])
     np.testing.assert_array_equal(store[r, c], rounded[r, c])
 
