@@ -20,8 +20,10 @@ Markdown for BENCHMARKS.md ("Efficiency options"):
    the retrieval arrays, merged-candidate recall@200 and NDCG@10 of the final lists for every test user, and
    the time per request against float32;
 4. **every option live** (``--live-rounds``): a real bundle built per option and one ``recops serve`` per option,
-   loaded in turn over HTTP: bundle size, server RSS, requests/s, p50 / p99, and p99 against the configuration
-   before issue 18 (onnxruntime, float32).
+   plus (``--before``) the server of the last commit before issue 18 (a git worktree: onnxruntime, float32
+   arrays, uvicorn's h11 parser and Starlette's middleware) on the float32 bundle; all loaded in turn by ``wrk``
+   at 1 connection (a C client: a Python client on the same 2 cores adds its own milliseconds): bundle size,
+   server RSS, requests/s, p50 / p99, and p99 against the server before issue 18.
 
 ``--only runtime|pruned|storage|live`` (repeatable) runs some parts.
 """
@@ -155,12 +157,13 @@ def pruned_rows(settings, bundle, requests: list[np.ndarray]) -> list[str]:
     return rows
 
 
-OPTIONS = {  # name: (serving.ranker_runtime, export.storage)
-    "onnx, float32 (before issue 18)": ("onnx", {}),
-    "lleaves, float32": ("lleaves", {}),
-    "lleaves, MF int8": ("lleaves", {"mf_factors": "int8"}),
+F32 = {"mf_factors": "float32", "item_item": "float32"}
+OPTIONS = {  # name: (serving.ranker_runtime, export.storage); the first is the configuration before issue 18
+    "onnx, float32 (before issue 18)": ("onnx", F32),
+    "lleaves, float32": ("lleaves", F32),
+    "lleaves, MF int8": ("lleaves", {**F32, "mf_factors": "int8"}),
     "lleaves, MF float16, item-item float16": ("lleaves", {"mf_factors": "float16", "item_item": "float16"}),
-    "lleaves, MF int8, item-item int8": ("lleaves", {"mf_factors": "int8", "item_item": "int8"}),
+    "lleaves, MF int8, item-item int8 (default)": ("lleaves", {"mf_factors": "int8", "item_item": "int8"}),
     "lleaves, MF int8, item-item int8, EASE top 200": ("lleaves", {"mf_factors": "int8", "item_item": "int8",
                                                                   "ease_top_k": 200}),
 }

@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse import _sparsetools  # the kernel of a CSR matrix times dense vectors (see RowStore.sum_rows)
 
 Storage = Literal["float32", "float16", "int8"]
 
@@ -95,25 +96,28 @@ class RowStore:
 
     def sum_rows(self, rows: np.ndarray) -> np.ndarray:
         """The sum of some rows (sorted indices: one user's history) in float32, with the very additions of
-        :meth:`left_times` on that user's binary row: each row's products, summed in index order within a
-        ``CHUNK_ROWS`` chunk of M, the chunks' sums added in order — so an online request and a block of users get
-        the same scores to the last bit. ``SUM_CHUNK`` rows are converted at a time (they stay in cache)."""
+        :meth:`left_times` on that user's binary row: each row times its scale, accumulated in index order within
+        a ``CHUNK_ROWS`` chunk of M, the chunks' sums added in order — so an online request and a block of users
+        get the same scores to the last bit. The accumulation is scipy's own sparse kernel (``csr_matvecs``, what
+        the block product runs), fed ``SUM_CHUNK`` converted rows at a time: they stay in cache, and memory stays
+        bounded whatever the history."""
         n = self.values.shape[1]
         out = np.zeros(n, dtype=np.float32)
         rows = np.asarray(rows)
-        if not len(rows):
-            return out
-        buffer = np.empty((min(SUM_CHUNK, len(rows)) + 1, n), dtype=np.float32)
-        for part in np.split(rows, np.flatnonzero(np.diff(rows // CHUNK_ROWS)) + 1):
-            buffer[0] = 0.0
-            for start in range(0, len(part), SUM_CHUNK):
-                piece = part[start:start + SUM_CHUNK]
-                block = buffer[1:1 + len(piece)]
-                np.copyto(block, self.values[piece], casting="unsafe")
-                if self.scale is not None:
-                    block *= self.scale[piece][:, None]
-                buffer[0] = np.add.reduce(buffer[:1 + len(piece)], axis=0)  # row by row: acc + r0 + r1 ...
-            out += buffer[0]
+        weights = self.scale[rows] if self.scale is not None else np.ones(len(rows), dtype=np.float32)
+        starts = np.r_[0, np.flatnonzero(np.diff(rows // CHUNK_ROWS)) + 1, len(rows)] if len(rows) else [0]
+        for first, last in zip(starts[:-1], starts[1:]):
+            total = np.zeros(n, dtype=np.float32)
+            for start in range(first, last, SUM_CHUNK):
+                piece = slice(start, min(start + SUM_CHUNK, last))
+                size = piece.stop - piece.start
+                converted = np.ascontiguousarray(self.values[rows[piece]], dtype=np.float32)
+                # total += sum_j weight_j * converted_j, j in order (one sparse row times the converted rows)
+                _sparsetools.csr_matvecs(1, size, n, np.array([0, size], dtype=np.int32),
+                                         np.arange(size, dtype=np.int32),
+                                         np.ascontiguousarray(weights[piece], dtype=np.float32), converted.ravel(),
+                                         total)
+            out += total
         return out
 
     def left_times(self, block: sp.csr_matrix) -> np.ndarray:

@@ -126,7 +126,7 @@ def test_an_online_request_gives_the_block_paths_candidates_and_list(stored, req
     """One request runs the 1-D merge (``score_user`` of each source); a block of users runs the sparse block path.
     Every user's candidates, source columns and final list agree; scores exactly, but for MF's one-row BLAS
     product, which may differ from the block product in the last bits of float32 (both paths use the same
-    one-row product for an online request). As stored by default (int8 retrieval arrays) and in float32."""
+    one-row product for an online request). As stored by default (int8 MF factors) and all in float32."""
     model = request.getfixturevalue(stored)
     from recops.candidates.merge import merged_candidate_blocks
 
@@ -393,3 +393,5 @@ def test_a_bundle_with_compressed_retrieval_serves_nearly_the_same_lists(setting
     assert overlap >= 0.8, overlap
     answer = served.recommend(str(model.user_ids[0]), K)
     assert len(answer.items) == K and answer.items == served.item_ids[approximate[0]].tolist()
+    for user in users:  # one request (each source's score_user) gives the block's list, to the last bit
+        np.testing.assert_array_equal(served.recommend_users(np.array([user]), K)[0][0], approximate[user])
