@@ -161,9 +161,9 @@ F32 = {"mf_factors": "float32", "item_item": "float32"}
 OPTIONS = {  # name: (serving.ranker_runtime, export.storage); the first is the configuration before issue 18
     "onnx, float32 (before issue 18)": ("onnx", F32),
     "lleaves, float32": ("lleaves", F32),
-    "lleaves, MF int8": ("lleaves", {**F32, "mf_factors": "int8"}),
+    "lleaves, MF int8 (default)": ("lleaves", {**F32, "mf_factors": "int8"}),
     "lleaves, MF float16, item-item float16": ("lleaves", {"mf_factors": "float16", "item_item": "float16"}),
-    "lleaves, MF int8, item-item int8 (default)": ("lleaves", {"mf_factors": "int8", "item_item": "int8"}),
+    "lleaves, MF int8, item-item int8": ("lleaves", {"mf_factors": "int8", "item_item": "int8"}),
     "lleaves, MF int8, item-item int8, EASE top 200": ("lleaves", {"mf_factors": "int8", "item_item": "int8",
                                                                   "ease_top_k": 200}),
 }
