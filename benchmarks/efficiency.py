@@ -160,8 +160,8 @@ def pruned_rows(settings, bundle, requests: list[np.ndarray]) -> list[str]:
 F32 = {"mf_factors": "float32", "item_item": "float32"}
 OPTIONS = {  # name: (serving.ranker_runtime, export.storage); the first is the configuration before issue 18
     "onnx, float32 (before issue 18)": ("onnx", F32),
-    "lleaves, float32": ("lleaves", F32),
-    "lleaves, MF int8 (default)": ("lleaves", {**F32, "mf_factors": "int8"}),
+    "lleaves, float32 (default)": ("lleaves", F32),
+    "lleaves, MF int8": ("lleaves", {**F32, "mf_factors": "int8"}),
     "lleaves, MF float16, item-item float16": ("lleaves", {"mf_factors": "float16", "item_item": "float16"}),
     "lleaves, MF int8, item-item int8": ("lleaves", {"mf_factors": "int8", "item_item": "int8"}),
     "lleaves, MF int8, item-item int8, EASE top 200": ("lleaves", {"mf_factors": "int8", "item_item": "int8",
@@ -263,7 +263,7 @@ def storage_rows(settings, bundle, rounds: int) -> list[str]:
                     engine.recommend(engine.user_ids[user], 10)
                     ms[j] = (time.perf_counter() - started) * 1000
                 times[name].append(ms)
-    base = engines["lleaves, float32"]
+    base = engines["lleaves, float32 (default)"]
     rows = [f"compressed retrieval on the test fold ({len(test_users)} users; sources and feature statistics fitted "
             "on its history, stored and read back as each option stores them, served by the engine): bytes of the "
             "MF arrays (user and item factors) and of the item-item arrays (EASE, item-kNN, similarity feature, "

@@ -254,7 +254,7 @@ class StorageConfig(Strict):
     """How the serving bundle stores the retrieval arrays (``recops.candidates.storage``; the measured cost of each
     choice in BENCHMARKS.md "Compressed retrieval")."""
 
-    mf_factors: Literal["float32", "float16", "int8"] = "int8"  # int8: a float32 scale per row
+    mf_factors: Literal["float32", "float16", "int8"] = "float32"  # int8: a float32 scale per row
     # EASE weights, item-kNN and similarity-feature cosines (int8: a float32 scale per row)
     item_item: Literal["float32", "float16", "int8"] = "float32"
     ease_top_k: PositiveInt | None = None  # keep each EASE row's k largest weights (sparse); null: all

@@ -121,13 +121,11 @@ def test_the_engine_gives_the_lists_the_pipeline_gives(settings, exact, download
     np.testing.assert_allclose(scores[built.users], built.scores, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("stored", ["model", "exact"])
-def test_an_online_request_gives_the_block_paths_candidates_and_list(stored, request):
+def test_an_online_request_gives_the_block_paths_candidates_and_list(model):
     """One request runs the 1-D merge (``score_user`` of each source); a block of users runs the sparse block path.
     Every user's candidates, source columns and final list agree; scores exactly, but for MF's one-row BLAS
     product, which may differ from the block product in the last bits of float32 (both paths use the same
-    one-row product for an online request). As stored by default (int8 MF factors) and all in float32."""
-    model = request.getfixturevalue(stored)
+    one-row product for an online request). Compressed storages: test_a_bundle_with_compressed_retrieval_..."""
     from recops.candidates.merge import merged_candidate_blocks
 
     users = np.arange(model.n_users, dtype=np.int32)
