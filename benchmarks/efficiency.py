@@ -56,7 +56,7 @@ def ratio_interval(a_blocks: np.ndarray, b_blocks: np.ndarray) -> str:
 
 
 def runtime_rows(settings, bundle, users: np.ndarray, rounds: int) -> list[str]:
-    from benchmarks.serving import request_matrices
+    from benchmarks.serving import request_matrices, request_times
     from recops.serving.engine import Recommender
 
     engines = {runtime: Recommender(bundle, settings.serving.model_copy(update={"ranker_runtime": runtime}), "local")
@@ -95,12 +95,7 @@ def runtime_rows(settings, bundle, users: np.ndarray, rounds: int) -> list[str]:
         part = users[r * block:(r + 1) * block]
         order = ("lleaves", "onnx") if r % 2 == 0 else ("onnx", "lleaves")
         for runtime in order:
-            engine = engines[runtime]
-            ms = np.empty(len(part))
-            for j, user in enumerate(part):
-                started = time.perf_counter()
-                engine.recommend(engine.user_ids[user], 10)
-                ms[j] = (time.perf_counter() - started) * 1000
+            ms = request_times(engines[runtime], part)
             per_arm[runtime].append(ms)
             block_means[runtime].append(ms.mean())
     rows += ["", f"whole request in process (k=10), {rounds} alternating blocks of {block} users per arm:\n",
@@ -195,6 +190,7 @@ def storage_rows(settings, bundle, rounds: int) -> list[str]:
     the time per request, with the arrays written and read back through the bundle's own code."""
     import dataclasses
 
+    from benchmarks.serving import request_times
     from recops import steps
     from recops.candidates import fit_sources, interaction_matrix
     from recops.candidates.merge import merged_candidate_blocks
@@ -256,13 +252,7 @@ def storage_rows(settings, bundle, rounds: int) -> list[str]:
         for r in range(rounds):
             part = users[r * block:(r + 1) * block]
             for name in names[r % len(names):] + names[:r % len(names)]:
-                engine = engines[name][0]
-                ms = np.empty(len(part))
-                for j, user in enumerate(part):
-                    started = time.perf_counter()
-                    engine.recommend(engine.user_ids[user], 10)
-                    ms[j] = (time.perf_counter() - started) * 1000
-                times[name].append(ms)
+                times[name].append(request_times(engines[name][0], part))
     base = engines["lleaves, float32 (default)"]
     rows = [f"compressed retrieval on the test fold ({len(test_users)} users; sources and feature statistics fitted "
             "on its history, stored and read back as each option stores them, served by the engine): bytes of the "

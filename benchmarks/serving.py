@@ -56,15 +56,20 @@ def percentiles(ms: np.ndarray) -> str:
     return f"{np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f} | {ms.mean():.2f}"
 
 
-def in_process(model, users: np.ndarray, k: int) -> np.ndarray:
-    for user in users[:50]:
-        model.recommend(model.user_ids[user], k)
+def request_times(model, users: np.ndarray, k: int = 10) -> np.ndarray:
+    """Milliseconds of one ``Recommender.recommend`` per user (dense indices), in order."""
     out = np.empty(len(users))
     for j, user in enumerate(users):
         started = time.perf_counter()
         model.recommend(model.user_ids[user], k)
         out[j] = (time.perf_counter() - started) * 1000
     return out
+
+
+def in_process(model, users: np.ndarray, k: int) -> np.ndarray:
+    for user in users[:50]:  # warm-up
+        model.recommend(model.user_ids[user], k)
+    return request_times(model, users, k)
 
 
 def request_matrices(model, users: np.ndarray) -> list[np.ndarray]:
