@@ -25,7 +25,8 @@ Markdown for BENCHMARKS.md ("Efficiency options"):
    at 1 connection (a C client: a Python client on the same 2 cores adds its own milliseconds): bundle size,
    server RSS, requests/s, p50 / p99, and p99 against the server before issue 18.
 
-``--only runtime|pruned|storage|live`` (repeatable) runs some parts.
+``--only runtime|pruned|storage|live`` (repeatable) runs some parts; ``--option TEXT`` (repeatable) keeps the
+options whose name contains one of the texts (the first option, the reference, always stays).
 """
 
 from __future__ import annotations
@@ -163,6 +164,14 @@ OPTIONS = {  # name: (serving.ranker_runtime, export.storage); the first is the 
                                                                   "ease_top_k": 200}),
 }
 
+CHOSEN: list[str] = []  # --option
+
+
+def chosen_options() -> dict[str, tuple[str, dict]]:
+    first = next(iter(OPTIONS))
+    return {name: value for name, value in OPTIONS.items()
+            if name == first or not CHOSEN or any(text in name for text in CHOSEN)}
+
 
 def _tree_bytes(tree) -> int:
     """Bytes a loaded bundle tree takes as stored (RowStore: compressed; CSR: data + indices + indptr)."""
@@ -215,7 +224,7 @@ def storage_rows(settings, bundle, rounds: int) -> list[str]:
     confidence = interaction_matrix(history, n_users, n_items, settings.candidates.confidence)
     engines, rows = {}, []
     with tempfile.TemporaryDirectory(prefix="recops-storage-") as folder:
-        for name, (runtime, storage) in OPTIONS.items():
+        for name, (runtime, storage) in chosen_options().items():
             config = StorageConfig(**storage)
             root = Path(folder) / str(len(engines))
             layout = {"sources": {n: _save_tree(root, f"sources/{n}", a)
@@ -299,8 +308,8 @@ def wrk_round(base: str, script: Path, seconds: float) -> tuple[float, float, fl
 
 def start_before(project: Path, commit: str, folder: Path, bundle: Path) -> tuple[object, str, Path, Path]:
     """The server as it was before issue 18: ``recops serve`` of ``commit`` (a git worktree, first on the import
-    path) over the same float32 bundle, on uvicorn's pure-Python h11 parser (httptools, added since, is hidden
-    from it); onnxruntime ranks since that code knows nothing else."""
+    path) over the same float32 bundle, on uvicorn's pure-Python h11 parser and asyncio's own event loop
+    (httptools and uvloop, added since, are hidden from it); onnxruntime ranks since that code knows nothing else."""
     import socket
     import subprocess
     import sys
@@ -324,6 +333,7 @@ def start_before(project: Path, commit: str, folder: Path, bundle: Path) -> tupl
         port = sock.getsockname()[1]
     # the worktree ahead of the working directory ('' on sys.path: the project's own recops)
     code = (f"import sys; sys.path.insert(0, {str(tree)!r}); sys.modules['httptools'] = None; "
+            "sys.modules['uvloop'] = None; "
             "sys.argv[0] = 'recops'; from recops.cli import app; app()")
     server = subprocess.Popen([sys.executable, "-c", code, "serve", "--params", str(params),
                                "--bundle", str(bundle), "--port", str(port), "--workers", "1", "-q"],
@@ -365,7 +375,7 @@ def live_rows(params: Path, settings, users: list[str], rounds: int, seconds: fl
         script = Path(folder) / "requests.lua"
         script.write_text(WRK_SCRIPT % (", ".join(f'"{u}"' for u in users), settings.seed))
         try:
-            for n, (name, (runtime, storage)) in enumerate(OPTIONS.items()):
+            for n, (name, (runtime, storage)) in enumerate(chosen_options().items()):
                 out = Path(folder) / f"bundle-{n}"
                 build_bundle(settings.model_copy(update={"export": settings.export.model_copy(
                     update={"storage": StorageConfig(**storage)})}), out)
@@ -425,7 +435,10 @@ def main() -> None:
                              "'' for none)")
     parser.add_argument("--only", choices=["runtime", "pruned", "storage", "live"], action="append",
                         help="run only these parts (repeatable); all by default")
+    parser.add_argument("--option", action="append", default=[],
+                        help="keep the options whose name contains this text (repeatable; the reference stays)")
     args = parser.parse_args()
+    CHOSEN.extend(args.option)
     params = Path(args.params).resolve()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from recops.entry import configure_logging, prepare_environment

@@ -105,6 +105,7 @@ class HistoryStatistics:
     similarity: sp.csr_matrix                     # item-item co-occurrence cosine (k nearest neighbours)
     item_unit_factors: np.ndarray | None          # MF item factors scaled to unit norm
     _dense_labels: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _item_block: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     # Label vocabularies (e.g. genres) are small: users x labels and items x labels as dense float64 arrays cost
     # little memory and make the affinity a row-wise dot product (10x cheaper than the sparse product per row).
@@ -118,6 +119,16 @@ class HistoryStatistics:
             self._dense_labels[name] = ((profiles.toarray(), labels.toarray())
                                         if size <= self.DENSE_LABELS_MAX_BYTES else None)
         return self._dense_labels[name]
+
+    def item_block(self) -> np.ndarray:
+        """The item statistics as one float32 ``n_items x len(item)`` table, in ``item``'s order (built on first
+        use; item statistics do not change after they are computed, live events move user statistics only): a
+        request gathers its candidates' rows of it at once instead of one array per statistic."""
+        if self._item_block is None or self._item_block.shape[1] != len(self.item):
+            n_items = len(self.item_first_ts)
+            self._item_block = (np.column_stack([np.asarray(v, dtype=np.float32) for v in self.item.values()])
+                                if self.item else np.empty((n_items, 0), dtype=np.float32))
+        return self._item_block
 
 
 def _last_items(history: pd.DataFrame, n_users: int, length: int) -> np.ndarray:
@@ -274,12 +285,16 @@ def gather_feature_matrix(users_all: np.ndarray, items_all: np.ndarray, source_v
     n_sources = 0 if source_values is None else source_values.shape[1]
     n_features = len(feature_names(stats, [""] * n_sources))
     out = np.empty((len(users_all), n_features), dtype=np.float32)
+    item_block = stats.item_block()
     for start in range(0, len(users_all), chunk_rows):
         stop = min(start + chunk_rows, len(users_all))
         u, i = users_all[start:stop], items_all[start:stop]
-        cols = [source_values[start:stop, j] for j in range(n_sources)]
-        cols += [values[i] for values in stats.item.values()]
-        cols += [values[u] for values in stats.user.values()]
+        block = out[start:stop]  # every column written in place, in feature_names order (float64 -> float32)
+        if n_sources:
+            block[:, :n_sources] = source_values[start:stop]
+        j = n_sources + item_block.shape[1]
+        block[:, n_sources:j] = item_block[i]  # the item statistics: one gather from their float32 table
+        cols = [values[u] for values in stats.user.values()]
         for name, profiles in stats.user_profiles.items():
             dense = stats.dense_labels(name)
             if dense is None:
@@ -305,7 +320,9 @@ def gather_feature_matrix(users_all: np.ndarray, items_all: np.ndarray, source_v
             f = stats.item_unit_factors
             cos = np.einsum("pf,pkf->pk", f[i], f[np.maximum(last, 0)])
             cols += list(_nan_mean_max(cos, valid))
-        out[start:stop] = np.column_stack(cols).astype(np.float32)
+        for column in cols:
+            block[:, j] = column
+            j += 1
     return out
 
 

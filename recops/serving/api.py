@@ -68,7 +68,8 @@ from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -586,6 +587,44 @@ def edge_pseudonym(pseudo: Pseudonymizer, raw: Any, typed: bool = False) -> Any:
     return value if typed else str(value)
 
 
+class ValidationProblem(BaseModel):
+    """A 422: what was wrong with which parameter (FastAPI's validation error shape)."""
+
+    detail: list[dict[str, Any]]
+
+
+def recommendation_query(cfg: ServingConfig) -> type[BaseModel]:
+    """The parameters of ``GET /recommendations/{user_id}`` (the path's user id and the query) as one model."""
+    explain_text = ("add the ranker's top feature contributions to each reason" if cfg.reasons
+                    else "ignored: this server gives no reasons (serving.reasons: false)")
+
+    class RecommendationQuery(BaseModel):
+        model_config = ConfigDict(extra="ignore")  # unknown query parameters are ignored, as FastAPI does
+
+        user_id: str = Field(pattern=ID_PATTERN, description="the user's original id")
+        k: int = Field(cfg.default_k, ge=1, le=cfg.max_k, description="list length")
+        explain: bool = Field(False, description=explain_text)
+        request_id: str | None = Field(None, max_length=128, pattern=ID_PATTERN,
+                                       description="the caller's id of this request: the impression's id, and "
+                                                   "the seed of its exploration slots; never cached")
+
+    return RecommendationQuery
+
+
+def openapi_parameters(model: type[BaseModel], path: set[str]) -> list[dict[str, Any]]:
+    """OpenAPI parameter objects of ``model``'s fields (``path``: those in the URL path, the others query)."""
+    schema = model.model_json_schema()
+    out = []
+    for name, field in schema["properties"].items():
+        field = dict(field)
+        description = field.pop("description", None)
+        field.pop("title", None)
+        out.append({"name": name, "in": "path" if name in path else "query",
+                    "required": name in schema.get("required", ()), "schema": field,
+                    **({"description": description} if description else {})})
+    return out
+
+
 def echoed_id(raw: str, id_type: str) -> Any:
     """The id a request named, answered in the data's id type (an integer for integer ids)."""
     digits = raw[1:] if raw.startswith("-") else raw
@@ -727,17 +766,24 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     # Scored on the event loop, not in the thread pool: a worker has one core, and threads taking turns on the GIL
     # only add switches (one worker, 8 connections: 292 -> 464 req/s, p99 51 -> 23 ms; BENCHMARKS.md); a slow
     # request delays the next ones of its worker alone.
+    query = recommendation_query(cfg)
+
     @app.get("/recommendations/{user_id}", summary="Top-k items for a user",
              response_model=Recommendations if cfg.reasons else RecommendationsWithoutReasons,
-             dependencies=read_guard, responses=unauthorised)
-    async def recommendations(
-        user_id: Annotated[str, PathParam(pattern=ID_PATTERN, description="the user's original id")],
-        k: Annotated[int, Query(ge=1, le=cfg.max_k, description="list length")] = cfg.default_k,
-        explain: Annotated[bool, Query(description="add the ranker's top feature contributions to each reason"
-                                       if cfg.reasons else "ignored: this server gives no reasons "
-                                       "(serving.reasons: false)")] = False,
-        request_id: Annotated[str | None, Query(max_length=128, pattern=ID_PATTERN)] = None,
-    ) -> dict[str, Any]:
+             dependencies=read_guard, responses={**unauthorised, 422: {"model": ValidationProblem,
+                                                                       "description": "Validation Error"}},
+             openapi_extra={"parameters": openapi_parameters(query, path={"user_id"})})
+    async def recommendations(request: Request) -> dict[str, Any]:
+        # the parameters of RecommendationQuery, validated by pydantic in one call: FastAPI's per-parameter
+        # handling cost ~0.15 ms of a ~2.5 ms request (BENCHMARKS.md, "Compressed retrieval")
+        try:
+            asked_for = query.model_validate({**request.query_params, "user_id": request.path_params["user_id"]})
+        except ValidationError as exc:
+            raise RequestValidationError([{**error, "loc": ("path" if error["loc"][:1] == ("user_id",) else
+                                                            "query", *error["loc"])}
+                                          for error in exc.errors(include_url=False)]) from None
+        user_id, k, explain, request_id = (asked_for.user_id, asked_for.k, asked_for.explain,
+                                           asked_for.request_id)
         holder.catch_up()  # what other workers were told: an acknowledged event shows in every worker's answer
         model = served()  # this request's model, whatever a swap does meanwhile
         explain = explain and cfg.reasons  # nothing to explain without reasons: the answer may come from the cache

@@ -480,6 +480,31 @@ def test_oversized_and_malformed_requests_get_clear_4xx(app_client):
         "/openapi.json").json()["paths"]
 
 
+def test_recommendation_parameters_are_validated_named_and_documented(app_client, project):
+    _, settings = project
+    cfg = settings.serving
+    answers = {"k": app_client.get("/recommendations/1", params={"k": cfg.max_k + 1}),
+               "k not a number": app_client.get("/recommendations/1", params={"k": "ten"}),
+               "user id": app_client.get("/recommendations/a%01b"),
+               "request id": app_client.get("/recommendations/1", params={"request_id": "r" * 129}),
+               "explain": app_client.get("/recommendations/1", params={"explain": "maybe"})}
+    where = {"k": ["query", "k"], "k not a number": ["query", "k"], "user id": ["path", "user_id"],
+             "request id": ["query", "request_id"], "explain": ["query", "explain"]}
+    for case, answer in answers.items():
+        assert answer.status_code == 422, (case, answer.text)
+        assert [problem["loc"] for problem in answer.json()["detail"]] == [where[case]], (case, answer.text)
+    fine = app_client.get("/recommendations/1", params={"k": cfg.max_k, "explain": "false", "unknown": "x"})
+    assert fine.status_code == 200 and len(fine.json()["items"]) <= cfg.max_k
+    assert len(app_client.get("/recommendations/1").json()["items"]) == cfg.default_k
+    operation = app_client.get("/openapi.json").json()["paths"]["/recommendations/{user_id}"]["get"]
+    parameters = {p["name"]: p for p in operation["parameters"]}
+    assert set(parameters) == {"user_id", "k", "explain", "request_id"}
+    assert parameters["user_id"]["in"] == "path" and parameters["user_id"]["required"]
+    assert parameters["k"]["schema"]["maximum"] == cfg.max_k and parameters["k"]["schema"]["default"] == cfg.default_k
+    assert parameters["request_id"]["schema"]["anyOf"][0]["maxLength"] == 128
+    assert "422" in operation["responses"]
+
+
 def event_log_lines(project) -> int:
     _, settings = project
     folder = settings.root / settings.serving.event_log_dir
