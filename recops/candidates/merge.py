@@ -174,48 +174,36 @@ def user_history(user_items, user: int) -> np.ndarray:
     return np.unique(matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]]).astype(np.int64)
 
 
-def _top_user(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``top_n`` of one row as 1-D arrays (the same selection and order as the block version)."""
-    n = min(n, len(scores))
-    part = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
-    part_scores = scores[part]
-    order = np.argsort(-part_scores, kind="stable")
-    items, values = part[order].astype(np.int32), part_scores[order]
-    items[~np.isfinite(values)] = -1
-    return items, values
-
-
 def _merge_user(sources: dict[str, object], names: list[str], user: int, history: np.ndarray, n_items: int,
                 n: int) -> dict[str, np.ndarray]:
-    """The columns of ``merged_candidate_blocks`` for one user with a history, in 1-D: each source scores the
-    user (``score_user``), seen items are masked, the tops are merged by the same round-robin slots and the
+    """The columns of ``merged_candidate_blocks`` for one user with a history: each source scores the user
+    (``score_user``) into one row of a sources x items block, seen items are masked, the block's tops are taken
+    by ``top_n`` (row by row the very selection of the block path), merged by the same round-robin slots, and the
     ranks are found by binary search. A test checks it against the block path on every user."""
-    scores: dict[str, np.ndarray] = {}
-    tops: list[tuple[np.ndarray, np.ndarray]] = []
-    for name in names:
-        row = sources[name].score_user(user, history)
-        row[history] = -np.inf
-        scores[name] = row
-        tops.append(_top_user(row, n))
-    slot = np.full(n_items, np.inf, dtype=np.float32)
-    for j, (items, _) in enumerate(tops):
-        found = items >= 0
-        position = (np.arange(len(items)) * len(tops) + j).astype(np.float32)[found]
-        listed = items[found]
-        slot[listed] = np.minimum(slot[listed], position)
-    merged, _ = _top_user(-slot, n)
-    item_of = merged[merged >= 0]
-    frame = {Columns.USER: np.full(len(item_of), user, dtype=np.int32), Columns.ITEM: item_of.astype(np.int32)}
-    n_sources = np.zeros(len(item_of), dtype=np.float32)
-    for name, (_, top_values) in zip(names, tops):
-        value = scores[name][item_of]
-        rank = 1 + np.searchsorted(-top_values, -value, side="left")
-        finite = np.isfinite(value)
-        retrieved = finite & (value >= top_values[-1])
-        frame[f"{name}_score"] = np.where(finite, value, np.nan).astype(np.float32)
-        frame[f"{name}_rank"] = np.where(retrieved, rank, n + 1).astype(np.float32)
-        n_sources += retrieved
-    frame["n_sources"] = n_sources
+    scores = np.empty((len(names), n_items), dtype=np.float32)
+    for j, name in enumerate(names):
+        scores[j] = sources[name].score_user(user, history)
+    scores[:, history] = -np.inf
+    top_items, top_values = top_n(scores, n)
+    # round-robin slots (rank * n_sources + source); an item keeps its smallest: the listed items in slot order,
+    # each at its first occurrence
+    listed = top_items.T.ravel()
+    listed = listed[listed >= 0]
+    _, first = np.unique(listed, return_index=True)
+    item_of = listed[np.sort(first)][:n].astype(np.int32)
+    value = scores[:, item_of]
+    finite = np.isfinite(value)
+    retrieved = finite & (value >= top_values[:, -1:])  # ties at the cut count as retrieved
+    rank = np.empty(value.shape, dtype=np.float32)
+    for j in range(len(names)):  # 1 + the number of the source's top-n entries scoring higher
+        rank[j] = 1 + np.searchsorted(-top_values[j], -value[j], side="left")
+    rank[~retrieved] = n + 1
+    value[~finite] = np.nan
+    frame = {Columns.USER: np.full(len(item_of), user, dtype=np.int32), Columns.ITEM: item_of}
+    for j, name in enumerate(names):
+        frame[f"{name}_score"] = value[j]
+        frame[f"{name}_rank"] = rank[j]
+    frame["n_sources"] = retrieved.sum(axis=0, dtype=np.float32)
     return frame
 
 

@@ -262,6 +262,9 @@ def feature_names(stats: HistoryStatistics, source_columns: list[str]) -> list[s
 
 
 def _nan_mean_max(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if values.shape[1] and valid.all():  # every row has all its entries (most requests): the same sums, unmasked
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return values.sum(axis=1) / np.int64(values.shape[1]), values.max(axis=1)
     count = valid.sum(axis=1)
     total = np.where(valid, values, 0.0).sum(axis=1)
     best = np.where(valid, values, -np.inf).max(axis=1)
@@ -294,31 +297,39 @@ def gather_feature_matrix(users_all: np.ndarray, items_all: np.ndarray, source_v
             block[:, :n_sources] = source_values[start:stop]
         j = n_sources + item_block.shape[1]
         block[:, n_sources:j] = item_block[i]  # the item statistics: one gather from their float32 table
-        cols = [values[u] for values in stats.user.values()]
+        # one user's rows (an online request): that user's values are taken once and broadcast, the same numbers
+        # the per-row gathers give
+        one = len(u) > 1 and u[0] == u[-1] and bool((u == u[0]).all())
+        uu = u[:1] if one else u
+        cols = [values[uu] for values in stats.user.values()]
         for name, profiles in stats.user_profiles.items():
             dense = stats.dense_labels(name)
             if dense is None:
                 cols.append(np.asarray(profiles[u].multiply(stats.item_labels[name][i]).sum(axis=1)).ravel())
             else:
                 cols.append(np.einsum("pl,pl->p", dense[0][u], dense[1][i]))
-        cols.append(stats.item["item_log_pop"][i] - stats.user["user_mean_log_pop"][u])
+        cols.append(stats.item["item_log_pop"][i] - stats.user["user_mean_log_pop"][uu])
         for name, means in stats.user_numeric_means.items():
-            cols.append(stats.item_numeric[name][i] - means[u])
+            cols.append(stats.item_numeric[name][i] - means[uu])
         with np.errstate(invalid="ignore"):
-            age = (stats.user_last_ts[u] - stats.item_first_ts[i]) / DAY
+            age = (stats.user_last_ts[uu] - stats.item_first_ts[i]) / DAY
         cols.append(np.where(np.isfinite(age), age, np.nan))
         for name, lift in stats.category_item_lift.items():
-            code = stats.user_categories[name][u]
+            code = stats.user_categories[name][uu]
             cols.append(np.where(code >= 0, lift[np.maximum(code, 0), i], np.nan))
-        last = stats.last_items[u]
+        length = stats.last_items.shape[1]
+        last = np.broadcast_to(stats.last_items[u[0]], (len(u), length)) if one else stats.last_items[u]
         valid = last >= 0
-        length = last.shape[1]
-        cooc = np.asarray(stats.similarity[np.maximum(last, 0).ravel(), np.repeat(i, length)],
-                          dtype=np.float32).reshape(-1, length)
+        if one and isinstance(stats.similarity, np.ndarray):
+            cooc = np.ascontiguousarray(stats.similarity[np.maximum(last[0], 0)][:, i].T, dtype=np.float32)
+        else:
+            cooc = np.asarray(stats.similarity[np.maximum(last, 0).ravel(), np.repeat(i, length)],
+                              dtype=np.float32).reshape(-1, length)
         cols += list(_nan_mean_max(cooc, valid))
         if stats.item_unit_factors is not None:
             f = stats.item_unit_factors
-            cos = np.einsum("pf,pkf->pk", f[i], f[np.maximum(last, 0)])
+            recent = f[np.maximum(last[0], 0)][None] if one else f[np.maximum(last, 0)]
+            cos = np.einsum("pf,pkf->pk", f[i], np.broadcast_to(recent, (len(u), *recent.shape[1:])))
             cols += list(_nan_mean_max(cos, valid))
         for column in cols:
             block[:, j] = column

@@ -38,6 +38,11 @@ RUNTIMES = ("lleaves", "onnx")
 REFERENCE_ROWS = 512  # reference rows scored at every load
 # float32 features, float64 thresholds and sums on both sides: any real disagreement is far above this
 LOAD_TOLERANCE = 1e-5
+# LLVM's small code model (32-bit offsets within the object: ~13 % faster per request here, BENCHMARKS.md) needs
+# the object's code and constants within 2 GiB; lleaves warns that very large forests crash with it. A forest
+# takes well under 1 KiB of object code per leaf, so up to this many leaves stays far inside the limit; larger
+# forests are compiled with the large code model.
+SMALL_CODE_MODEL_LEAVES = 1_000_000
 
 
 class Scorer(Protocol):
@@ -99,8 +104,20 @@ def _lleaves_model(model_txt: Path, cache: Path | None):
         raise RecopsError(f"the compiled ranker needs lleaves ({exc}): reinstall recops (make install), or set "
                           "serving.ranker_runtime: onnx") from None
     model = lleaves.Model(model_file=str(model_txt))
-    model.compile(cache=None if cache is None else str(cache), target_cpu=GENERIC_CPU, target_cpu_features="")
+    model.compile(cache=None if cache is None else str(cache), fcodemodel=code_model(model_txt),
+                  target_cpu=GENERIC_CPU, target_cpu_features="")
     return model
+
+
+def code_model(model_txt: Path) -> str:
+    """``small`` for a forest of at most :data:`SMALL_CODE_MODEL_LEAVES` leaves (LightGBM's text model), else
+    ``large``."""
+    leaves = 0
+    with open(model_txt, encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("num_leaves="):
+                leaves += int(line.split("=", 1)[1])
+    return "small" if leaves <= SMALL_CODE_MODEL_LEAVES else "large"
 
 
 def compile_ranker(model_txt: Path, out: Path) -> dict[str, Any]:
@@ -114,7 +131,7 @@ def compile_ranker(model_txt: Path, out: Path) -> dict[str, Any]:
         raise RecopsError(f"lleaves compiled {model_txt} but wrote no object code to {out}")
     log.info("ranker compiled by lleaves in %.1f s (%d KB of object code)", time.perf_counter() - started,
              out.stat().st_size // 1024)
-    return {"file": out.name, "cpu": GENERIC_CPU, **host_target()}
+    return {"file": out.name, "cpu": GENERIC_CPU, "code_model": code_model(model_txt), **host_target()}
 
 
 def compiled_scorer(root: Path, manifest: dict[str, Any], threads: int = 1) -> tuple[CompiledScorer, str]:

@@ -106,3 +106,39 @@ def test_category_lift_compares_the_items_share_among_the_users_group_with_its_o
     # gender M (user 1) made 3 of 5 interactions, 1 of them with item 2: share 1/3; overall share of item 2: 1/5
     assert f["lift_among_gender"].iloc[0] == pytest.approx(0.0)  # user 0 is F: no F interaction with item 2
     assert np.isnan(f["lift_among_gender"].iloc[2])  # item 3 never seen overall
+
+
+def test_one_users_rows_get_exactly_the_features_they_get_in_a_block_of_users():
+    """An online request gathers one user's rows (values taken once and broadcast, rows with a full sequence summed
+    unmasked); a block of users gathers row by row. The same rows must get the same bits either way."""
+    from recops.features.builder import gather_feature_matrix, history_statistics
+
+    rng = np.random.default_rng(5)
+    n_users, n_items = 40, 60
+    rows = 900
+    history = pd.DataFrame({Columns.USER: rng.integers(0, n_users, rows), Columns.ITEM: rng.integers(0, n_items, rows),
+                            Columns.TIMESTAMP: rng.integers(0, 90 * DAY, rows).astype(float),
+                            Columns.RATING: rng.integers(1, 6, rows).astype(float)})
+    history = history[~((history[Columns.USER] >= 30) & (history.index % 3 > 0))]  # some users with < 5 items
+    items = pd.DataFrame({Columns.ITEM_ID: np.arange(n_items), "year": rng.integers(1950, 2020, n_items),
+                          "genres": rng.choice(["a|b", "b", "c", "a|c"], n_items)})
+    item_attr = align_attributes(items, Columns.ITEM_ID, np.arange(n_items),
+                                 AttributeColumns(id="item_id", numeric=["year"], multi_label=["genres"]))
+    users = pd.DataFrame({Columns.USER_ID: np.arange(n_users), "gender": rng.choice(["F", "M"], n_users)})
+    user_attr = align_attributes(users, Columns.USER_ID, np.arange(n_users),
+                                 AttributeColumns(id="user_id", categorical=["gender"]))
+    factors = rng.normal(size=(n_items, 6)).astype(np.float32)
+    config = FeaturesConfig(sequence_length=5, similarity_neighbours=n_items)
+    stats = history_statistics(history, n_users, n_items, config, user_attr, item_attr, factors)
+    u = np.repeat(np.arange(n_users), 25).astype(np.int32)
+    i = rng.integers(0, n_items, len(u)).astype(np.int32)
+    sources = rng.normal(size=(len(u), 3)).astype(np.float32)
+    block = gather_feature_matrix(u, i, sources, stats, 10_000)
+    assert (stats.last_items[:, -1] < 0).any() and (stats.last_items[:, -1] >= 0).any()
+    for dense_similarity in (False, True):
+        if dense_similarity:
+            stats.similarity = stats.similarity.toarray()
+        for user in range(n_users):
+            mine = u == user
+            one = gather_feature_matrix(u[mine], i[mine], sources[mine], stats, 10_000)
+            np.testing.assert_array_equal(one, block[mine], err_msg=f"user {user}")

@@ -55,6 +55,24 @@ def test_the_compiled_forest_scores_exactly_what_lightgbm_scores(bundle) -> None
     assert report["compiled.parity.top10_mismatched_users"] == 0
 
 
+def test_a_small_forest_uses_the_small_code_model_a_large_one_the_large_and_both_score_alike(bundle, tmp_path,
+                                                                                             monkeypatch) -> None:
+    from recops.serving import ranker_runtime
+
+    root, manifest, _, booster, x = bundle
+    assert manifest["compiled_ranker"]["code_model"] == "small"  # 60 trees of 7 leaves
+    monkeypatch.setattr(ranker_runtime, "SMALL_CODE_MODEL_LEAVES", 0)
+    large = tmp_path / "large"
+    large.mkdir()
+    (large / "ranker.txt").write_bytes((root / "ranker.txt").read_bytes())
+    info = compile_ranker(large / "ranker.txt", large / COMPILED_FILE)
+    assert info["code_model"] == "large"
+    assert (large / COMPILED_FILE).read_bytes() != (root / COMPILED_FILE).read_bytes()
+    small_scorer, _ = compiled_scorer(root, manifest)
+    large_scorer, _ = compiled_scorer(large, {**manifest, "compiled_ranker": info})
+    np.testing.assert_array_equal(small_scorer.predict(x), large_scorer.predict(x))
+
+
 def test_object_code_built_elsewhere_is_not_loaded_the_forest_is_compiled_here(bundle) -> None:
     root, manifest, _, booster, x = bundle
     elsewhere = {**manifest, "compiled_ranker": {**manifest["compiled_ranker"], "triple": "aarch64-unknown-linux-gnu"}}
