@@ -214,6 +214,8 @@ class Recommender:
         # LOCK_STRIPES), never for every other user's event application
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._item_user_keys: tuple[np.ndarray, np.ndarray] | None = None  # for reasons' support, built on first use
+        self._users_of: np.ndarray | None = None  # the number of users of each item, with it
+        self._plain_item_ids = [_plain(v) for v in self.item_ids.tolist()]  # the ids answers name, as Python values
         self.loaded_at = time.time()
         self.events_applied = 0
 
@@ -384,9 +386,9 @@ class Recommender:
                 continue
             because = history[best[row]]
             title = self.title(because)
-            out.append({"because": _plain(self.item_ids[because]), "because_title": title,
-                        "similarity": float(similarity[row, best[row]]),
-                        "text": f"because you interacted with {title or self.item_ids[because]}"})
+            named = self._plain_item_ids[because]
+            out.append({"because": named, "because_title": title, "similarity": float(similarity[row, best[row]]),
+                        "text": f"because you interacted with {title or named}"})
         return out
 
     def _supported_pairs(self, user: int, history: np.ndarray, items: np.ndarray,
@@ -399,8 +401,8 @@ class Recommender:
         need = self.config.min_reason_support
         if need == 0:
             return similarity.argmax(axis=1)
-        indptr, _ = self.item_user_keys()
-        users_of = np.diff(indptr)
+        self.item_user_keys()
+        users_of = self._users_of
         # an item fewer than `need` users had cannot be shared by `need` of them: never tried
         masked = np.where((users_of[history] >= need)[None, :], similarity, -np.inf)
         masked[users_of[items] < need] = -np.inf
@@ -443,6 +445,7 @@ class Recommender:
             by_item = ones.tocsc()
             by_item.sort_indices()
             item = np.repeat(np.arange(self.n_items, dtype=np.int64), np.diff(by_item.indptr))
+            self._users_of = np.diff(by_item.indptr).astype(np.int64)
             self._item_user_keys = (by_item.indptr.astype(np.int64),
                                 item * (self.n_users + 1) + by_item.indices.astype(np.int64))
         return self._item_user_keys
@@ -455,7 +458,7 @@ class Recommender:
         list was cut at ``cap``."""
         indptr, keys = self.item_user_keys()
         span = np.int64(self.n_users + 1)
-        lengths = np.diff(indptr)
+        lengths = self._users_of
         swap = lengths[a] > lengths[b]
         small, large = np.where(swap, b, a), np.where(swap, a, b)
         size = lengths[small]
