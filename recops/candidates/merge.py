@@ -189,14 +189,18 @@ def _merge_user(sources: dict[str, object], names: list[str], user: int, history
     # each at its first occurrence
     listed = top_items.T.ravel()
     listed = listed[listed >= 0]
-    _, first = np.unique(listed, return_index=True)
-    item_of = listed[np.sort(first)][:n].astype(np.int32)
+    order = np.arange(len(listed))
+    first = np.full(n_items, len(listed), dtype=np.int64)
+    np.minimum.at(first, listed, order)  # each item's first position in slot order
+    item_of = listed[first[listed] == order][:n].astype(np.int32)
     value = scores[:, item_of]
     finite = np.isfinite(value)
     retrieved = finite & (value >= top_values[:, -1:])  # ties at the cut count as retrieved
     rank = np.empty(value.shape, dtype=np.float32)
+    descending, wanted = -top_values, -value
     for j in range(len(names)):  # 1 + the number of the source's top-n entries scoring higher
-        rank[j] = 1 + np.searchsorted(-top_values[j], -value[j], side="left")
+        rank[j] = np.searchsorted(descending[j], wanted[j], side="left")
+    rank += 1
     rank[~retrieved] = n + 1
     value[~finite] = np.nan
     frame = {Columns.USER: np.full(len(item_of), user, dtype=np.int32), Columns.ITEM: item_of}
