@@ -41,6 +41,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from recops.workspace import Workspace
+from recops.data.matrices import interaction_matrix
+from recops.ranking import ranked_lists
 
 
 def pct(ms: np.ndarray) -> str:
@@ -111,7 +114,6 @@ def pruned_rows(settings, bundle, requests: list[np.ndarray]) -> list[str]:
     import lightgbm as lgb
     import pandas as pd
 
-    from recops import steps
     from recops.columns import Columns
     from recops.evaluation.metrics import ranking_metrics
     from recops.serving.ranker_runtime import CompiledScorer, _lleaves_model
@@ -122,9 +124,9 @@ def pruned_rows(settings, bundle, requests: list[np.ndarray]) -> list[str]:
     table = pd.read_parquet(settings.path("features_dir") / "test.parquet", columns=[Columns.USER, Columns.ITEM,
                                                                                      *names])
     features = table[names].to_numpy(np.float32)
-    index = steps._index(settings)
-    _, target = steps._fold_tables(settings, "test")
-    truth = steps._truth(target, index.n_users, index.n_items)
+    index = Workspace(settings).index()
+    _, target = Workspace(settings).fold("test")
+    truth = interaction_matrix(target, index.n_users, index.n_items, "binary")
     rows = [f"pruned ranker: the first N of its {total} trees; test NDCG@10 on the split protocol, the compiled "
             f"forest's time per request ({len(requests)} requests):\n",
             "| trees | test NDCG@10 | vs all trees | compiled p50 ms | compiled p99 ms | compile s |",
@@ -132,7 +134,7 @@ def pruned_rows(settings, bundle, requests: list[np.ndarray]) -> list[str]:
     full = None
     for n in sorted({25, 50, 100, 200, total} & set(range(1, total + 1)), reverse=True):
         scores = booster.predict(features, num_iteration=n, num_threads=1)
-        users, ranked, _ = steps._ranked_lists(table, scores, 10)
+        users, ranked, _ = ranked_lists(table, scores, 10)
         ndcg = ranking_metrics(users, ranked, truth, [10])["ndcg@10"]
         full = ndcg if full is None else full
         with tempfile.TemporaryDirectory() as folder:
@@ -200,7 +202,6 @@ def storage_rows(settings, bundle, rounds: int) -> list[str]:
     import dataclasses
 
     from benchmarks.serving import request_times
-    from recops import steps
     from recops.candidates import fit_sources, interaction_matrix
     from recops.candidates.merge import merged_candidate_blocks
     from recops.columns import Columns
@@ -210,15 +211,15 @@ def storage_rows(settings, bundle, rounds: int) -> list[str]:
     from recops.serving.bundle import _load_tree, _save_tree, stored_sources, stored_stats
     from recops.serving.engine import Recommender
 
-    index = steps._index(settings)
-    history, target = steps._fold_tables(settings, "test")
-    users_attr, items_attr = steps._attributes(settings, index)
+    index = Workspace(settings).index()
+    history, target = Workspace(settings).fold("test")
+    users_attr, items_attr = Workspace(settings).attributes(index)
     n_users, n_items = index.n_users, index.n_items
     sources, _ = fit_sources(history, n_users, n_items, settings.candidates, settings.seed, 1)
     mf = sources.get("mf")
     stats = history_statistics(history, n_users, n_items, settings.features, users_attr, items_attr,
                                None if mf is None else mf.item_factors_)
-    truth = steps._truth(target, n_users, n_items)
+    truth = interaction_matrix(target, n_users, n_items, "binary")
     test_users = np.unique(target[Columns.USER].to_numpy()).astype(np.int32)
     user_items = interaction_matrix(history, n_users, n_items, "binary")
     confidence = interaction_matrix(history, n_users, n_items, settings.candidates.confidence)

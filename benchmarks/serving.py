@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from recops.workspace import Workspace
 
 
 def percentiles(ms: np.ndarray) -> str:
@@ -146,7 +147,6 @@ def exploration_rows(settings, model) -> list[str]:
     """Each policy's effect on the evaluate stage's held-out test lists, with the A/B paired test."""
     import pandas as pd
 
-    from recops import steps
     from recops.candidates import interaction_matrix
     from recops.columns import Columns
     from recops.config import ExplorationConfig
@@ -154,8 +154,8 @@ def exploration_rows(settings, model) -> list[str]:
     from recops.evaluation.metrics import evaluate_lists
     from recops.serving.exploration import ExplorationPolicy, request_keys
 
-    index = steps._index(settings)
-    history, target = steps._fold_tables(settings, "test")
+    index = Workspace(settings).index()
+    history, target = Workspace(settings).fold("test")
     recs = pd.read_parquet(settings.path("recommendations"))
     users = index.user_index(recs[Columns.USER_ID].drop_duplicates().to_numpy())
     recs = recs.assign(u=index.user_index(recs[Columns.USER_ID].to_numpy()),

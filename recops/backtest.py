@@ -36,6 +36,7 @@ import pandas as pd
 from recops.columns import Columns, DAY
 from recops.config import Settings
 from recops.errors import RecopsError
+from recops.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def load(settings: Settings) -> BacktestData:
     index = IdIndex.from_interactions(interactions)
     encoded = index.encode(interactions)
     sizes = check_windows(encoded, windows, settings)
-    users_attr, items_attr = steps._attributes(settings, index)
+    users_attr, items_attr = Workspace(settings).attributes(index)
     return BacktestData(encoded, index.n_users, index.n_items, users_attr, items_attr, windows, sizes)
 
 

@@ -561,15 +561,14 @@ def ab(
     console.print(table)
     for reason in summary["reasons"]:
         console.print(f"  - {reason}", highlight=False)
-    reports = settings.path("reports_dir")
-    console.print(f"report: {reports / 'ab.html'} (and ab.json)")
+    console.print(f"report: {settings.path('ab_html')} (and {settings.path('ab_report').name})")
 
 
 @app.command()
 def promote(
     params: Params = Path("params.yaml"),
     version: Annotated[str | None, typer.Option(help="Version to promote (default: the challenger alias).")] = None,
-    report: Annotated[Path | None, typer.Option(help="A/B report (default: reports/ab.json).")] = None,
+    report: Annotated[Path | None, typer.Option(help="A/B report (default: paths.ab_report, reports/ab.json).")] = None,
     reason: Annotated[str | None, typer.Option(help="Why, recorded in the promotion history.")] = None,
     quiet: Quiet = False,
 ) -> None:
@@ -582,7 +581,7 @@ def promote(
 
     def run(settings):
         leave_no_orphans(settings)
-        path = report or settings.path("reports_dir") / "ab.json"
+        path = report or settings.path("ab_report")
         return promote_version(settings, ab_report=path, version=version, reason=reason,
                                gates=settings.registry.first_model_gates)
 

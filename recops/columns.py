@@ -19,7 +19,6 @@ class Columns:
     LABEL = "label"
     SCORE = "score"
     RANK = "rank"
-    SOURCE_SCORE = "mf_score"
     SOURCE_RANK = "mf_rank"
 
 

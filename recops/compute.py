@@ -185,3 +185,9 @@ def stage_client(engine: str, address: str | None, n_workers: int = 2, threads_p
         return
     with dask_client(address, n_workers, threads_per_worker) as client:
         yield client
+
+
+def settings_client(settings):
+    """:func:`stage_client` as ``settings.compute`` configures it: None (compute.engine: local) or a Dask client."""
+    cfg = settings.compute
+    return stage_client(cfg.engine, cfg.address, cfg.n_workers, cfg.threads_per_worker)

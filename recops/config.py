@@ -56,6 +56,11 @@ class Paths(Strict):
     registry_report: str = "reports/registry.json"
     backtest_report: str = "reports/backtest.json"
     backtest_html: str = "reports/backtest.html"
+    ab_report: str = "reports/ab.json"  # recops ab: the champion / challenger comparison
+    ab_html: str = "reports/ab.html"
+    tuning_report: str = "reports/tuning.json"  # recops tune: best values and every trial
+    batch_dir: str = "reports/batch"  # recops batch-score: one file of lists per version
+    snapshots_dir: str = "data/snapshots"  # recops replay: the weekly snapshots cut from a log
     mlflow_db: str = "mlflow.db"
     mlflow_artifacts: str = "mlartifacts"
     stage_timings: str = ".recops/stage_timings.json"  # local state: when each stage last ran (MLflow run times)
@@ -154,14 +159,14 @@ CandidateSource = Literal["mf", "ease", "itemknn", "popularity", "recent_popular
 class CandidatesConfig(Strict):
     # Sources merged into each user's candidate list (round-robin by rank, duplicates removed); every source's
     # score and rank of every candidate become ranker features. Users without history get popularity only.
-    sources: list[CandidateSource] = ["mf", "ease", "itemknn", "popularity"]
+    sources: list[CandidateSource] = ["mf", "ease", "itemknn", "popularity", "recent_popularity"]
     n_candidates: int = Field(200, ge=1)
     # mf: implicit ALS / BPR
     algorithm: Literal["als", "bpr"] = "als"
-    factors: int = Field(64, ge=2)
-    iterations: int = Field(15, ge=1)
-    regularization: float = 0.05
-    alpha: float = 10.0
+    factors: int = Field(28, ge=2)
+    iterations: int = Field(27, ge=1)
+    regularization: float = 0.00474
+    alpha: float = 0.7173
     learning_rate: float = 0.05
     confidence: Literal["binary", "rating", "weight"] = "binary"
     # Warm start: a fit on a history that extends an earlier one (the valid fold's after the fit fold's, the test
@@ -170,11 +175,11 @@ class CandidatesConfig(Strict):
     # a near solution needs few iterations: large logs save most of the MF time (BENCHMARKS.md, "Scale").
     warm_start_iterations: int | None = Field(None, ge=1)
     # ease: closed-form item-item model; refuses catalogues above ease_max_items (n_items^2 memory)
-    ease_l2: float = Field(100.0, gt=0)
+    ease_l2: float = Field(88.21, gt=0)
     ease_max_items: int = Field(30_000, ge=1)
     # itemknn: cosine item-item similarity with shrinkage, k nearest neighbours per item
-    knn_neighbours: int = Field(200, ge=1)
-    knn_shrinkage: float = Field(10.0, ge=0)
+    knn_neighbours: int = Field(525, ge=1)
+    knn_shrinkage: float = Field(3.646, ge=0)
     # co-occurrences counted over each user's most recent knn_max_history items (null: all). The co-occurrence
     # product costs the sum of squared history lengths, which heavy users make grow faster than the log; the cap
     # makes it linear in users.
@@ -216,23 +221,23 @@ class RankerConfig(Strict):
     # holdout_fraction), global_time (one cut for everybody: the last label_days, or the most recent
     # holdout_fraction of the rows), auto (global_time when the split is global in time, else per_user)
     holdout: Literal["auto", "per_user", "global_time"] = "auto"
-    label_days: float | None = Field(None, gt=0)
+    label_days: float | None = Field(14.0, gt=0)
     # global_time: this many label windows of the same length stacked as ranker queries (the most recent one,
     # then earlier ones, each with only the interactions before it as history); the j-th earlier window's
     # queries weigh label_window_decay ** j
-    label_windows: int = Field(1, ge=1, le=12)
+    label_windows: int = Field(4, ge=1, le=12)
     label_window_decay: float = Field(1.0, gt=0, le=1)
     # After early stopping on the valid fold, refit with the chosen number of trees on the fit and valid folds
     # together (the test fold's ranker then has seen the most recent labels before test).
     refit_on_valid: bool = True
     n_estimators: int = Field(1000, ge=1)
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    min_child_samples: int = 20
-    feature_fraction: float = 0.9
-    bagging_fraction: float = 0.9
-    lambdarank_truncation_level: int = 20
-    early_stopping_rounds: int = 30
+    learning_rate: float = 0.02637
+    num_leaves: int = 13
+    min_child_samples: int = 227
+    feature_fraction: float = 0.9195
+    bagging_fraction: float = 0.6663
+    lambdarank_truncation_level: int = 36
+    early_stopping_rounds: int = 50
     # Users whose candidates train the ranker (fit fold) and drive its early stopping (valid fold): a seeded
     # sample of each fold's target users when there are more; null = all. The ranker's cost grows with
     # users x n_candidates rows; tens of thousands of users are plenty of queries for LambdaRank.
@@ -243,7 +248,8 @@ class EvaluationConfig(Strict):
     ks: list[int] = [10, 20]
     # single-stage models evaluated next to the ranker (each is also a candidate source; one that is not among
     # candidates.sources is fitted for this alone); an empty list reports popularity only
-    baselines: list[CandidateSource] = ["popularity", "mf", "ease", "itemknn"]
+    baselines: list[CandidateSource] = ["popularity", "recent_popularity", "decayed_popularity", "mf", "ease",
+                                        "itemknn"]
     top_n_report: int = Field(100, ge=1)
     # Test users evaluated: a seeded sample when there are more (reported as test.candidates.users and
     # test.candidates.users_total); null = all.
@@ -276,7 +282,8 @@ class TuningConfig(Strict):
     time_budget_s: float = Field(900.0, gt=0)   # the whole search (sources, then the ranker)
     source_share: float = Field(0.4, gt=0, le=1)  # of the budget, split evenly between the tuned sources
     max_trials: int = Field(200, ge=1)          # per search
-    sources: list[CandidateSource] = ["mf", "ease", "itemknn"]
+    sources: list[CandidateSource] = ["mf", "ease", "itemknn", "recent_popularity", "decayed_popularity",
+                                      "recent_itemknn"]
     ranker: bool = True
     log_to_mlflow: bool = True                   # a `tune` run with one nested run per trial
 
@@ -477,6 +484,11 @@ class ServingConfig(Strict):
     workers: int | None = Field(None, ge=1)
 
 
+# The sections of params.yaml that decide what a training run produces (its data, split, sources, features,
+# ranker and exported bundle); the others say where files go, how it is evaluated, tuned, scheduled, served.
+MODEL_SECTIONS = ("seed", "data", "privacy", "validation", "split", "candidates", "features", "ranker", "export")
+
+
 class Settings(Strict):
     seed: int = 42
     threads: int = Field(1, ge=1)
@@ -523,7 +535,10 @@ class Settings(Strict):
         return redacted(flatten(self.model_dump(mode="json", exclude={"root"})))
 
     def params_hash(self) -> str:
-        payload = json.dumps(self.model_dump(mode="json", exclude={"root", "paths"}), sort_keys=True)
+        """A model's lineage: the hash of the sections that decide what is trained (:data:`MODEL_SECTIONS`), so
+        that serving a version on another port, scheduling it differently or A/B-testing it with another
+        threshold does not change the identity of the model."""
+        payload = json.dumps(self.model_dump(mode="json", include=set(MODEL_SECTIONS)), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

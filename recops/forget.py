@@ -487,7 +487,7 @@ def _count_files(repo, path: str) -> int:
 
 def _erase_batch_outputs(settings: Settings) -> int:
     """Batch scores of earlier versions (``reports/batch``) hold the users' lists: deleted."""
-    folder = settings.path("reports_dir") / "batch"
+    folder = settings.path("batch_dir")
     if not folder.is_dir():
         return 0
     removed = 0

@@ -18,6 +18,7 @@ import pandas as pd
 from recops.columns import Columns
 from recops.config import Settings
 from recops.features import Attributes
+from recops.ranking import ranked_lists
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,6 @@ class FoldResult:
     table: pd.DataFrame
     sources: dict[str, object]
     seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def item_factors(self) -> np.ndarray | None:
-        mf = self.sources.get("mf")
-        return None if mf is None else mf.item_factors_
 
 
 def fold_candidates(settings: Settings, history: pd.DataFrame, users: np.ndarray, n_users: int,
@@ -133,12 +129,6 @@ def fit_ranker(settings: Settings, fit_table: pd.DataFrame | list[pd.DataFrame],
     final = refit_ranker([*fit_tables, valid_table], names, settings.ranker, seed, settings.threads, n_trees,
                          refit_weights)
     return final, stopped
-
-
-def ranked_lists(table: pd.DataFrame, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from recops.ranking import top_k_lists
-
-    return top_k_lists(table[Columns.USER].to_numpy(), table[Columns.ITEM].to_numpy(), scores, k)
 
 
 def two_stage_recommend(settings: Settings, train: pd.DataFrame, valid: pd.DataFrame, users: np.ndarray,

@@ -1,16 +1,12 @@
-"""One function per pipeline stage, ``(settings) -> metrics``: the only module that knows file paths.
+"""One function per pipeline stage, ``(settings) -> metrics``.
 
 DVC stages (``pipelines/<stage>.py``) and Prefect tasks (``flows/training.py``) both call these functions, so a
-flow run and ``dvc repro`` on the same params run the same code. Each stage reads its inputs from the paths in
-``settings.paths``, calls the pure functions of the stage modules and writes its outputs atomically (to a
-temporary name, then renamed), so a failing stage never leaves a half-written file behind.
+flow run and ``dvc repro`` on the same params run the same code. Each stage reads its inputs through the project's
+:class:`~recops.workspace.Workspace` (every path comes from ``settings.paths``), calls the pure functions of the
+stage modules and writes its outputs atomically (to a temporary name, then renamed), so a failing stage never
+leaves a half-written file behind.
 
-Folds. Three (history, target) pairs share the same candidate/feature code:
-- ``fit``: the training period minus its most recent part (history) -> that recent part (ranker labels);
-- ``valid``: the whole training period -> the validation period (early stopping, validation metrics);
-- ``test``: training + validation periods -> the test period (the reported metrics).
-With ``ranker.label_windows`` > 1 (a global-time holdout), ``fit_1``, ``fit_2`` .. are earlier label windows of
-the same length, each with only the interactions before it as history, stacked as more ranker queries.
+The folds (``fit``, ``valid``, ``test`` and earlier label windows) are described in :mod:`recops.workspace`.
 Nothing of a fold's target is used to compute that fold's candidates or features, and the ranker is fitted
 on the fit folds only (then refitted with valid, see ``train_ranker``).
 """
@@ -36,28 +32,19 @@ from recops.columns import Columns
 from recops.config import Settings
 from recops.errors import RecopsError
 from recops.io import atomic_path, file_digest, write_json, write_parquet  # noqa: F401 (re-exported)
+from recops.compute import settings_client
+from recops.data.matrices import interaction_matrix
+from recops.evaluation.metrics import activity_segments
+from recops.ranking import ranked_lists
+from recops.workspace import FOLDS, TABLES, Workspace, read_json, read_parquet  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-FOLDS = ("fit", "valid", "test")
-TABLES = ("interactions", "users", "items")
 
 
 # ----------------------------------------------------------------------------------------------- file helpers
 # atomic writers: one mechanism for every output (recops.io)
 _atomic = atomic_path
-
-
-def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise RecopsError(f"{path} not found: run the stage that produces it first (recops run)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_parquet(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise RecopsError(f"{path} not found: run the stage that produces it first (recops run)")
-    return pd.read_parquet(path)
 
 
 def _replace_dir(staging: Path, target: Path) -> None:
@@ -320,48 +307,6 @@ def split(settings: Settings) -> dict[str, float]:
     return _timed(settings, "split", metrics, started)
 
 
-def _index(settings: Settings):
-    from recops.data import IdIndex
-
-    split_dir = settings.path("split_dir")
-    return IdIndex.from_frames(read_parquet(split_dir / "users_index.parquet"),
-                               read_parquet(split_dir / "items_index.parquet"))
-
-
-def fit_folds(settings: Settings) -> list[str]:
-    """The ranker's label folds written by the split stage, most recent first: ``fit``, then ``fit_1`` ..
-    (``ranker.label_windows`` > 1 with a global-time holdout)."""
-    summary = settings.path("split_dir") / "summary.json"
-    n = int(read_json(summary).get("split.label_windows", 1)) if summary.is_file() else 1
-    return ["fit", *(f"fit_{j}" for j in range(1, n))]
-
-
-def all_folds(settings: Settings) -> list[str]:
-    """Every fold the candidates and features stages build, oldest history first (each fold's history extends
-    the previous one's, so MF can warm-start from it): the earlier label windows, fit, valid, test."""
-    return [*reversed(fit_folds(settings)[1:]), *FOLDS]
-
-
-def _fold_tables(settings: Settings, fold: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(history, target) of a fold, read from the split outputs."""
-    split_dir = settings.path("split_dir")
-    if fold.startswith("fit"):
-        suffix = fold[len("fit"):]
-        return (read_parquet(split_dir / f"ranker_history{suffix}.parquet"),
-                read_parquet(split_dir / f"ranker_holdout{suffix}.parquet"))
-    train = read_parquet(split_dir / "train.parquet")
-    if fold == "valid":
-        return train, read_parquet(split_dir / "valid.parquet")
-    valid = read_parquet(split_dir / "valid.parquet")
-    return pd.concat([train, valid], ignore_index=True), read_parquet(split_dir / "test.parquet")
-
-
-def _truth(target: pd.DataFrame, n_users: int, n_items: int):
-    from recops.candidates import interaction_matrix
-
-    return interaction_matrix(target, n_users, n_items, "binary")
-
-
 def candidates(settings: Settings) -> dict[str, float]:
     """Multi-source candidates for each fold's target users; per-source recall; single-source baseline lists.
 
@@ -370,21 +315,22 @@ def candidates(settings: Settings) -> dict[str, float]:
     source's own top list (``<fold>_baselines.parquet``) so evaluate can report what each single-stage model
     scores; the test fold's MF factors also go to ``paths.mf_dir`` for serving.
     """
-    from recops.candidates import interaction_matrix, recommend
+    from recops.candidates import recommend
     from recops.evaluation.metrics import candidate_recall
     from recops.pipeline import fold_candidates
 
     started = time.perf_counter()
-    index = _index(settings)
+    ws = Workspace(settings)
+    index = ws.index()
     cfg = settings.candidates
     n = cfg.n_candidates
     depth = max(max(settings.evaluation.ks), settings.evaluation.top_n_report)
     out_dir = settings.path("candidates_dir")
     metrics: dict[str, float] = {}
     previous = None  # the previous fold's sources: its history is part of this fold's (MF warm start)
-    folds = all_folds(settings)
+    folds = ws.all_folds()
     for fold in folds:
-        history, target = _fold_tables(settings, fold)
+        history, target = ws.fold(fold)
         users = np.unique(target[Columns.USER].to_numpy()).astype(np.int32)
         metrics[f"{fold}.candidates.users_total"] = float(len(users))
         offset = FOLDS.index(fold) if fold in FOLDS else len(FOLDS) + folds.index(fold)
@@ -402,7 +348,7 @@ def candidates(settings: Settings) -> dict[str, float]:
                     np.save(handle, sources["mf"].item_factors_, allow_pickle=False)
         else:
             factors_path.unlink(missing_ok=True)
-        truth = _truth(target, index.n_users, index.n_items)
+        truth = interaction_matrix(target, index.n_users, index.n_items, "binary")
         cand_users, cand_items = cands[Columns.USER].to_numpy(), cands[Columns.ITEM].to_numpy()
         metrics[f"{fold}.candidates.recall@{n}"] = candidate_recall(cand_users, cand_items, truth)
         for name in cfg.sources:
@@ -466,34 +412,22 @@ def _write_mf(settings: Settings, generator, index) -> None:
     _replace_dir(staging, mf_dir)
 
 
-def _attributes(settings: Settings, index):
-    from recops.features import align_attributes
-
-    cfg = settings.data
-    use_users = cfg.source == "movielens100k" or bool(cfg.users_path)
-    use_items = cfg.source == "movielens100k" or bool(cfg.items_path)
-    users = align_attributes(read_parquet(settings.path("users")) if use_users else None, Columns.USER_ID,
-                             index.user_ids, cfg.user_attributes if use_users else None)
-    items = align_attributes(read_parquet(settings.path("items")) if use_items else None, Columns.ITEM_ID,
-                             index.item_ids, cfg.item_attributes if use_items else None)
-    return users, items
-
-
 def features(settings: Settings) -> dict[str, float]:
     """Ranker features (and labels) of every fold's candidates, from that fold's history only."""
     from recops.pipeline import feature_columns, fold_features
 
     started = time.perf_counter()
-    index = _index(settings)
-    users_attr, items_attr = _attributes(settings, index)
+    ws = Workspace(settings)
+    index = ws.index()
+    users_attr, items_attr = ws.attributes(index)
     out_dir = settings.path("features_dir")
     cand_dir = settings.path("candidates_dir")
     metrics: dict[str, float] = {}
     names: list[str] = []
-    with _compute_client(settings) as client:
-        for fold in all_folds(settings):
-            history, target = _fold_tables(settings, fold)
-            cands = read_parquet(cand_dir / f"{fold}.parquet")
+    with settings_client(settings) as client:
+        for fold in ws.all_folds():
+            history, target = ws.fold(fold)
+            cands = ws.candidates(fold)
             factors_path = cand_dir / f"{fold}_item_factors.npy"
             factors = np.load(factors_path, allow_pickle=False) if "mf" in settings.candidates.sources else None
             fold_started = time.perf_counter()
@@ -509,28 +443,17 @@ def features(settings: Settings) -> dict[str, float]:
     return _timed(settings, "features", metrics, started)
 
 
-def _compute_client(settings: Settings):
-    """None (compute.engine: local) or a Dask client for the stage (recops.compute.stage_client)."""
-    from recops.compute import stage_client
-
-    cfg = settings.compute
-    return stage_client(cfg.engine, cfg.address, cfg.n_workers, cfg.threads_per_worker)
-
-
-def _feature_names(settings: Settings) -> list[str]:
-    return read_json(settings.path("features_dir") / "feature_names.json")["features"]
-
-
 def train_ranker(settings: Settings) -> dict[str, float]:
     """LambdaRank on the ``fit`` fold early-stopped on ``valid``, then refitted on fit + valid; text + manifest."""
     from recops.pipeline import fit_ranker
 
     started = time.perf_counter()
-    names = _feature_names(settings)
-    fits = [read_parquet(settings.path("features_dir") / f"{fold}.parquet") for fold in fit_folds(settings)]
-    valid = read_parquet(settings.path("features_dir") / "valid.parquet")
+    ws = Workspace(settings)
+    names = ws.feature_names()
+    fits = [ws.features(fold) for fold in ws.fit_folds()]
+    valid = ws.features("valid")
     fit_started = time.perf_counter()
-    with _compute_client(settings) as client:
+    with settings_client(settings) as client:
         booster, stopped = fit_ranker(settings, fits if len(fits) > 1 else fits[0], valid, names, client=client)
     lightgbm_seconds = time.perf_counter() - fit_started
     model_path = settings.path("ranker_model")
@@ -548,45 +471,19 @@ def train_ranker(settings: Settings) -> dict[str, float]:
     # and metric code as evaluate uses for test.
     from recops.evaluation.metrics import ranking_metrics
 
-    index = _index(settings)
-    _, target = _fold_tables(settings, "valid")
+    index = ws.index()
+    _, target = ws.fold("valid")
     depth = max(settings.evaluation.ks)
-    users, ranked, _ = _ranked_lists(valid, stopped.predict(valid[names].to_numpy(np.float32),
+    users, ranked, _ = ranked_lists(valid, stopped.predict(valid[names].to_numpy(np.float32),
                                                             num_threads=settings.threads), depth)
-    values = ranking_metrics(users, ranked, _truth(target, index.n_users, index.n_items), settings.evaluation.ks)
+    truth = interaction_matrix(target, index.n_users, index.n_items, "binary")
+    values = ranking_metrics(users, ranked, truth, settings.evaluation.ks)
     metrics = {"ranker.trees": float(trees), "ranker.early_stopping_trees": float(manifest["early_stopping_iteration"]),
                "ranker.lightgbm_seconds": lightgbm_seconds,
                "ranker.rows": float(sum(map(len, fits)) + len(valid)), "ranker.label_folds": float(len(fits))}
     metrics.update({f"valid.ranker.{name}": value for name, value in values.items()})
     write_metrics(metrics, settings.path("ranker_metrics"))
     return _timed(settings, "train_ranker", metrics, started)
-
-
-def _load_booster(settings: Settings):
-    import lightgbm as lgb
-
-    path = settings.path("ranker_model")
-    if not path.is_file():
-        raise RecopsError(f"{path} not found: run the train_ranker stage first (recops run)")
-    return lgb.Booster(model_file=str(path))
-
-
-def _ranked_lists(table: pd.DataFrame, scores: np.ndarray, k: int):
-    from recops.ranking import top_k_lists
-
-    return top_k_lists(table[Columns.USER].to_numpy(), table[Columns.ITEM].to_numpy(), scores, k)
-
-
-def _activity_segments(history_counts: np.ndarray, users: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean masks over ``users``: cold (no history) and light / medium / heavy (terciles of history size)."""
-    counts = history_counts[users]
-    warm = counts > 0
-    out = {"cold": ~warm}
-    if warm.any():
-        low, high = np.quantile(counts[warm], [1 / 3, 2 / 3])
-        out.update({"light": warm & (counts <= low), "medium": warm & (counts > low) & (counts <= high),
-                    "heavy": warm & (counts > high)})
-    return out
 
 
 def evaluate(settings: Settings) -> dict[str, float]:
@@ -596,13 +493,13 @@ def evaluate(settings: Settings) -> dict[str, float]:
     labels); here the ranker is the final one, evaluated on test only. Test metrics are also reported per user
     activity segment (``test.<model>.segment.<segment>.<metric>``).
     """
-    from recops.candidates import interaction_matrix
     from recops.evaluation.metrics import evaluate_lists, ranking_metrics
 
     started = time.perf_counter()
-    index = _index(settings)
-    names = _feature_names(settings)
-    booster = _load_booster(settings)
+    ws = Workspace(settings)
+    index = ws.index()
+    names = ws.feature_names()
+    booster = ws.booster()
     ks = sorted(set(settings.evaluation.ks))
     depth = max(max(ks), settings.evaluation.top_n_report)
     factors_path = settings.path("mf_dir") / "item_factors.npy"
@@ -610,23 +507,23 @@ def evaluate(settings: Settings) -> dict[str, float]:
     metrics: dict[str, float] = {}
     curves: dict[str, dict[str, float]] = {}
     for fold in ("valid", "test"):
-        history, target = _fold_tables(settings, fold)
-        truth = _truth(target, index.n_users, index.n_items)
+        history, target = ws.fold(fold)
+        truth = interaction_matrix(target, index.n_users, index.n_items, "binary")
         seen = interaction_matrix(history, index.n_users, index.n_items, "binary")
         item_user_counts = np.diff(seen.tocsc().indptr).astype(np.float64)
         n_history_users = int((np.diff(seen.indptr) > 0).sum())
         lists: dict[str, np.ndarray] = {}
         baselines = read_parquet(settings.path("candidates_dir") / f"{fold}_baselines.parquet")
         for model, part in baselines.groupby("model", sort=False):
-            listed, items, _ = _ranked_lists(part, -part[Columns.RANK].to_numpy(np.float64), depth)
+            listed, items, _ = ranked_lists(part, -part[Columns.RANK].to_numpy(np.float64), depth)
             lists[str(model)] = (listed, items)
         if fold == "test":
             table = read_parquet(settings.path("features_dir") / f"{fold}.parquet")
             ranker_scores = booster.predict(table[names].to_numpy(np.float32), num_threads=settings.threads)
-            users, ranked, ranked_scores = _ranked_lists(table, ranker_scores, depth)
+            users, ranked, ranked_scores = ranked_lists(table, ranker_scores, depth)
             lists["ranker"] = (users, ranked)
             _write_recommendations(settings, index, users, ranked, ranked_scores)
-        segments = _activity_segments(np.diff(seen.indptr), np.unique(target[Columns.USER].to_numpy()))
+        segments = activity_segments(np.diff(seen.indptr), np.unique(target[Columns.USER].to_numpy()))
         for model, (users, recommended) in lists.items():
             values = evaluate_lists(users, recommended, truth, ks, item_user_counts=item_user_counts,
                                     n_history_users=n_history_users, item_vectors=item_vectors)
@@ -710,11 +607,12 @@ def export(settings: Settings) -> dict[str, float]:
     from recops.export import convert_ranker, inference_session, onnx_scores, parity_report
 
     started = time.perf_counter()
-    names = _feature_names(settings)
-    booster = _load_booster(settings)
+    ws = Workspace(settings)
+    names = ws.feature_names()
+    booster = ws.booster()
     model = convert_ranker(booster, len(names), settings.export.target_opset)
     payload = model.SerializeToString()
-    table = read_parquet(settings.path("features_dir") / "test.parquet")
+    table = ws.features("test")
     features_matrix = table[names].to_numpy(np.float32)
     native = booster.predict(features_matrix, num_threads=settings.threads)
     converted = onnx_scores(inference_session(payload, settings.threads), features_matrix)
@@ -781,7 +679,7 @@ def register(settings: Settings) -> dict[str, float]:
         "reports": settings.path("reports_dir"),
         "serving": settings.path("serving_bundle"),
     }
-    names = _feature_names(settings)
+    names = Workspace(settings).feature_names()
     example = read_parquet(settings.path("features_dir") / "test.parquet")[names].head(5).to_numpy(np.float32)
     with tempfile.TemporaryDirectory(prefix="recops-register-") as tmp:
         # the full configuration of this version, so it can be rebuilt on another data snapshot (A/B evaluation)
@@ -1115,7 +1013,7 @@ def drift(settings: Settings, version: str = "champion") -> dict[str, Any]:
     checks = list(report.checks)
     notes = []
     features_path = settings.path("features_dir") / "test.parquet"
-    names = _feature_names(settings)
+    names = Workspace(settings).feature_names()
     if reference_rows is None:
         notes.append(f"version {number}'s bundle keeps no training sample (built before recops drift): features "
                      "and scores not compared")
@@ -1241,7 +1139,7 @@ def off_policy_section(settings: Settings, version: str) -> dict[str, Any] | Non
                "served_clicks_per_list": out["served_clicks_per_list"],
                **{name: {key: out["target"][name][key] for key in ("estimate", "ci_low", "ci_high", "ess",
                                                                     "poor_support")} for name in ("snips", "dr")}}
-    path = settings.path("reports_dir") / "ab.json"
+    path = settings.path("ab_report")
     if path.is_file():
         report = read_json(path)
         report["off_policy"] = section

@@ -10,7 +10,7 @@
    ``valid``.
 
 Test data is never read. Each trial is a nested MLflow run under one ``tune`` run (params and the valid score);
-the best values and every trial go to ``reports/tuning.json``; with ``write=True`` the best values replace the
+the best values and every trial go to ``paths.tuning_report`` (reports/tuning.json); with ``write=True`` the best values replace the
 ones in params.yaml (comments kept), so ``dvc repro`` picks them up and reproduces the tuned model.
 """
 
@@ -26,6 +26,7 @@ import pandas as pd
 
 from recops.columns import Columns
 from recops.config import Settings
+from recops.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,8 @@ def tune_ranker(settings: Settings, fit_table: pd.DataFrame, valid_table: pd.Dat
                 mlflow_on: bool) -> tuple[dict[str, Any], float, list]:
     """Best ranker params by valid NDCG@10 of the two-stage lists (ranker fitted on ``fit``, early-stopped)."""
     from recops.candidates import interaction_matrix
-    from recops.pipeline import feature_columns, ranked_lists
+    from recops.pipeline import feature_columns
+    from recops.ranking import ranked_lists
     from recops.ranking import train_ranker
 
     names = feature_columns(fit_table)
@@ -165,10 +167,10 @@ def tune(settings: Settings, *, budget_s: float | None = None, write: bool = Fal
     cfg = settings.tuning
     budget = cfg.time_budget_s if budget_s is None else budget_s
     started = time.perf_counter()
-    index = steps._index(settings)
+    index = Workspace(settings).index()
     n_users, n_items = index.n_users, index.n_items
-    fit_history, fit_target = steps._fold_tables(settings, "fit")
-    train, valid = steps._fold_tables(settings, "valid")
+    fit_history, fit_target = Workspace(settings).fold("fit")
+    train, valid = Workspace(settings).fold("valid")
     mlflow_on = cfg.log_to_mlflow
     report: dict[str, Any] = {"budget_s": budget, "sources": {}, "ranker": {}}
 
@@ -183,7 +185,7 @@ def tune(settings: Settings, *, budget_s: float | None = None, write: bool = Fal
             tuned = tuned.model_copy(update={"candidates": tuned.candidates.model_copy(update=best)})
             log.info("tuned %s: %s (valid ndcg@10 %.4f, %d trials)", name, best, value, len(records))
         if cfg.ranker:
-            users_attr, items_attr = steps._attributes(tuned, index)
+            users_attr, items_attr = Workspace(tuned).attributes(index)
             args = (n_users, n_items, users_attr, items_attr)
             fit = run_fold(tuned, fit_history, fit_target, np.unique(fit_target[Columns.USER]), *args)
             valid_fold = run_fold(tuned, train, valid, np.unique(valid[Columns.USER]), *args)
@@ -200,7 +202,7 @@ def tune(settings: Settings, *, budget_s: float | None = None, write: bool = Fal
             target = params_path or settings.root / "params.yaml"
             report["changed"] = write_params(target, report["updates"])
             report["written_to"] = str(target)
-        steps.write_json(report, settings.path("reports_dir") / "tuning.json")
+        steps.write_json(report, settings.path("tuning_report"))
 
     if not mlflow_on:
         run_searches()
@@ -226,7 +228,7 @@ def tune(settings: Settings, *, budget_s: float | None = None, write: bool = Fal
             if report["ranker"]:
                 mlflow.log_metric("valid.ranker.ndcg_at_10", report["ranker"]["valid_ndcg@10"])
             finish()
-            mlflow.log_artifact(str(settings.path("reports_dir") / "tuning.json"))
+            mlflow.log_artifact(str(settings.path("tuning_report")))
     return report
 
 

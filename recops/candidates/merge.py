@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.candidates.mf import cooccurrence_rows, interaction_matrix
+from recops.data.matrices import cooccurrence_rows, interaction_matrix
 from recops.candidates.sources import (EASE, DecayedPopularity, ItemKNN, MatrixFactorization, MostPopular,
                                        RecentItemKNN, RecentPopularity, top_n)
 from recops.columns import Columns, DAY

@@ -28,10 +28,11 @@ from scipy.sparse import _sparsetools
 
 from recops.candidates.mf import MFCandidateGenerator
 from recops.candidates.storage import RowStore, dense, dense_item_item, sparse_times, times_t
-from recops.columns import DAY
 from recops.config import CandidatesConfig
 from recops.errors import RecopsError
 from recops.threads import blas_limits
+
+DEFAULTS = CandidatesConfig()  # a source built without arguments: params.yaml's values (one layer of defaults)
 
 
 
@@ -93,7 +94,7 @@ class RecentPopularity(MostPopular):
 
     name = "recent_popularity"
 
-    def __init__(self, window_days: float = 30.0) -> None:
+    def __init__(self, window_days: float = DEFAULTS.recent_popularity_days) -> None:
         super().__init__(None, window_days)
 
     @classmethod
@@ -107,7 +108,7 @@ class DecayedPopularity(MostPopular):
 
     name = "decayed_popularity"
 
-    def __init__(self, half_life_days: float = 14.0) -> None:
+    def __init__(self, half_life_days: float = DEFAULTS.decayed_popularity_half_life_days) -> None:
         super().__init__(half_life_days, None)
 
     @classmethod
@@ -150,7 +151,8 @@ def _binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
 class ItemKNN:
     name = "itemknn"
 
-    def __init__(self, neighbours: int = 100, shrinkage: float = 10.0, threads: int = 1) -> None:
+    def __init__(self, neighbours: int = DEFAULTS.knn_neighbours, shrinkage: float = DEFAULTS.knn_shrinkage,
+                 threads: int = 1) -> None:
         self.neighbours = neighbours
         self.shrinkage = shrinkage
         self.threads = threads
@@ -262,7 +264,8 @@ def _top_k_of_rows(co: sp.csr_matrix, start: int, norms: np.ndarray, shrinkage: 
 class EASE:
     name = "ease"
 
-    def __init__(self, l2: float = 500.0, max_items: int = 30_000, threads: int = 1) -> None:
+    def __init__(self, l2: float = DEFAULTS.ease_l2, max_items: int = DEFAULTS.ease_max_items,
+                 threads: int = 1) -> None:
         self.l2 = l2
         self.max_items = max_items
         self.threads = threads

@@ -54,7 +54,9 @@ def replay(params_path: Path, source: Path, n: int, timestamp_column: str = "tim
     frame = pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source)
     if timestamp_column not in frame.columns:
         raise RecopsError(f"{source}: no column {timestamp_column!r} to cut snapshots by")
-    paths = weekly_snapshots(frame, timestamp_column, n, params_path.parent / "data" / "snapshots")
+    from recops.config import load_settings
+
+    paths = weekly_snapshots(frame, timestamp_column, n, load_settings(params_path).path("snapshots_dir"))
     results = []
     for path in paths:
         out = ingest_snapshot_flow(snapshot_path=str(path), params_path=str(params_path), push=push)

@@ -26,6 +26,8 @@ import numpy as np
 from recops.columns import Columns
 from recops.config import Settings
 from recops.errors import RecopsError
+from recops.workspace import Workspace
+from recops.evaluation.metrics import activity_segments
 
 if TYPE_CHECKING:
     from recops.data import IdIndex
@@ -99,9 +101,9 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
             "them on data it never saw the like of. Compare versions of one data source (or pass "
             "--allow-other-data if that is what you mean)")
 
-    index = steps._index(settings)
-    history, target = steps._fold_tables(settings, "test")
-    users_attr, items_attr = steps._attributes(settings, index)
+    index = Workspace(settings).index()
+    history, target = Workspace(settings).fold("test")
+    users_attr, items_attr = Workspace(settings).attributes(index)
     users = np.unique(target[Columns.USER].to_numpy()).astype(np.int32)
     truth = interaction_matrix(target, index.n_users, index.n_items, "binary")
     seen = interaction_matrix(history, index.n_users, index.n_items, "binary")
@@ -153,7 +155,7 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
     on_timeline = (timeline_comparison(settings, configs[CHAMPION], configs[CHALLENGER])
                    if (cfg.timeline if timeline is None else timeline) else None)
     decision = decide(paired, online, interleaving, guards, cfg, timeline=on_timeline, online_metric=online_metric)
-    segment_of = steps._activity_segments(np.diff(seen.indptr), users_scored)
+    segment_of = activity_segments(np.diff(seen.indptr), users_scored)
     labels = np.full(len(users_scored), "", dtype=object)
     for name, mask in segment_of.items():
         labels[mask] = name
@@ -163,7 +165,7 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
     summary.update({
         "champion_version": champion_version, "challenger_version": challenger_version,
         "model_name": settings.registry.model_name,
-        "snapshot": {f"data_md5.{name}": steps._md5(settings.path(name)) for name in steps.TABLES},
+        "snapshot": {f"data_md5.{name}": digest for name, digest in Workspace(settings).table_md5s().items()},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": compared,
         "param_diff": param_diff(configs[CHAMPION], configs[CHALLENGER]),
@@ -176,11 +178,11 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
     if on_timeline is not None:
         summary["timeline"] = {key: (None if isinstance(v, float) and not np.isfinite(v) else v)
                                for key, v in dataclasses.asdict(on_timeline).items()}
-    reports = settings.path("reports_dir")
-    steps.write_json(summary, reports / "ab.json")
-    write_html_report(summary, b - a, segments, reports / "ab.html")
+    report, html = settings.path("ab_report"), settings.path("ab_html")
+    steps.write_json(summary, report)
+    write_html_report(summary, b - a, segments, html)
     if log_to_mlflow:
-        _log_to_challenger_run(settings, challenger_version, summary, [reports / "ab.json", reports / "ab.html"])
+        _log_to_challenger_run(settings, challenger_version, summary, [report, html])
     return summary
 
 
@@ -198,13 +200,12 @@ def pre_period_covariate(settings: Settings, index: IdIndex, users: np.ndarray, 
       the training fold alone (one more rebuild); NaN for users without pre-period interactions, which `cuped`
       fills with the mean.
     """
-    from recops import steps
     from recops.candidates import interaction_matrix
     from recops.evaluation.ab import parse_metric, per_user_metric, relevant_users_mask
     from recops.evaluation.versions import rebuild_lists
 
     cfg = settings.ab
-    train, pre_period = steps._fold_tables(settings, "valid")
+    train, pre_period = Workspace(settings).fold("valid")
     if cfg.cuped_covariate == "activity":
         counts = np.bincount(pre_period[Columns.USER].to_numpy(), minlength=index.n_users)
         return counts[users].astype(np.float64), "pre-period interactions"

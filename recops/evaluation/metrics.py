@@ -134,3 +134,15 @@ def evaluate_lists(users: np.ndarray, recommended: np.ndarray, truth: sp.csr_mat
     if item_vectors is not None:  # diversity is measured in the MF item space
         out[f"ild@{beyond_k}"] = intra_list_diversity(listed, beyond_k, item_vectors)
     return out
+
+
+def activity_segments(history_counts: np.ndarray, users: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean masks over ``users``: cold (no history) and light / medium / heavy (terciles of history size)."""
+    counts = history_counts[users]
+    warm = counts > 0
+    out = {"cold": ~warm}
+    if warm.any():
+        low, high = np.quantile(counts[warm], [1 / 3, 2 / 3])
+        out.update({"light": warm & (counts <= low), "medium": warm & (counts > low) & (counts <= high),
+                    "heavy": warm & (counts > high)})
+    return out

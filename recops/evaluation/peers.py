@@ -55,7 +55,7 @@ class Fold:
                     users: np.ndarray | None = None) -> Fold:
         """The fold of ``history`` -> ``target``; ``users``: the users to evaluate (default: every user with a
         target interaction)."""
-        from recops.candidates.mf import interaction_matrix
+        from recops.data.matrices import interaction_matrix
 
         seen = interaction_matrix(history, n_users, n_items, "binary")
         truth = interaction_matrix(target, n_users, n_items, "binary")

@@ -87,7 +87,8 @@ def rebuild_lists(current: Settings, files: dict[str, Any], history: pd.DataFram
     ``measure_latency=False`` skips the per-request timing (``latency_ms`` is then empty): batch scoring needs
     the lists, not a latency guardrail."""
     from recops.export import inference_session, onnx_scores
-    from recops.pipeline import ranked_lists, run_fold
+    from recops.pipeline import run_fold
+    from recops.ranking import ranked_lists
 
     settings = version_settings(current, files["settings"])
     fold = run_fold(settings, history, None, users, n_users, n_items, users_attr, items_attr)

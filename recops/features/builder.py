@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.candidates.mf import cooccurrence_rows, interaction_matrix
+from recops.data.matrices import cooccurrence_rows, interaction_matrix
 from recops.columns import Columns, DAY
 from recops.config import AttributeColumns, FeaturesConfig
 from recops.data.order import user_time_order

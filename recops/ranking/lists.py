@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def ranked_lists(table, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``top_k_lists`` of a candidate table's (user, item) rows scored by ``scores``."""
+    from recops.columns import Columns
+
+    return top_k_lists(table[Columns.USER].to_numpy(), table[Columns.ITEM].to_numpy(), scores, k)
+
+
 def top_k_lists(users: np.ndarray, items: np.ndarray, scores: np.ndarray,
                 k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(user ids, items ``n x k``, scores ``n x k``), best first; ties broken by item index; short lists padded -1."""

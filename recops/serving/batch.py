@@ -6,7 +6,7 @@ valid + test), and its registered ONNX ranker scores the candidates. Items a use
 recommended (the candidate merge masks them); users without any history get the popularity fallback of the
 merge.
 
-Output, in ``out_dir`` (default ``<reports_dir>/batch``):
+Output, in ``out_dir`` (default ``paths.batch_dir``, reports/batch):
 
 - ``recommendations_v<version>.parquet``: ``user_id``, ``item_id`` (original ids), ``rank`` (1..k), ``score``
   (float32, the ranker's raw output: comparable within one version only);
@@ -34,6 +34,8 @@ import pandas as pd
 from recops.columns import Columns
 from recops.config import Settings
 from recops.errors import RecopsError
+from recops.workspace import Workspace
+from recops.compute import settings_client
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
     k = int(k)
     asked = str(version)
     number = resolve_version(settings, asked)
-    data_md5 = {name: steps._md5(settings.path(name)) for name in steps.TABLES}
+    data_md5 = Workspace(settings).table_md5s()
     with tempfile.TemporaryDirectory(prefix="recops-batch-") as tmp:
         folder, expected, run_id = download_serving_bundle(settings, number, Path(tmp))
         bundle = load_bundle(folder, expected)
@@ -73,7 +75,7 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
             # other machines need it at the same path: a shared file system)
             from recops.serving.distributed_batch import score_users_distributed
 
-            with steps._compute_client(settings) as client:
+            with settings_client(settings) as client:
                 frame = score_users_distributed(client, folder, expected, settings.serving, number, k,
                                                 Path(tmp) / "parts", model_name=settings.registry.model_name,
                                                 users=users, block_users=block_users).read()
@@ -118,7 +120,7 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
     }
     if cache if cache is not None else settings.serving.cache.backend == "redis":
         manifest["cached"] = _write_cache(settings, number, frame)
-    out_dir = Path(out_dir) if out_dir is not None else settings.path("reports_dir") / "batch"
+    out_dir = Path(out_dir) if out_dir is not None else settings.path("batch_dir")
     steps.write_parquet(frame, out_dir / f"{name}.parquet")
     steps.write_json(manifest, out_dir / f"{name}.json")
     steps.write_json({"file": f"{name}.parquet", "manifest": f"{name}.json", "model_name": manifest["model_name"],

@@ -46,6 +46,7 @@ from recops.errors import RecopsError
 from recops.io import file_digest
 from recops.registry.mlflow_registry import SERVING_BUILD_TAG as BUILD_TAG  # noqa: F401 (re-exported)
 from recops.registry.mlflow_registry import SERVING_MANIFEST_TAG as SHA_TAG  # noqa: F401 (re-exported)
+from recops.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -283,11 +284,11 @@ def build_bundle(settings: Settings, out_dir: Path | None = None) -> dict[str, A
     for path in (onnx_path, booster_path):
         if not path.is_file():
             raise RecopsError(f"{path} not found: run the train_ranker and export stages first (recops run)")
-    names = steps._feature_names(settings)
-    index = steps._index(settings)
-    history, target = steps._fold_tables(settings, "test")
+    names = Workspace(settings).feature_names()
+    index = Workspace(settings).index()
+    history, target = Workspace(settings).fold("test")
     history = pd.concat([history, target], ignore_index=True)  # everything known now
-    users_attr, items_attr = steps._attributes(settings, index)
+    users_attr, items_attr = Workspace(settings).attributes(index)
     n_users, n_items = index.n_users, index.n_items
     sources, _ = fit_sources(history, n_users, n_items, settings.candidates, settings.seed, settings.threads,
                              _test_fold_factors(settings, n_users, n_items))

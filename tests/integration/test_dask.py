@@ -36,6 +36,9 @@ from recops.config import Settings
 from recops.errors import RecopsError
 from tests.conftest import BIN, PROJECT, set_params
 from tests.data.cases import PARAMS, write_case
+from recops.workspace import Workspace
+from recops.data.matrices import interaction_matrix
+from recops.ranking import ranked_lists
 
 pytestmark = pytest.mark.integration
 
@@ -98,21 +101,19 @@ def table(settings: Settings, fold: str) -> pd.DataFrame:
 
 
 def names(settings: Settings) -> list[str]:
-    from recops import steps
 
-    return steps._feature_names(settings)
+    return Workspace(settings).feature_names()
 
 
 def ndcg_at_10(settings: Settings, booster) -> float:
     """Test-fold NDCG@10 of a booster's lists: the metric code evaluate uses."""
-    from recops import steps
     from recops.evaluation.metrics import ranking_metrics
 
     test = table(settings, "test")
-    index = steps._index(settings)
-    _, target = steps._fold_tables(settings, "test")
-    users, ranked, _ = steps._ranked_lists(test, booster.predict(test[names(settings)].to_numpy(np.float32)), 10)
-    return ranking_metrics(users, ranked, steps._truth(target, index.n_users, index.n_items), [10])["ndcg@10"]
+    index = Workspace(settings).index()
+    _, target = Workspace(settings).fold("test")
+    users, ranked, _ = ranked_lists(test, booster.predict(test[names(settings)].to_numpy(np.float32)), 10)
+    return ranking_metrics(users, ranked, interaction_matrix(target, index.n_users, index.n_items, "binary"), [10])["ndcg@10"]
 
 
 
@@ -191,13 +192,12 @@ def test_the_dask_ranker_sets_the_best_iteration_of_its_validation_pass(settings
 
 # ------------------------------------------------------------------------------------- features and batch lists
 def test_distributed_features_equal_the_local_ones(settings: Settings, client, tmp_path):
-    from recops import steps
     from recops.features import build_features, history_statistics
     from recops.features.distributed import build_features_distributed, read_feature_parts
 
-    index = steps._index(settings)
-    users_attr, items_attr = steps._attributes(settings, index)
-    history, target = steps._fold_tables(settings, "valid")
+    index = Workspace(settings).index()
+    users_attr, items_attr = Workspace(settings).attributes(index)
+    history, target = Workspace(settings).fold("valid")
     candidates = pd.read_parquet(settings.path("candidates_dir") / "valid.parquet")
     factors = np.load(settings.path("candidates_dir") / "valid_item_factors.npy", allow_pickle=False)
     cfg = settings.features

@@ -16,7 +16,7 @@ import pytest
 from recops.backtest import (DAY, Window, check_windows, lift_interval, plan_windows, timeline_settings, warm_users,
                              window_parts, with_overrides)
 from recops.candidates.merge import fit_sources
-from recops.candidates.mf import interaction_matrix
+from recops.data.matrices import interaction_matrix
 from recops.candidates.sources import recommend
 from recops.columns import Columns
 from recops.config import BacktestConfig, CandidatesConfig, RankerConfig, Settings

@@ -21,6 +21,7 @@ from recops.errors import RecopsError
 from recops.serving import batch_score
 from tests.conftest import PROJECT
 from tests.data.cases import N_ITEMS, N_USERS, trained_project
+from recops.workspace import Workspace
 
 K = 10
 
@@ -53,7 +54,7 @@ def files_in(folder: Path) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------------------- the lists
 def test_every_user_of_the_index_gets_exactly_k_rows(settings, challenger):
     _, frame = challenger
-    index = steps._index(settings)
+    index = Workspace(settings).index()
     counts = frame.groupby(Columns.USER_ID).size()
     assert sorted(counts.index.tolist()) == sorted(index.user_ids.tolist())
     assert (counts == K).all()
@@ -89,15 +90,15 @@ def test_ids_are_the_original_ids_of_the_input_files(challenger):
 
 def test_a_user_without_any_history_gets_the_popularity_fallback(settings, tmp_path, monkeypatch):
     """The index knows the user, the data no longer holds any of their interactions."""
-    fold_tables = steps._fold_tables
+    fold_tables = Workspace.fold
 
-    def without_first_user(s, fold):
-        return tuple(t[t[Columns.USER] != 0] for t in fold_tables(s, fold))
+    def without_first_user(workspace, fold):
+        return tuple(t[t[Columns.USER] != 0] for t in fold_tables(workspace, fold))
 
-    monkeypatch.setattr(steps, "_fold_tables", without_first_user)
+    monkeypatch.setattr(Workspace, "fold", without_first_user)
     manifest = batch_score(settings, "1", k=K, out_dir=tmp_path)
     frame = pd.read_parquet(tmp_path / manifest["file"])
-    cold = frame[frame[Columns.USER_ID] == steps._index(settings).user_ids[0]]
+    cold = frame[frame[Columns.USER_ID] == Workspace(settings).index().user_ids[0]]
     assert cold[Columns.RANK].tolist() == list(range(1, K + 1))
     assert manifest["users"] == N_USERS
 
@@ -156,14 +157,14 @@ def test_k_below_one_is_refused(settings, tmp_path, k):
 
 
 def test_k_above_the_number_of_items_is_refused(settings, tmp_path):
-    n_items = steps._index(settings).n_items
+    n_items = Workspace(settings).index().n_items
     with pytest.raises(RecopsError, match=f"more than the {n_items} items"):
         batch_score(settings, "1", k=n_items + 1, out_dir=tmp_path)
 
 
 def test_k_longer_than_the_candidate_lists_gives_every_candidate_and_says_so(settings, tmp_path):
     """A list holds at most the version's ``candidates.n_candidates`` items (50 here)."""
-    n_items = steps._index(settings).n_items
+    n_items = Workspace(settings).index().n_items
     manifest = batch_score(settings, "1", k=n_items, out_dir=tmp_path)
     frame = pd.read_parquet(tmp_path / manifest["file"])
     assert (frame.groupby(Columns.USER_ID).size() == settings.candidates.n_candidates).all()
@@ -173,7 +174,7 @@ def test_k_longer_than_the_candidate_lists_gives_every_candidate_and_says_so(set
 def test_a_failed_call_leaves_the_previous_outputs_as_they_were(settings, tmp_path):
     batch_score(settings, "1", k=K, out_dir=tmp_path)
     before = files_in(tmp_path)
-    too_many = steps._index(settings).n_items + 1
+    too_many = Workspace(settings).index().n_items + 1
     for version, k in (("champion", K), ("99", K), ("1", 0), ("1", too_many)):
         with pytest.raises(RecopsError):
             batch_score(settings, version, k=k, out_dir=tmp_path)

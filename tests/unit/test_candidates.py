@@ -5,12 +5,20 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from recops.candidates import (EASE, ItemKNN, MostPopular, generate_candidates, interaction_matrix,
-                               item_popularity, popular_unseen, recommend)
+from recops.candidates import (EASE, ItemKNN, MostPopular, fit_sources, interaction_matrix, merged_candidates,
+                               recommend)
 from recops.candidates.sources import exclude_seen, top_n
 from recops.columns import Columns
 from recops.config import CandidatesConfig
 from recops.errors import RecopsError
+
+
+def generate_candidates(history, users, n_users, n_items, config, seed, threads):
+    """The candidates stage's two steps (``pipeline.fold_candidates``): sources fitted on ``history``, then merged."""
+    sources, _ = fit_sources(history, n_users, n_items, config, seed, threads)
+    frame = merged_candidates(sources, config, np.unique(users).astype(np.int32),
+                              interaction_matrix(history, n_users, n_items, "binary"))
+    return frame.reset_index(drop=True), sources
 
 
 def block_log(n_users=40, n_items=40):
@@ -53,7 +61,7 @@ def test_users_without_history_get_popular_unseen_items_and_no_other_source_scor
     history = history[history[Columns.USER] != 3]
     config = CandidatesConfig(sources=["mf", "ease"], factors=4, iterations=3, n_candidates=3)
     cands, _ = generate_candidates(history, np.array([3]), 40, 40, config, seed=0, threads=1)
-    pop = item_popularity(history, 40)
+    pop = np.bincount(history[Columns.ITEM], minlength=40)
     expected = np.argsort(-pop, kind="stable")[:3]
     assert sorted(cands[Columns.ITEM].tolist()) == sorted(expected.tolist())
     assert cands["mf_score"].isna().all() and cands["ease_score"].isna().all()
@@ -138,14 +146,6 @@ def test_top_n_and_seen_exclusion():
     assert items.tolist() == [[1, -1]]
 
 
-def test_popular_unseen_skips_each_users_seen_items():
-    pop = np.array([10.0, 9, 8, 7, 6])
-    frame = pd.DataFrame({Columns.USER: [0, 0], Columns.ITEM: [0, 2], Columns.TIMESTAMP: [1, 2]})
-    seen = interaction_matrix(frame, 2, 5)
-    items, _ = popular_unseen(pop, np.array([0, 1]), seen, 3)
-    assert items.tolist() == [[1, 3, 4], [0, 1, 2]]
-
-
 def test_sources_must_be_known_and_unique():
     with pytest.raises(ValueError):
         CandidatesConfig(sources=["mf", "mf"])
@@ -192,7 +192,7 @@ def test_sampled_users_are_seeded_sorted_and_bounded():
 
 
 def test_most_recent_keeps_each_users_latest_interactions_and_the_cap_bounds_the_cooccurrences():
-    from recops.candidates.mf import most_recent
+    from recops.data.matrices import most_recent
 
     log = pd.DataFrame({Columns.USER: [0, 0, 0, 0, 1, 1], Columns.ITEM: [5, 6, 7, 8, 5, 6],
                         Columns.TIMESTAMP: [1, 4, 3, 4, 9, 2]})

@@ -75,7 +75,7 @@ def test_the_ranker_reports_one_step_per_tree(monkeypatch, caplog):
                           "f": rng.normal(size=400), "label": rng.integers(0, 2, 400)})
     seen = []
     monkeypatch.setattr(Step, "advance", lambda self, n=1: seen.append(n))
-    config = RankerConfig(n_estimators=7, early_stopping_rounds=100)
+    config = RankerConfig(n_estimators=7, early_stopping_rounds=100, min_child_samples=20)  # 400 rows: trees split
     booster = train_ranker(frame, None, ["f"], config, seed=1, threads=1)
     assert isinstance(booster, lgb.Booster)
     assert len(seen) == booster.num_trees() == 7

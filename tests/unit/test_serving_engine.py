@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recops import steps
 from recops.columns import Columns
 from recops.config import ServingConfig, Settings
 from recops.errors import RecopsError
@@ -23,6 +22,7 @@ from recops.serving.engine import (COLD_USER, UNKNOWN_USER, UNNAMED_REASON, Reco
                                    cap_positions)
 from tests.conftest import PROJECT
 from tests.data.cases import trained_project
+from recops.workspace import Workspace
 
 K = 10
 
@@ -107,10 +107,10 @@ def test_the_engine_gives_the_lists_the_pipeline_gives(settings, exact, download
     from recops.evaluation.versions import rebuild_lists
     from recops.registry.mlflow_registry import download_version_files
 
-    index = steps._index(settings)
-    history, target = steps._fold_tables(settings, "test")
+    index = Workspace(settings).index()
+    history, target = Workspace(settings).fold("test")
     history = pd.concat([history, target], ignore_index=True)
-    users_attr, items_attr = steps._attributes(settings, index)
+    users_attr, items_attr = Workspace(settings).attributes(index)
     users = np.arange(index.n_users, dtype=np.int32)
     files = download_version_files(settings, "1", tmp_path)
     built = rebuild_lists(settings, files, history, users, index.n_users, index.n_items, users_attr, items_attr, K,

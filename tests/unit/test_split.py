@@ -80,7 +80,7 @@ def test_too_short_histories_are_reported():
 
 def test_global_holdout_is_one_cut_for_everybody_and_auto_follows_the_split():
     parts = split_interactions(log(), SplitConfig(method="global_time"))
-    ranker = RankerConfig(holdout_fraction=0.25)
+    ranker = RankerConfig(holdout_fraction=0.25, label_days=None)  # the most recent quarter of the rows
     assert holdout_kind(ranker, SplitConfig(method="global_time"), parts) == "global_time"
     assert holdout_kind(ranker, SplitConfig(), split_interactions(log(), SplitConfig())) == "per_user"
     # a predefined split whose periods follow each other globally is a global cut
