@@ -469,7 +469,7 @@ def export(params: Params = Path("params.yaml"), quiet: Quiet = False) -> None:
 @app.command()
 def stage(
     name: Annotated[str, typer.Argument(help="ingest, validate, split, candidates, features, train_ranker, "
-                                             "evaluate, export or register.")],
+                                             "evaluate, export, bundle or register.")],
     params: Params = Path("params.yaml"),
     quiet: Quiet = False,
 ) -> None:
