@@ -20,7 +20,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from recops.columns import Columns
@@ -91,14 +90,7 @@ class Workspace:
         valid = read_parquet(split_dir / "valid.parquet")
         return pd.concat([train, valid], ignore_index=True), read_parquet(split_dir / "test.parquet")
 
-    def split_part(self, name: str) -> pd.DataFrame:
-        """One period of the split (``train``, ``valid``, ``test``)."""
-        return read_parquet(self.path("split_dir") / f"{name}.parquet")
-
     # --- prepared tables ----------------------------------------------------------------------------------------
-
-    def interactions(self) -> pd.DataFrame:
-        return read_parquet(self.path("interactions"))
 
     def table_md5s(self) -> dict[str, str]:
         """The MD5 of each prepared table (what DVC hashes): the data a report or a batch was computed on."""
@@ -126,13 +118,6 @@ class Workspace:
     def candidates(self, fold: str) -> pd.DataFrame:
         return read_parquet(self.path("candidates_dir") / f"{fold}.parquet")
 
-    def fold_item_factors(self, fold: str) -> np.ndarray:
-        """The MF item factors fitted on ``fold``'s history (for its sequence-similarity features)."""
-        path = self.path("candidates_dir") / f"{fold}_item_factors.npy"
-        if not path.is_file():
-            raise RecopsError(f"{path} not found: run the candidates stage first (recops run)")
-        return np.load(path, allow_pickle=False)
-
     def features(self, fold: str) -> pd.DataFrame:
         return read_parquet(self.path("features_dir") / f"{fold}.parquet")
 
@@ -148,17 +133,3 @@ class Workspace:
         if not path.is_file():
             raise RecopsError(f"{path} not found: run the train_ranker stage first (recops run)")
         return lgb.Booster(model_file=str(path))
-
-    # --- reports and other outputs ------------------------------------------------------------------------------
-
-    def ab_report(self) -> Path:
-        return self.path("ab_report")
-
-    def tuning_report(self) -> Path:
-        return self.path("tuning_report")
-
-    def batch_dir(self) -> Path:
-        return self.path("batch_dir")
-
-    def snapshots_dir(self) -> Path:
-        return self.path("snapshots_dir")
