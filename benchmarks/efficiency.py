@@ -202,13 +202,14 @@ def storage_rows(settings, bundle, rounds: int) -> list[str]:
     import dataclasses
 
     from benchmarks.serving import request_times
+    from recops.bundling import _save_tree, stored_sources, stored_stats
     from recops.candidates import fit_sources, interaction_matrix
     from recops.candidates.merge import merged_candidate_blocks
     from recops.columns import Columns
     from recops.config import StorageConfig
     from recops.evaluation.metrics import candidate_recall, ranking_metrics
     from recops.features.builder import history_statistics
-    from recops.serving.bundle import _load_tree, _save_tree, stored_sources, stored_stats
+    from recops.serving.bundle import _load_tree
     from recops.serving.engine import Recommender
 
     index = Workspace(settings).index()
@@ -335,7 +336,7 @@ def start_before(project: Path, commit: str, folder: Path, bundle: Path) -> tupl
     # the worktree ahead of the working directory ('' on sys.path: the project's own recops)
     code = (f"import sys; sys.path.insert(0, {str(tree)!r}); sys.modules['httptools'] = None; "
             "sys.modules['uvloop'] = None; "
-            "sys.argv[0] = 'recops'; from recops.cli import app; app()")
+            "sys.argv[0] = 'recops'; from recops_cli.app import app; app()")
     server = subprocess.Popen([sys.executable, "-c", code, "serve", "--params", str(params),
                                "--bundle", str(bundle), "--port", str(port), "--workers", "1", "-q"],
                               cwd=project, stdout=subprocess.DEVNULL,
@@ -366,8 +367,8 @@ def live_rows(params: Path, settings, users: list[str], rounds: int, seconds: fl
     import yaml
 
     from benchmarks.serving import rss_mb, start_server, stop_server
+    from recops.bundling import build_bundle
     from recops.config import StorageConfig
-    from recops.serving.bundle import build_bundle
 
     raw = yaml.safe_load(params.read_text(encoding="utf-8"))
     servers, sizes, files, tree = {}, {}, [], None

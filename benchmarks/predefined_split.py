@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(params_path: str) -> None:
     from recops import steps
+    from recops.io import write_parquet
+    from recops.workspace import read_parquet
     from recops.columns import Columns
     from recops.config import load_settings
     from recops.entry import configure_logging
@@ -50,14 +52,14 @@ def measure(params_path: str) -> None:
     settings = load_settings(params_path)
     steps.ingest(settings)
     path = settings.path("interactions")
-    frame = steps.read_parquet(path)
+    frame = read_parquet(path)
     out = {}
     for name, method, holdout in (("global_time", "global_time", "auto"), ("predefined", "predefined", "auto"),
                                   ("predefined, per-user labels (before)", "predefined", "per_user")):
         if method == "predefined" and Columns.SPLIT not in frame.columns:
             frame[Columns.SPLIT] = global_time_labels(frame, settings.split.valid_fraction,
                                                       settings.split.test_fraction)
-            steps.write_parquet(frame, path)
+            write_parquet(frame, path)
         run = settings.model_copy(update={"split": settings.split.model_copy(update={"method": method}),
                                           "ranker": settings.ranker.model_copy(update={"holdout": holdout})})
         metrics: dict[str, float] = {}

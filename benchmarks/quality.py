@@ -16,7 +16,7 @@ What runs, in one process, for each protocol:
    - ``positive_rating4``: only interactions rated 4 or 5 exist (filtered before encoding, so the catalogue is the
      items with at least one positive), then the per-user temporal split. Low-rated items are neither history nor
      truth, so they can be recommended and count as misses;
-   - ``timeline``: ``recops.backtest`` with params.yaml's ``backtest`` windows: per window, every model fitted on
+   - ``timeline``: ``recops.evaluation.backtest`` with params.yaml's ``backtest`` windows: per window, every model fitted on
      what precedes the cut (peers tuned, ranker early-stopped on the validation window before it) and judged on
      the next ``test_days`` of the users seen before the cut; pooled over the windows, with paired bootstrap
      intervals of recops' lift over every peer.
@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recops.workspace import TABLES, read_parquet
 from recops.evaluation.peers import (METRICS, PEERS, TUNING_METRIC, Fold, Peer, fit_peer, list_metrics,
                                      parameter_grid, recommend_lists, tune)
 from recops.io import write_json
@@ -104,10 +105,10 @@ def load_protocol(settings, protocol: str) -> ProtocolData:
     from recops.features import align_attributes
     from recops.split import split_interactions
 
-    if not all(settings.path(name).is_file() for name in steps.TABLES):
+    if not all(settings.path(name).is_file() for name in TABLES):
         log.info("prepared tables missing: running the ingest stage")
         steps.ingest(settings)
-    interactions = steps.read_parquet(settings.path("interactions"))
+    interactions = read_parquet(settings.path("interactions"))
     if protocol == "positive_rating4":
         if Columns.RATING not in interactions.columns:
             raise RecopsError("protocol positive_rating4 needs a rating column (set data.columns.rating)")
@@ -118,9 +119,9 @@ def load_protocol(settings, protocol: str) -> ProtocolData:
     cfg = settings.data
     use_users = cfg.source == "movielens100k" or bool(cfg.users_path)
     use_items = cfg.source == "movielens100k" or bool(cfg.items_path)
-    users_attr = align_attributes(steps.read_parquet(settings.path("users")) if use_users else None,
+    users_attr = align_attributes(read_parquet(settings.path("users")) if use_users else None,
                                   Columns.USER_ID, index.user_ids, cfg.user_attributes if use_users else None)
-    items_attr = align_attributes(steps.read_parquet(settings.path("items")) if use_items else None,
+    items_attr = align_attributes(read_parquet(settings.path("items")) if use_items else None,
                                   Columns.ITEM_ID, index.item_ids, cfg.item_attributes if use_items else None)
     return ProtocolData(protocol, psettings, parts["train"], parts["valid"], parts["test"], index.n_users,
                         index.n_items, users_attr, items_attr)
@@ -281,16 +282,16 @@ def evaluate_recops(function, data: ProtocolData, fold: Fold, seeds: list[int]) 
 
 
 def run_timeline(settings, seeds: list[int], quick: bool) -> tuple[dict[str, Any], bool]:
-    """The ``timeline`` protocol: ``recops.backtest`` (params.yaml's ``backtest`` windows, every peer of
+    """The ``timeline`` protocol: ``recops.evaluation.backtest`` (params.yaml's ``backtest`` windows, every peer of
     ``recops.evaluation.peers`` tuned on each validation window, ``len(seeds)`` refits of the stochastic models),
     pooled over the windows, with the paired bootstrap intervals of the lifts."""
-    from recops.backtest import LIFT_METRICS as TIMELINE_LIFTS, run_backtest, with_overrides
+    from recops.evaluation.backtest import LIFT_METRICS as TIMELINE_LIFTS, run_backtest, with_overrides
     from recops.evaluation.peers import PEER_NAMES
 
     started = time.perf_counter()
     from recops import steps
 
-    if not all(settings.path(name).is_file() for name in steps.TABLES):
+    if not all(settings.path(name).is_file() for name in TABLES):
         steps.ingest(settings)
     bt = with_overrides(settings, seeds=len(seeds), quick=quick, peers=list(PEER_NAMES))
     report = run_backtest(bt)

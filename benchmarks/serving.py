@@ -236,7 +236,7 @@ def start_server(params: Path, bundle: str = "models/serving") -> tuple[subproce
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "recops.cli", "serve", "--params", str(params), "--bundle",
+    server = subprocess.Popen([sys.executable, "-m", "recops_cli", "serve", "--params", str(params), "--bundle",
                                bundle, "--port", str(port), "--workers", "1", "-q"], cwd=params.parent,
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

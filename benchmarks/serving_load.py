@@ -71,7 +71,7 @@ def wrk(url: str, seconds: float, connections: int, script: Path | None, users: 
 
 def serve(params: Path, workers: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "recops.cli", "serve", "--params", str(params), "--bundle",
+    proc = subprocess.Popen([sys.executable, "-m", "recops_cli", "serve", "--params", str(params), "--bundle",
                              "models/serving", "--port", str(port), "--workers", str(workers), "-q"],
                             cwd=params.parent, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             start_new_session=True)

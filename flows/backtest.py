@@ -1,6 +1,6 @@
 """The backtest flow ``recops-backtest``: one Prefect task per window, then one that writes the reports.
 
-Wiring only: the windows, the fits and the summary are ``recops.backtest``; the reports and the MLflow runs are
+Wiring only: the windows, the fits and the summary are ``recops.evaluation.backtest``; the reports and the MLflow runs are
 ``recops.steps.write_backtest``. The window plan is checked in the flow's process before any task starts (bad
 parameters fail the flow with the message naming the numbers, and nothing is written or logged). With
 ``compute.engine: dask`` the window tasks are submitted to the flow's ``DaskTaskRunner`` (``backtest_flow_for``)
@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.reporting import backtest_outcome, completed, publish_backtest, send_recops_logs
 from flows.training import task_runner, transient_only
-from recops.backtest import load, run_window, summarise, with_overrides
+from recops.evaluation.backtest import load, run_window, summarise, with_overrides
 from recops.config import load_settings
 
 

@@ -12,8 +12,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from recops.workspace import read_json
 from recops import forget as forgetting
-from recops import steps
 from recops.config import load_settings
 
 from flows.reporting import send_recops_logs
@@ -31,7 +31,7 @@ def start_task(params_path: str, user_ids: list[str], reason: str | None, actor:
 def finish_task(params_path: str, request: dict[str, Any]) -> dict[str, Any]:
     settings = load_settings(params_path)
     version = forgetting.retrained_version(request) \
-        or str(steps.read_json(settings.path("registry_report"))["model_version"])
+        or str(read_json(settings.path("registry_report"))["model_version"])
     return forgetting.finish(settings, request, version)
 
 

@@ -14,8 +14,6 @@ Wiring only: each task calls one function of the recops package.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,6 @@ from prefect.cache_policies import NO_CACHE
 
 from recops import steps
 from recops.config import load_settings
-from recops.data.events import mark_ingested, stage_snapshot
 from recops.errors import RecopsError
 
 from flows.reporting import HELD, completed, held, hold_reason, publish_decision, send_recops_logs
@@ -40,7 +37,8 @@ TASK = {"cache_policy": NO_CACHE, "persist_result": False, "retry_condition_fn":
 def ab_task(params_path: str) -> dict[str, Any] | None:
     """The A/B summary; None when there is no champion yet (the first model goes through the gates instead);
     ``{"decision": "none", ...}`` when the challenger already is the champion (nothing new was trained)."""
-    from recops.evaluation.abtest import resolve_version, run_ab
+    from recops.evaluation.abtest import run_ab
+    from recops.registry.mlflow_registry import resolve_version
 
     settings = load_settings(params_path)
     try:
@@ -61,7 +59,7 @@ def ab_task(params_path: str) -> dict[str, Any] | None:
 def drift_task(params_path: str) -> dict[str, Any] | None:
     """``recops drift`` of the current snapshot against the champion's training data, logged to MLflow; None
     without a champion (nothing to compare with)."""
-    from recops.evaluation.abtest import resolve_version
+    from recops.registry.mlflow_registry import resolve_version
     from recops.registry.report_runs import log_report_run
 
     settings = load_settings(params_path)
@@ -155,45 +153,9 @@ def batch_score_flow(params_path: str = "params.yaml", version: str = "champion"
 
 @task(name="take-snapshot", **TASK)
 def take_snapshot(params_path: str, snapshot_path: str, include_events: bool = True) -> dict[str, float]:
-    """Make ``snapshot_path`` the project's interaction file, ingest and validate it; on any error put the
-    previous file back (and re-ingest it) so nothing is lost, then fail."""
-    settings = load_settings(params_path)
-    if settings.data.source != "file" or not settings.data.interactions_path:
-        raise RecopsError("ingest_snapshot needs data.source: file and data.interactions_path in params.yaml "
-                          "(the file each snapshot replaces)")
-    source = Path(snapshot_path).expanduser().resolve()
-    if not source.is_file():
-        raise RecopsError(f"snapshot {source} not found")
-    target = settings.resolve(settings.data.interactions_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    backup = None
-    if target.exists():
-        backup = Path(tempfile.mkdtemp(prefix=".snapshot-backup.", dir=target.parent)) / target.name
-        shutil.copy2(target, backup)
-    staging = target.with_name(f".{target.name}.incoming")
-    consumed, added = stage_snapshot(settings, source, staging, include_events)
-    staging.replace(target)
-    try:
-        metrics = steps.ingest(settings)
-        metrics.update(steps.validate(settings))
-    except Exception:
-        if backup is not None:
-            shutil.copy2(backup, target)
-            try:  # the prepared tables go back to the previous snapshot as well
-                steps.ingest(settings)
-            except RecopsError:
-                pass
-        else:
-            target.unlink(missing_ok=True)
-        raise
-    finally:
-        if backup is not None:
-            shutil.rmtree(backup.parent, ignore_errors=True)
-    mark_ingested(consumed)  # accepted: the events are in the interaction file now
-    metrics["snapshot.served_events_added"] = float(added)
-    get_run_logger().info("snapshot %s accepted: %d rows (%d from the serving event log)", source.name,
-                          int(metrics.get("ingest.rows", 0)), added)
-    return metrics
+    from recops.intake import take_snapshot as take
+
+    return take(load_settings(params_path), snapshot_path, include_events)
 
 
 @flow(name="recops-ingest-snapshot", validate_parameters=True)
@@ -217,3 +179,18 @@ def ingest_snapshot_flow(snapshot_path: str, params_path: str = "params.yaml", t
         if state.name == HELD:
             return held(f"{rows}; {state.message.removeprefix('held: ')}", out)
     return completed("; ".join([rows, *(state.message for state in states if state.message)]), out)
+
+
+def replay(params_path: Path, source: Path, n: int, timestamp_column: str = "timestamp",
+           push: bool = True) -> list[dict[str, Any]]:
+    """Cut ``source`` (CSV or Parquet) into ``n`` weekly snapshots (``recops.data.snapshots``) and run each through
+    the ingest-snapshot flow, oldest first, in one process. Stops at the first failing snapshot (its flow restores
+    the previous data)."""
+    from recops.data.snapshots import write_weekly_snapshots
+
+    results = []
+    for path in write_weekly_snapshots(load_settings(params_path), source, n, timestamp_column):
+        out = ingest_snapshot_flow(snapshot_path=str(path), params_path=str(params_path), push=push)
+        results.append({"snapshot": str(path), "rows": int(out["snapshot"].get("ingest.rows", 0)),
+                        "promotion": out.get("promotion")})
+    return results

@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.reporting import completed, first_model_held, held, publish_training, send_recops_logs
+from recops.workspace import read_json
 from recops import steps
 from recops.compute import check_engine, check_sizes
 from recops.config import load_settings
@@ -100,7 +101,7 @@ def training_flow(params_path: str = "params.yaml", dvc: bool = True, push: bool
     if dvc:
         dvc_commit(params_path, push)
     settings = load_settings(params_path)
-    registry = steps.read_json(settings.path("registry_report"))
+    registry = read_json(settings.path("registry_report"))
     outcome = publish_training(settings, metrics, registry)
     return held(outcome, metrics) if first_model_held(settings, registry) else completed(outcome, metrics)
 

@@ -1,6 +1,6 @@
 """DVC stage `bundle`: runs recops.steps.bundle with params.yaml (see dvc.yaml for its deps and outs)."""
 
-from recops.entry import run_stage_main
+from pipelines import run_stage_main
 
 if __name__ == "__main__":
     run_stage_main("bundle")

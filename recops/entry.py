@@ -11,8 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-from recops.errors import RecopsError
-
 # Tools we call phone home by default; a pipeline run on someone's data must not.
 QUIET_ENV = {
     "GX_ANALYTICS_ENABLED": "false",
@@ -90,33 +88,3 @@ def fail(message: str, prefix: str = "recops") -> None:
 
     print(f"{prefix}: error: {redact(message)}", file=sys.stderr)
     raise SystemExit(1)
-
-
-def run_stage_main(stage: str, params: str = "params.yaml") -> None:
-    """Body of ``python -m pipelines.<stage>``: run one stage; a RecopsError exits 1 with its message only."""
-    prepare_environment()
-    configure_logging()
-    from recops import steps
-    from recops.config import load_settings
-
-    try:
-        steps.STAGES[stage](load_settings(params))
-    except RecopsError as exc:
-        fail(str(exc), prefix=f"recops {stage}")
-
-
-def leave_no_orphans(settings, *, runs_flows: bool = False) -> None:
-    """First thing a command that writes MLflow runs does: clean up after commands that were killed, and make
-    sure this one cannot leave a process behind.
-
-    Marks FAILED the MLflow runs a killed recops process left RUNNING (``recops.registry.orphans``); with
-    ``runs_flows``, also stops temporary Prefect servers of killed commands and starts this command's own, which
-    dies with it (``recops.orchestration``; nothing when ``PREFECT_API_URL`` is set).
-    """
-    from recops.registry.orphans import fail_orphaned_runs
-
-    fail_orphaned_runs(settings)
-    if runs_flows:
-        from recops.orchestration import ensure_prefect_api
-
-        ensure_prefect_api()

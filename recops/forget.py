@@ -4,10 +4,10 @@ A request runs in three parts; the training between them is the ordinary pipelin
 ``recops-forget`` flow run it as ``recops run`` does):
 
 1. :func:`start` — before anything is retrained:
-   - the users join the *suppression list* (``paths.forgotten``): salted SHA-256 hashes of their stored ids
-     (their pseudonyms when ``privacy.pseudonymize`` is on, so the list names nobody without the key), which ingest
-     drops from any source: the embedded MovieLens wheel, which cannot be rewritten, and a later snapshot from an
-     upstream system that still has them;
+   - the users join the *suppression list* (``paths.forgotten``, kept by :mod:`recops.data.forgotten`): salted
+     SHA-256 hashes of their stored ids (their pseudonyms when ``privacy.pseudonymize`` is on, so the list names
+     nobody without the key), which ingest drops from any source: the embedded MovieLens wheel, which cannot be
+     rewritten, and a later snapshot from an upstream system that still has them;
    - the interaction source and the users table, when they are files in the project, are rewritten without their
      rows (marked as pseudonymised when they were);
    - their lines in the event log (live, ingested and set-aside files) and in the impression log are erased in
@@ -19,9 +19,9 @@ A request runs in three parts; the training between them is the ordinary pipelin
    ranker, the serving bundle) and registers a new version;
 3. :func:`finish` — the new version becomes champion on the first-model gates (erasure does not wait for an A/B
    "ship"); only then are the earlier versions' artifacts that hold users (serving bundle, MF factors, reports with
-   recommendations) deleted from the artifact store — and the same artifacts of every other run of the
-   experiment, unregistered and deleted runs included — and those versions tagged as never to be served again
-   (promote and rollback refuse them), and DVC's cache (and remote) cleared of every
+   recommendations) deleted from the artifact store (:mod:`recops.registry.erasure`) — and the same artifacts of
+   every other run of the experiment, unregistered and deleted runs included — and those versions tagged as never
+   to be served again (promote and rollback refuse them), and DVC's cache (and remote) cleared of every
    version the workspace no longer uses (they all held the users). An audit record (request id, time, actor,
    reason, counts — never an id) is written to ``paths.privacy_dir`` and logged on the new version's run.
 
@@ -34,11 +34,9 @@ points at a deleted one.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -47,72 +45,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from recops.config import Settings
+from recops.data.forgotten import add_forgotten, plain_id
 from recops.errors import RecopsError
 
 log = logging.getLogger(__name__)
 
 PENDING = ".recops/forget-pending.json"
-USER_ARTIFACTS = ("serving", "mf", "reports")  # what a version's run logged that holds users (ids, factors, lists)
-_TOKEN_LABEL = b"recops forgotten user v1\0"
-
-
-# --- the suppression list -------------------------------------------------------------------------------------------
-
-
-def _read_list(settings: Settings) -> dict[str, Any]:
-    path = settings.path("forgotten")
-    if not path.is_file():
-        return {"salt": None, "tokens": []}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise RecopsError(f"{path}: the list of forgotten users is unreadable; restore it from DVC or git "
-                          "(`dvc checkout`) before ingesting: without it forgotten users would come back") from None
-    if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
-        raise RecopsError(f"{path}: not a list of forgotten users (expected {{'salt', 'tokens'}})")
-    return data
-
-
-def _token(salt: str, stored: Any) -> str:
-    return hashlib.sha256(_TOKEN_LABEL + salt.encode() + b"\0" + str(stored).encode()).hexdigest()
-
-
-def has_forgotten(settings: Settings) -> bool:
-    return bool(_read_list(settings)["tokens"])
-
-
-def forgotten_mask(settings: Settings, user_ids: pd.Series) -> np.ndarray | None:
-    """Which rows belong to forgotten users (True: drop), hashing each distinct id once; None when nobody was
-    forgotten."""
-    data = _read_list(settings)
-    if not data["tokens"] or not data.get("salt"):
-        return None
-    tokens = set(data["tokens"])
-    codes, uniques = pd.factorize(user_ids, use_na_sentinel=True)
-    hit = np.fromiter((_token(data["salt"], _plain(v)) in tokens for v in uniques), dtype=bool, count=len(uniques))
-    return np.where(codes >= 0, hit[np.maximum(codes, 0)], False)
-
-
-def _add_to_list(settings: Settings, stored: list[Any]) -> int:
-    data = _read_list(settings)
-    salt = data.get("salt") or secrets.token_hex(16)
-    tokens = set(data["tokens"])
-    before = len(tokens)
-    tokens.update(_token(salt, s) for s in stored)
-    path = settings.path("forgotten")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"salt": salt, "tokens": sorted(tokens)}, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return len(tokens) - before
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 # --- ids ------------------------------------------------------------------------------------------------------------
@@ -327,7 +268,7 @@ def start(settings: Settings, raw_ids: list[str], reason: str | None = None,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "actor": actor or os.environ.get("USER") or "unknown",
         "reason": reason or "",
-        "stored": [_plain(s) for s in stored],
+        "stored": [plain_id(s) for s in stored],
         "counts": {},
         "known": len(known),
     }
@@ -335,7 +276,7 @@ def start(settings: Settings, raw_ids: list[str], reason: str | None = None,
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(request, indent=1) + "\n", encoding="utf-8")  # before the first change
     counts = request["counts"]
-    counts["listed"] = counts.get("listed", 0) + _add_to_list(settings, stored)
+    counts["listed"] = counts.get("listed", 0) + add_forgotten(settings, stored)
     cfg = settings.data
     if cfg.source == "file":
         counts["source_rows"] = counts.get("source_rows", 0) + _rewrite_source(
@@ -363,6 +304,7 @@ def retrained_version(request: dict[str, Any]) -> str | None:
 def finish(settings: Settings, request: dict[str, Any], version: str) -> dict[str, Any]:
     """Part 3 (module docstring): promote ``version`` (retrained without the users), then erase what the earlier
     versions and runs hold, then the audit record. Returns the audit record."""
+    from recops.registry.erasure import erase_versions, log_forget_audit
     from recops.registry.mlflow_registry import list_versions
     from recops.registry.promotion import promote
 
@@ -389,7 +331,7 @@ def finish(settings: Settings, request: dict[str, Any], version: str) -> dict[st
     # again: what running servers logged of them since the first pass (an impression batch is written up to
     # serving.impressions.flush_seconds after the answer; a request during the retraining)
     counts["event_lines"] = counts.get("event_lines", 0) + _erase_events(settings, request["stored"])
-    erased_versions, files = _erase_versions(settings, versions, str(version), request_id)
+    erased_versions, files = erase_versions(settings, versions, str(version), request_id)
     counts["artifact_files"] = files
     counts["dvc_cache_objects"] = _dvc_gc(settings)
     audit = {
@@ -407,82 +349,11 @@ def finish(settings: Settings, request: dict[str, Any], version: str) -> dict[st
     out = settings.path("privacy_dir") / f"forget-{request_id}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(audit, indent=2) + "\n", encoding="utf-8")
-    _log_audit(settings, record, out, request_id)
+    log_forget_audit(settings, record, out, request_id)
     _pending_path(settings).unlink(missing_ok=True)
     log.info("forget %s done: version %s serves without the users; %d earlier version(s) erased (%d artifact "
              "files); audit record %s", request_id, version, len(erased_versions), files, out)
     return audit
-
-
-def _artifact_repository(settings: Settings, run_id: str):
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=settings.tracking_uri())
-    return client, get_artifact_repository(client.get_run(run_id).info.artifact_uri)
-
-
-def _erase_versions(settings: Settings, versions: list[dict[str, Any]], keep: str,
-                    request_id: str) -> tuple[list[str], int]:
-    """Delete the user-bearing artifacts of every version's run but ``keep``'s; tag those versions."""
-    from mlflow.tracking import MlflowClient
-
-    from recops.registry.promotion import TAG_ERASED_BY_FORGET
-
-    client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
-    erased, files = [], 0
-    kept_run = next((r.get("run_id") for r in versions if str(r["version"]) == keep), None)
-    for record in versions:
-        if str(record["version"]) == keep or not record.get("run_id"):
-            continue
-        _, repo = _artifact_repository(settings, record["run_id"])
-        files += _delete_user_artifacts(repo)
-        if not (record.get("tags") or {}).get(TAG_ERASED_BY_FORGET):
-            client.set_model_version_tag(settings.registry.model_name, str(record["version"]),
-                                         TAG_ERASED_BY_FORGET, request_id)
-        erased.append(str(record["version"]))
-    files += _erase_unregistered_runs(settings, client, kept_run)
-    return erased, files
-
-
-def _delete_user_artifacts(repo) -> int:
-    files = 0
-    for name in USER_ARTIFACTS:
-        listed = _count_files(repo, name)
-        if listed:
-            repo.delete_artifacts(name)
-            files += listed
-    return files
-
-
-def _erase_unregistered_runs(settings: Settings, client, keep_run: str | None) -> int:
-    """The same artifacts of every other run of the experiment, deleted runs included: a training whose
-    registration failed, or a run someone deleted (``mlflow gc`` would purge only the latter, and with their
-    metrics)."""
-    from mlflow.entities import ViewType
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    experiment = client.get_experiment_by_name(settings.registry.experiment)
-    if experiment is None:
-        return 0
-    files, token = 0, None
-    while True:
-        page = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL, max_results=500,
-                                  page_token=token)
-        for run in page:
-            if run.info.run_id != keep_run:
-                files += _delete_user_artifacts(get_artifact_repository(run.info.artifact_uri))
-        token = page.token
-        if not token:
-            return files
-
-
-def _count_files(repo, path: str) -> int:
-    try:
-        entries = repo.list_artifacts(path)
-    except Exception:  # noqa: BLE001 (an artifact that is not there)
-        return 0
-    return sum(_count_files(repo, e.path) if e.is_dir else 1 for e in entries)
 
 
 def _erase_batch_outputs(settings: Settings) -> int:
@@ -519,12 +390,3 @@ def _dvc_gc(settings: Settings) -> int:
                           "in DVC's cache: run the forget request again")
     after = sum(1 for p in cache.rglob("*") if p.is_file()) if cache.is_dir() else 0
     return before - after
-
-
-def _log_audit(settings: Settings, record: dict[str, Any], audit_file: Path, request_id: str) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
-    client.log_artifact(record["run_id"], str(audit_file), artifact_path="privacy")
-    client.set_model_version_tag(settings.registry.model_name, str(record["version"]), "recops.forget.request_id",
-                                 request_id)

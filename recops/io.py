@@ -43,6 +43,12 @@ def write_json(payload: Any, path: Path) -> None:
     write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n", path)
 
 
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """CSV with floats to 6 significant digits (the plot tables DVC reads)."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)

@@ -98,35 +98,35 @@ def fit_ranker(settings: Settings, fit_table: pd.DataFrame | list[pd.DataFrame],
     ``ranker.refit_on_valid``) the same number of trees refitted on fit + valid. With a Dask ``client``: the
     same on the cluster with ``lightgbm.dask`` (recops.ranking.dask_ranker: the stopping point is chosen by a
     validation pass over the trees, as lightgbm.dask has no early stopping)."""
-    from recops.ranking import refit_ranker, train_ranker
+    from recops.ranking import refit_lambdarank, train_lambdarank
 
     seed = settings.seed if seed is None else seed
     fit_tables = fit_table if isinstance(fit_table, list) else [fit_table]
     if client is not None:
         from recops.errors import RecopsError
-        from recops.ranking.dask_ranker import refit_ranker_dask, train_ranker_dask
+        from recops.ranking.dask_ranker import refit_lambdarank_dask, train_lambdarank_dask
 
         if len(fit_tables) > 1:
             raise RecopsError("ranker.label_windows > 1 (stacked label windows) runs on compute.engine: local only")
         fit_table = fit_tables[0]
 
         retries = settings.compute.ranker_retries
-        stopped = train_ranker_dask(client, fit_table, valid_table, names, settings.ranker, seed, settings.threads,
+        stopped = train_lambdarank_dask(client, fit_table, valid_table, names, settings.ranker, seed, settings.threads,
                                     retries=retries)
         if not settings.ranker.refit_on_valid:
             return stopped, stopped
         n_trees = stopped.best_iteration or stopped.num_trees()
-        final = refit_ranker_dask(client, [fit_table, valid_table], names, settings.ranker, seed, settings.threads,
+        final = refit_lambdarank_dask(client, [fit_table, valid_table], names, settings.ranker, seed, settings.threads,
                                   n_trees, retries=retries)
         return final, stopped
     weights = label_weights(settings, len(fit_tables))
-    stopped = train_ranker(fit_tables, valid_table, names, settings.ranker, seed, settings.threads, weights)
+    stopped = train_lambdarank(fit_tables, valid_table, names, settings.ranker, seed, settings.threads, weights)
     if not settings.ranker.refit_on_valid:
         return stopped, stopped
     n_trees = stopped.best_iteration or stopped.num_trees()
     # the valid fold's labels are the most recent: weight 1, the fit folds one decay step further back
     refit_weights = [w * settings.ranker.label_window_decay for w in weights] + [1.0]
-    final = refit_ranker([*fit_tables, valid_table], names, settings.ranker, seed, settings.threads, n_trees,
+    final = refit_lambdarank([*fit_tables, valid_table], names, settings.ranker, seed, settings.threads, n_trees,
                          refit_weights)
     return final, stopped
 

@@ -31,12 +31,12 @@ import pandas as pd
 from recops.columns import Columns
 from recops.config import Settings
 from recops.errors import RecopsError
-from recops.io import atomic_path, file_digest, write_json, write_parquet  # noqa: F401 (re-exported)
+from recops.io import atomic_path, file_digest, write_csv, write_json, write_parquet
 from recops.compute import settings_client
 from recops.data.matrices import interaction_matrix
 from recops.evaluation.metrics import activity_segments
 from recops.ranking import ranked_lists
-from recops.workspace import FOLDS, TABLES, Workspace, read_json, read_parquet  # noqa: F401 (re-exported)
+from recops.workspace import FOLDS, TABLES, Workspace, read_json, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def ingest(settings: Settings) -> dict[str, float]:
         interactions = _pseudonymize(pseudo, interactions, settings, "interactions", cfg.interactions_path)
         if users is not None:
             users = _pseudonymize(pseudo, users, settings, "users", cfg.users_path)
-    from recops.forget import forgotten_mask
+    from recops.data.forgotten import forgotten_mask
 
     forgotten = forgotten_mask(settings, interactions[Columns.USER_ID])  # recops forget: never learnt from again
     erased = int(forgotten.sum()) if forgotten is not None else 0
@@ -591,15 +591,10 @@ def _write_plots(settings: Settings, curves: dict[str, dict[str, float]], booste
     rows = pd.DataFrame([{"model": RECOPS_LABEL if model == "ranker" else model, "k": k,
                           **{metric: values[f"{metric}@{k}"] for metric in ("ndcg", "recall", "precision")}}
                          for model, values in curves.items() for k in ks])
-    write_parquet_csv(rows, plots / "ranking_at_k.csv")
+    write_csv(rows, plots / "ranking_at_k.csv")
     gains = booster.feature_importance(importance_type="gain")
     importance = pd.DataFrame({"feature": names, "gain": gains}).sort_values("gain", ascending=False)
-    write_parquet_csv(importance, plots / "feature_importance.csv")
-
-
-def write_parquet_csv(frame: pd.DataFrame, path: Path) -> None:
-    with _atomic(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
+    write_csv(importance, plots / "feature_importance.csv")
 
 
 def export(settings: Settings) -> dict[str, float]:
@@ -690,7 +685,7 @@ def register(settings: Settings) -> dict[str, float]:
                           encoding="utf-8")  # URI passwords masked: the model sections are what is read back
         metrics = all_metrics(settings) | all_timings(settings)  # timings: the run's timing/ section
         if _gates_on_the_timeline(settings):  # the gates' evidence, on the version's run: the rolling timeline
-            from recops.backtest import timeline_metrics
+            from recops.evaluation.backtest import timeline_metrics
 
             metrics.update(timeline_metrics(backtest_evidence(settings)))
         pipeline_start, stage_seconds = this_training(settings, started_at)
@@ -758,9 +753,9 @@ def _bootstrap_champion(settings: Settings, version: str) -> dict[str, Any]:
 
 
 def bundle(settings: Settings) -> dict[str, float]:
-    """The serving bundle (recops.serving.bundle): the version's sources and feature statistics fitted on all
+    """The serving bundle (recops.bundling): the version's sources and feature statistics fitted on all
     interactions, as arrays recops serve loads without unpickling."""
-    from recops.serving.bundle import build_bundle
+    from recops.bundling import build_bundle
 
     started = time.perf_counter()
     manifest = build_bundle(settings)
@@ -858,7 +853,7 @@ def write_backtest(settings: Settings, report: dict[str, Any]) -> dict[str, Any]
 def timeline_headline(report: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The headline metrics of a backtest report per model (pipeline names: ``mf`` for ALS): NDCG@10 and
     Recall@20 pooled over the (window, user) rows, coverage and novelty (list-level) averaged over the windows."""
-    from recops.backtest import PIPELINE_NAMES
+    from recops.evaluation.backtest import PIPELINE_NAMES
 
     out: dict[str, dict[str, float]] = {}
     for name, pooled in report["pooled"]["metrics"].items():
@@ -876,7 +871,7 @@ def backtest(settings: Settings) -> dict[str, Any]:
     """``recops backtest`` in this process: every window of ``settings.backtest``, then the reports. The prepared
     tables must exist (``ingest`` and ``validate`` run first); a window plan that does not fit the data stops
     before anything is fitted, written or logged."""
-    from recops.backtest import run_backtest
+    from recops.evaluation.backtest import run_backtest
 
     return write_backtest(settings, run_backtest(settings))
 
@@ -904,7 +899,7 @@ def backtest_evidence(settings: Settings) -> dict[str, Any]:
 
 
 def _gates_on_the_timeline(settings: Settings) -> bool:
-    from recops.registry.promotion import parse_gates
+    from recops.registry.gates import parse_gates
 
     return parse_gates(settings.registry.first_model_gates).fold == "timeline"
 
@@ -979,11 +974,12 @@ def drift(settings: Settings, version: str = "champion") -> dict[str, Any]:
     ranker (the challenger) vs the version's on the same current rows, each on its own scale."""
     import lightgbm as lgb
 
-    from recops.evaluation.abtest import resolve_version
+    from recops.registry.mlflow_registry import resolve_version
     from recops.monitoring.drift import (DriftGateConfig, DriftReport, drift_report, gate_decision, score_drift,
                                          table_drift)
     from recops.registry.mlflow_registry import download_serving_bundle
-    from recops.serving.bundle import DRIFT_REFERENCE, load_bundle
+    from recops.serving.bundle import load_bundle
+    from recops.serving.ranker_runtime import DRIFT_REFERENCE
 
     started = time.perf_counter()
     cfg = settings.monitoring.drift

@@ -94,15 +94,10 @@ def _search(study_name: str, space: dict[str, Callable[[Any], Any]], current: An
         seconds = time.perf_counter() - started
         records.append({"trial": trial.number, "params": params, "valid_ndcg@10": value, "seconds": seconds})
         if mlflow_on:
-            import mlflow
+            from recops.registry.tracking import log_nested_run
 
-            from recops.registry.orphans import owner_tags
-
-            parent = mlflow.active_run()  # nested runs go to the parent's experiment, not the default one
-            with mlflow.start_run(run_name=f"{study_name}-{trial.number}", nested=True,
-                                  experiment_id=parent.info.experiment_id if parent else None, tags=owner_tags()):
-                mlflow.log_params({f"{study_name}.{k}": v for k, v in params.items()})
-                mlflow.log_metrics({"valid.ndcg_at_10": value, "fit_seconds": seconds})
+            log_nested_run(f"{study_name}-{trial.number}", {f"{study_name}.{k}": v for k, v in params.items()},
+                           {"valid.ndcg_at_10": value, "fit_seconds": seconds})
         return value
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
@@ -143,7 +138,7 @@ def tune_ranker(settings: Settings, fit_table: pd.DataFrame, valid_table: pd.Dat
     from recops.candidates import interaction_matrix
     from recops.pipeline import feature_columns
     from recops.ranking import ranked_lists
-    from recops.ranking import train_ranker
+    from recops.ranking import train_lambdarank
 
     names = feature_columns(fit_table)
     truth = interaction_matrix(valid, n_users, n_items, "binary")
@@ -151,7 +146,7 @@ def tune_ranker(settings: Settings, fit_table: pd.DataFrame, valid_table: pd.Dat
 
     def score(params: dict[str, Any]) -> float:
         config = settings.ranker.model_copy(update=params)
-        booster = train_ranker(fit_table, valid_table, names, config, settings.seed, settings.threads)
+        booster = train_lambdarank(fit_table, valid_table, names, config, settings.seed, settings.threads)
         users, items, _ = ranked_lists(valid_table, booster.predict(features, num_threads=settings.threads), 10)
         return _valid_ndcg(users, items, truth)
 
@@ -161,7 +156,7 @@ def tune_ranker(settings: Settings, fit_table: pd.DataFrame, valid_table: pd.Dat
 def tune(settings: Settings, *, budget_s: float | None = None, write: bool = False,
          params_path: Path | None = None) -> dict[str, Any]:
     """Run the searches on the split outputs (``paths.split_dir``); returns and writes the tuning report."""
-    from recops import steps
+    from recops.io import write_json
     from recops.pipeline import run_fold
 
     cfg = settings.tuning
@@ -202,33 +197,25 @@ def tune(settings: Settings, *, budget_s: float | None = None, write: bool = Fal
             target = params_path or settings.root / "params.yaml"
             report["changed"] = write_params(target, report["updates"])
             report["written_to"] = str(target)
-        steps.write_json(report, settings.path("tuning_report"))
+        write_json(report, settings.path("tuning_report"))
 
     if not mlflow_on:
         run_searches()
         finish()
         return report
-    import mlflow
-    from mlflow.tracking import MlflowClient
+    from recops.registry.tracking import experiment_run, log_artifact, log_metric
 
-    from recops.registry.mlflow_registry import _experiment_id, _tracking_uri
-    from recops.registry.orphans import owner_tags
-
-    uri = settings.tracking_uri()
-    with _tracking_uri(uri):
-        experiment = _experiment_id(MlflowClient(tracking_uri=uri), settings, uri)
-        with mlflow.start_run(experiment_id=experiment, run_name="tune", tags=owner_tags()) as run:
-            mlflow.set_tag("recops.kind", "tuning")
-            mlflow.log_params({"budget_s": budget, "max_trials": cfg.max_trials,
-                               "sources": ",".join(cfg.sources), "ranker": cfg.ranker})
-            report["mlflow_run_id"] = run.info.run_id
-            run_searches()
-            for name, result in report["sources"].items():
-                mlflow.log_metric(f"valid.{name}.ndcg_at_10", result["valid_ndcg@10"])
-            if report["ranker"]:
-                mlflow.log_metric("valid.ranker.ndcg_at_10", report["ranker"]["valid_ndcg@10"])
-            finish()
-            mlflow.log_artifact(str(settings.path("tuning_report")))
+    params = {"budget_s": budget, "max_trials": cfg.max_trials, "sources": ",".join(cfg.sources),
+              "ranker": cfg.ranker}
+    with experiment_run(settings, "tune", "tuning", params) as run_id:
+        report["mlflow_run_id"] = run_id
+        run_searches()
+        for name, result in report["sources"].items():
+            log_metric(f"valid.{name}.ndcg_at_10", result["valid_ndcg@10"])
+        if report["ranker"]:
+            log_metric("valid.ranker.ndcg_at_10", report["ranker"]["valid_ndcg@10"])
+        finish()
+        log_artifact(settings.path("tuning_report"))
     return report
 
 

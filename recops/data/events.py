@@ -424,7 +424,7 @@ def stage_snapshot(settings: Settings, source: Path, staging: Path, include_even
     reads it as it is; the raw snapshot is never copied under the project."""
     from recops.privacy import Pseudonymizer, mark_pseudonymized, pseudonymized_with
 
-    from recops.forget import forgotten_mask, has_forgotten
+    from recops.data.forgotten import forgotten_mask, has_forgotten
 
     pseudo = Pseudonymizer.from_settings(settings)
     take_events = include_events and bool(event_files(settings))

@@ -1,8 +1,9 @@
 """Time-ordered snapshots of an interaction log: what a production system receives week after week.
 
 ``weekly_snapshots`` cuts a log at the ends of its last ``n`` weeks (each snapshot holds everything up to its cut,
-so snapshots grow); ``replay`` writes them and passes each through the ``ingest-snapshot`` flow in order
-(validate -> train a challenger -> A/B -> promote), which is how a team rehearses its lifecycle on history.
+so snapshots grow); ``recops replay`` (``flows.lifecycle.replay``) writes them and passes each through the
+``ingest-snapshot`` flow in order (validate -> train a challenger -> A/B -> promote), which is how a team rehearses
+its lifecycle on history.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recops.config import Settings
 from recops.errors import RecopsError
 
 WEEK = 7 * 86_400
@@ -45,21 +47,9 @@ def weekly_snapshots(frame: pd.DataFrame, timestamp_column: str, n: int, out_dir
     return paths
 
 
-def replay(params_path: Path, source: Path, n: int, timestamp_column: str = "timestamp",
-           push: bool = True) -> list[dict]:
-    """Cut ``source`` (CSV or Parquet) into ``n`` weekly snapshots and run each through the ingest-snapshot flow,
-    oldest first, in one process. Stops at the first failing snapshot (its flow restores the previous data)."""
-    from flows.lifecycle import ingest_snapshot_flow
-
+def write_weekly_snapshots(settings: Settings, source: Path, n: int, timestamp_column: str = "timestamp") -> list[Path]:
+    """Cut ``source`` (CSV or Parquet) into ``n`` weekly snapshots in ``paths.snapshots_dir``, oldest first."""
     frame = pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source)
     if timestamp_column not in frame.columns:
         raise RecopsError(f"{source}: no column {timestamp_column!r} to cut snapshots by")
-    from recops.config import load_settings
-
-    paths = weekly_snapshots(frame, timestamp_column, n, load_settings(params_path).path("snapshots_dir"))
-    results = []
-    for path in paths:
-        out = ingest_snapshot_flow(snapshot_path=str(path), params_path=str(params_path), push=push)
-        results.append({"snapshot": str(path), "rows": int(out["snapshot"].get("ingest.rows", 0)),
-                        "promotion": out.get("promotion")})
-    return results
+    return weekly_snapshots(frame, timestamp_column, n, settings.path("snapshots_dir"))

@@ -52,7 +52,8 @@ from recops.config import ABConfig, GuardrailsConfig
 from recops.errors import RecopsError
 from recops.evaluation.metrics import RANKING_METRICS, hits_matrix
 
-CHAMPION, CHALLENGER = 0, 1
+# arm (and interleaving team) indices; the registry aliases are recops.registry.promotion.CHAMPION, CHALLENGER
+CHAMPION_ARM, CHALLENGER_ARM = 0, 1
 
 # Bootstrap resamples are drawn in chunks of at most this many user indices (chunk x n_users), which bounds
 # the memory of the index array and of the two gathered value arrays to about 100 MiB whatever n_boot and n.
@@ -311,7 +312,7 @@ def arm_test(y: np.ndarray, arms: np.ndarray, covariate: np.ndarray | None = Non
     arms = np.asarray(arms)
     if arms.shape != y.shape or y.ndim != 1:
         raise ValueError(f"y and arms need one entry per user, got shapes {y.shape} and {arms.shape}")
-    in_b = arms == CHALLENGER
+    in_b = arms == CHALLENGER_ARM
     z_crit = float(stats.norm.ppf(1 - alpha / 2))
     delta, low, high, p_value = _welch(y, in_b, z_crit)
     nan = math.nan
@@ -414,9 +415,9 @@ def simulated_online_test(arms: np.ndarray, lists_a: np.ndarray, lists_b: np.nda
     if not len(arms) == len(users) == len(lists_a) == len(lists_b):
         raise ValueError(f"arms, users and both list sets need one row per user, got {len(arms)}, {len(users)}, "
                          f"{len(lists_a)} and {len(lists_b)}")
-    shown = np.where((arms == CHALLENGER)[:, None], lists_b[:, :k], lists_a[:, :k])
+    shown = np.where((arms == CHALLENGER_ARM)[:, None], lists_b[:, :k], lists_a[:, :k])
     clicked = hits_matrix(users, shown, truth).any(axis=1)
-    in_b = arms == CHALLENGER
+    in_b = arms == CHALLENGER_ARM
     n_a, n_b = int((~in_b).sum()), int(in_b.sum())
     c_a, c_b = int(clicked[~in_b].sum()), int(clicked[in_b].sum())
     ctr_a = c_a / n_a if n_a else math.nan
@@ -497,7 +498,7 @@ def team_draft_interleave(lists_a: np.ndarray, lists_b: np.ndarray, k: int,
         take_a = has_a & (a_turn | ~has_b)
         take_b = has_b & ~take_a
         items[:, slot] = np.where(take_a, cand_a, np.where(take_b, cand_b, -1))
-        team[:, slot] = np.where(take_a, CHAMPION, np.where(take_b, CHALLENGER, -1))
+        team[:, slot] = np.where(take_a, CHAMPION_ARM, np.where(take_b, CHALLENGER_ARM, -1))
         pointer_a += take_a
         pointer_b += take_b
         picked_a += take_a
@@ -540,8 +541,8 @@ def interleaving_test(interleaved: np.ndarray, team: np.ndarray, users: np.ndarr
                       truth: sp.csr_matrix) -> InterleavingTest:
     """Credit each click (held-out item in the merged list) to the team that placed the item there."""
     hits = hits_matrix(users, interleaved, truth)
-    credit_a = (hits & (team == CHAMPION)).sum(axis=1)
-    credit_b = (hits & (team == CHALLENGER)).sum(axis=1)
+    credit_a = (hits & (team == CHAMPION_ARM)).sum(axis=1)
+    credit_b = (hits & (team == CHALLENGER_ARM)).sum(axis=1)
     wins_a, wins_b = int((credit_a > credit_b).sum()), int((credit_b > credit_a).sum())
     decided = wins_a + wins_b
     if decided:

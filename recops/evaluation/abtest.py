@@ -26,6 +26,9 @@ import numpy as np
 from recops.columns import Columns
 from recops.config import Settings
 from recops.errors import RecopsError
+from recops.io import write_json
+from recops.registry.mlflow_registry import resolve_version
+from recops.registry.promotion import CHALLENGER, CHAMPION, log_ab_decision
 from recops.workspace import Workspace
 from recops.evaluation.metrics import activity_segments
 
@@ -35,42 +38,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
-
-
-def resolve_version(settings: Settings, alias_or_version: str) -> str:
-    """A version number from an alias (``champion``, ``challenger``) or a version number as given."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    if str(alias_or_version).isdigit():
-        return str(alias_or_version)
-    uri = settings.tracking_uri()
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    from recops.redaction import redact
-
-    try:
-        return str(client.get_model_version_by_alias(settings.registry.model_name, alias_or_version).version)
-    except MlflowException as exc:
-        if exc.error_code not in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
-            # the registry did not answer (or failed): not the same thing as an alias that is not there
-            raise RecopsError(f"the model registry at {redact(uri)} could not be reached or failed "
-                              f"({exc.error_code}): {redact(str(exc))[:300]}") from None
-        raise RecopsError(
-            f"model {settings.registry.model_name!r} has no {alias_or_version!r} alias in {redact(uri)}: "
-            + ("train one (recops run) and promote it first (recops promote)" if alias_or_version == CHAMPION
-               else "train a new version first (recops run)")) from None
-
-
 def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALLENGER,
            log_to_mlflow: bool = True, timeline: bool | None = None,
            allow_other_data: bool = False) -> dict[str, Any]:
     """Compare two registered versions (aliases or numbers); returns the summary written to reports/ab.json.
     ``timeline`` (default ``ab.timeline``): also refit both versions' configurations on the rolling timeline and
     require the challenger to be better there (:func:`timeline_comparison`)."""
-    from recops import steps
     from recops.candidates import interaction_matrix
-    from recops.evaluation.ab import CHALLENGER as CHALLENGER_ARM
+    from recops.evaluation.ab import CHALLENGER_ARM
     from recops.evaluation.ab import (ab_summary, arm_test, assign_arms, decide, guardrails, interleaving_test,
                                       paired_test, per_user_metric, relevant_users_mask, simulated_online_test,
                                       team_draft_interleave)
@@ -179,10 +154,10 @@ def run_ab(settings: Settings, champion: str = CHAMPION, challenger: str = CHALL
         summary["timeline"] = {key: (None if isinstance(v, float) and not np.isfinite(v) else v)
                                for key, v in dataclasses.asdict(on_timeline).items()}
     report, html = settings.path("ab_report"), settings.path("ab_html")
-    steps.write_json(summary, report)
+    write_json(summary, report)
     write_html_report(summary, b - a, segments, html)
     if log_to_mlflow:
-        _log_to_challenger_run(settings, challenger_version, summary, [report, html])
+        log_ab_decision(settings, challenger_version, summary, [report, html])
     return summary
 
 
@@ -247,7 +222,7 @@ def timeline_comparison(settings: Settings, champion_config: dict[str, Any],
     """The paired test of two versions' configurations on the rolling timeline: each refitted before every cut of
     ``settings.backtest``'s windows on the current snapshot (nothing of a version's trained ranker is reused: it
     saw those windows), judged per (window, warm user) on ``ab.primary_metric``."""
-    from recops.backtest import load, two_stage_per_user
+    from recops.evaluation.backtest import load, two_stage_per_user
     from recops.evaluation.ab import paired_test
     from recops.evaluation.versions import version_settings
 
@@ -259,31 +234,3 @@ def timeline_comparison(settings: Settings, champion_config: dict[str, Any],
              rows[CHAMPION].mean(), rows[CHALLENGER].mean(), len(rows[CHAMPION]))
     return paired_test(rows[CHAMPION], rows[CHALLENGER], alpha=cfg.alpha, power=cfg.power,
                        n_boot=cfg.bootstrap_samples, seed=settings.seed, min_lift=cfg.min_lift)
-
-
-def _log_to_challenger_run(settings: Settings, version: str, summary: dict[str, Any], files: list[Path]) -> None:
-    from mlflow import MlflowClient
-
-    from recops.io import file_digest
-    from recops.registry.mlflow_registry import mlflow_metric_key
-    from recops.registry.promotion import AB_REPORT_SHA256_TAG, record_ab_decision
-
-    uri = settings.tracking_uri()
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    run_id = client.get_model_version(settings.registry.model_name, version).run_id
-    for key in ("delta", "ci_low", "ci_high", "p_value", "lift", "mde"):
-        value = summary.get(key)
-        if isinstance(value, (int, float)) and np.isfinite(value):
-            # step 0 like every metric of the run (a later A/B test of the same version is a later point at step
-            # 0, and MLflow shows the latest); a timestamp as the step made MLflow plot it on a 1.7e9-wide axis
-            client.log_metric(run_id, mlflow_metric_key(f"ab.{key}"), float(value), step=0)
-    width_ratio = (summary.get("online_metric") or {}).get("ci_width_ratio")
-    if isinstance(width_ratio, (int, float)) and np.isfinite(width_ratio):  # CUPED's interval over the plain one
-        client.log_metric(run_id, mlflow_metric_key("ab.cuped_ci_width_ratio"), float(width_ratio), step=0)
-    client.set_tag(run_id, "recops.ab.decision", summary["decision"])
-    client.set_tag(run_id, "recops.ab.champion_version", summary["champion_version"])
-    for path in files:
-        client.log_artifact(run_id, str(path), artifact_path="ab")
-    # last: the digest vouches for a report that is logged in full (files[0] is ab.json)
-    client.set_tag(run_id, AB_REPORT_SHA256_TAG, file_digest(files[0], "sha256"))
-    record_ab_decision(settings, version, summary)  # the decision in the version's description

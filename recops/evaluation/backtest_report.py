@@ -1,6 +1,6 @@
 """A single self-contained HTML page for one ``recops backtest`` run, readable by someone who will not open the JSON.
 
-It renders the report `recops.backtest.summarise` builds, in this order: the run (creation date, protocol and
+It renders the report `recops.evaluation.backtest.summarise` builds, in this order: the run (creation date, protocol and
 configuration), a verdict (pooled NDCG@10 and Recall@20 lift of the two-stage system ``recops`` over the best
 single-stage peer and over recent popularity, with the paired bootstrap interval, and whether the lift target is
 met), the windows (periods, sizes, run time), the pooled metrics of every model with the best value of each

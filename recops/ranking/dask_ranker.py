@@ -1,6 +1,6 @@
 """The ranker trained across Dask workers with ``lightgbm.dask.DaskLGBMRanker`` (distributed LambdaRank).
 
-Same contract as :func:`recops.ranking.lambdarank.train_ranker` / :func:`~recops.ranking.lambdarank.refit_ranker`
+Same contract as :func:`recops.ranking.lambdarank.train_lambdarank` / :func:`~recops.ranking.lambdarank.refit_lambdarank`
 (same parameters, same dropping of users without a positive, same query = one user of one fold) and the same
 result type: a plain ``lightgbm.Booster``, so the text model, the ONNX export and MLflow logging do not change.
 
@@ -288,10 +288,10 @@ def _partitions(client: Client, npartitions: int | None) -> int:
     return max(int(npartitions or len(worker_addresses(client))), 1)
 
 
-def train_ranker_dask(client: Client, train: TrainingData, valid: pd.DataFrame | str | Path | None,
+def train_lambdarank_dask(client: Client, train: TrainingData, valid: pd.DataFrame | str | Path | None,
                       features: list[str], config: RankerConfig, seed: int, threads: int, *,
                       npartitions: int | None = None, retries: int = 1) -> lgb.Booster:
-    """:func:`recops.ranking.lambdarank.train_ranker` on a Dask cluster: LambdaRank on ``train`` (users without a
+    """:func:`recops.ranking.lambdarank.train_lambdarank` on a Dask cluster: LambdaRank on ``train`` (users without a
     positive dropped), ``ranker.n_estimators`` trees, then the number of trees chosen on ``valid`` by the
     validation pass (module doc) and set as ``best_iteration``. ``threads``: for the validation pass in this
     process (the workers use their own thread counts). ``npartitions``: default one per worker."""
@@ -307,10 +307,10 @@ def train_ranker_dask(client: Client, train: TrainingData, valid: pd.DataFrame |
     return booster
 
 
-def refit_ranker_dask(client: Client, tables: list[TrainingData], features: list[str], config: RankerConfig,
+def refit_lambdarank_dask(client: Client, tables: list[TrainingData], features: list[str], config: RankerConfig,
                       seed: int, threads: int, n_trees: int, *, npartitions: int | None = None,
                       retries: int = 1) -> lgb.Booster:
-    """:func:`recops.ranking.lambdarank.refit_ranker` on a Dask cluster: ``n_trees`` trees on several folds
+    """:func:`recops.ranking.lambdarank.refit_lambdarank` on a Dask cluster: ``n_trees`` trees on several folds
     stacked (a user is one query per fold). ``threads`` is unused (workers use their own thread counts); kept
     for the same signature."""
     parts = user_partitions(list(tables), features, _partitions(client, npartitions))

@@ -73,7 +73,7 @@ def _advance(step):
     return callback
 
 
-def train_ranker(train: pd.DataFrame | list[pd.DataFrame], valid: pd.DataFrame | None, features: list[str],
+def train_lambdarank(train: pd.DataFrame | list[pd.DataFrame], valid: pd.DataFrame | None, features: list[str],
                  config: RankerConfig, seed: int, threads: int, weights: list[float] | None = None) -> lgb.Booster:
     """Fit LambdaRank on labelled candidate rows (or several label folds stacked as queries, weighted by
     ``weights``); ``valid`` (if it has positives) drives early stopping."""
@@ -96,7 +96,7 @@ def train_ranker(train: pd.DataFrame | list[pd.DataFrame], valid: pd.DataFrame |
     return booster
 
 
-def refit_ranker(tables: list[pd.DataFrame], features: list[str], config: RankerConfig, seed: int, threads: int,
+def refit_lambdarank(tables: list[pd.DataFrame], features: list[str], config: RankerConfig, seed: int, threads: int,
                  n_trees: int, weights: list[float] | None = None) -> lgb.Booster:
     """Fit ``n_trees`` trees (chosen by early stopping before) on several labelled folds stacked as queries.
 

@@ -13,15 +13,13 @@ from recops.registry.mlflow_registry import (
     log_and_register,
     mlflow_metric_key,
 )
+from recops.registry.gates import DEFAULT_FIRST_MODEL_GATES, FirstModelGates, first_model_gates
+from recops.registry.history import promotion_history
 from recops.registry.promotion import (
     CHALLENGER,
     CHAMPION,
-    DEFAULT_FIRST_MODEL_GATES,
-    FirstModelGates,
-    first_model_gates,
     list_models,
     promote,
-    promotion_history,
     recover_interrupted_move,
     rollback,
     set_challenger,

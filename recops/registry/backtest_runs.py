@@ -24,7 +24,7 @@ def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def log_backtest(settings: Settings, report: Mapping[str, Any], artifacts: list[Path]) -> str:
-    """Log ``report`` (``recops.backtest.summarise``) as a parent run with nested window runs; the parent's id."""
+    """Log ``report`` (``recops.evaluation.backtest.summarise``) as a parent run with nested window runs; the parent's id."""
     import mlflow
     from mlflow.tracking import MlflowClient
 

@@ -593,7 +593,7 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
         if not (client.get_registered_model(name).description or "").strip():  # an older recops registered it
-            from recops.registry.promotion import describe_registered_model
+            from recops.registry.history import describe_registered_model
 
             describe_registered_model(client, name)
 
@@ -715,3 +715,27 @@ def download_serving_file(settings: Settings, run_id: str, name: str, dst_dir: P
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"serving/{name}", dst_path=str(dst_dir),
                                                 tracking_uri=settings.tracking_uri())
     return Path(local)
+
+
+def resolve_version(settings: Settings, alias_or_version: str) -> str:
+    """A version number from an alias (``champion``, ``challenger``) or a version number as given."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from recops.redaction import redact
+
+    if str(alias_or_version).isdigit():
+        return str(alias_or_version)
+    uri = settings.tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        return str(client.get_model_version_by_alias(settings.registry.model_name, alias_or_version).version)
+    except MlflowException as exc:
+        if exc.error_code not in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            # the registry did not answer (or failed): not the same thing as an alias that is not there
+            raise RecopsError(f"the model registry at {redact(uri)} could not be reached or failed "
+                              f"({exc.error_code}): {redact(str(exc))[:300]}") from None
+        raise RecopsError(
+            f"model {settings.registry.model_name!r} has no {alias_or_version!r} alias in {redact(uri)}: "
+            + ("train one (recops run) and promote it first (recops promote)" if alias_or_version == "champion"
+               else "train a new version first (recops run)")) from None

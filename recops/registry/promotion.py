@@ -18,10 +18,10 @@ call, and only then is the move recorded. What is recorded:
   ``recops.promoted_on`` (``ab_test`` or ``first_model_gates``) and the numbers it was promoted on
   (``recops.ab.<report key>`` or ``recops.gates.<metric>``); on the version rolled back from:
   ``recops.rolled_back_at`` / ``_by`` / ``recops.rollback_reason``;
-- on the registered model: the promotion history, a JSON list of ``{"action", "from_version", "to_version",
-  "at", "by", "reason"}`` in the tag ``recops.promotion_history``. A registered-model tag holds at most 5000
-  characters in the SQL stores, so when the list outgrows it the oldest entries move, unchanged, to archive tags
-  ``recops.promotion_history.1``, ``.2``, ...; :func:`promotion_history` reads them back as one list.
+- on the registered model: the promotion history (:mod:`recops.registry.history`).
+
+The first model's quality gates are :mod:`recops.registry.gates`; this module is the alias moves and the evidence
+they need.
 
 If recording fails after the alias moved, the alias (and whatever was recorded) is put back, and the error says
 so. A process killed mid-move (kill -9, power loss) cannot put anything back, so every move first writes its
@@ -39,22 +39,21 @@ versions (that is :mod:`recops.registry.mlflow_registry`).
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recops.config import Settings
 from recops.errors import RecopsError
 from recops.registry import descriptions
+from recops.registry.client import alias_version, not_found, registered_model, registry_client
+from recops.registry.gates import first_model_gates, metric_value, parse_gates
+from recops.registry.history import (HISTORY_TAG, MAX_REGISTERED_MODEL_TAG_VALUE, champion_stack, describe_registered_model,
+                                     history_entry, history_tags, read_history)
 from recops.registry.mlflow_registry import HEADLINE_METRICS, list_versions, mlflow_metric_key
 
 if TYPE_CHECKING:
@@ -65,7 +64,6 @@ logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-HISTORY_TAG = "recops.promotion_history"
 # Write-ahead record of a champion move in progress (see _move_champion / _recover_interrupted_move).
 PENDING_TAG = "recops.pending_move"
 
@@ -89,100 +87,9 @@ GATES_TAG_PREFIX = "recops.gates."
 # ab.json it wrote and logged. Also the version tag recording the report a promotion acted on.
 AB_REPORT_SHA256_TAG = AB_TAG_PREFIX + "report_sha256"
 
-# SqlRegisteredModelTag.value is VARCHAR(5000): PostgreSQL refuses longer values (SQLite would silently keep them).
-_MAX_REGISTERED_MODEL_TAG_VALUE = 5000
 _MAX_TAG_KEY_LENGTH = 250
-# One history entry must always fit in a tag, whatever reason a user typed; the version tag keeps it whole.
-_MAX_HISTORY_REASON = 1000
 # A/B report lists longer than this (per-user samples, curves) are not promotion evidence worth a tag.
 _MAX_AB_LIST_ITEMS = 10
-
-
-class FirstModelGates(BaseModel):
-    """Absolute quality gates for the first model, which has no champion to be A/B-tested against.
-
-    Metric keys are ``<fold>.<model>.<metric>`` as in ``reports/metrics.json``. With the defaults the gate is
-    "``test.ranker.ndcg@10`` beats ``test.popularity.ndcg@10`` by at least 5% (relative)". ``fold: timeline``
-    judges on the rolling-timeline backtest instead (pooled over its windows; the register stage runs it, or reuses
-    the report of the same configuration and data, and logs ``timeline.<model>.<metric>`` on the version's run),
-    with every backtest peer available as a baseline (``recent_popularity``, ``decayed_popularity``, ``ease``, ...);
-    ``min_ci_low_over`` then also asks the lower bound of the paired bootstrap interval of the lift over a peer
-    (percent) to reach a value, e.g. ``{recent_popularity: 0}``: better than trending-now with confidence.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    metric: str = "ndcg@10"
-    fold: str = "test"
-    model: str = "ranker"
-    min_value: float | None = None  # absolute floor of <fold>.<model>.<metric>
-    # baseline model -> relative margin the model must beat it by (0.05: at least 5% above, and strictly above)
-    min_lift_over: dict[str, float] = Field(default_factory=lambda: {"popularity": 0.05})
-    # fold timeline only: peer -> the least lower bound (percent) of the paired bootstrap interval of the lift
-    min_ci_low_over: dict[str, float] = Field(default_factory=dict)
-
-    def key(self, model: str) -> str:
-        return f"{self.fold}.{model}.{self.metric}"
-
-
-DEFAULT_FIRST_MODEL_GATES: dict[str, Any] = FirstModelGates().model_dump()
-
-
-def first_model_gates(metrics: Mapping[str, float], gates: Mapping[str, Any] | None = None) -> list[str]:
-    """Check a model's metrics against the first-model quality gates; return the failed gates (empty: passed).
-
-    Args:
-        metrics: metric key -> value, keyed by recops keys (``test.ranker.ndcg@10``) or by the keys they were
-            logged to MLflow under (``test.ranker.ndcg_at_10``).
-        gates: the fields of :class:`FirstModelGates` (``metric``, ``fold``, ``model``, ``min_value``,
-            ``min_lift_over``); missing fields take their defaults, None means all defaults.
-
-    Returns:
-        One message per failed gate, naming the metric, its value and what was required. A missing or non-finite
-        metric is a failed gate, not an error.
-
-    Raises:
-        RecopsError: ``gates`` has an unknown key or a value of the wrong type.
-    """
-    config = parse_gates(gates)
-    failures: list[str] = []
-    key = config.key(config.model)
-    value = _metric(metrics, key)
-    if value is None:
-        return [f"{key} is missing from the model's metrics or not a finite number"]
-    if config.min_value is not None and not value >= config.min_value:
-        failures.append(f"{key} = {value:.4f} is below the required minimum {config.min_value:.4f}")
-    for baseline, floor in config.min_ci_low_over.items():
-        low_key = f"{config.fold}.lift_low_pct.{baseline}.{config.metric}"
-        low = _metric(metrics, low_key)
-        if low is None:
-            failures.append(f"{low_key} is missing from the model's metrics (min_ci_low_over needs fold: timeline)")
-        elif not low >= floor:
-            failures.append(f"the lower bound of the lift of {key} over {baseline} is {low:+.1f}% ({low_key}), "
-                            f"below the required {floor:+.1f}%")
-    for baseline, margin in config.min_lift_over.items():
-        baseline_key = config.key(baseline)
-        reference = _metric(metrics, baseline_key)
-        if reference is None:
-            failures.append(f"{baseline_key} is missing from the model's metrics or not a finite number")
-            continue
-        required = reference * (1 + margin)
-        if not (value > reference and value >= required):
-            lift = f"{value / reference - 1:+.1%}" if reference > 0 else "n/a"
-            failures.append(
-                f"{key} = {value:.4f} does not beat {baseline_key} = {reference:.4f} by {margin:.1%} "
-                f"(needs >= {required:.4f}; lift {lift})"
-            )
-    return failures
-
-
-def parse_gates(gates: Mapping[str, Any] | None) -> FirstModelGates:
-    """``gates`` as a validated :class:`FirstModelGates`; a bad key or value raises RecopsError naming it."""
-    try:
-        return FirstModelGates.model_validate(dict(gates or {}))
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(gates)'}: {e['msg']}" for e in exc.errors())
-        raise RecopsError(f"invalid first-model quality gates: {problems}") from None
 
 
 def set_challenger(settings: Settings, version: str | int) -> dict[str, Any]:
@@ -194,11 +101,11 @@ def set_challenger(settings: Settings, version: str | int) -> dict[str, Any]:
     Raises:
         RecopsError: the model is not registered or has no such version.
     """
-    client = _client(settings)
+    client = registry_client(settings)
     name = settings.registry.model_name
-    registered = _registered_model(client, settings)
+    registered = registered_model(client, settings)
     number = _existing_version(client, settings, version).version
-    previous = _alias_version(registered, CHALLENGER)
+    previous = alias_version(registered, CHALLENGER)
     client.set_registered_model_alias(name, CHALLENGER, str(number))
     logger.info("%s: challenger -> version %s (was %s)", name, number, previous or "unset")
     return {"model_name": name, "alias": CHALLENGER, "version": str(number), "previous_version": previous}
@@ -206,11 +113,11 @@ def set_challenger(settings: Settings, version: str | int) -> dict[str, Any]:
 
 def current_aliases(settings: Settings) -> dict[str, str]:
     """The registered model's aliases as ``{alias: version}``; empty when the model is not registered yet."""
-    client = _client(settings)
+    client = registry_client(settings)
     try:
         registered = client.get_registered_model(settings.registry.model_name)
     except Exception as exc:
-        if _not_found(exc):
+        if not_found(exc):
             return {}
         raise
     return {alias: str(version) for alias, version in registered.aliases.items()}
@@ -264,15 +171,15 @@ def promote(
             the move (the alias is then restored). Nothing is changed in the registry when it is raised, except as
             the message says.
     """
-    client = _client(settings)
+    client = registry_client(settings)
     name = settings.registry.model_name
-    registered = _registered_model(client, settings)
+    registered = registered_model(client, settings)
     resumed = _recover_interrupted_move(client, registered)
     if resumed is not None:
-        registered = _registered_model(client, settings)
-    champion = _alias_version(registered, CHAMPION)
+        registered = registered_model(client, settings)
+    champion = alias_version(registered, CHAMPION)
     if version is None:
-        challenger = _alias_version(registered, CHALLENGER)
+        challenger = alias_version(registered, CHALLENGER)
         if challenger is None:
             raise RecopsError(
                 f"model {name!r} has no {CHALLENGER!r} alias: register a new version (recops run) or pass the "
@@ -312,7 +219,7 @@ def promote(
         evidence: dict[str, Any] = {
             key: value
             for key in [primary, *(config.key(baseline) for baseline in config.min_lift_over)]
-            if (value := _metric(metrics, key)) is not None
+            if (value := metric_value(metrics, key)) is not None
         }
         promoted_on = PROMOTED_ON_GATES if forget_request is None else PROMOTED_ON_FORGET
         evidence_tags = {GATES_TAG_PREFIX + mlflow_metric_key(k): _tag_text(v) for k, v in evidence.items()}
@@ -332,7 +239,7 @@ def promote(
         default_reason = f"A/B decision ship: challenger {to_version} vs champion {champion}"
 
     why = reason or default_reason
-    entry = _history_entry("promote", champion, to_version, actor, why)
+    entry = history_entry("promote", champion, to_version, actor, why)
     version_tags = {
         TAG_PROMOTED_AT: entry["at"],
         TAG_PROMOTED_BY: entry["by"],
@@ -360,18 +267,18 @@ def rollback(settings: Settings, *, actor: str | None = None, reason: str | None
             longer matches the history), a previous champion whose version was deleted, or a failure while
             recording the move (the alias is then restored).
     """
-    client = _client(settings)
+    client = registry_client(settings)
     name = settings.registry.model_name
-    registered = _registered_model(client, settings)
+    registered = registered_model(client, settings)
     resumed = _recover_interrupted_move(client, registered)
     if resumed is not None and resumed["action"] == "rollback":
         return {"model_name": name, **resumed, "resumed": True}  # the interrupted rollback is now complete
     if resumed is not None:
-        registered = _registered_model(client, settings)
-    champion = _alias_version(registered, CHAMPION)
+        registered = registered_model(client, settings)
+    champion = alias_version(registered, CHAMPION)
     if champion is None:
         raise RecopsError(f"model {name!r} has no champion to roll back: promote a version first")
-    stack = champion_stack(_read_history(registered.tags or {}))
+    stack = champion_stack(read_history(registered.tags or {}))
     if not stack or stack[-1] != champion:
         recorded = stack[-1] if stack else "none"
         raise RecopsError(
@@ -392,45 +299,11 @@ def rollback(settings: Settings, *, actor: str | None = None, reason: str | None
             "version instead")
     previous = found.version
     why = reason or f"rollback of version {champion} to version {previous}"
-    entry = _history_entry("rollback", champion, str(previous), actor, why)
+    entry = history_entry("rollback", champion, str(previous), actor, why)
     version_tags = {TAG_ROLLED_BACK_AT: entry["at"], TAG_ROLLED_BACK_BY: entry["by"], TAG_ROLLBACK_REASON: why}
     _move_champion(client, registered, champion, entry, {champion: version_tags})
     logger.info("%s: champion %s rolled back to %s (by %s)", name, champion, previous, entry["by"])
     return {"model_name": name, **entry}
-
-
-def promotion_history(settings: Settings) -> list[dict[str, Any]]:
-    """Every promotion and rollback of ``settings.registry.model_name``, oldest first (empty if none)."""
-    client = _client(settings)
-    try:
-        registered = client.get_registered_model(settings.registry.model_name)
-    except Exception as exc:
-        if _not_found(exc):
-            return []
-        raise
-    return _read_history(registered.tags or {})
-
-
-def champion_stack(history: list[dict[str, Any]]) -> list[str]:
-    """The champions in force, oldest first, after replaying ``history``: promote pushes, rollback pops.
-
-    A history that starts mid-way (an alias set by hand before the first recorded promotion) still gives a
-    usable stack: the ``from_version`` of the first promotion is taken as the champion it replaced.
-    """
-    stack: list[str] = []
-    for entry in history:
-        source, target = entry.get("from_version"), entry.get("to_version")
-        if entry.get("action") == "rollback":
-            if stack and stack[-1] == source:
-                stack.pop()
-            if target is not None and (not stack or stack[-1] != target):
-                stack.append(str(target))
-        else:
-            if source is not None and (not stack or stack[-1] != source):
-                stack.append(str(source))
-            if target is not None:
-                stack.append(str(target))
-    return stack
 
 
 def list_models(settings: Settings) -> list[dict[str, Any]]:
@@ -445,7 +318,7 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
     moved outside recops (:func:`champion_alias_check`), else None.
     """
     models = []
-    client = _client(settings)
+    client = registry_client(settings)
     alias_check = champion_alias_check(settings)
     for record in list_versions(settings):
         tags: dict[str, str] = record["tags"]
@@ -453,7 +326,7 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
             logged = client.get_run(record["run_id"]).data.metrics if record["run_id"] else {}
         except Exception:  # noqa: BLE001 (a deleted run must not hide the other versions)
             logged = {}
-        headline = {key: value for key in HEADLINE_METRICS if (value := _metric(logged, key)) is not None}
+        headline = {key: value for key in HEADLINE_METRICS if (value := metric_value(logged, key)) is not None}
         evidence = {
             key[len(prefix):]: value
             for key, value in sorted(tags.items())
@@ -481,7 +354,6 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
                               and alias_check["champion"] == record["version"] else None),
         })
     return models
-
 
 
 # --- checks ---------------------------------------------------------------------------------------------------
@@ -563,7 +435,7 @@ def _existing_version(
     try:
         found = client.get_model_version(name, str(int(text)))
     except Exception as exc:
-        if not _not_found(exc):
+        if not not_found(exc):
             raise
         known = ", ".join(v["version"] for v in list_versions(settings)) or "none"
         raise RecopsError(
@@ -580,41 +452,7 @@ def _run_metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float
     return dict(client.get_run(version.run_id).data.metrics)
 
 
-def _metric(metrics: Mapping[str, Any], key: str) -> float | None:
-    for candidate in (key, mlflow_metric_key(key)):
-        if candidate in metrics:
-            try:
-                value = float(metrics[candidate])
-            except (TypeError, ValueError):
-                return None
-            return value if math.isfinite(value) else None
-    return None
-
-
 # --- recording ------------------------------------------------------------------------------------------------
-
-
-def _history_entry(
-    action: str, from_version: str | None, to_version: str, actor: str | None, reason: str
-) -> dict[str, Any]:
-    short = reason if len(reason) <= _MAX_HISTORY_REASON else reason[: _MAX_HISTORY_REASON - 1] + "…"
-    return {
-        "action": action,
-        "from_version": from_version,
-        "to_version": to_version,
-        "at": datetime.now(timezone.utc).isoformat(),
-        "by": actor or _default_actor(),
-        "reason": short,
-    }
-
-
-def _default_actor() -> str:
-    if os.environ.get("USER"):
-        return os.environ["USER"]
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name and no passwd entry (some containers)
-        return "unknown"
 
 
 def _move_champion(
@@ -629,7 +467,7 @@ def _move_champion(
     :func:`_recover_interrupted_move`."""
     name = registered.name
     old_model_tags = dict(registered.tags or {})
-    model_tags = _history_tags(old_model_tags, entry)  # computed (and size-checked) before anything is written
+    model_tags = history_tags(old_model_tags, entry)  # computed (and size-checked) before anything is written
     old_version_tags = {v: dict(client.get_model_version(name, v).tags or {}) for v in version_tags}
     undo: list[tuple[str, Callable[[], None]]] = []
 
@@ -693,7 +531,7 @@ def _pending_record(entry: dict[str, Any], version_tags: dict[str, dict[str, str
     """The intent of a move as one tag value: the history entry and the version tags to write. Evidence tags that
     would not fit in a registered-model tag are left out of the record (a recovered move then lacks them)."""
     record = _dumps_obj({"entry": entry, "version_tags": version_tags})
-    if len(record) <= _MAX_REGISTERED_MODEL_TAG_VALUE:
+    if len(record) <= MAX_REGISTERED_MODEL_TAG_VALUE:
         return record
     core = {TAG_PROMOTED_AT, TAG_PROMOTED_BY, TAG_PROMOTION_REASON, TAG_PROMOTED_ON, TAG_ROLLED_BACK_AT,
             TAG_ROLLED_BACK_BY, TAG_ROLLBACK_REASON}
@@ -720,13 +558,13 @@ def _recover_interrupted_move(client: MlflowClient, registered: RegisteredModel)
         logger.warning("%s: unreadable %s tag dropped: %r", name, PENDING_TAG, raw[:200])
         client.delete_registered_model_tag(name, PENDING_TAG)
         return None
-    if _alias_version(registered, CHAMPION) != target:
+    if alias_version(registered, CHAMPION) != target:
         logger.warning("%s: an interrupted %s (%s -> %s, at %s) never moved the champion: forgotten", name,
                        entry.get("action"), entry.get("from_version") or "unset", target, entry.get("at"))
         client.delete_registered_model_tag(name, PENDING_TAG)
         return None
-    history = _read_history(tags)
-    model_tags = {} if entry in history[-1:] else _history_tags(tags, entry)
+    history = read_history(tags)
+    model_tags = {} if entry in history[-1:] else history_tags(tags, entry)
     _record_move(client, name, tags, model_tags, version_tags, None)
     client.delete_registered_model_tag(name, PENDING_TAG)
     _describe_move(client, name, entry)
@@ -748,20 +586,10 @@ def _describe_move(client: MlflowClient, name: str, entry: Mapping[str, Any]) ->
         logger.warning("%s: the move is recorded, but updating the descriptions failed", name, exc_info=True)
 
 
-def describe_registered_model(client: MlflowClient, name: str) -> list[dict[str, Any]]:
-    """Rewrite recops' sections of the registered model's description (how aliases move, the promotion history
-    as a table) from its tags, keeping the rest; returns the history."""
-    registered = client.get_registered_model(name)
-    history = _read_history(registered.tags or {})
-    client.update_registered_model(name, description=descriptions.registered_model_description(
-        name, history, registered.description))
-    return history
-
-
 def record_ab_decision(settings: Settings, version: str | int, summary: Mapping[str, Any]) -> None:
     """Write an A/B decision (``recops ab``'s summary) into the A/B section of the challenger version's
     description; a failure only logs a warning (the run's tags and artifacts are the record)."""
-    client = _client(settings)
+    client = registry_client(settings)
     name = settings.registry.model_name
     try:
         current = client.get_model_version(name, str(version)).description
@@ -782,17 +610,17 @@ def champion_alias_check(settings: Settings, registered: RegisteredModel | None 
     that version) is not.
     """
     if registered is None:
-        client = _client(settings)
+        client = registry_client(settings)
         try:
             registered = client.get_registered_model(settings.registry.model_name)
         except Exception as exc:
-            if _not_found(exc):
+            if not_found(exc):
                 return {"champion": None, "recorded": None, "moved_outside_recops": False, "warning": None}
             raise
     tags = registered.tags or {}
-    champion = _alias_version(registered, CHAMPION)
+    champion = alias_version(registered, CHAMPION)
     try:
-        stack = champion_stack(_read_history(tags))
+        stack = champion_stack(read_history(tags))
     except RecopsError as exc:  # a hand-edited history tag
         return {"champion": champion, "recorded": None, "moved_outside_recops": champion is not None,
                 "warning": str(exc)}
@@ -822,11 +650,11 @@ def recover_interrupted_move(settings: Settings) -> dict[str, Any] | None:
     Returns the history entry of a move that was finished now, None when there was nothing to do or the move
     had not happened.
     """
-    client = _client(settings)
+    client = registry_client(settings)
     try:
         registered = client.get_registered_model(settings.registry.model_name)
     except Exception as exc:
-        if _not_found(exc):
+        if not_found(exc):
             return None
         raise
     return _recover_interrupted_move(client, registered)
@@ -844,44 +672,6 @@ def _restore_model_tag(client: MlflowClient, name: str, key: str, old: str | Non
     if old is None:
         return lambda: client.delete_registered_model_tag(name, key)
     return lambda: client.set_registered_model_tag(name, key, old)
-
-
-def _history_tags(model_tags: Mapping[str, str], entry: dict[str, Any]) -> dict[str, str]:
-    """The registered-model tags to write: the history with ``entry`` appended, plus an archive tag if needed."""
-    current = json.loads(model_tags[HISTORY_TAG]) if model_tags.get(HISTORY_TAG) else []
-    kept = [*current, entry]
-    archived: list[dict[str, Any]] = []
-    while len(_dumps(kept)) > _MAX_REGISTERED_MODEL_TAG_VALUE and len(kept) > 1:
-        archived.append(kept.pop(0))
-    if len(_dumps(kept)) > _MAX_REGISTERED_MODEL_TAG_VALUE:  # cannot happen with _MAX_HISTORY_REASON
-        raise RecopsError(f"a promotion history entry is longer than {_MAX_REGISTERED_MODEL_TAG_VALUE} characters")
-    tags = {HISTORY_TAG: _dumps(kept)}
-    if archived:
-        tags[f"{HISTORY_TAG}.{len(_archive_keys(model_tags)) + 1}"] = _dumps(archived)
-    return tags
-
-
-def _read_history(model_tags: Mapping[str, str]) -> list[dict[str, Any]]:
-    history: list[dict[str, Any]] = []
-    for key in [*_archive_keys(model_tags), HISTORY_TAG]:
-        if model_tags.get(key):
-            try:
-                history.extend(json.loads(model_tags[key]))
-            except json.JSONDecodeError:
-                raise RecopsError(
-                    f"registered-model tag {key} is not valid JSON: it was edited by hand; restore it or delete it"
-                ) from None
-    return history
-
-
-def _archive_keys(model_tags: Mapping[str, str]) -> list[str]:
-    prefix = f"{HISTORY_TAG}."
-    numbers = sorted(int(k[len(prefix):]) for k in model_tags if k.startswith(prefix) and k[len(prefix):].isdigit())
-    return [f"{prefix}{n}" for n in numbers]
-
-
-def _dumps(entries: list[dict[str, Any]]) -> str:
-    return json.dumps(entries, separators=(",", ":"), ensure_ascii=False)
 
 
 def _dumps_obj(value: Mapping[str, Any]) -> str:
@@ -912,7 +702,7 @@ def _is_scalar(value: Any) -> bool:
 
 def _tag_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
-    return text[:_MAX_REGISTERED_MODEL_TAG_VALUE]
+    return text[:MAX_REGISTERED_MODEL_TAG_VALUE]
 
 
 def _version_text(value: Any) -> str | None:
@@ -925,32 +715,27 @@ def _version_text(value: Any) -> str | None:
 # --- MLflow plumbing ------------------------------------------------------------------------------------------
 
 
-def _client(settings: Settings) -> MlflowClient:
-    from mlflow import MlflowClient
+def log_ab_decision(settings: Settings, version: str, summary: Mapping[str, Any], files: list[Path]) -> None:
+    """Log an A/B report on the challenger's run: its headline numbers as metrics, the decision as tags, the files
+    (``files[0]`` is ab.json) as artifacts, and last the sha256 of ab.json, which makes the file promotion evidence
+    (:data:`AB_REPORT_SHA256_TAG`); then the decision goes into the version's description."""
+    from recops.io import file_digest
 
-    uri = settings.tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def _registered_model(client: MlflowClient, settings: Settings) -> RegisteredModel:
-    """The registered model with its aliases and tags, read in one call so checks see one consistent state."""
-    name = settings.registry.model_name
-    try:
-        return client.get_registered_model(name)
-    except Exception as exc:
-        if _not_found(exc):
-            raise RecopsError(
-                f"model {name!r} is not registered in {settings.tracking_uri()}: run the pipeline (recops run) first"
-            ) from None
-        raise
-
-
-def _alias_version(registered: RegisteredModel, alias: str) -> str | None:
-    version = (registered.aliases or {}).get(alias)
-    return None if version is None else str(version)
-
-
-def _not_found(exc: Exception) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+    client = registry_client(settings)
+    run_id = client.get_model_version(settings.registry.model_name, version).run_id
+    for key in ("delta", "ci_low", "ci_high", "p_value", "lift", "mde"):
+        value = summary.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            # step 0 like every metric of the run (a later A/B test of the same version is a later point at step
+            # 0, and MLflow shows the latest); a timestamp as the step made MLflow plot it on a 1.7e9-wide axis
+            client.log_metric(run_id, mlflow_metric_key(f"ab.{key}"), float(value), step=0)
+    width_ratio = (summary.get("online_metric") or {}).get("ci_width_ratio")
+    if isinstance(width_ratio, (int, float)) and math.isfinite(width_ratio):  # CUPED's interval over the plain one
+        client.log_metric(run_id, mlflow_metric_key("ab.cuped_ci_width_ratio"), float(width_ratio), step=0)
+    client.set_tag(run_id, "recops.ab.decision", summary["decision"])
+    client.set_tag(run_id, "recops.ab.champion_version", summary["champion_version"])
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="ab")
+    # last: the digest vouches for a report that is logged in full (files[0] is ab.json)
+    client.set_tag(run_id, AB_REPORT_SHA256_TAG, file_digest(files[0], "sha256"))
+    record_ab_decision(settings, version, summary)  # the decision in the version's description

@@ -1,5 +1,3 @@
-"""Serving a registered model version: offline batch scoring of every known user (``recops.serving.batch``)."""
-
-from recops.serving.batch import batch_score
-
-__all__ = ["batch_score"]
+"""Serving a registered model version: the bundle format and its loader (``bundle``), the online engine
+(``engine``) and API (``api``), batch scoring of every known user (``batch``). Import the submodule you need:
+importing the package imports none of them."""

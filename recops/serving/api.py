@@ -232,7 +232,7 @@ class ModelHolder:
     def _drop_forgotten(self) -> None:
         """Drop the events of users forgotten since they were told (``recops forget`` erased them from the log and
         lists them in ``paths.forgotten``): a version loaded now must not learn them again from memory."""
-        from recops.forget import forgotten_mask
+        from recops.data.forgotten import forgotten_mask
 
         if not self._events:
             return
@@ -250,7 +250,7 @@ class ModelHolder:
     # --- loading ----------------------------------------------------------------------------------------------
 
     def target_version(self) -> str:
-        from recops.evaluation.abtest import resolve_version
+        from recops.registry.mlflow_registry import resolve_version
 
         return str(resolve_version(self.settings, self.requested))
 

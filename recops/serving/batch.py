@@ -34,6 +34,8 @@ import pandas as pd
 from recops.columns import Columns
 from recops.config import Settings
 from recops.errors import RecopsError
+from recops.io import write_json, write_parquet
+from recops.serving.distributed_batch import recommendation_frame, score_users_distributed
 from recops.workspace import Workspace
 from recops.compute import settings_client
 
@@ -47,9 +49,7 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
                 out_dir: Path | None = None, block_users: int = 1024, cache: bool | None = None) -> dict[str, Any]:
     """Score every user of the index with registered ``version`` (an alias or a version number); write the top-k
     lists, their manifest and ``latest.json`` to ``out_dir``; return the manifest."""
-    from recops import steps
-    from recops.evaluation.abtest import resolve_version
-    from recops.registry.mlflow_registry import download_serving_bundle
+    from recops.registry.mlflow_registry import download_serving_bundle, resolve_version
     from recops.serving.bundle import load_bundle
     from recops.serving.engine import Recommender
 
@@ -73,8 +73,6 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
         if settings.compute.engine == "dask":
             # the same engine on every worker, each loading the verified bundle from this folder once (workers on
             # other machines need it at the same path: a shared file system)
-            from recops.serving.distributed_batch import score_users_distributed
-
             with settings_client(settings) as client:
                 frame = score_users_distributed(client, folder, expected, settings.serving, number, k,
                                                 Path(tmp) / "parts", model_name=settings.registry.model_name,
@@ -121,27 +119,13 @@ def batch_score(settings: Settings, version: str = "champion", k: int | None = N
     if cache if cache is not None else settings.serving.cache.backend == "redis":
         manifest["cached"] = _write_cache(settings, number, frame)
     out_dir = Path(out_dir) if out_dir is not None else settings.path("batch_dir")
-    steps.write_parquet(frame, out_dir / f"{name}.parquet")
-    steps.write_json(manifest, out_dir / f"{name}.json")
-    steps.write_json({"file": f"{name}.parquet", "manifest": f"{name}.json", "model_name": manifest["model_name"],
-                      "version": number, "created_at": manifest["created_at"]}, out_dir / LATEST)
+    write_parquet(frame, out_dir / f"{name}.parquet")
+    write_json(manifest, out_dir / f"{name}.json")
+    write_json({"file": f"{name}.parquet", "manifest": f"{name}.json", "model_name": manifest["model_name"],
+                "version": number, "created_at": manifest["created_at"]}, out_dir / LATEST)
     log.info("version %s (%s): %d rows for %d users in %.1f s -> %s", number, asked, len(frame), manifest["users"],
              seconds, out_dir / f"{name}.parquet")
     return manifest
-
-
-def recommendation_frame(user_ids: np.ndarray, item_ids: np.ndarray, users: np.ndarray, lists: np.ndarray,
-                         scores: np.ndarray) -> pd.DataFrame:
-    """Long table (user_id, item_id, rank, score) of ``len(users) x k`` lists of dense indices, -1 padded, in
-    original ids; padded slots are dropped."""
-    filled = lists >= 0
-    depth = lists.shape[1]
-    return pd.DataFrame({
-        Columns.USER_ID: np.repeat(user_ids[users], depth)[filled.ravel()],
-        Columns.ITEM_ID: item_ids[lists[filled]],
-        Columns.RANK: np.tile(np.arange(1, depth + 1, dtype=np.int32), len(users))[filled.ravel()],
-        Columns.SCORE: scores[filled].astype(np.float32),
-    })
 
 
 def _write_cache(settings: Settings, version: str, frame: pd.DataFrame) -> dict[str, Any]:

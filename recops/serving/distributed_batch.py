@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from recops.columns import Columns
 from recops.config import ServingConfig
 from recops.errors import RecopsError
 
@@ -60,6 +61,20 @@ class BatchParts:
         return pd.concat([pd.read_parquet(p) for p in self.parts], ignore_index=True)
 
 
+def recommendation_frame(user_ids: np.ndarray, item_ids: np.ndarray, users: np.ndarray, lists: np.ndarray,
+                         scores: np.ndarray) -> pd.DataFrame:
+    """Long table (user_id, item_id, rank, score) of ``len(users) x k`` lists of dense indices, -1 padded, in
+    original ids; padded slots are dropped."""
+    filled = lists >= 0
+    depth = lists.shape[1]
+    return pd.DataFrame({
+        Columns.USER_ID: np.repeat(user_ids[users], depth)[filled.ravel()],
+        Columns.ITEM_ID: item_ids[lists[filled]],
+        Columns.RANK: np.tile(np.arange(1, depth + 1, dtype=np.int32), len(users))[filled.ravel()],
+        Columns.SCORE: scores[filled].astype(np.float32),
+    })
+
+
 def _engine(bundle_dir: str, expected_sha256: str | None, serving_json: str, version: str,
             model_name: str) -> tuple[Recommender, int]:
     """The engine of this process for the bundle, loaded on first use; (engine, loads so far in this process)."""
@@ -79,8 +94,6 @@ def score_block(bundle_dir: str, expected_sha256: str | None, serving_json: str,
                 users: np.ndarray, k: int, block_users: int, part_path: str) -> dict[str, Any]:
     """One task: the top-``k`` lists of ``users`` (dense indices) by the bundle's engine, written atomically to
     ``part_path``; returns counts and this process's bundle loads."""
-    from recops.serving.batch import recommendation_frame
-
     model, loads = _engine(bundle_dir, expected_sha256, serving_json, version, model_name)
     lists, scores, _ = model.recommend_users(users, k, block_users=block_users)
     frame = recommendation_frame(model.user_ids, model.item_ids, users, lists, np.nan_to_num(scores, nan=0.0))

@@ -33,6 +33,8 @@ from recops.errors import RecopsError
 log = logging.getLogger(__name__)
 
 COMPILED_FILE = "ranker.lleaves.o"
+# training rows with LightGBM's scores, in the bundle: the load check here, the drift reference of `recops drift`
+DRIFT_REFERENCE = "drift_reference.parquet"
 GENERIC_CPU = "generic"  # portable object code: no instruction the build machine has and a server may lack
 RUNTIMES = ("lleaves", "onnx")
 REFERENCE_ROWS = 512  # reference rows scored at every load
@@ -157,8 +159,6 @@ def reference_rows(root: Path, feature_names: list[str],
                    rows: int = REFERENCE_ROWS) -> tuple[np.ndarray, np.ndarray] | None:
     """The first ``rows`` reference rows of the bundle (features, native LightGBM score), or None."""
     import pyarrow.parquet as pq
-
-    from recops.serving.bundle import DRIFT_REFERENCE
 
     path = root / DRIFT_REFERENCE
     if not path.is_file():

@@ -120,9 +120,9 @@ def ndcg_at_10(settings: Settings, booster) -> float:
 
 @pytest.fixture(scope="module")
 def local_ndcg(settings: Settings) -> float:
-    from recops.ranking import refit_ranker
+    from recops.ranking import refit_lambdarank
 
-    booster = refit_ranker([table(settings, "fit"), table(settings, "valid")], names(settings), settings.ranker,
+    booster = refit_lambdarank([table(settings, "fit"), table(settings, "valid")], names(settings), settings.ranker,
                            settings.seed, 1, TREES)
     return ndcg_at_10(settings, booster)
 
@@ -141,7 +141,7 @@ def test_the_validation_pass_picks_the_iteration_lightgbm_early_stopping_picks(s
     and the early-stopping rule on it."""
     import lightgbm as lgb
 
-    from recops.ranking import train_ranker
+    from recops.ranking import train_lambdarank
     from recops.ranking.dask_ranker import best_iteration, ndcg_curve
     from recops.ranking.lambdarank import _groups, _params
 
@@ -156,14 +156,14 @@ def test_the_validation_pass_picks_the_iteration_lightgbm_early_stopping_picks(s
                         valid_sets=[valid_set], valid_names=["valid"], callbacks=[lgb.record_evaluation(recorded)])
     curve = ndcg_curve(booster, valid, features, k=10)
     np.testing.assert_allclose(curve, recorded["valid"]["ndcg@10"], rtol=0, atol=1e-12)
-    stopped = train_ranker(fit, valid, features, config, settings.seed, 1)
+    stopped = train_lambdarank(fit, valid, features, config, settings.seed, 1)
     assert best_iteration(curve, config.early_stopping_rounds) == stopped.best_iteration
 
 
 def test_the_dask_ranker_ranks_like_the_local_ranker(settings: Settings, client, local_ndcg: float):
-    from recops.ranking.dask_ranker import refit_ranker_dask
+    from recops.ranking.dask_ranker import refit_lambdarank_dask
 
-    booster = refit_ranker_dask(client, [table(settings, "fit"), table(settings, "valid")], names(settings),
+    booster = refit_lambdarank_dask(client, [table(settings, "fit"), table(settings, "valid")], names(settings),
                                 settings.ranker, settings.seed, 1, TREES)
     assert booster.num_trees() == TREES
     assert booster.feature_name() == names(settings)
@@ -171,9 +171,9 @@ def test_the_dask_ranker_ranks_like_the_local_ranker(settings: Settings, client,
 
 
 def test_the_dask_ranker_sets_the_best_iteration_of_its_validation_pass(settings: Settings, client, tmp_path):
-    """train_ranker's contract: a Booster whose best_iteration the stage saves; trained here from a Parquet
+    """the train_ranker stage's contract: a Booster whose best_iteration the stage saves; trained here from a Parquet
     directory of several files (users spread over them), as dd.read_parquet gives it."""
-    from recops.ranking.dask_ranker import best_iteration, ndcg_curve, train_ranker_dask
+    from recops.ranking.dask_ranker import best_iteration, ndcg_curve, train_lambdarank_dask
 
     fit, valid = table(settings, "fit"), table(settings, "valid")
     folder = tmp_path / "fit"
@@ -182,7 +182,7 @@ def test_the_dask_ranker_sets_the_best_iteration_of_its_validation_pass(settings
     for i, rows in enumerate(np.array_split(np.arange(len(shuffled)), 3)):
         shuffled.iloc[rows].to_parquet(folder / f"part.{i}.parquet", index=False)
     config = settings.ranker.model_copy(update={"n_estimators": 40})
-    booster = train_ranker_dask(client, folder, valid, names(settings), config, settings.seed, 1)
+    booster = train_lambdarank_dask(client, folder, valid, names(settings), config, settings.seed, 1)
     assert booster.num_trees() == 40
     text = booster.model_to_string()  # the cluster's addresses and ports stay out of the model file
     assert "[machines: " not in text and "[local_listen_port: " not in text and "[num_leaves: " in text
@@ -215,9 +215,8 @@ def test_distributed_features_equal_the_local_ones(settings: Settings, client, t
 
 def test_distributed_batch_scoring_gives_the_local_lists_loading_the_bundle_once_per_worker(settings, client,
                                                                                            tmp_path):
-    from recops.serving.batch import recommendation_frame
     from recops.serving.bundle import load_bundle
-    from recops.serving.distributed_batch import score_users_distributed
+    from recops.serving.distributed_batch import recommendation_frame, score_users_distributed
     from recops.serving.engine import Recommender
 
     folder = settings.path("serving_bundle")
@@ -235,10 +234,10 @@ def test_distributed_batch_scoring_gives_the_local_lists_loading_the_bundle_once
 def refit_inside_a_task(tables: list[pd.DataFrame], features: list[str], config, seed: int) -> int:
     """Runs on a worker (as a Prefect task does on a DaskTaskRunner): the stage opens its client there."""
     from recops.compute import dask_client
-    from recops.ranking.dask_ranker import refit_ranker_dask
+    from recops.ranking.dask_ranker import refit_lambdarank_dask
 
     with dask_client(None) as client:
-        return refit_ranker_dask(client, tables, features, config, seed, 1, 5).num_trees()
+        return refit_lambdarank_dask(client, tables, features, config, seed, 1, 5).num_trees()
 
 
 def test_a_stage_running_in_a_dask_task_trains_on_its_own_cluster(settings: Settings, client):
@@ -391,10 +390,10 @@ def external(scheduler_address: str) -> Iterator:
 
 def test_the_ranker_trains_on_a_separately_started_cluster(settings: Settings, external, local_ndcg: float):
     from recops.compute import worker_addresses
-    from recops.ranking.dask_ranker import refit_ranker_dask
+    from recops.ranking.dask_ranker import refit_lambdarank_dask
 
     assert len(worker_addresses(external)) == 2
-    booster = refit_ranker_dask(external, [table(settings, "fit"), table(settings, "valid")], names(settings),
+    booster = refit_lambdarank_dask(external, [table(settings, "fit"), table(settings, "valid")], names(settings),
                                 settings.ranker, settings.seed, 1, TREES)
     assert booster.num_trees() == TREES
     assert abs(ndcg_at_10(settings, booster) - local_ndcg) <= NDCG_TOLERANCE
@@ -404,14 +403,14 @@ def kill_a_worker_while_lightgbm_trains(client, train, retries: int) -> tuple[ob
     """Start distributed training (long enough: KILL_TREES trees) in a thread, SIGKILL one worker process once
     both workers run LightGBM's training task; return (booster or exception, the killed worker's address)."""
     from recops.compute import worker_pids
-    from recops.ranking.dask_ranker import refit_ranker_dask
+    from recops.ranking.dask_ranker import refit_lambdarank_dask
 
     settings, features = train
     outcome: dict[str, object] = {}
 
     def run() -> None:
         try:
-            outcome["result"] = refit_ranker_dask(client, [table(settings, "fit")], features, settings.ranker,
+            outcome["result"] = refit_lambdarank_dask(client, [table(settings, "fit")], features, settings.ranker,
                                                   settings.seed, 1, KILL_TREES, retries=retries)
         except Exception as exc:  # noqa: BLE001 (handed to the test)
             outcome["result"] = exc

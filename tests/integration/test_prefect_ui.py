@@ -72,7 +72,8 @@ def test_the_training_run_logs_hold_recops_lines_of_every_stage(project, prefect
 
 
 def test_the_training_run_has_the_test_metrics_table_and_says_what_it_registered(project, prefect_api):
-    from recops.steps import all_metrics, read_json
+    from recops.steps import all_metrics
+    from recops.workspace import read_json
 
     ws, _ = project
     settings = settings_of(ws)

@@ -331,6 +331,7 @@ def test_a_forget_killed_after_its_promotion_leaves_a_serving_champion_and_a_rer
     from mlflow.tracking import MlflowClient
 
     from recops import forget
+    from recops.registry import erasure
     from recops.registry.promotion import TAG_ERASED_BY_FORGET
     from recops.serving.api import create_app
 
@@ -349,7 +350,7 @@ def test_a_forget_killed_after_its_promotion_leaves_a_serving_champion_and_a_rer
     def killed(*args, **kwargs):
         raise Killed
 
-    monkeypatch.setattr(forget, "_erase_versions", killed)
+    monkeypatch.setattr(erasure, "erase_versions", killed)
     with pytest.raises(Killed):
         forget.finish(settings, request, str(version))
     monkeypatch.undo()

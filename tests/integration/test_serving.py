@@ -795,8 +795,8 @@ def test_a_registered_versions_local_bundle_tampered_and_rehashed_is_refused(pro
 def test_an_unregistered_local_bundle_is_served_saying_plainly_the_folder_is_trusted(project, tmp_path, caplog):
     from fastapi.testclient import TestClient
 
+    from recops.bundling import build_bundle
     from recops.serving.api import create_app
-    from recops.serving.bundle import build_bundle
 
     _, settings = project
     folder = tmp_path / "serving"
@@ -814,7 +814,8 @@ def test_an_unregistered_local_bundle_is_served_saying_plainly_the_folder_is_tru
 def test_a_bundle_is_a_function_of_its_inputs_byte_for_byte(project, tmp_path):
     """No build time in the manifest: the same inputs give the same bundle (so dvc.lock does not change on a
     rebuild), and the build id (the manifest's own digest, as built) tells two builds apart."""
-    from recops.serving.bundle import MANIFEST, build_bundle, build_id
+    from recops.bundling import build_bundle
+    from recops.serving.bundle import MANIFEST, build_id
 
     _, settings = project
     first, second, other = (build_bundle(settings, tmp_path / "a"), build_bundle(settings, tmp_path / "b"),

@@ -521,7 +521,7 @@ def summary_inputs():
     pre_period = a + rng.normal(0, 0.3, 1000)  # a covariate correlated with the outcome
     online = ab.simulated_online_test(arms, lists_a, lists_b, users, truth, k=config.k,
                                       expected_split=config.split, covariate=pre_period)
-    online_metric = ab.arm_test(np.where(arms == ab.CHALLENGER, b, a), arms, pre_period,
+    online_metric = ab.arm_test(np.where(arms == ab.CHALLENGER_ARM, b, a), arms, pre_period,
                                 metric=config.primary_metric, covariate_name="pre-period interactions")
     interleaving = ab.interleaving_test(*ab.team_draft_interleave(lists_a, lists_b, config.k), users, truth)
     guards = ab.guardrails(GOOD_METRICS, GOOD_METRICS, None, config.guardrails)

@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recops.workspace import TABLES, read_json
 from recops import steps
 from recops.columns import Columns
 from recops.config import Settings
 from recops.errors import RecopsError
-from recops.serving import batch_score
+from recops.serving.batch import batch_score
 from tests.conftest import PROJECT
 from tests.data.cases import N_ITEMS, N_USERS, trained_project
 from recops.workspace import Workspace
@@ -106,13 +107,13 @@ def test_a_user_without_any_history_gets_the_popularity_fallback(settings, tmp_p
 # ------------------------------------------------------------------------------------------ manifest, pointer
 def test_manifest_names_the_version_the_alias_and_the_data(settings, challenger, tmp_path):
     manifest, frame = challenger
-    registered = steps.read_json(settings.path("registry_report"))  # lineage of the last registration (v2)
+    registered = read_json(settings.path("registry_report"))  # lineage of the last registration (v2)
     assert manifest["model_name"] == settings.registry.model_name
     assert (manifest["version"], manifest["alias"], manifest["requested"]) == ("2", "challenger", "challenger")
     assert manifest["file"] == "recommendations_v2.parquet"
     assert (manifest["k"], manifest["users"], manifest["rows"]) == (K, N_USERS, len(frame))
     assert manifest["users_with_fewer_than_k"] == 0
-    assert manifest["data_md5"] == {name: registered[f"data_md5.{name}"] for name in steps.TABLES}
+    assert manifest["data_md5"] == {name: registered[f"data_md5.{name}"] for name in TABLES}
     assert datetime.fromisoformat(manifest["created_at"]).utcoffset().total_seconds() == 0
     assert manifest["seconds"] > 0 and manifest["users_per_second"] > 0
 
@@ -120,18 +121,18 @@ def test_manifest_names_the_version_the_alias_and_the_data(settings, challenger,
 def test_a_version_number_is_scored_as_given(settings, tmp_path):
     manifest = batch_score(settings, "1", k=3, out_dir=tmp_path)
     assert (manifest["version"], manifest["alias"], manifest["requested"]) == ("1", None, "1")
-    assert steps.read_json(tmp_path / "recommendations_v1.json") == manifest
+    assert read_json(tmp_path / "recommendations_v1.json") == manifest
     assert len(pd.read_parquet(tmp_path / "recommendations_v1.parquet")) == 3 * N_USERS
 
 
 def test_latest_json_names_the_file_written_last(settings, tmp_path):
     batch_score(settings, "1", k=2, out_dir=tmp_path)
     batch_score(settings, "challenger", k=2, out_dir=tmp_path)
-    latest = steps.read_json(tmp_path / "latest.json")
+    latest = read_json(tmp_path / "latest.json")
     assert (latest["file"], latest["manifest"], latest["version"]) == (
         "recommendations_v2.parquet", "recommendations_v2.json", "2")
     batch_score(settings, "1", k=2, out_dir=tmp_path)
-    assert steps.read_json(tmp_path / "latest.json")["file"] == "recommendations_v1.parquet"
+    assert read_json(tmp_path / "latest.json")["file"] == "recommendations_v1.parquet"
 
 
 def test_default_output_folder_is_reports_batch(settings):

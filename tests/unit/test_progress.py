@@ -10,7 +10,7 @@ import pytest
 from recops import progress as progress_module
 from recops.config import RankerConfig
 from recops.progress import Step, mode, progress
-from recops.ranking.lambdarank import train_ranker
+from recops.ranking.lambdarank import train_lambdarank
 
 
 def test_the_line_gives_count_share_and_time_left():
@@ -76,7 +76,7 @@ def test_the_ranker_reports_one_step_per_tree(monkeypatch, caplog):
     seen = []
     monkeypatch.setattr(Step, "advance", lambda self, n=1: seen.append(n))
     config = RankerConfig(n_estimators=7, early_stopping_rounds=100, min_child_samples=20)  # 400 rows: trees split
-    booster = train_ranker(frame, None, ["f"], config, seed=1, threads=1)
+    booster = train_lambdarank(frame, None, ["f"], config, seed=1, threads=1)
     assert isinstance(booster, lgb.Booster)
     assert len(seen) == booster.num_trees() == 7
 

@@ -130,7 +130,7 @@ def test_gates_check_the_absolute_floor() -> None:
 
 
 def test_timeline_gates_read_the_backtests_pooled_metrics_and_lift_interval_bounds() -> None:
-    from recops.backtest import timeline_metrics
+    from recops.evaluation.backtest import timeline_metrics
 
     report = {"pooled": {"metrics": {"recops": {"ndcg@10": 0.21}, "recent_popularity": {"ndcg@10": 0.18},
                                      "als": {"ndcg@10": 0.15}}},

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from recops.config import Settings
 from recops.errors import RecopsError
-from recops.evaluation.abtest import _log_to_challenger_run
+from recops.registry.promotion import log_ab_decision
 from recops.io import write_json
 from recops.registry import promote
 from recops.registry.promotion import AB_REPORT_SHA256_TAG
@@ -36,7 +36,7 @@ def pair(settings: Settings, register: Register, tmp_path: Path) -> tuple[str, s
     write_json(report, path)
     html = tmp_path / "ab.html"
     html.write_text("<html>SHIP</html>", encoding="utf-8")
-    _log_to_challenger_run(settings, second, report, [path, html])
+    log_ab_decision(settings, second, report, [path, html])
     return first, second, path
 
 

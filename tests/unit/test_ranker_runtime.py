@@ -14,9 +14,8 @@ import pytest
 
 from recops.errors import RecopsError
 from recops.export import convert_ranker, parity_report
-from recops.serving.bundle import DRIFT_REFERENCE
-from recops.serving.ranker_runtime import (COMPILED_FILE, CompiledScorer, OnnxScorer, compile_ranker,
-                                           compiled_scorer, host_target, load_scorer)
+from recops.serving.ranker_runtime import (COMPILED_FILE, DRIFT_REFERENCE, CompiledScorer, OnnxScorer,
+                                           compile_ranker, compiled_scorer, host_target, load_scorer)
 
 NAMES = [f"f{j}" for j in range(8)]
 

@@ -25,6 +25,7 @@ import pytest
 from mlflow import MlflowClient
 from onnxmltools.convert.common.data_types import FloatTensorType
 
+from recops.workspace import TABLES
 from recops import steps
 from recops.config import RegistryConfig, Settings
 from recops.errors import RecopsError
@@ -66,7 +67,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # the prepared tables and split folds a training reads (logged as the run's datasets)
     log = pd.DataFrame({"user_id": [1, 1, 2], "item_id": [10, 11, 10], "timestamp": [1.0, 2.0, 3.0]})
     settings = Settings(root=root)
-    for name in steps.TABLES:
+    for name in TABLES:
         settings.path(name).parent.mkdir(parents=True, exist_ok=True)
         log.to_parquet(settings.path(name), index=False)
     settings.path("split_dir").mkdir(parents=True)
@@ -200,7 +201,7 @@ def test_the_inputs_are_logged_as_datasets_with_the_md5_dvc_records(
     inputs = client.get_run(registered[1]["run_id"]).inputs.dataset_inputs
     by_name = {i.dataset.name: i for i in inputs}
     source = settings.data.source
-    expected = {f"{source}.{name}": settings.path(name) for name in steps.TABLES}
+    expected = {f"{source}.{name}": settings.path(name) for name in TABLES}
     expected |= {f"{source}.{fold}": settings.path("split_dir") / f"{fold}.parquet" for fold in ("train", "valid", "test")}
     assert set(by_name) == set(expected)
     for name, path in expected.items():

@@ -52,7 +52,7 @@ def model(settings: Settings, downloaded) -> Recommender:
 
 def _stored_as(settings: Settings, folder: Path, **storage) -> Recommender:
     from recops.config import StorageConfig
-    from recops.serving.bundle import build_bundle
+    from recops.bundling import build_bundle
 
     config = StorageConfig(**storage)
     manifest = build_bundle(settings.model_copy(update={"export": settings.export.model_copy(

@@ -10,8 +10,9 @@ import scipy.sparse as sp
 from recops.candidates import storage
 from recops.candidates.sources import EASE, ItemKNN, MatrixFactorization
 from recops.candidates.storage import CompressedCSR, RowStore, item_item, sparse_times, top_k_per_row
+from recops.bundling import _save_tree
 from recops.config import CandidatesConfig
-from recops.serving.bundle import _load_tree, _save_tree
+from recops.serving.bundle import _load_tree
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from recops.cli import app
+from recops_cli.app import app
 from recops.columns import Columns
 from recops.config import Settings, load_settings
 from recops.data import load_attributes, load_interactions, read_table

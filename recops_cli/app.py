@@ -1,4 +1,4 @@
-"""The ``recops`` command: one sub-command per user-facing action.
+"""The ``recops`` command: one sub-command per user-facing action (what they print: :mod:`recops_cli.display`).
 
 Errors a user can fix (RecopsError) print one clear message and exit 1, without a traceback; anything else is a
 bug and keeps its traceback.
@@ -15,14 +15,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from recops.entry import configure_logging, leave_no_orphans, prepare_environment
+from recops.entry import configure_logging, prepare_environment
 from recops.errors import RecopsError
+
+from recops_cli.display import (console, metrics_table, number, print_backtest, print_backtest_lifts, print_summary,
+                                protocols_table, version_status)
 
 app = typer.Typer(
     help="recops: a validated, evaluated, versioned two-stage recommender, from interaction logs to ONNX.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-console = Console()
 err_console = Console(stderr=True)
 
 Params = Annotated[Path, typer.Option("--params", "-p", help="params.yaml of the project to run.")]
@@ -37,6 +39,23 @@ def _settings(params: Path, quiet: bool):
     from recops.config import load_settings
 
     return load_settings(params)
+
+
+def leave_no_orphans(settings, *, runs_flows: bool = False) -> None:
+    """First thing a command that writes MLflow runs does: clean up after commands that were killed, and make
+    sure this one cannot leave a process behind.
+
+    Marks FAILED the MLflow runs a killed recops process left RUNNING (``recops.registry.orphans``); with
+    ``runs_flows``, also stops temporary Prefect servers of killed commands and starts this command's own, which
+    dies with it (``recops.orchestration``; nothing when ``PREFECT_API_URL`` is set).
+    """
+    from recops.registry.orphans import fail_orphaned_runs
+
+    fail_orphaned_runs(settings)
+    if runs_flows:
+        from recops.orchestration import ensure_prefect_api
+
+        ensure_prefect_api()
 
 
 def tool(name: str) -> str:
@@ -125,179 +144,6 @@ def _prefect_terminal(quiet: bool, verbose: bool) -> None:
         hide_prefect_chatter()
 
 
-MODEL_ORDER = ("popularity", "recent_popularity", "decayed_popularity", "mf", "ease", "itemknn", "recent_itemknn")
-METRIC_ORDER = ("ndcg", "recall", "precision", "map", "mrr", "hitrate", "coverage", "novelty", "ild")
-
-
-def _models(metrics: dict[str, float], split: str) -> dict[str, dict[str, float]]:
-    models: dict[str, dict[str, float]] = {}
-    for key, value in metrics.items():
-        parts = key.split(".")
-        if parts[0] == split and len(parts) == 3 and parts[1] not in ("candidates", "features"):
-            models.setdefault(parts[1], {})[parts[2]] = value
-    return {m: models[m] for m in sorted(models, key=lambda m: (
-        m == "ranker", MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), m))}
-
-
-def metrics_table(metrics: dict[str, float], split: str = "test") -> Table:
-    """Metrics as rows, the models (single-stage baselines, then the ranker) as columns, for one split."""
-    models = _models(metrics, split)
-    names = sorted({m for values in models.values() for m in values if "@" in m},
-                   key=lambda m: (METRIC_ORDER.index(m.split("@")[0]) if m.split("@")[0] in METRIC_ORDER
-                                  else len(METRIC_ORDER), int(m.split("@")[1])))
-    users = int(models.get("ranker", next(iter(models.values()), {})).get("users", 0))
-    table = Table(title=f"{split} metrics ({users} users)", title_justify="left")
-    table.add_column("metric")
-    for model in models:
-        table.add_column("two-stage" if model == "ranker" else model, justify="right")
-    for name in names:
-        table.add_row(name, *(f"{models[model].get(name, float('nan')):.4f}" for model in models))
-    return table
-
-
-def lift_lines(metrics: dict[str, float], split: str = "test",
-               names: tuple[str, ...] = ("ndcg@10", "recall@20")) -> list[str]:
-    """'ndcg@10: two-stage 0.18 vs best baseline ease 0.13 (+38.0%)' for each metric present."""
-    models = _models(metrics, split)
-    ranker = models.pop("ranker", None)
-    lines = []
-    for name in names:
-        scored = {m: v[name] for m, v in models.items() if name in v}
-        if ranker is None or name not in ranker or not scored:
-            continue
-        best = max(scored, key=scored.get)
-        lift = (ranker[name] / scored[best] - 1.0) * 100 if scored[best] > 0 else float("nan")
-        lines.append(f"{name}: two-stage {ranker[name]:.4f} vs best single-stage {best} {scored[best]:.4f} "
-                     f"({lift:+.1f}%)")
-    return lines
-
-
-def segments_table(metrics: dict[str, float], metric: str = "ndcg@10") -> Table | None:
-    """``metric`` per user-activity segment (rows) and model (columns), on test."""
-    values: dict[str, dict[str, float]] = {}
-    users: dict[str, float] = {}
-    for key, value in metrics.items():
-        parts = key.split(".")
-        if parts[0] == "test" and len(parts) == 5 and parts[2] == "segment":
-            if parts[4] == metric:
-                values.setdefault(parts[3], {})[parts[1]] = value
-            elif parts[4] == "users" and parts[1] == "ranker":
-                users[parts[3]] = value
-    if not values:
-        return None
-    models = list(_models(metrics, "test"))
-    table = Table(title=f"test {metric} by user activity (history size terciles)", title_justify="left")
-    table.add_column("segment")
-    table.add_column("users", justify="right")
-    for model in models:
-        table.add_column("two-stage" if model == "ranker" else model, justify="right")
-    for segment in ("cold", "light", "medium", "heavy"):
-        if segment in values:
-            table.add_row(segment, f"{int(users.get(segment, 0))}",
-                          *(f"{values[segment].get(m, float('nan')):.4f}" for m in models))
-    return table
-
-
-# the backtest's peer names as the pipeline's baselines call them
-_BACKTEST_NAMES = {"recops": "ranker", "als": "mf"}
-
-
-def protocols_table(metrics: dict[str, float], report: dict | None, split_method: str,
-                    names: tuple[str, ...] = ("ndcg@10", "recall@20")) -> Table:
-    """The two-stage list and every single-stage peer on both protocols side by side: the pipeline's own split
-    (``split.method``) and the rolling timeline of ``recops backtest`` (pooled over its windows)."""
-    split_models = _models(metrics, "test")
-    timeline = {_BACKTEST_NAMES.get(name, name): values
-                for name, values in ((report or {}).get("pooled", {}).get("metrics", {})).items()}
-    models = [m for m in split_models if m != "ranker"]
-    models += [m for m in timeline if m not in models and m != "ranker"]
-    models.append("ranker")
-    windows = len((report or {}).get("windows", []))
-    table = Table(title=f"quality on both protocols: test split ({split_method}) | rolling timeline "
-                        f"({windows} windows, pooled; `recops backtest`)", title_justify="left")
-    table.add_column("model", no_wrap=True)
-    for protocol in ("split", "timeline"):
-        for name in names:
-            table.add_column(f"{protocol} {name}", justify="right")
-    best = {(p, n): max((v.get(n, float("-inf")) for v in source.values()), default=float("nan"))
-            for p, source in (("split", split_models), ("timeline", timeline)) for n in names}
-
-    def cell(source: dict, protocol: str, model: str, name: str) -> str:
-        value = source.get(model, {}).get(name)
-        if value is None:
-            return "-"
-        return f"[bold]{value:.4f}[/]" if value == best[(protocol, name)] else f"{value:.4f}"
-
-    for model in models:
-        table.add_row("two-stage" if model == "ranker" else model,
-                      *[cell(split_models, "split", model, n) for n in names],
-                      *[cell(timeline, "timeline", model, n) for n in names])
-    return table
-
-
-def candidates_table(metrics: dict[str, float]) -> Table | None:
-    """Candidate recall@N of the merged candidates and of each source (rows) on valid and test (columns)."""
-    rows: dict[str, dict[str, float]] = {}
-    for key, value in metrics.items():
-        parts = key.split(".")
-        if len(parts) >= 3 and parts[0] in ("valid", "test") and parts[1] == "candidates" and "recall@" in parts[-1]:
-            source = "merged" if len(parts) == 3 else parts[2]
-            rows.setdefault(source, {})[parts[0]] = value
-            depth = parts[-1]
-    if not rows:
-        return None
-    table = Table(title=f"candidate {depth} (share of the held-out items among the candidates)",
-                  title_justify="left")
-    for column in ("source", "valid", "test"):
-        table.add_column(column, justify="left" if column == "source" else "right")
-    for name in sorted(rows, key=lambda n: (n != "merged", n)):
-        table.add_row(name, *(f"{rows[name][fold]:.4f}" if fold in rows[name] else "" for fold in ("valid", "test")))
-    return table
-
-
-def timings_table(timings: dict[str, float]) -> Table | None:
-    """Seconds per stage (and the steps a stage times), in pipeline order."""
-    if not timings:
-        return None
-    table = Table(title="timings of the last run (s)", title_justify="left")
-    table.add_column("what")
-    table.add_column("seconds", justify="right")
-    for key, value in timings.items():
-        table.add_row(key.removesuffix(".seconds").removesuffix("_seconds"), f"{value:.2f}")
-    return table
-
-
-def _print_summary(metrics: dict[str, float], verbose: bool = False,
-                   timings: dict[str, float] | None = None) -> None:
-    """The metrics table, the lifts, NDCG per user segment and candidate recall; with ``verbose`` also every
-    other number of the run (users, iterations, parity) and the timings."""
-    console.print(metrics_table(metrics, "test"))
-    for line in lift_lines(metrics):
-        console.print(f"  {line}")
-    for table in (segments_table(metrics), candidates_table(metrics)):
-        if table is not None:
-            console.print(table)
-    if "registry.model_version" in metrics:
-        console.print(f"  registered version {metrics['registry.model_version']:.0f}")
-    if not verbose:
-        return
-    from recops.steps import is_timing
-
-    def detail(key: str) -> bool:
-        if is_timing(key):
-            return False  # in the timings table
-        if key.startswith(("test.candidates.", "valid.candidates.")):
-            return "recall@" not in key  # recall is in the candidates table
-        return key.startswith(("export.parity.", "ranker.", "split.", "validation.")) or ".features." in key
-
-    extra = {key: value for key, value in metrics.items() if detail(key)}
-    for key, value in sorted(extra.items()):
-        console.print(f"  {key} = {value:.6g}")
-    table = timings_table(timings or {})
-    if table is not None:
-        console.print(table)
-
-
 @app.command()
 def run(
     params: Params = Path("params.yaml"),
@@ -324,14 +170,15 @@ def run(
 
             _prefect_terminal(quiet, verbose)
             training_flow_for(str(params.resolve()))(params_path=str(params.resolve()), push=push)
-        from recops.steps import all_metrics, read_json
+        from recops.steps import all_metrics
+        from recops.workspace import read_json
 
         metrics = all_metrics(settings)
         registry = read_json(settings.path("registry_report"))
         metrics["registry.model_version"] = float(registry["model_version"])
     except RecopsError as exc:
         _exit_on_user_error(exc)
-    _print_summary(metrics)
+    print_summary(metrics)
     if backtest if backtest is not None else settings.backtest.with_run:
         try:
             from threadpoolctl import threadpool_limits
@@ -345,7 +192,7 @@ def run(
             err_console.print(f"[yellow]timeline backtest skipped:[/] {exc}", highlight=False, soft_wrap=True)
         else:
             console.print(protocols_table(metrics, report, settings.split.method))
-            _print_backtest_lifts(report)
+            print_backtest_lifts(report)
     from recops.registry.mlflow_registry import experiment_page
 
     uri = settings.tracking_uri()
@@ -410,7 +257,7 @@ def forget(
         version = forgetting.retrained_version(request)
         if version is None:
             from flows.training import training_flow_for
-            from recops.steps import read_json
+            from recops.workspace import read_json
 
             _prefect_terminal(quiet, verbose)
             training_flow_for(str(params.resolve()))(params_path=str(params.resolve()), push=push)
@@ -499,12 +346,12 @@ def metrics(params: Params = Path("params.yaml"),
     except RecopsError as exc:
         _exit_on_user_error(exc)
     if split == "test":
-        _print_summary(values, verbose, all_timings(settings))
+        print_summary(values, verbose, all_timings(settings))
         backtest = settings.path("backtest_report")
         if backtest.is_file():  # the timeline of the last `recops backtest` (or `recops run`), side by side
             report = json.loads(backtest.read_text(encoding="utf-8"))
             console.print(protocols_table(values, report, settings.split.method))
-            _print_backtest_lifts(report)
+            print_backtest_lifts(report)
     else:
         console.print(metrics_table(values, split))
 
@@ -630,8 +477,8 @@ def models(
         table.add_row(str(v["version"]), " ".join(aliases), str(v.get("created_at", ""))[:10],
                       str(lineage.get("git_commit", ""))[:7], str(lineage.get("params_hash", ""))[:8],
                       str(lineage.get("data_md5.interactions", ""))[:8],
-                      _number(metrics.get("test.ranker.ndcg@10")), _number(metrics.get("timeline.ranker.ndcg@10")),
-                      _version_status(v))
+                      number(metrics.get("test.ranker.ndcg@10")), number(metrics.get("timeline.ranker.ndcg@10")),
+                      version_status(v))
     # a terminal's width, or enough for every column when the output goes to a file or a pipe
     wide = Console(width=max(console.width, 160)) if not console.is_terminal else console
     wide.print(table)
@@ -639,21 +486,6 @@ def models(
 
     for warning in (v["alias_warning"] for v in versions if v.get("alias_warning")):
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-
-
-def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
-
-
-def _version_status(v: dict) -> str:
-    """What happened to a version last: promoted (and on what), rolled back, or nothing."""
-    promoted, rolled = v.get("promoted_at") or "", v.get("rolled_back_at") or ""
-    if rolled and rolled >= promoted:
-        return f"rolled back {rolled[:10]}"
-    if promoted:
-        how = {"first_model_gates": "gates", "ab_test": "A/B"}.get(v.get("promoted_on") or "", "")
-        return f"promoted {promoted[:10]} {how}".strip()
-    return ""
 
 
 @app.command()
@@ -716,7 +548,7 @@ def backtest(
     """Rolling-origin backtest on the global timeline: recops and every peer, fitted before each cut and judged
     after it; pooled metrics with bootstrap intervals -> reports/backtest.json, reports/backtest.html, MLflow."""
     from recops import steps
-    from recops.backtest import load, with_overrides
+    from recops.evaluation.backtest import load, with_overrides
 
     if engine not in ("prefect", "local"):
         _exit_on_user_error(RecopsError(f"--engine must be prefect or local, not {engine!r}"))
@@ -744,43 +576,7 @@ def backtest(
     except RecopsError as exc:
         _exit_on_user_error(exc)
         return
-    _print_backtest(report, settings)
-
-
-def _print_backtest(report: dict, settings) -> None:
-    cfg = report["config"]
-    pooled = report["pooled"]["metrics"]
-    metrics = ("ndcg@10", "recall@10", "recall@20", "map@10", "hitrate@10")
-    table = Table(title=f"backtest: {len(report['windows'])} windows of {cfg['test_days']:g} days, pooled over "
-                        f"{report['pooled']['rows']} (window, user) rows ({report['seconds']:.0f} s)",
-                  title_justify="left")
-    table.add_column("model")
-    for metric in metrics:
-        table.add_column(metric, justify="right")
-    best = {m: max(values[m] for values in pooled.values()) for m in metrics}
-    for name, values in pooled.items():
-        table.add_row(name, *[f"[bold]{values[m]:.4f}[/]" if values[m] == best[m] else f"{values[m]:.4f}"
-                              for m in metrics])
-    console.print(table)
-    _print_backtest_lifts(report)
-    run = f", MLflow run {report['mlflow_run_id']}" if report.get("mlflow_run_id") else ""
-    console.print(f"reports: {settings.path('backtest_report')}, {settings.path('backtest_html')}{run}")
-
-
-def _print_backtest_lifts(report: dict) -> None:
-    recall = report.get("candidate_recall") or {}
-    if recall:
-        console.print("  timeline candidate recall (mean over windows): " + ", ".join(
-            f"{name} {value:.3f}" for name, value in recall.items()), highlight=False)
-    level = f"{100 * report['config']['confidence']:.0f}%"
-    for metric, lift in report["lift"].items():
-        line = (f"{metric}: recops {lift['recops_value']:.4f} vs best peer {lift['best_peer']} "
-                f"{lift['best_peer_value']:.4f} ({lift['lift_over_best_pct']:+.1f}%)")
-        recent = lift["over"].get("recent_popularity")
-        if recent:
-            line += (f"; over recent popularity {recent['lift_pct']:+.1f}% ({level} CI {recent['low_pct']:+.1f}% "
-                     f"to {recent['high_pct']:+.1f}%)")
-        console.print(f"  timeline {line}", highlight=False)
+    print_backtest(report, settings)
 
 
 @app.command("batch-score")
@@ -793,7 +589,7 @@ def batch_score(
     quiet: Quiet = False,
 ) -> None:
     """Top-k of every user by a registered version (the champion by default) to reports/batch/*.parquet."""
-    from recops.serving import batch_score as run_batch
+    from recops.serving.batch import batch_score as run_batch
 
     _, manifest = _with_settings(params, quiet,
                                  lambda s: run_batch(s, version=version, k=k or s.deployments.batch_k, cache=cache))
@@ -820,7 +616,7 @@ def monitor(params: Params = Path("params.yaml"), quiet: Quiet = False) -> None:
         table.add_column(name, justify="left" if name in ("version", "day") else "right")
     for row in report["rows"]:
         table.add_row(str(row["version"]), row["day"], *(str(int(row[c])) if c in ("lists", "users")
-                                                          else _number(row.get(c)) for c in columns))
+                                                          else number(row.get(c)) for c in columns))
     console.print(table if report["rows"] else "nothing was served in the window (serving.impressions off, "
                   "or no request yet)")
     console.print(f"report: {settings.paths.monitoring_dir}/online.html")
@@ -842,7 +638,7 @@ def drift(params: Params = Path("params.yaml"),
     for name in ("check", "method", "statistic", "drifted"):
         table.add_column(name, justify="left" if name in ("check", "method") else "right")
     for check in sorted(checks, key=lambda c: (not c["drifted"], c["name"])):
-        table.add_row(check["name"], check["method"], _number(check["statistic"]), "yes" if check["drifted"] else "")
+        table.add_row(check["name"], check["method"], number(check["statistic"]), "yes" if check["drifted"] else "")
     console.print(table)
     for note in out["notes"]:
         console.print(f"note: {note}")
@@ -1018,7 +814,3 @@ def schedule(params: Params = Path("params.yaml"),
     from flows.schedule import serve
 
     serve(str(params.resolve()), cron)
-
-
-if __name__ == "__main__":
-    app()

@@ -36,7 +36,7 @@ import pandas as pd
 from recops.columns import Columns, DAY
 from recops.config import Settings
 from recops.errors import RecopsError
-from recops.workspace import Workspace
+from recops.workspace import Workspace, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,9 @@ class BacktestData:
 
 def load(settings: Settings) -> BacktestData:
     """The prepared interactions (encoded), their attributes and the checked windows."""
-    from recops import steps
     from recops.data import IdIndex
 
-    interactions = steps.read_parquet(settings.path("interactions"))
+    interactions = read_parquet(settings.path("interactions"))
     windows = plan_windows(interactions[Columns.TIMESTAMP].to_numpy(dtype=np.float64), settings)
     index = IdIndex.from_interactions(interactions)
     encoded = index.encode(interactions)
