@@ -274,7 +274,8 @@ def storage_rows(settings, bundle, rounds: int) -> list[str]:
             "vs float32 | p50 ms | p99 ms | mean ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, (_, recall, ndcg, mf_bytes, item_bytes, _) in engines.items():
         ms = np.concatenate(times[name])
-        rows.append(f"| {name} | {mf_bytes / 2**20:.2f} MiB | {mf_bytes / base[3]:.0%} | {item_bytes / 2**20:.1f} MiB | "
+        rows.append(f"| {name} | {mf_bytes / 2**20:.2f} MiB | {mf_bytes / base[3]:.0%} | "
+                    f"{item_bytes / 2**20:.1f} MiB | "
                     f"{item_bytes / base[4]:.0%} | {recall:.4f} | {recall / base[1] - 1:+.2%} | {ndcg:.4f} | "
                     f"{ndcg / base[2] - 1:+.2%} | {pct(ms)} |")
     return rows

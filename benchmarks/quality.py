@@ -16,9 +16,9 @@ What runs, in one process, for each protocol:
    - ``positive_rating4``: only interactions rated 4 or 5 exist (filtered before encoding, so the catalogue is the
      items with at least one positive), then the per-user temporal split. Low-rated items are neither history nor
      truth, so they can be recommended and count as misses;
-   - ``timeline``: ``recops.evaluation.backtest`` with params.yaml's ``backtest`` windows: per window, every model fitted on
-     what precedes the cut (peers tuned, ranker early-stopped on the validation window before it) and judged on
-     the next ``test_days`` of the users seen before the cut; pooled over the windows, with paired bootstrap
+   - ``timeline``: ``recops.evaluation.backtest`` with params.yaml's ``backtest`` windows: per window, every model
+     fitted on what precedes the cut (peers tuned, ranker early-stopped on the validation window before it) and
+     judged on the next ``test_days`` of the users seen before the cut; pooled over the windows, with paired bootstrap
      intervals of recops' lift over every peer.
 2. Peers (``recops.evaluation.peers`` over ``recops.candidates.sources``, the same classes that feed the ranker):
    all-time, recent-window and decayed popularity (as of the fold's cut), item-kNN, EASE, implicit ALS and BPR

@@ -1,7 +1,7 @@
 """The backtest flow ``recops-backtest``: one Prefect task per window, then one that writes the reports.
 
-Wiring only: the windows, the fits and the summary are ``recops.evaluation.backtest``; the reports and the MLflow runs are
-``recops.steps.write_backtest``. The window plan is checked in the flow's process before any task starts (bad
+Wiring only: the windows, the fits and the summary are ``recops.evaluation.backtest``; the reports and the MLflow runs
+are ``recops.steps.write_backtest``. The window plan is checked in the flow's process before any task starts (bad
 parameters fail the flow with the message naming the numbers, and nothing is written or logged). With
 ``compute.engine: dask`` the window tasks are submitted to the flow's ``DaskTaskRunner`` (``backtest_flow_for``)
 and run side by side on the workers; with ``local`` they run one after the other in the flow's process.

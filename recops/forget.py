@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 PENDING = ".recops/forget-pending.json"
 
 
-# --- ids ------------------------------------------------------------------------------------------------------------
+# --- ids --------------------------------------------------------------------------------------------------------------
 
 
 def stored_ids(settings: Settings, raw_ids: list[str]) -> list[Any]:
@@ -177,7 +177,7 @@ def _erase_events(settings: Settings, stored: list[Any]) -> int:
     return erased
 
 
-# --- sources ------------------------------------------------------------------------------------------------------------
+# --- sources ----------------------------------------------------------------------------------------------------------
 
 
 def _rewrite_source(settings: Settings, source: str | None, column: str | None, stored: list[Any]) -> int:
@@ -217,7 +217,7 @@ def _rewrite_source(settings: Settings, source: str | None, column: str | None, 
     return int(drop.sum())
 
 
-# --- the cache ----------------------------------------------------------------------------------------------------------
+# --- the cache --------------------------------------------------------------------------------------------------------
 
 
 def _forget_cached(settings: Settings, stored: list[Any]) -> int:
@@ -230,7 +230,7 @@ def _forget_cached(settings: Settings, stored: list[Any]) -> int:
     return sum(cache.forget_user(str(s)) for s in stored)
 
 
-# --- the request ----------------------------------------------------------------------------------------------------------
+# --- the request ------------------------------------------------------------------------------------------------------
 
 
 def _pending_path(settings: Settings) -> Path:

@@ -988,7 +988,8 @@ def drift(settings: Settings, version: str = "champion") -> dict[str, Any]:
         folder, sha, _ = download_serving_bundle(settings, number, Path(tmp))
         bundle = load_bundle(folder, sha)
         pairs = bundle.confidence.tocoo()
-        reference = pd.DataFrame({Columns.USER_ID: bundle.user_ids[pairs.row], Columns.ITEM_ID: bundle.item_ids[pairs.col]})
+        reference = pd.DataFrame({Columns.USER_ID: bundle.user_ids[pairs.row],
+                                  Columns.ITEM_ID: bundle.item_ids[pairs.col]})
         history_end = bundle.manifest.get("history_end")
         sample_path = folder / DRIFT_REFERENCE
         reference_rows = pd.read_parquet(sample_path) if sample_path.is_file() else None

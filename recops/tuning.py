@@ -10,8 +10,8 @@
    ``valid``.
 
 Test data is never read. Each trial is a nested MLflow run under one ``tune`` run (params and the valid score);
-the best values and every trial go to ``paths.tuning_report`` (reports/tuning.json); with ``write=True`` the best values replace the
-ones in params.yaml (comments kept), so ``dvc repro`` picks them up and reproduces the tuned model.
+the best values and every trial go to ``paths.tuning_report`` (reports/tuning.json); with ``write=True`` the best
+values replace the ones in params.yaml (comments kept), so ``dvc repro`` picks them up and reproduces the tuned model.
 """
 
 from __future__ import annotations

@@ -147,7 +147,8 @@ def _prefect_terminal(quiet: bool, verbose: bool) -> None:
 @app.command()
 def run(
     params: Params = Path("params.yaml"),
-    engine: Annotated[str, typer.Option(help="prefect: the training flow (then dvc commit); dvc: dvc repro.")] = "prefect",
+    engine: Annotated[str, typer.Option(
+        help="prefect: the training flow (then dvc commit); dvc: dvc repro.")] = "prefect",
     push: Annotated[bool, typer.Option(help="dvc push the outputs to the default DVC remote after the run.")] = True,
     backtest: Annotated[bool | None, typer.Option(
         "--backtest/--no-backtest", help="Then judge the configuration on the rolling timeline too "
@@ -491,7 +492,8 @@ def models(
 @app.command()
 def tune(
     params: Params = Path("params.yaml"),
-    budget: Annotated[float | None, typer.Option(help="Seconds for the whole search (default: tuning.time_budget_s).")] = None,
+    budget: Annotated[float | None, typer.Option(
+        help="Seconds for the whole search (default: tuning.time_budget_s).")] = None,
     write: Annotated[bool, typer.Option(help="Write the best values into params.yaml (comments kept).")] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -713,7 +715,8 @@ def serve(
 
 @app.command()
 def snapshot(
-    path: Annotated[Path, typer.Argument(help="The new interaction snapshot (CSV or Parquet, the configured columns).")],
+    path: Annotated[Path, typer.Argument(
+        help="The new interaction snapshot (CSV or Parquet, the configured columns).")],
     params: Params = Path("params.yaml"),
     train: Annotated[bool, typer.Option(help="Train a challenger on it after validation.")] = True,
     promote: Annotated[bool, typer.Option(help="Then A/B it against the champion and promote on ship.")] = True,

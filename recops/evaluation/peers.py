@@ -1,8 +1,8 @@
 """Single-stage peers of the two-stage list: the candidate sources as recommenders of their own, each tuned on a
 validation fold by a fixed grid, fitted on a history and scored on a target.
 
-The quality benchmark (``benchmarks/quality.py``) and the backtest (``recops.evaluation.backtest``) both compare recops with
-these peers, so "the best peer" means the same models, the same grids and the same metrics in both. The peers
+The quality benchmark (``benchmarks/quality.py``) and the backtest (``recops.evaluation.backtest``) both compare recops
+with these peers, so "the best peer" means the same models, the same grids and the same metrics in both. The peers
 are exactly the classes that feed the ranker (``recops.candidates.sources``), time-aware popularity included:
 ``recent_popularity`` (the last N days before the cut) and ``decayed_popularity`` (half-life decay), their window
 and half-life chosen on the validation fold like every other peer's parameters.

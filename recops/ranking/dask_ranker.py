@@ -1,8 +1,9 @@
 """The ranker trained across Dask workers with ``lightgbm.dask.DaskLGBMRanker`` (distributed LambdaRank).
 
-Same contract as :func:`recops.ranking.lambdarank.train_lambdarank` / :func:`~recops.ranking.lambdarank.refit_lambdarank`
-(same parameters, same dropping of users without a positive, same query = one user of one fold) and the same
-result type: a plain ``lightgbm.Booster``, so the text model, the ONNX export and MLflow logging do not change.
+Same contract as :func:`recops.ranking.lambdarank.train_lambdarank` /
+:func:`~recops.ranking.lambdarank.refit_lambdarank` (same parameters, same dropping of users without a positive,
+same query = one user of one fold) and the same result type: a plain ``lightgbm.Booster``, so the text model, the
+ONNX export and MLflow logging do not change.
 
 Data layout. A LambdaRank query must not straddle two workers, so the rows are partitioned by user: every user's
 rows (of every fold) are in one partition, and the ``group`` sizes are computed per partition. A pandas frame is

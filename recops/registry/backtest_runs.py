@@ -24,7 +24,10 @@ def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def log_backtest(settings: Settings, report: Mapping[str, Any], artifacts: list[Path]) -> str:
-    """Log ``report`` (``recops.evaluation.backtest.summarise``) as a parent run with nested window runs; the parent's id."""
+    """Log ``report`` (``recops.evaluation.backtest.summarise``) as a parent run with nested window runs.
+
+    Returns the parent run's id.
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -42,7 +45,8 @@ def log_backtest(settings: Settings, report: Mapping[str, Any], artifacts: list[
                 metrics[f"lift.{metric}.over_best_pct"] = lift["lift_over_best_pct"]
                 for peer, interval in lift["over"].items():
                     metrics |= {f"lift.{metric}.{peer}.{key}": value for key, value in interval.items()}
-            mlflow.log_metrics(_finite(metrics | {"seconds": report["seconds"], "pooled.rows": report["pooled"]["rows"]}))
+            pooled = {"seconds": report["seconds"], "pooled.rows": report["pooled"]["rows"]}
+            mlflow.log_metrics(_finite(metrics | pooled))
             for window in report["windows"]:
                 with mlflow.start_run(run_name=f"backtest-window-{window['window']}", nested=True,
                                       experiment_id=experiment, tags=owner_tags()):

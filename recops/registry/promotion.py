@@ -52,8 +52,8 @@ from recops.errors import RecopsError
 from recops.registry import descriptions
 from recops.registry.client import alias_version, not_found, registered_model, registry_client
 from recops.registry.gates import first_model_gates, metric_value, parse_gates
-from recops.registry.history import (HISTORY_TAG, MAX_REGISTERED_MODEL_TAG_VALUE, champion_stack, describe_registered_model,
-                                     history_entry, history_tags, read_history)
+from recops.registry.history import (HISTORY_TAG, MAX_REGISTERED_MODEL_TAG_VALUE, champion_stack,
+                                     describe_registered_model, history_entry, history_tags, read_history)
 from recops.registry.mlflow_registry import HEADLINE_METRICS, list_versions, mlflow_metric_key
 
 if TYPE_CHECKING:

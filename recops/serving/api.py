@@ -857,9 +857,9 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
                                                 "recorded")
         asked = [event.user_id for event in batch.events]
         if holder.pseudo is not None:  # the durable log and the engine never see a raw user id
-            batch = EventBatch(events=[event.model_copy(update={"user_id": edge_pseudonym(holder.pseudo,
-                                                                                              event.user_id, typed=True)})
-                                       for event in batch.events])
+            pseudonyms = [edge_pseudonym(holder.pseudo, event.user_id, typed=True) for event in batch.events]
+            batch = EventBatch(events=[event.model_copy(update={"user_id": pseudonym})
+                                       for event, pseudonym in zip(batch.events, pseudonyms)])
         model = served()
         records = []
         for event in batch.events:

@@ -208,9 +208,9 @@ def check_local_bundle(settings: Settings, root: Path) -> LocalTrust:
     - Its manifest has the sha256 a registered version recorded: it is that version's bundle, vouched for as a
       download is (:func:`load_bundle` then checks every file against the manifest).
     - It is a registered version's bundle (its manifest's build id, :func:`build_id`, is the one that version
-      recorded) with another sha256: changed since registration (say a file altered and the manifest's digests recomputed to
-      match), which :func:`verify_bundle` alone cannot see: RecopsError naming the version, both sha256s and the
-      files that differ.
+      recorded) with another sha256: changed since registration (say a file altered and the manifest's digests
+      recomputed to match), which :func:`verify_bundle` alone cannot see: RecopsError naming the version, both
+      sha256s and the files that differ.
     - Otherwise (built but not registered yet; the registry unreachable): served as an unverified local folder,
       trusted on its own manifest, and the statement says so plainly.
     """

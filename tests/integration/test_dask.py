@@ -113,7 +113,8 @@ def ndcg_at_10(settings: Settings, booster) -> float:
     index = Workspace(settings).index()
     _, target = Workspace(settings).fold("test")
     users, ranked, _ = ranked_lists(test, booster.predict(test[names(settings)].to_numpy(np.float32)), 10)
-    return ranking_metrics(users, ranked, interaction_matrix(target, index.n_users, index.n_items, "binary"), [10])["ndcg@10"]
+    truth = interaction_matrix(target, index.n_users, index.n_items, "binary")
+    return ranking_metrics(users, ranked, truth, [10])["ndcg@10"]
 
 
 

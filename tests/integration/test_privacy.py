@@ -140,7 +140,8 @@ def test_the_api_takes_raw_ids_keeps_pseudonyms_and_refuses_another_key(runs, mo
         posted = client.post("/events", json={"user_id": raw_user, "item_id": item,
                                               "timestamp": float(events["ts"].max() - 60)})
         assert posted.status_code == 202 and posted.json()["events"][0]["user_id"] == raw_user
-    logged = [json.loads(line) for f in sorted((ws / "data/events").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    logged = [json.loads(line) for f in sorted((ws / "data/events").glob("*.jsonl"))
+              for line in f.read_text().splitlines()]
     assert logged and {r["user_id"] for r in logged} == {str(pseudonym)}
     shown = cli(ws, "pseudonym", str(raw_user), "-q")  # to join batch scores back to one's users
     assert shown.returncode == 0 and shown.stdout.split() == [str(raw_user), str(pseudonym)], shown.stderr

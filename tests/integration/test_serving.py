@@ -585,7 +585,8 @@ def test_an_unreachable_registry_is_named_as_such_and_its_password_never_shown(p
             "reload_poll_seconds": 3600,
             "cache": settings.serving.cache.model_copy(update={"backend": "memory"})})})
     install_log_redaction(logging.getLogger())  # what `recops serve` installs; caplog's handler gets it too
-    with caplog.at_level(logging.WARNING), TestClient(create_app(away, load=False), raise_server_exceptions=False) as client:
+    with (caplog.at_level(logging.WARNING),
+          TestClient(create_app(away, load=False), raise_server_exceptions=False) as client):
         ready = client.get("/ready")
     assert ready.status_code == 503
     error = ready.json()["last_error"]
@@ -874,7 +875,8 @@ def test_every_answer_is_in_the_impression_log_with_its_propensities(project, tm
         live = client.get(f"/recommendations/{user}", params={"k": 5}).json()
         cached = client.get(f"/recommendations/{user}", params={"k": 5}).json()
         unknown = client.get("/recommendations/no-such-user-" + tag, params={"k": 5}).json()
-        assert not live["cached"] and cached["cached"] and unknown["fallback"] == "unknown_user", (live, cached, unknown)
+        assert not live["cached"] and cached["cached"], (live, cached)
+        assert unknown["fallback"] == "unknown_user", unknown
         ids = {live["impression_id"], cached["impression_id"], unknown["impression_id"]}
         assert None not in ids and len(ids) == 3
     with TestClient(create_app(explore, version="1"), raise_server_exceptions=False) as client:

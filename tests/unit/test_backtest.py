@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recops.evaluation.backtest import (DAY, Window, check_windows, lift_interval, plan_windows, timeline_settings, warm_users,
-                             window_parts, with_overrides)
+from recops.evaluation.backtest import (DAY, Window, check_windows, lift_interval, plan_windows, timeline_settings,
+                                        warm_users, window_parts, with_overrides)
 from recops.candidates.merge import fit_sources
 from recops.data.matrices import interaction_matrix
 from recops.candidates.sources import recommend

@@ -138,7 +138,8 @@ def test_timeline_gates_read_the_backtests_pooled_metrics_and_lift_interval_boun
     metrics = timeline_metrics(report)
     assert metrics["timeline.ranker.ndcg@10"] == 0.21 and metrics["timeline.mf.ndcg@10"] == 0.15
     assert metrics["timeline.lift_low_pct.recent_popularity.ndcg@10"] == 4.0
-    gates = {"fold": "timeline", "min_lift_over": {"recent_popularity": 0.1}, "min_ci_low_over": {"recent_popularity": 0}}
+    gates = {"fold": "timeline", "min_lift_over": {"recent_popularity": 0.1},
+             "min_ci_low_over": {"recent_popularity": 0}}
     assert first_model_gates(metrics, gates) == []
     [failure] = first_model_gates(metrics, {**gates, "min_ci_low_over": {"recent_popularity": 5.0}})
     assert "+4.0%" in failure and "below the required +5.0%" in failure

@@ -202,7 +202,8 @@ def test_the_inputs_are_logged_as_datasets_with_the_md5_dvc_records(
     by_name = {i.dataset.name: i for i in inputs}
     source = settings.data.source
     expected = {f"{source}.{name}": settings.path(name) for name in TABLES}
-    expected |= {f"{source}.{fold}": settings.path("split_dir") / f"{fold}.parquet" for fold in ("train", "valid", "test")}
+    split_dir = settings.path("split_dir")
+    expected |= {f"{source}.{fold}": split_dir / f"{fold}.parquet" for fold in ("train", "valid", "test")}
     assert set(by_name) == set(expected)
     for name, path in expected.items():
         assert by_name[name].dataset.digest == hashlib.md5(path.read_bytes()).hexdigest()
