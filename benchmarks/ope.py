@@ -71,8 +71,8 @@ def report(result: dict[str, np.ndarray], confidence: float) -> str:
     percentile = (result["low"] <= truth_b) & (truth_b <= result["high"])
     normal = np.abs(estimate - truth_b) <= z * se
     replays = estimate.shape[0]
-    lines = [f"| policy (truth) | estimator | covered, percentile | covered, normal | bias | RMSE | mean CI width "
-             f"| mean ESS |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| policy (truth) | estimator | covered, percentile | covered, normal | bias | RMSE | mean CI width "
+             "| mean ESS |", "|---|---|---|---|---|---|---|---|"]
     for p, policy in enumerate(POLICIES):
         for e, name in enumerate(ESTIMATORS):
             error = estimate[:, p, e] - truth[p]

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.candidates.storage import CompressedCSR, RowStore, item_item, top_k_per_row
+from recops.candidates.storage import CompressedCSR, RowStore, item_item
 from recops.columns import Columns
 from recops.config import Settings, StorageConfig
 from recops.errors import RecopsError
@@ -148,22 +148,8 @@ def _compile_ranker(settings: Settings, names: list[str], root: Path) -> dict[st
 
 
 def stored_sources(sources: dict[str, Any], storage: StorageConfig) -> dict[str, dict[str, Any]]:
-    """Each fitted source's arrays as ``export.storage`` stores them (``recops.candidates.storage``)."""
-    stored = {}
-    for name, source in sources.items():
-        arrays = dict(source.arrays())
-        if name == "mf":
-            for key in ("user_factors", "item_factors"):
-                arrays[key] = RowStore.compress(arrays[key], storage.mf_factors)
-        elif name == "ease":
-            weights = arrays["weights"]
-            if storage.ease_top_k is not None:
-                weights = top_k_per_row(weights, storage.ease_top_k)
-            arrays["weights"] = item_item(weights, storage.item_item)
-        elif "similarity" in arrays:  # item-kNN and its recent-window variant
-            arrays["similarity"] = item_item(arrays["similarity"], storage.item_item)
-        stored[name] = arrays
-    return stored
+    """Each fitted source's arrays as ``export.storage`` stores them (each source's ``stored_arrays``)."""
+    return {name: source.stored_arrays(storage) for name, source in sources.items()}
 
 
 def stored_stats(stats, storage: StorageConfig) -> dict[str, Any]:

@@ -152,14 +152,14 @@ class SplitConfig(Strict):
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
 
 
-CandidateSource = Literal["mf", "ease", "itemknn", "popularity", "recent_popularity", "decayed_popularity",
+SourceName = Literal["mf", "ease", "itemknn", "popularity", "recent_popularity", "decayed_popularity",
                           "recent_itemknn"]
 
 
 class CandidatesConfig(Strict):
     # Sources merged into each user's candidate list (round-robin by rank, duplicates removed); every source's
     # score and rank of every candidate become ranker features. Users without history get popularity only.
-    sources: list[CandidateSource] = ["mf", "ease", "itemknn", "popularity", "recent_popularity"]
+    sources: list[SourceName] = ["mf", "ease", "itemknn", "popularity", "recent_popularity"]
     n_candidates: int = Field(200, ge=1)
     # mf: implicit ALS / BPR
     algorithm: Literal["als", "bpr"] = "als"
@@ -248,7 +248,7 @@ class EvaluationConfig(Strict):
     ks: list[int] = [10, 20]
     # single-stage models evaluated next to the ranker (each is also a candidate source; one that is not among
     # candidates.sources is fitted for this alone); an empty list reports popularity only
-    baselines: list[CandidateSource] = ["popularity", "recent_popularity", "decayed_popularity", "mf", "ease",
+    baselines: list[SourceName] = ["popularity", "recent_popularity", "decayed_popularity", "mf", "ease",
                                         "itemknn"]
     top_n_report: int = Field(100, ge=1)
     # Test users evaluated: a seeded sample when there are more (reported as test.candidates.users and
@@ -282,7 +282,7 @@ class TuningConfig(Strict):
     time_budget_s: float = Field(900.0, gt=0)   # the whole search (sources, then the ranker)
     source_share: float = Field(0.4, gt=0, le=1)  # of the budget, split evenly between the tuned sources
     max_trials: int = Field(200, ge=1)          # per search
-    sources: list[CandidateSource] = ["mf", "ease", "itemknn", "recent_popularity", "decayed_popularity",
+    sources: list[SourceName] = ["mf", "ease", "itemknn", "recent_popularity", "decayed_popularity",
                                       "recent_itemknn"]
     ranker: bool = True
     log_to_mlflow: bool = True                   # a `tune` run with one nested run per trial

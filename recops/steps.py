@@ -653,7 +653,8 @@ def register(settings: Settings) -> dict[str, float]:
     onnx_path = settings.path("onnx_model")
     if not onnx_path.is_file():
         raise RecopsError(f"{onnx_path} not found: run the export stage first (recops run)")
-    from recops.serving.bundle import BUILD_TAG, MANIFEST, SHA_TAG, build_id_of, sha256_file
+    from recops.registry.mlflow_registry import SERVING_BUILD_TAG as BUILD_TAG, SERVING_MANIFEST_TAG as SHA_TAG
+    from recops.serving.bundle import MANIFEST, build_id_of, sha256_file
 
     bundle_manifest = settings.path("serving_bundle") / MANIFEST
     if not bundle_manifest.is_file():

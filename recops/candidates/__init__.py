@@ -5,12 +5,13 @@ from __future__ import annotations
 from recops.candidates.merge import fit_sources, merged_candidates, source_columns
 from recops.candidates.mf import MFCandidateGenerator
 from recops.data.matrices import interaction_matrix
-from recops.candidates.sources import (EASE, DecayedPopularity, ItemKNN, MatrixFactorization, MostPopular,
-                                       RecentItemKNN, RecentPopularity, recommend, top_n)
+from recops.candidates.sources import (EASE, SOURCES, CandidateSource, DecayedPopularity, History, ItemKNN,
+                                       MatrixFactorization, MostPopular, RecentItemKNN, RecentPopularity, recommend,
+                                       top_n)
 
 __all__ = [
-    "EASE", "DecayedPopularity", "ItemKNN", "MFCandidateGenerator", "MatrixFactorization", "MostPopular",
-    "RecentItemKNN", "RecentPopularity", "fit_sources",
+    "EASE", "SOURCES", "CandidateSource", "DecayedPopularity", "History", "ItemKNN", "MFCandidateGenerator",
+    "MatrixFactorization", "MostPopular", "RecentItemKNN", "RecentPopularity", "fit_sources",
     "interaction_matrix", "merged_candidates",
     "recommend", "source_columns", "top_n",
 ]

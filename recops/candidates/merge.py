@@ -21,10 +21,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.data.matrices import cooccurrence_rows, interaction_matrix
-from recops.candidates.sources import (EASE, DecayedPopularity, ItemKNN, MatrixFactorization, MostPopular,
-                                       RecentItemKNN, RecentPopularity, top_n)
-from recops.columns import Columns, DAY
+from recops.candidates.sources import SOURCES, CandidateSource, History, top_n
+from recops.columns import Columns
 from recops.config import CandidatesConfig
 
 log = logging.getLogger(__name__)
@@ -34,46 +32,17 @@ POPULARITY = "popularity"
 
 def fit_sources(history: pd.DataFrame, n_users: int, n_items: int, config: CandidatesConfig, seed: int,
                 threads: int, mf_init: tuple[np.ndarray, np.ndarray] | None = None
-                ) -> tuple[dict[str, object], dict[str, float]]:
+                ) -> tuple[dict[str, CandidateSource], dict[str, float]]:
     """Every configured source (plus popularity, the cold-start fallback) fitted on ``history``; fit seconds.
     ``mf_init``: MF (user, item) factors of a fit on an earlier part of ``history`` to warm-start from."""
-    user_items = interaction_matrix(history, n_users, n_items, "binary")
-    fitted: dict[str, object] = {}
+    shared = History(history, n_users, n_items, mf_init)  # the matrices the sources learn from, built once
+    fitted: dict[str, CandidateSource] = {}
     seconds: dict[str, float] = {}
-    names = list(dict.fromkeys([*config.sources, POPULARITY]))
-    for name in names:
+    for name in dict.fromkeys([*config.sources, POPULARITY]):
         started = time.perf_counter()
-        if name == "mf":
-            weighted = interaction_matrix(history, n_users, n_items, config.confidence)
-            fitted[name] = MatrixFactorization(config, seed=seed, threads=threads).fit(weighted, mf_init)
-        elif name == "ease":
-            fitted[name] = EASE(config.ease_l2, config.ease_max_items, threads=threads).fit(user_items)
-        elif name == "itemknn":
-            recent = cooccurrence_rows(history, n_users, n_items, config.knn_max_history, user_items)
-            fitted[name] = ItemKNN(config.knn_neighbours, config.knn_shrinkage, threads=threads).fit(recent)
-        elif name == "recent_itemknn":
-            window = recent_part(history, config.recent_cooccurrence_days)
-            rows = cooccurrence_rows(window, n_users, n_items, config.knn_max_history,
-                                     interaction_matrix(window, n_users, n_items, "binary"))
-            fitted[name] = RecentItemKNN(config.knn_neighbours, config.knn_shrinkage, threads=threads).fit(rows)
-        else:
-            ts = history[Columns.TIMESTAMP].to_numpy(dtype=np.float64)
-            ages = (ts.max(initial=0.0) - ts) / DAY
-            kind = POPULARITY_SOURCES[name]
-            fitted[name] = kind.configured(config).fit(user_items, ages, history[Columns.ITEM].to_numpy())
+        fitted[name] = SOURCES[name].configured(config, seed=seed, threads=threads).fit_history(shared)
         seconds[name] = time.perf_counter() - started
     return fitted, seconds
-
-
-POPULARITY_SOURCES = {cls.name: cls for cls in (MostPopular, RecentPopularity, DecayedPopularity)}
-
-
-def recent_part(history: pd.DataFrame, days: float) -> pd.DataFrame:
-    """The interactions of ``history`` at most ``days`` before its latest timestamp."""
-    ts = history[Columns.TIMESTAMP].to_numpy(dtype=np.float64)
-    if not len(ts):
-        return history
-    return history[ts >= ts.max() - days * DAY]
 
 
 def source_columns(config: CandidatesConfig) -> list[str]:
@@ -84,7 +53,7 @@ def source_columns(config: CandidatesConfig) -> list[str]:
     return [*cols, "n_sources"]
 
 
-def merged_candidates(sources: dict[str, object], config: CandidatesConfig, users: np.ndarray,
+def merged_candidates(sources: dict[str, CandidateSource], config: CandidatesConfig, users: np.ndarray,
                       user_items: sp.csr_matrix, block_users: int = 512) -> pd.DataFrame:
     """(user_idx, item_idx, <source>_score, <source>_rank ..., n_sources), ``config.n_candidates`` rows per user
     at most, in merged order (``merged_rank`` ascending) within each user."""
@@ -101,7 +70,7 @@ def merged_candidates(sources: dict[str, object], config: CandidatesConfig, user
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-def merged_candidate_blocks(sources: dict[str, object], config: CandidatesConfig, users: np.ndarray,
+def merged_candidate_blocks(sources: dict[str, CandidateSource], config: CandidatesConfig, users: np.ndarray,
                             user_items: sp.csr_matrix, block_users: int = 512):
     """The columns of :func:`merged_candidates` (a dict of arrays) for each block of users, as a generator: the
     serving engine uses them directly, without a DataFrame."""
@@ -124,7 +93,7 @@ def merged_candidate_blocks(sources: dict[str, object], config: CandidatesConfig
         for name in names:
             block = sources[name].score(batch, rows)
             block[seen.row, seen.col] = -np.inf  # exclude_seen, with the rows' coordinates computed once
-            if name not in POPULARITY_SOURCES and not all_warm:
+            if SOURCES[name].needs_history and not all_warm:
                 block[~warm] = -np.inf  # nothing to go on: the source abstains for users without history
             scores[name] = block
             tops[name] = top_n(block, n)
@@ -174,7 +143,7 @@ def user_history(user_items, user: int) -> np.ndarray:
     return np.unique(matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]]).astype(np.int64)
 
 
-def _merge_user(sources: dict[str, object], names: list[str], user: int, history: np.ndarray, n_items: int,
+def _merge_user(sources: dict[str, CandidateSource], names: list[str], user: int, history: np.ndarray, n_items: int,
                 n: int) -> dict[str, np.ndarray]:
     """The columns of ``merged_candidate_blocks`` for one user with a history: each source scores the user
     (``score_user``) into one row of a sources x items block, seen items are masked, the block's tops are taken

@@ -1,7 +1,19 @@
 """Candidate sources: recommenders that score every item for a block of users.
 
-Each source follows the scikit-learn convention (``__init__`` stores settings, ``fit`` learns and returns self) and
-exposes ``score(users, user_items) -> (len(users) x n_items) float32``: a dense block of scores, higher is better.
+Every source is a :class:`CandidateSource` (the contract below) registered by name in :data:`SOURCES`: the
+pipeline fits the configured ones by name (``merge.fit_sources``), a bundle stores each one's arrays and the serving
+engine loads them back by the same name. The contract:
+
+- ``configured(config, seed, threads)``: the unfitted source with params.yaml's ``candidates`` settings;
+- ``fit_history(history)``: learn from a fold's :class:`History` (the source picks its own view of it: binary,
+  confidence-weighted, a recent window, each user's last items, the interactions' ages) and return self;
+- ``score(users, user_items) -> (len(users) x n_items) float32``: a dense block of scores, higher is better;
+  ``score_user(user, items)`` the same row for one user from the item indices of their history;
+- ``to_arrays()`` / ``stored_arrays(storage)`` / ``from_arrays(arrays, config, threads)``: the fitted state as
+  arrays, as ``export.storage`` keeps it in a bundle, and back.
+
+Each source also follows the scikit-learn convention for its learner (``__init__`` stores settings, ``fit`` learns
+from a matrix and returns self), which the single-stage peers of the quality benchmark call directly.
 Blocks keep memory bounded (``block_users x n_items`` floats at a time) and let every source share the same
 top-n selection, seen-item exclusion and merging code (``recops.candidates.merge``). The same classes are the
 single-stage peers of the quality benchmark (``benchmarks/quality.py``), so the ranker is compared with exactly the
@@ -22,25 +34,114 @@ models that feed it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, ClassVar
+
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse import _sparsetools
 
 from recops.candidates.mf import MFCandidateGenerator
-from recops.candidates.storage import RowStore, dense, dense_item_item, sparse_times, times_t
-from recops.config import CandidatesConfig
+from recops.candidates.storage import (RowStore, dense, dense_item_item, item_item, sparse_times, times_t,
+                                       top_k_per_row)
+from recops.columns import DAY, Columns
+from recops.config import CandidatesConfig, StorageConfig
+from recops.data.matrices import cooccurrence_rows, interaction_matrix
 from recops.errors import RecopsError
 from recops.threads import blas_limits
 
 DEFAULTS = CandidatesConfig()  # a source built without arguments: params.yaml's values (one layer of defaults)
 
 
+@dataclass(frozen=True, eq=False)
+class History:
+    """What a source is fitted on: one fold's history (user / item indices, timestamps, weights) over the run's
+    index, with the matrices the sources learn from built once and shared. ``mf_init``: MF (user, item) factors
+    of a fit on an earlier part of this history to warm-start from."""
 
-class MostPopular:
+    frame: pd.DataFrame
+    n_users: int
+    n_items: int
+    mf_init: tuple[np.ndarray, np.ndarray] | None = None
+
+    @cached_property
+    def user_items(self) -> sp.csr_matrix:
+        """The binary users x items matrix."""
+        return interaction_matrix(self.frame, self.n_users, self.n_items, "binary")
+
+    def weighted(self, confidence: str) -> sp.csr_matrix:
+        """The users x items matrix with ``candidates.confidence`` weights."""
+        return interaction_matrix(self.frame, self.n_users, self.n_items, confidence)
+
+    @cached_property
+    def ages_days(self) -> np.ndarray:
+        """Each interaction's age in days before the history's latest timestamp."""
+        ts = self.frame[Columns.TIMESTAMP].to_numpy(dtype=np.float64)
+        return (ts.max(initial=0.0) - ts) / DAY
+
+    @property
+    def items(self) -> np.ndarray:
+        """Each interaction's item index (aligned with ``ages_days``)."""
+        return self.frame[Columns.ITEM].to_numpy()
+
+    def recent(self, days: float) -> History:
+        """The interactions at most ``days`` before the history's latest timestamp (the same index)."""
+        ts = self.frame[Columns.TIMESTAMP].to_numpy(dtype=np.float64)
+        if not len(ts):
+            return self
+        return History(self.frame[ts >= ts.max() - days * DAY], self.n_users, self.n_items)
+
+    def cooccurrence_rows(self, max_history: int | None) -> sp.csr_matrix:
+        """The binary matrix item-item co-occurrences are counted over (each user's last ``max_history`` items)."""
+        return cooccurrence_rows(self.frame, self.n_users, self.n_items, max_history, self.user_items)
+
+
+class CandidateSource:
+    """The contract every source keeps (see the module's docstring); ``SOURCES`` maps each name to its class.
+
+    ``needs_history``: the source has nothing to say about a user without history (it abstains for them in the
+    merge); the popularity sources score everyone and are the cold-start fallback."""
+
+    name: ClassVar[str]
+    needs_history: ClassVar[bool] = True
+
+    @classmethod
+    def configured(cls, config: CandidatesConfig, seed: int = 0, threads: int = 1) -> Any:
+        raise NotImplementedError
+
+    def fit_history(self, history: History) -> Any:
+        raise NotImplementedError
+
+    def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        raise NotImplementedError
+
+    def score_user(self, user: int, history: np.ndarray) -> np.ndarray:
+        """``score`` of one user from the item indices of their history (sorted, unique), as a 1-D array: the
+        row ``score`` gives for that user, to the last bit (the online path; a test compares them)."""
+        raise NotImplementedError
+
+    def to_arrays(self) -> dict[str, Any]:
+        """The fitted state as arrays (what a serving bundle stores; see ``from_arrays``)."""
+        raise NotImplementedError
+
+    def stored_arrays(self, storage: StorageConfig) -> dict[str, Any]:
+        """``to_arrays`` as ``export.storage`` keeps them in a bundle (``recops.candidates.storage``)."""
+        return dict(self.to_arrays())
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> Any:
+        raise NotImplementedError
+
+
+
+class MostPopular(CandidateSource):
     """Interaction counts as of the history's end: all of them, or (``window_days``) only those at most that many
     days old, each optionally weighed ``2 ** (-age / half_life_days)``."""
 
     name = "popularity"
+    needs_history = False
 
     def __init__(self, half_life_days: float | None = None, window_days: float | None = None) -> None:
         self.half_life_days = half_life_days
@@ -65,19 +166,20 @@ class MostPopular:
         self.popularity_ = counts.astype(np.float32)
         return self
 
+    def fit_history(self, history: History) -> MostPopular:
+        return self.fit(history.user_items, history.ages_days, history.items)
+
     def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         return np.broadcast_to(self.popularity_, (len(users), len(self.popularity_))).copy()
 
     def score_user(self, user: int, history: np.ndarray) -> np.ndarray:
-        """``score`` of one user from the item indices of their history (sorted, unique), as a 1-D array."""
         return self.popularity_.copy()
 
-    def arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
-        """The fitted state as arrays (what a serving bundle stores; see ``from_arrays``)."""
+    def to_arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
         return {"popularity": self.popularity_}
 
     @classmethod
-    def configured(cls, config: CandidatesConfig) -> MostPopular:
+    def configured(cls, config: CandidatesConfig, seed: int = 0, threads: int = 1) -> MostPopular:
         return cls(config.popularity_half_life_days)
 
     @classmethod
@@ -98,7 +200,7 @@ class RecentPopularity(MostPopular):
         super().__init__(None, window_days)
 
     @classmethod
-    def configured(cls, config: CandidatesConfig) -> RecentPopularity:
+    def configured(cls, config: CandidatesConfig, seed: int = 0, threads: int = 1) -> RecentPopularity:
         return cls(config.recent_popularity_days)
 
 
@@ -112,7 +214,7 @@ class DecayedPopularity(MostPopular):
         super().__init__(half_life_days, None)
 
     @classmethod
-    def configured(cls, config: CandidatesConfig) -> DecayedPopularity:
+    def configured(cls, config: CandidatesConfig, seed: int = 0, threads: int = 1) -> DecayedPopularity:
         return cls(config.decayed_popularity_half_life_days)
 
 
@@ -148,14 +250,18 @@ def _binary(user_items: sp.csr_matrix) -> sp.csr_matrix:
     return matrix
 
 
-class ItemKNN:
+class ItemKNN(CandidateSource):
+    """Item-item cosine similarity with shrinkage, the ``neighbours`` nearest of each item kept; co-occurrences
+    counted over each user's last ``max_history`` items (``candidates.knn_max_history``; None: all of them)."""
+
     name = "itemknn"
 
     def __init__(self, neighbours: int = DEFAULTS.knn_neighbours, shrinkage: float = DEFAULTS.knn_shrinkage,
-                 threads: int = 1) -> None:
+                 threads: int = 1, max_history: int | None = DEFAULTS.knn_max_history) -> None:
         self.neighbours = neighbours
         self.shrinkage = shrinkage
         self.threads = threads
+        self.max_history = max_history
         # how the dense copy is kept (export.storage.item_item of the bundle it was loaded from)
         self.dense_storage = "float32"
 
@@ -163,6 +269,13 @@ class ItemKNN:
     # block (block items x catalogue), each block pruned to its k neighbours before the next: memory stays
     # bounded whatever the catalogue (one 5M-interaction log took 12.5 GB unblocked).
     BLOCK_ENTRIES = 40_000_000
+
+    @classmethod
+    def configured(cls, config: CandidatesConfig, seed: int = 0, threads: int = 1) -> ItemKNN:
+        return cls(config.knn_neighbours, config.knn_shrinkage, threads=threads, max_history=config.knn_max_history)
+
+    def fit_history(self, history: History) -> ItemKNN:
+        return self.fit(history.cooccurrence_rows(self.max_history))
 
     def fit(self, user_items: sp.csr_matrix) -> ItemKNN:
         x = _binary(user_items).tocsr()
@@ -200,28 +313,44 @@ class ItemKNN:
             return sparse_times(rows, self.similarity_ if dense is None else dense)
 
     def score_user(self, user: int, history: np.ndarray) -> np.ndarray:
-        """``score`` of one user from their history's item indices (sorted, unique), as a 1-D array."""
         dense = self._dense_similarity()
         if dense is None:
             return self.score(np.zeros(1, np.int32), _history_row(history, self.similarity_.shape[0]))[0]
         return _sum_rows(dense, history)
 
-    def arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
+    def to_arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
         return {"similarity": self.similarity_}
+
+    def stored_arrays(self, storage: StorageConfig) -> dict[str, Any]:
+        return {"similarity": item_item(self.similarity_, storage.item_item)}
 
     @classmethod
     def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> ItemKNN:
-        source = cls(config.knn_neighbours, config.knn_shrinkage, threads)
+        source = cls.configured(config, threads=threads)
         source.similarity_ = arrays["similarity"].tocsr()
         return source
 
 
 class RecentItemKNN(ItemKNN):
     """Item-kNN whose co-occurrences are counted over the last ``candidates.recent_cooccurrence_days`` of the
-    history only (fitted by ``merge.fit_sources`` on that window): the neighbours of what a user just consumed
-    are what people consume with it now, not over the catalogue's whole life."""
+    history only: the neighbours of what a user just consumed are what people consume with it now, not over the
+    catalogue's whole life."""
 
     name = "recent_itemknn"
+
+    def __init__(self, neighbours: int = DEFAULTS.knn_neighbours, shrinkage: float = DEFAULTS.knn_shrinkage,
+                 threads: int = 1, max_history: int | None = DEFAULTS.knn_max_history,
+                 window_days: float = DEFAULTS.recent_cooccurrence_days) -> None:
+        super().__init__(neighbours, shrinkage, threads, max_history)
+        self.window_days = window_days
+
+    @classmethod
+    def configured(cls, config: CandidatesConfig, seed: int = 0, threads: int = 1) -> RecentItemKNN:
+        return cls(config.knn_neighbours, config.knn_shrinkage, threads=threads, max_history=config.knn_max_history,
+                   window_days=config.recent_cooccurrence_days)
+
+    def fit_history(self, history: History) -> RecentItemKNN:
+        return self.fit(history.recent(self.window_days).cooccurrence_rows(self.max_history))
 
 
 def _top_k_of_rows(co: sp.csr_matrix, start: int, norms: np.ndarray, shrinkage: float,
@@ -261,7 +390,9 @@ def _top_k_of_rows(co: sp.csr_matrix, start: int, norms: np.ndarray, shrinkage: 
     return neighbours[top].astype(np.int32), (local[top] + start).astype(np.int32), sims[top]
 
 
-class EASE:
+class EASE(CandidateSource):
+    """The closed-form linear item-item model (see the module's docstring)."""
+
     name = "ease"
 
     def __init__(self, l2: float = DEFAULTS.ease_l2, max_items: int = DEFAULTS.ease_max_items,
@@ -269,6 +400,13 @@ class EASE:
         self.l2 = l2
         self.max_items = max_items
         self.threads = threads
+
+    @classmethod
+    def configured(cls, config: CandidatesConfig, seed: int = 0, threads: int = 1) -> EASE:
+        return cls(config.ease_l2, config.ease_max_items, threads=threads)
+
+    def fit_history(self, history: History) -> EASE:
+        return self.fit(history.user_items)
 
     def fit(self, user_items: sp.csr_matrix) -> EASE:
         n_items = user_items.shape[1]
@@ -291,30 +429,44 @@ class EASE:
             return sparse_times(_binary(user_items[users]), self.weights_)
 
     def score_user(self, user: int, history: np.ndarray) -> np.ndarray:
-        """``score`` of one user from their history's item indices (sorted, unique), as a 1-D array."""
         return _sum_rows(self.weights_, history)
 
-    def arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
+    def to_arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
         return {"weights": self.weights_}
+
+    def stored_arrays(self, storage: StorageConfig) -> dict[str, Any]:
+        weights = self.weights_
+        if storage.ease_top_k is not None:
+            weights = top_k_per_row(weights, storage.ease_top_k)
+        return {"weights": item_item(weights, storage.item_item)}
 
     @classmethod
     def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> EASE:
         """Weights dense float32, compressed (a :class:`RowStore`) or sparse (``export.storage``), as stored."""
-        source = cls(config.ease_l2, config.ease_max_items, threads)
+        source = cls.configured(config, threads=threads)
         weights = arrays["weights"]
         source.weights_ = (weights.tocsr() if sp.issparse(weights) else weights if isinstance(weights, RowStore)
                            else np.asarray(weights, dtype=np.float32))
         return source
 
 
-class MatrixFactorization:
-    """implicit ALS / BPR as a source; users without history score 0 everywhere."""
+class MatrixFactorization(CandidateSource):
+    """implicit ALS / BPR as a source, fitted on the ``candidates.confidence``-weighted matrix (warm-started from
+    the history's ``mf_init`` when configured); users without history score 0 everywhere."""
+
+    name = "mf"
 
     def __init__(self, config: CandidatesConfig, seed: int = 0, threads: int = 1) -> None:
         self.config = config
         self.seed = seed
         self.threads = threads
-        self.name = "mf"
+
+    @classmethod
+    def configured(cls, config: CandidatesConfig, seed: int = 0, threads: int = 1) -> MatrixFactorization:
+        return cls(config, seed=seed, threads=threads)
+
+    def fit_history(self, history: History) -> MatrixFactorization:
+        return self.fit(history.weighted(self.config.confidence), history.mf_init)
 
     def fit(self, user_items: sp.csr_matrix, init: tuple[np.ndarray, np.ndarray] | None = None) -> MatrixFactorization:
         """``init``: (user, item) factors to warm-start from (see ``CandidatesConfig.warm_start_iterations``)."""
@@ -344,9 +496,15 @@ class MatrixFactorization:
             out[:] = 0.0
         return out[0].astype(np.float32, copy=False)
 
-    def arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
+    def to_arrays(self) -> dict[str, np.ndarray | sp.csr_matrix]:
         g = self.generator_
         return {"user_factors": g.user_factors_, "item_factors": g.item_factors_, "has_history": g.has_history_}
+
+    def stored_arrays(self, storage: StorageConfig) -> dict[str, Any]:
+        arrays = dict(self.to_arrays())
+        for key in ("user_factors", "item_factors"):
+            arrays[key] = RowStore.compress(arrays[key], storage.mf_factors)
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> MatrixFactorization:
@@ -379,6 +537,11 @@ class MatrixFactorization:
         g.user_factors_[user] = vector
         g.has_history_[user] = len(items) > 0
         return vector
+
+
+SOURCES: dict[str, type[CandidateSource]] = {cls.name: cls for cls in (
+    MostPopular, RecentPopularity, DecayedPopularity, ItemKNN, RecentItemKNN, EASE, MatrixFactorization)}
+"""Every candidate source by its name in ``candidates.sources`` (and in a bundle's ``sources/``)."""
 
 
 def exclude_seen(scores: np.ndarray, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:

@@ -50,7 +50,7 @@ from scipy import stats
 
 from recops.config import ABConfig, GuardrailsConfig
 from recops.errors import RecopsError
-from recops.evaluation.metrics import RANKING_METRICS, hits_matrix
+from recops.evaluation.metrics import RANKING_METRICS, hits_matrix, per_user_ranking_metrics
 
 # arm (and interleaving team) indices; the registry aliases are recops.registry.promotion.CHAMPION, CHALLENGER
 CHAMPION_ARM, CHALLENGER_ARM = 0, 1
@@ -94,24 +94,8 @@ def per_user_metric(users: np.ndarray, recommended: np.ndarray, truth: sp.csr_ma
             f"{int((n_relevant == 0).sum())} of {len(users)} users have no relevant item, so {metric} is "
             "undefined for them: keep only the rows where relevant_users_mask(users, truth) is true"
         )
-    hits = hits_matrix(users, recommended[:, :k], truth).astype(np.float64)
-    if hits.shape[1] < k:
-        hits = np.pad(hits, ((0, 0), (0, k - hits.shape[1])))
-    n_hits = hits.sum(axis=1)
-    positions = np.arange(1, k + 1, dtype=np.float64)
-    if name == "precision":
-        return n_hits / k
-    if name == "recall":
-        return n_hits / n_relevant
-    if name == "hitrate":
-        return (n_hits > 0).astype(np.float64)
-    if name == "mrr":
-        return np.where(n_hits > 0, 1.0 / (np.argmax(hits > 0, axis=1) + 1.0), 0.0)
-    if name == "map":
-        return (hits * np.cumsum(hits, axis=1) / positions).sum(axis=1) / np.minimum(n_relevant, k)
-    discounts = 1.0 / np.log2(positions + 1.0)  # ndcg
-    ideal = np.cumsum(discounts)[np.minimum(n_relevant, k) - 1]
-    return (hits * discounts).sum(axis=1) / ideal
+    _, values = per_user_ranking_metrics(users, recommended, truth, [k])  # the one definition of each metric
+    return values[f"{name}@{k}"]
 
 
 # ----------------------------------------------------------------------------------------- paired offline test

@@ -42,8 +42,6 @@ from recops.candidates.storage import CompressedCSR, RowStore
 from recops.config import Settings
 from recops.errors import RecopsError
 from recops.io import file_digest
-from recops.registry.mlflow_registry import SERVING_BUILD_TAG as BUILD_TAG  # noqa: F401 (re-exported)
-from recops.registry.mlflow_registry import SERVING_MANIFEST_TAG as SHA_TAG  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 

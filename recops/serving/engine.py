@@ -39,8 +39,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.candidates.sources import (EASE, DecayedPopularity, ItemKNN, MatrixFactorization, MostPopular,
-                                       RecentItemKNN, RecentPopularity)
+from recops.candidates.sources import SOURCES, ItemKNN
 from recops.candidates.storage import dense_item_item
 from recops.columns import Columns
 from recops.config import CandidatesConfig, FeaturesConfig, ServingConfig, StorageConfig
@@ -50,8 +49,6 @@ from recops.serving.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
-SOURCE_CLASSES = {cls.name: cls for cls in (MostPopular, RecentPopularity, DecayedPopularity, ItemKNN,
-                                             RecentItemKNN, EASE)} | {"mf": MatrixFactorization}
 UNKNOWN_USER = "unknown_user"
 COLD_USER = "cold_user"
 LOCK_STRIPES = 64
@@ -173,7 +170,7 @@ class Recommender:
         self._user_lookup = {str(u): i for i, u in enumerate(self.user_ids.tolist())}
         self._item_lookup = {str(v): i for i, v in enumerate(self.item_ids.tolist())}
         threads = config.threads
-        self.sources = {name: SOURCE_CLASSES[name].from_arrays(arrays, self.candidates_config, threads)
+        self.sources = {name: SOURCES[name].from_arrays(arrays, self.candidates_config, threads)
                         for name, arrays in bundle.sources.items()}
         # export.storage.item_item: dense copies of item-item matrices kept in the bundle's precision
         self.storage = StorageConfig.model_validate(manifest.get("storage", {}))

@@ -34,7 +34,6 @@ def one_relevant_item(n_users: int, seed: int = 0) -> tuple[np.ndarray, sp.csr_m
 
 def list_with_item_at(relevant: np.ndarray, position: np.ndarray, k: int = 10) -> np.ndarray:
     """Top-k lists of distinct items with each user's relevant item at ``position`` (0-based; -1: absent)."""
-    n = len(relevant)
     filler = (relevant[:, None] + 1 + np.arange(k)) % N_ITEMS  # never the relevant item
     lists = filler.copy()
     placed = position >= 0

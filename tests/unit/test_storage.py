@@ -131,10 +131,10 @@ def test_sources_score_from_compressed_arrays_as_from_their_float32_values():
     users = np.arange(10)
 
     mf = MatrixFactorization(config, seed=1).fit(history)
-    arrays = dict(mf.arrays(), item_factors=RowStore.compress(mf.item_factors_, "int8"),
+    arrays = dict(mf.to_arrays(), item_factors=RowStore.compress(mf.item_factors_, "int8"),
                   user_factors=RowStore.compress(mf.user_factors_, "int8"))
     compressed = MatrixFactorization.from_arrays(arrays, config)
-    rounded = MatrixFactorization.from_arrays(dict(mf.arrays(), item_factors=arrays["item_factors"].toarray(),
+    rounded = MatrixFactorization.from_arrays(dict(mf.to_arrays(), item_factors=arrays["item_factors"].toarray(),
                                                    user_factors=arrays["user_factors"].toarray()), config)
     np.testing.assert_allclose(compressed.score(users, history), rounded.score(users, history), atol=1e-5)
     np.testing.assert_allclose(compressed.score_user(3, history[3].indices), rounded.score(users, history)[3],
