@@ -746,7 +746,7 @@ def replay(
 ) -> None:
     """Replay a log as growing weekly snapshots through the snapshot flow (validate, train, A/B, promote)."""
     settings = _settings(params, quiet=False)
-    from recops.data.snapshots import replay as run_replay
+    from flows.lifecycle import replay as run_replay
 
     try:
         leave_no_orphans(settings, runs_flows=True)
