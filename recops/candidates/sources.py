@@ -34,6 +34,7 @@ models that feed it.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
@@ -98,7 +99,7 @@ class History:
         return cooccurrence_rows(self.frame, self.n_users, self.n_items, max_history, self.user_items)
 
 
-class CandidateSource:
+class CandidateSource(ABC):
     """The contract every source keeps (see the module's docstring); ``SOURCES`` maps each name to its class.
 
     ``needs_history``: the source has nothing to say about a user without history (it abstains for them in the
@@ -108,31 +109,34 @@ class CandidateSource:
     needs_history: ClassVar[bool] = True
 
     @classmethod
-    def configured(cls, config: CandidatesConfig, seed: int = 0, threads: int = 1) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def configured(cls, config: CandidatesConfig, seed: int = 0, threads: int = 1) -> Any: ...
 
-    def fit_history(self, history: History) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def fit_history(self, history: History) -> Any: ...
 
-    def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray: ...
 
+    @abstractmethod
     def score_user(self, user: int, history: np.ndarray) -> np.ndarray:
         """``score`` of one user from the item indices of their history (sorted, unique), as a 1-D array: the
-        row ``score`` gives for that user, to the last bit (the online path; a test compares them)."""
-        raise NotImplementedError
+        row ``score`` gives for that user (the online path): bit for bit for the item-item and popularity
+        sources, to BLAS's float32 rounding for MF's one-row product (tests/unit/test_source_contract.py)."""
+        ...
 
+    @abstractmethod
     def to_arrays(self) -> dict[str, Any]:
         """The fitted state as arrays (what a serving bundle stores; see ``from_arrays``)."""
-        raise NotImplementedError
+        ...
 
     def stored_arrays(self, storage: StorageConfig) -> dict[str, Any]:
         """``to_arrays`` as ``export.storage`` keeps them in a bundle (``recops.candidates.storage``)."""
         return dict(self.to_arrays())
 
     @classmethod
-    def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def from_arrays(cls, arrays: dict, config: CandidatesConfig, threads: int = 1) -> Any: ...
 
 
 
