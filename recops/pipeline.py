@@ -146,19 +146,18 @@ def two_stage_lists(settings: Settings, train: pd.DataFrame, valid: pd.DataFrame
     """``two_stage_recommend``'s lists and the merged candidate table they were ranked from (every source's
     score and rank per (user, item): per-source candidate recall)."""
     from recops.ranking import predict_scores
-    from recops.split import holdout_kind, label_folds
+    from recops.split import folds
 
     seed = settings.seed if seed is None else seed
-    kind = holdout_kind(settings.ranker, settings.split, {"train": train, "valid": valid})
-    folds = label_folds(train, settings.ranker, kind)
     args = (n_users, n_items, users_attr, items_attr, seed)
-    earlier = [run_fold(settings, history, labels, np.unique(labels[Columns.USER]), *args).table
-               for history, labels in folds[1:]]
-    ranker_history, holdout = folds[0]
-    fit = run_fold(settings, ranker_history, holdout, np.unique(holdout[Columns.USER]), *args)
-    valid_fold = run_fold(settings, train, valid, np.unique(valid[Columns.USER]), *args, previous=fit.sources)
-    history = pd.concat([train, valid], ignore_index=True)
-    test_fold = run_fold(settings, history, None, np.unique(users), *args, previous=valid_fold.sources)
+    results: dict[str, FoldResult] = {}
+    previous = None  # the previous fold's sources: its history is part of this fold's (MF warm start)
+    for name, (history, target) in folds({"train": train, "valid": valid}, settings.ranker, settings.split).items():
+        fold_users = np.unique(users) if name == "test" else np.unique(target[Columns.USER])
+        results[name] = run_fold(settings, history, target, fold_users, *args, previous=previous)
+        previous = results[name].sources
+    fit, valid_fold, test_fold = results["fit"], results["valid"], results["test"]
+    earlier = [results[f"fit_{j}"].table for j in range(1, len(results) - 2)]  # most recent first, as weighted
     names = feature_columns(fit.table)
     booster, _ = fit_ranker(settings, [fit.table, *earlier], valid_fold.table, names, seed)
     scores = predict_scores(booster, test_fold.table, names, settings.threads)

@@ -178,3 +178,27 @@ def label_folds(train: pd.DataFrame, ranker: RankerConfig, kind: str) -> list[tu
         if earlier.any() and labels.any():
             folds.append((train[earlier].reset_index(drop=True), train[labels].reset_index(drop=True)))
     return folds
+
+
+def folds(parts: dict[str, pd.DataFrame], ranker: RankerConfig, split: SplitConfig
+          ) -> dict[str, tuple[pd.DataFrame, pd.DataFrame | None]]:
+    """Every fold the candidates and features code runs, by name, oldest history first (each fold's history
+    extends the previous one's, so MF can warm-start from it): the earlier label windows ``fit_<j>`` (j = n-1 .. 1),
+    ``fit``, ``valid``, ``test``, each as (history, target).
+
+    - ``fit`` (and ``fit_<j>``): the training period minus its most recent part -> that part (ranker labels,
+      :func:`label_folds`);
+    - ``valid``: the training period -> the validation period;
+    - ``test``: training + validation periods -> the test period (None when ``parts`` has no ``test``).
+
+    The one definition of the folds: the split stage writes them (``recops.steps.split``), the workspace reads them
+    back (``Workspace.fold``), and the in-memory pipeline (``recops.pipeline.two_stage_lists``: backtests and
+    benchmarks) runs them directly."""
+    train, valid = parts["train"], parts["valid"]
+    labelled = label_folds(train, ranker, holdout_kind(ranker, split, parts))
+    out: dict[str, tuple[pd.DataFrame, pd.DataFrame | None]] = {
+        f"fit_{j}": labelled[j] for j in range(len(labelled) - 1, 0, -1)}
+    out["fit"] = labelled[0]
+    out["valid"] = (train, valid)
+    out["test"] = (pd.concat([train, valid], ignore_index=True), parts.get("test"))
+    return out

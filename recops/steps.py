@@ -54,10 +54,6 @@ def _replace_dir(staging: Path, target: Path) -> None:
     os.replace(staging, target)
 
 
-def _md5(path: Path) -> str:
-    return file_digest(path, "md5")
-
-
 def is_timing(key: str) -> bool:
     """Seconds (``*_seconds``, ``*.seconds``): they differ from run to run, so they never go into a file DVC
     tracks (a fresh clone's ``make run`` would rewrite dvc.lock) but into ``paths.timings_dir``."""
@@ -278,31 +274,33 @@ def validate(settings: Settings) -> dict[str, float]:
 def split(settings: Settings) -> dict[str, float]:
     """Encode ids densely and split train / valid / test, plus the ranker's history / label holdout."""
     from recops.data import IdIndex
-    from recops.split import holdout_kind, label_folds, split_interactions
+    from recops.split import folds as named_folds
+    from recops.split import holdout_kind, split_interactions
 
     started = time.perf_counter()
     interactions = read_parquet(settings.path("interactions"))
     index = IdIndex.from_interactions(interactions)
     encoded = index.encode(interactions)
     parts = split_interactions(encoded, settings.split)
-    kind = holdout_kind(settings.ranker, settings.split, parts)
-    folds = label_folds(parts["train"], settings.ranker, kind)
-    log.info("split: ranker labels from a %s holdout of the training period (%d label window%s)", kind,
-             len(folds), "s" if len(folds) > 1 else "")
+    # the ranker's label folds (fit, fit_1 ..): valid and test are the split's own parts, read back by Workspace
+    label = {name: fold for name, fold in named_folds(parts, settings.ranker, settings.split).items()
+             if name.startswith("fit")}
+    log.info("split: ranker labels from a %s holdout of the training period (%d label window%s)",
+             holdout_kind(settings.ranker, settings.split, parts), len(label), "s" if len(label) > 1 else "")
     out_dir = settings.path("split_dir")
     for stale in [*out_dir.glob("ranker_history_*.parquet"), *out_dir.glob("ranker_holdout_*.parquet")]:
         stale.unlink()  # earlier label windows of a previous run with more of them
     users_index, items_index = index.to_frames()
     outputs = {**parts, "users_index": users_index, "items_index": items_index}
-    for j, (history, holdout) in enumerate(folds):
-        suffix = f"_{j}" if j else ""
+    for name, (history, holdout) in label.items():
+        suffix = name[len("fit"):]
         outputs[f"ranker_history{suffix}"], outputs[f"ranker_holdout{suffix}"] = history, holdout
     for name, frame in outputs.items():
         write_parquet(frame, out_dir / f"{name}.parquet")
     metrics = {f"split.{name}.rows": float(len(frame)) for name, frame in outputs.items()
                if name not in ("users_index", "items_index")}
     metrics.update({"split.users": float(index.n_users), "split.items": float(index.n_items),
-                    "split.label_windows": float(len(folds))})
+                    "split.label_windows": float(len(label))})
     write_json(metrics, out_dir / "summary.json")
     return _timed(settings, "split", metrics, started)
 
@@ -721,7 +719,7 @@ def input_datasets(settings: Settings) -> list[Any]:
             continue
         schema = pq.read_schema(path)
         found.append(InputDataset(
-            name=f"{source}.{name}", context=context, digest=_md5(path), uri=path.resolve().as_uri(),
+            name=f"{source}.{name}", context=context, digest=file_digest(path, "md5"), uri=path.resolve().as_uri(),
             rows=pq.read_metadata(path).num_rows,
             columns=tuple((field.name, str(field.type)) for field in schema if not field.name.startswith("__"))))
     return found
@@ -883,7 +881,7 @@ def backtest_fingerprint(settings: Settings) -> str:
     config = settings.model_dump(mode="json")
     judged = {key: config[key] for key in ("seed", "split", "candidates", "features", "ranker")}
     judged["backtest"] = {k: v for k, v in config["backtest"].items() if k not in ("with_run", "log_to_mlflow")}
-    judged["interactions_md5"] = _md5(settings.path("interactions"))
+    judged["interactions_md5"] = file_digest(settings.path("interactions"), "md5")
     return hashlib.sha256(json.dumps(judged, sort_keys=True).encode()).hexdigest()
 
 

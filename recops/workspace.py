@@ -6,7 +6,8 @@ bundle and the benchmarks read the split, the folds, the attributes and the feat
 :class:`Workspace`, so a table's layout is decided in one place. Writers are atomic (``recops.io``): a failing
 stage never leaves a half-written file behind.
 
-Folds. Three (history, target) pairs share the same candidate/feature code:
+Folds (defined once, by ``recops.split.folds``: the split stage writes them, :meth:`Workspace.fold` reads them
+back). Three (history, target) pairs share the same candidate/feature code:
 - ``fit``: the training period minus its most recent part (history) -> that recent part (ranker labels);
 - ``valid``: the whole training period -> the validation period (early stopping, validation metrics);
 - ``test``: training + validation periods -> the test period (the reported metrics).

@@ -79,58 +79,69 @@ def merged_candidate_blocks(sources: dict[str, CandidateSource], config: Candida
     names = list(config.sources)
     for start in range(0, len(users), block_users):
         batch = np.asarray(users[start:start + block_users], dtype=np.int32)
-        if len(batch) == 1:  # an online request: the same columns from 1-D arrays, without sparse blocks
-            history = user_history(user_items, int(batch[0]))
-            if len(history):
-                yield _merge_user(sources, names, int(batch[0]), history, n_items, n)
-                continue
-        rows = _BlockRows(user_items, batch)  # the block's rows, sliced once for every source
-        warm = np.diff(rows.block.indptr) > 0
-        seen = rows.block.tocoo()
-        scores: dict[str, np.ndarray] = {}
-        tops: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        all_warm = bool(warm.all())
-        for name in names:
-            block = sources[name].score(batch, rows)
-            block[seen.row, seen.col] = -np.inf  # exclude_seen, with the rows' coordinates computed once
-            if SOURCES[name].needs_history and not all_warm:
-                block[~warm] = -np.inf  # nothing to go on: the source abstains for users without history
-            scores[name] = block
-            tops[name] = top_n(block, n)
-        if POPULARITY not in names and (~warm).any():
-            block = sources[POPULARITY].score(batch, rows)
-            block[seen.row, seen.col] = -np.inf
-            block[warm] = -np.inf
-            tops[POPULARITY] = top_n(block, n)
-        # Round-robin merge: slot = rank * n_lists + list position; the smallest slot of each item wins.
-        slot = np.full((len(batch), n_items), np.inf, dtype=np.float32)
-        row_index = np.arange(len(batch))[:, None]
-        for j, (items, values) in enumerate(tops.values()):
-            found = items >= 0
-            position = (np.arange(items.shape[1])[None, :] * len(tops) + j).astype(np.float32)
-            r, c = np.broadcast_to(row_index, items.shape)[found], items[found]
-            slot[r, c] = np.minimum(slot[r, c], np.broadcast_to(position, items.shape)[found])
-        merged, merged_slot = top_n(-slot, n)
-        keep = merged >= 0
-        row_of = np.broadcast_to(row_index, merged.shape)[keep]
-        item_of = merged[keep]
+        history = user_history(user_items, int(batch[0])) if len(batch) == 1 else None
+        if history is not None and len(history):  # an online request: a one-row block, scored by score_user
+            scores, fallback = _user_scores(sources, names, int(batch[0]), history, n_items), None
+        else:
+            scores, fallback = _block_scores(sources, names, batch, user_items, n)
+        # sources x users x items -> each source's top n of each user, in one selection
+        top_items, top_values = (part.reshape(len(names), len(batch), -1)
+                                 for part in top_n(scores.reshape(-1, n_items), n))
+        row_of, item_of = round_robin([*top_items, *([fallback] if fallback is not None else [])], n, n_items)
         frame = {Columns.USER: batch[row_of], Columns.ITEM: item_of.astype(np.int32)}
-        n_sources = np.zeros(len(item_of), dtype=np.float32)
-        for name in names:
-            value = scores[name][row_of, item_of]
-            top_values = tops[name][1]
-            # rank in the source's top n: 1 + number of its top-n entries scoring higher (n + 1 when outside)
-            if len(batch) == 1:  # one request: the same count by binary search in the (descending) top n
-                rank = 1 + np.searchsorted(-top_values[0], -value, side="left")
+        # every source's score of the merged candidates (sources x candidates), and whether it retrieved them: it
+        # scores at least its n-th best (ties at the cut count as retrieved)
+        value = scores[:, row_of, item_of]
+        finite = np.isfinite(value)
+        retrieved = finite & (value >= top_values[:, row_of, -1])
+        rank = np.empty(value.shape, dtype=np.float32)
+        for j in range(len(names)):  # 1 + the number of the source's top-n entries scoring higher
+            if len(batch) == 1:  # one row: the same count by binary search in its (descending) top n
+                rank[j] = np.searchsorted(-top_values[j, 0], -value[j], side="left")
             else:
-                rank = 1 + (top_values[row_of] > value[:, None]).sum(axis=1)
-            # retrieved: scores at least the source's n-th best (ties at the cut count as retrieved)
-            retrieved = np.isfinite(value) & (value >= top_values[row_of, -1])
-            frame[f"{name}_score"] = np.where(np.isfinite(value), value, np.nan).astype(np.float32)
-            frame[f"{name}_rank"] = np.where(retrieved, rank, n + 1).astype(np.float32)
-            n_sources += retrieved
-        frame["n_sources"] = n_sources
+                rank[j] = (top_values[j][row_of] > value[j][:, None]).sum(axis=1)
+        rank += 1
+        rank[~retrieved] = n + 1
+        value[~finite] = np.nan
+        for j, name in enumerate(names):
+            frame[f"{name}_score"] = value[j]
+            frame[f"{name}_rank"] = rank[j]
+        frame["n_sources"] = retrieved.sum(axis=0, dtype=np.float32)
         yield frame
+
+
+def _block_scores(sources: dict[str, CandidateSource], names: list[str], batch: np.ndarray, user_items, n: int
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every source's scores of a block of users (sources x users x items), seen items masked; sources that need a
+    history abstain (-inf) for users without one, who get popularity's top ``n`` instead (the second value: a
+    users x n list of item indices, -1 padded; None when every user has a history)."""
+    rows = _BlockRows(user_items, batch)  # the block's rows, sliced once for every source
+    warm = np.diff(rows.block.indptr) > 0
+    all_warm = bool(warm.all())
+    seen = rows.block.tocoo()
+    scores = np.empty((len(names), len(batch), user_items.shape[1]), dtype=np.float32)
+    for j, name in enumerate(names):
+        scores[j] = sources[name].score(batch, rows)
+        if SOURCES[name].needs_history and not all_warm:
+            scores[j][~warm] = -np.inf  # nothing to go on: the source abstains for users without history
+    scores[:, seen.row, seen.col] = -np.inf  # exclude_seen, with the rows' coordinates computed once
+    if POPULARITY in names or all_warm:
+        return scores, None
+    fallback = sources[POPULARITY].score(batch, rows)
+    fallback[seen.row, seen.col] = -np.inf
+    fallback[warm] = -np.inf
+    return scores, top_n(fallback, n)[0]
+
+
+def _user_scores(sources: dict[str, CandidateSource], names: list[str], user: int, history: np.ndarray,
+                 n_items: int) -> np.ndarray:
+    """:func:`_block_scores` of a one-user block whose user has a history: each source's row by ``score_user``
+    (the contract holds it to the block's row) instead of slicing a sparse block."""
+    scores = np.empty((len(names), 1, n_items), dtype=np.float32)
+    for j, name in enumerate(names):
+        scores[j, 0] = sources[name].score_user(user, history)
+    scores[:, 0, history] = -np.inf
+    return scores
 
 
 def user_history(user_items, user: int) -> np.ndarray:
@@ -143,41 +154,29 @@ def user_history(user_items, user: int) -> np.ndarray:
     return np.unique(matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]]).astype(np.int64)
 
 
-def _merge_user(sources: dict[str, CandidateSource], names: list[str], user: int, history: np.ndarray, n_items: int,
-                n: int) -> dict[str, np.ndarray]:
-    """The columns of ``merged_candidate_blocks`` for one user with a history: each source scores the user
-    (``score_user``) into one row of a sources x items block, seen items are masked, the block's tops are taken
-    by ``top_n`` (row by row the very selection of the block path), merged by the same round-robin slots, and the
-    ranks are found by binary search. A test checks it against the block path on every user."""
-    scores = np.empty((len(names), n_items), dtype=np.float32)
-    for j, name in enumerate(names):
-        scores[j] = sources[name].score_user(user, history)
-    scores[:, history] = -np.inf
-    top_items, top_values = top_n(scores, n)
-    # round-robin slots (rank * n_sources + source); an item keeps its smallest: the listed items in slot order,
-    # each at its first occurrence
-    listed = top_items.T.ravel()
-    listed = listed[listed >= 0]
-    order = np.arange(len(listed))
-    first = np.full(n_items, len(listed), dtype=np.int64)
-    np.minimum.at(first, listed, order)  # each item's first position in slot order
-    item_of = listed[first[listed] == order][:n].astype(np.int32)
-    value = scores[:, item_of]
-    finite = np.isfinite(value)
-    retrieved = finite & (value >= top_values[:, -1:])  # ties at the cut count as retrieved
-    rank = np.empty(value.shape, dtype=np.float32)
-    descending, wanted = -top_values, -value
-    for j in range(len(names)):  # 1 + the number of the source's top-n entries scoring higher
-        rank[j] = np.searchsorted(descending[j], wanted[j], side="left")
-    rank += 1
-    rank[~retrieved] = n + 1
-    value[~finite] = np.nan
-    frame = {Columns.USER: np.full(len(item_of), user, dtype=np.int32), Columns.ITEM: item_of}
-    for j, name in enumerate(names):
-        frame[f"{name}_score"] = value[j]
-        frame[f"{name}_rank"] = rank[j]
-    frame["n_sources"] = retrieved.sum(axis=0, dtype=np.float32)
-    return frame
+def round_robin(tops: list[np.ndarray], n: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """The round-robin merge of several top-n lists (``users x n`` item indices each, -1 padded, in source order):
+    (row, item) of the merged candidates, at most ``n`` per row, rows in order and each row's items in merged order.
+
+    Slots run rank-major, source-minor (the best item of each source, then the second best, ...); an item found by
+    several sources keeps its first slot, found by ``np.minimum.at`` into a ``users x n_items`` scratch (the size
+    of one source's score block)."""
+    listed = np.stack(tops, axis=2).reshape(len(tops[0]), -1)  # users x (n * sources), in slot order
+    width = listed.shape[1]
+    flat = listed.ravel()
+    found = np.flatnonzero(flat >= 0)  # row-major: within a row, in slot order
+    row_of, item_of = found // width, flat[found]
+    key = row_of * n_items + item_of
+    order = np.arange(len(found))
+    first = np.full(len(listed) * n_items, len(found), dtype=np.int64)
+    np.minimum.at(first, key, order)
+    keep = first[key] == order  # each (row, item) at its first slot
+    row_of, item_of = row_of[keep], item_of[keep]
+    if len(listed) == 1:
+        return row_of[:n], item_of[:n]
+    starts = np.searchsorted(row_of, np.arange(len(listed)))  # each row's first n
+    keep = np.arange(len(row_of)) - starts[row_of] < n
+    return row_of[keep], item_of[keep]
 
 
 class _BlockRows:

@@ -42,10 +42,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.sparse import _sparsetools
 
 from recops.candidates.mf import MFCandidateGenerator
-from recops.candidates.storage import (RowStore, dense, dense_item_item, item_item, sparse_times, times_t,
+from recops.candidates.storage import (RowStore, add_rows, dense, dense_item_item, item_item, sparse_times, times_t,
                                        top_k_per_row)
 from recops.columns import DAY, Columns
 from recops.config import CandidatesConfig, StorageConfig
@@ -120,9 +119,10 @@ class CandidateSource(ABC):
 
     @abstractmethod
     def score_user(self, user: int, history: np.ndarray) -> np.ndarray:
-        """``score`` of one user from the item indices of their history (sorted, unique), as a 1-D array: the
-        row ``score`` gives for that user (the online path): bit for bit for the item-item and popularity
-        sources, to BLAS's float32 rounding for MF's one-row product (tests/unit/test_source_contract.py)."""
+        """``score`` of one user from the item indices of their history (sorted, unique), as a new 1-D float32
+        array the caller may write into: the row ``score`` gives for that user (an online request, a one-row block
+        of ``merge.merged_candidate_blocks``): bit for bit for the item-item and popularity sources, to BLAS's
+        float32 rounding for MF's one-row product (tests/unit/test_source_contract.py)."""
         ...
 
     @abstractmethod
@@ -234,12 +234,8 @@ def _sum_rows(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return sparse_times(_history_row(rows, matrix.shape[0]), matrix)[0]
     if matrix.dtype != np.float32 or not matrix.flags.c_contiguous:
         return np.asarray(_history_row(rows, matrix.shape[0]) @ matrix, dtype=np.float32)[0]
-    # scipy's own kernel for a sparse row times a dense matrix (what ``score``'s block product runs), called
-    # directly: it reads the history's rows in place, and a request skips building and checking a sparse row
     out = np.zeros(matrix.shape[1], dtype=np.float32)
-    _sparsetools.csr_matvecs(1, matrix.shape[0], matrix.shape[1], np.array([0, len(rows)], dtype=np.int32),
-                             np.asarray(rows, dtype=np.int32), np.ones(len(rows), dtype=np.float32),
-                             matrix.ravel(), out)
+    add_rows(matrix, rows, np.ones(len(rows), dtype=np.float32), out)  # the history's rows read in place
     return out
 
 

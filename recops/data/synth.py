@@ -95,7 +95,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recops.columns import Columns
+from recops.columns import DAY, Columns
 from recops.errors import RecopsError
 from recops.io import file_digest
 
@@ -144,7 +144,7 @@ RATING_SHARES = np.array([0.06, 0.11, 0.27, 0.34, 0.22])
 
 _MAX_ROUNDS = 40
 _UNIFORM_AFTER = 6
-_SECONDS_PER_DAY = 86_400
+_SECONDS_PER_DAY = int(DAY)  # integer seconds: the generator works on int64 timestamps
 _STREAM_WORLD, _STREAM_CHUNK = 0, 1
 
 

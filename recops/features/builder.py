@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -248,17 +249,86 @@ def history_statistics(history: pd.DataFrame, n_users: int, n_items: int, config
         similarity=similarity, item_unit_factors=unit)
 
 
+class _Rows:
+    """One chunk of candidate rows as the user x item groups read it: users ``u``, items ``i``; ``uu`` the users to
+    take user values from (one user's rows, an online request: that user once, broadcast; the same numbers as the
+    per-row gathers); ``last`` / ``valid`` each row's user's most recent items."""
+
+    def __init__(self, stats: HistoryStatistics, u: np.ndarray, i: np.ndarray) -> None:
+        self.stats, self.u, self.i = stats, u, i
+        self.one = len(u) > 1 and u[0] == u[-1] and bool((u == u[0]).all())
+        self.uu = u[:1] if self.one else u
+        length = stats.last_items.shape[1]
+        self.last = np.broadcast_to(stats.last_items[u[0]], (len(u), length)) if self.one else stats.last_items[u]
+        self.valid = self.last >= 0
+
+
+def _affinity(rows: _Rows) -> list[np.ndarray]:
+    stats, u, i = rows.stats, rows.u, rows.i
+    cols = []
+    for name, profiles in stats.user_profiles.items():
+        dense = stats.dense_labels(name)
+        if dense is None:
+            cols.append(np.asarray(profiles[u].multiply(stats.item_labels[name][i]).sum(axis=1)).ravel())
+        else:
+            cols.append(np.einsum("pl,pl->p", dense[0][u], dense[1][i]))
+    return cols
+
+
+def _item_age(rows: _Rows) -> list[np.ndarray]:
+    with np.errstate(invalid="ignore"):
+        age = (rows.stats.user_last_ts[rows.uu] - rows.stats.item_first_ts[rows.i]) / DAY
+    return [np.where(np.isfinite(age), age, np.nan)]
+
+
+def _category_lifts(rows: _Rows) -> list[np.ndarray]:
+    cols = []
+    for name, lift in rows.stats.category_item_lift.items():
+        code = rows.stats.user_categories[name][rows.uu]
+        cols.append(np.where(code >= 0, lift[np.maximum(code, 0), rows.i], np.nan))
+    return cols
+
+
+def _sequence_cooccurrence(rows: _Rows) -> list[np.ndarray]:
+    similarity, last, i = rows.stats.similarity, rows.last, rows.i
+    if rows.one and isinstance(similarity, np.ndarray):
+        cooc = np.ascontiguousarray(similarity[np.maximum(last[0], 0)][:, i].T, dtype=np.float32)
+    else:
+        length = last.shape[1]
+        cooc = np.asarray(similarity[np.maximum(last, 0).ravel(), np.repeat(i, length)],
+                          dtype=np.float32).reshape(-1, length)
+    return list(_nan_mean_max(cooc, rows.valid))
+
+
+def _sequence_factors(rows: _Rows) -> list[np.ndarray]:
+    f, last = rows.stats.item_unit_factors, rows.last
+    recent = f[np.maximum(last[0], 0)][None] if rows.one else f[np.maximum(last, 0)]
+    cos = np.einsum("pf,pkf->pk", f[rows.i], np.broadcast_to(recent, (len(rows.u), *recent.shape[1:])))
+    return list(_nan_mean_max(cos, rows.valid))
+
+
+# The user x item groups, in column order after the source columns and the item statistics: each group's names
+# and its columns are defined together here (names from the statistics alone, so a server checks a ranker's
+# inputs before any request), and gather_feature_matrix checks every group gives as many columns as names.
+_GROUPS: list[tuple[Callable[[HistoryStatistics], list[str]], Callable[[_Rows], list[np.ndarray]]]] = [
+    (lambda s: list(s.user), lambda r: [values[r.uu] for values in r.stats.user.values()]),
+    (lambda s: [f"affinity_{name}" for name in s.user_profiles], _affinity),
+    (lambda s: ["pop_vs_user_taste"],
+     lambda r: [r.stats.item["item_log_pop"][r.i] - r.stats.user["user_mean_log_pop"][r.uu]]),
+    (lambda s: [f"diff_{name}_vs_user_mean" for name in s.user_numeric_means],
+     lambda r: [r.stats.item_numeric[name][r.i] - means[r.uu] for name, means in r.stats.user_numeric_means.items()]),
+    (lambda s: ["item_age_at_user_days"], _item_age),
+    (lambda s: [f"lift_among_{name}" for name in s.category_item_lift], _category_lifts),
+    (lambda s: ["seq_cooc_mean", "seq_cooc_max"], _sequence_cooccurrence),
+    (lambda s: [] if s.item_unit_factors is None else ["seq_mf_mean", "seq_mf_max"],
+     lambda r: [] if r.stats.item_unit_factors is None else _sequence_factors(r)),
+]
+
+
 def feature_names(stats: HistoryStatistics, source_columns: list[str]) -> list[str]:
-    names = [*source_columns, *stats.item, *stats.user]
-    names += [f"affinity_{name}" for name in stats.user_profiles]
-    names += ["pop_vs_user_taste"]
-    names += [f"diff_{name}_vs_user_mean" for name in stats.user_numeric_means]
-    names += ["item_age_at_user_days"]
-    names += [f"lift_among_{name}" for name in stats.category_item_lift]
-    names += ["seq_cooc_mean", "seq_cooc_max"]
-    if stats.item_unit_factors is not None:
-        names += ["seq_mf_mean", "seq_mf_max"]
-    return names
+    """The ranker's inputs in column order: the candidate sources' columns, the item statistics, then the
+    user x item groups of ``_GROUPS``."""
+    return [*source_columns, *stats.item, *(name for names, _ in _GROUPS for name in names(stats))]
 
 
 def _nan_mean_max(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -297,43 +367,14 @@ def gather_feature_matrix(users_all: np.ndarray, items_all: np.ndarray, source_v
             block[:, :n_sources] = source_values[start:stop]
         j = n_sources + item_block.shape[1]
         block[:, n_sources:j] = item_block[i]  # the item statistics: one gather from their float32 table
-        # one user's rows (an online request): that user's values are taken once and broadcast, the same numbers
-        # the per-row gathers give
-        one = len(u) > 1 and u[0] == u[-1] and bool((u == u[0]).all())
-        uu = u[:1] if one else u
-        cols = [values[uu] for values in stats.user.values()]
-        for name, profiles in stats.user_profiles.items():
-            dense = stats.dense_labels(name)
-            if dense is None:
-                cols.append(np.asarray(profiles[u].multiply(stats.item_labels[name][i]).sum(axis=1)).ravel())
-            else:
-                cols.append(np.einsum("pl,pl->p", dense[0][u], dense[1][i]))
-        cols.append(stats.item["item_log_pop"][i] - stats.user["user_mean_log_pop"][uu])
-        for name, means in stats.user_numeric_means.items():
-            cols.append(stats.item_numeric[name][i] - means[uu])
-        with np.errstate(invalid="ignore"):
-            age = (stats.user_last_ts[uu] - stats.item_first_ts[i]) / DAY
-        cols.append(np.where(np.isfinite(age), age, np.nan))
-        for name, lift in stats.category_item_lift.items():
-            code = stats.user_categories[name][uu]
-            cols.append(np.where(code >= 0, lift[np.maximum(code, 0), i], np.nan))
-        length = stats.last_items.shape[1]
-        last = np.broadcast_to(stats.last_items[u[0]], (len(u), length)) if one else stats.last_items[u]
-        valid = last >= 0
-        if one and isinstance(stats.similarity, np.ndarray):
-            cooc = np.ascontiguousarray(stats.similarity[np.maximum(last[0], 0)][:, i].T, dtype=np.float32)
-        else:
-            cooc = np.asarray(stats.similarity[np.maximum(last, 0).ravel(), np.repeat(i, length)],
-                              dtype=np.float32).reshape(-1, length)
-        cols += list(_nan_mean_max(cooc, valid))
-        if stats.item_unit_factors is not None:
-            f = stats.item_unit_factors
-            recent = f[np.maximum(last[0], 0)][None] if one else f[np.maximum(last, 0)]
-            cos = np.einsum("pf,pkf->pk", f[i], np.broadcast_to(recent, (len(u), *recent.shape[1:])))
-            cols += list(_nan_mean_max(cos, valid))
-        for column in cols:
-            block[:, j] = column
-            j += 1
+        rows = _Rows(stats, u, i)
+        for names, columns in _GROUPS:
+            values = columns(rows)
+            if len(values) != len(names(stats)):
+                raise AssertionError(f"feature group {names(stats)} computed {len(values)} columns")
+            for column in values:
+                block[:, j] = column
+                j += 1
     return out
 
 

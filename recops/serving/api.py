@@ -764,8 +764,8 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
         return model
 
     # Scored on the event loop, not in the thread pool: a worker has one core, and threads taking turns on the GIL
-    # only add switches (one worker, 8 connections: 292 -> 464 req/s, p99 51 -> 23 ms; BENCHMARKS.md); a slow
-    # request delays the next ones of its worker alone.
+    # only add switches (BENCHMARKS.md, "Serving throughput by worker processes, under wrk"); a slow request
+    # delays the next ones of its worker alone.
     query = recommendation_query(cfg)
 
     @app.get("/recommendations/{user_id}", summary="Top-k items for a user",

@@ -1,8 +1,9 @@
 """The real pipeline on MovieLens-100k, end to end, through the same commands a user types.
 
 One project copy is trained once with `recops run` (the Prefect flow); the tests then check its outputs, that
-DVC considers it up to date, and that bad input afterwards fails cleanly and loses nothing. Tests in this module
-run in order and share that workspace. That `dvc repro --force` reproduces the flow's metrics is checked on a
+DVC considers it up to date, and that bad input afterwards fails cleanly and loses nothing. The tests share that
+workspace in any order: the ones that change it (bad input, the DVC remote round trip) put it back as they found
+it and check DVC agrees (:func:`restored`). That `dvc repro --force` reproduces the flow's metrics is checked on a
 small own-data project (a second copy), where every stage takes seconds.
 """
 
@@ -40,6 +41,22 @@ def registered_versions(ws) -> list[dict]:
     from recops.registry import list_versions
 
     return list_versions(load_settings(ws / "params.yaml"))
+
+
+@pytest.fixture
+def restored(trained):
+    """The trained workspace for a test that changes it; afterwards its params, its input files and every output
+    DVC tracks are as they were (``dvc checkout`` from the cache), and ``dvc status`` says so."""
+    ws = trained[0]
+    params, lock = (ws / "params.yaml").read_text(), (ws / "dvc.lock").read_text()
+    yield ws
+    (ws / "params.yaml").write_text(params)
+    (ws / "dvc.lock").write_text(lock)
+    shutil.rmtree(ws / "data" / "external", ignore_errors=True)
+    checkout = run_dvc(ws, "checkout", "--force")
+    assert checkout.returncode == 0, checkout.stdout + checkout.stderr
+    status = run_dvc(ws, "status")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
 
 
 def test_run_prints_the_metrics_table(trained):
@@ -194,8 +211,8 @@ def test_the_champion_answers_every_movielens_user_with_k_unseen_items(trained):
             (ws / "reports" / "registry.json").read_text())["champion"]
 
 
-def test_dvc_has_nothing_to_do_after_the_flow_and_outputs_round_trip_the_remote(trained):
-    ws = trained[0]
+def test_dvc_has_nothing_to_do_after_the_flow_and_outputs_round_trip_the_remote(restored):
+    ws = restored
     status = run_dvc(ws, "status")
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
@@ -255,17 +272,13 @@ def _snapshot(ws) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("case", ["duplicated_rows", "missing_column"])
 @pytest.mark.parametrize("engine", ["prefect", "dvc"])
-def test_bad_input_fails_cleanly_and_loses_nothing(trained, case, engine):
-    ws = trained[0]
+def test_bad_input_fails_cleanly_and_loses_nothing(restored, case, engine):
+    ws = restored
     before, versions = _snapshot(ws), registered_versions(ws)
-    params_before = (ws / "params.yaml").read_text()
     name, files, overrides, words = next(c for c in cases() if c[0] == case)
     write_case(ws, files)
     set_params(ws, **PARAMS, **overrides)
-    try:
-        proc = run_cli(ws, "run", "--engine", engine)
-    finally:
-        (ws / "params.yaml").write_text(params_before)
+    proc = run_cli(ws, "run", "--engine", engine)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "Traceback" not in output

@@ -312,3 +312,19 @@ def test_recent_itemknn_counts_only_the_recent_window():
     recent = fitted["recent_itemknn"].similarity_.toarray()
     assert recent[0].sum() == 0  # item 0 was last consumed 35+ days before the end
     assert fitted["itemknn"].similarity_.toarray()[0].sum() > 0
+
+
+def test_round_robin_takes_each_sources_best_in_turn_and_keeps_an_items_first_slot():
+    from recops.candidates.merge import round_robin
+
+    first = np.array([[1, 2, 3], [5, -1, -1]], dtype=np.int32)
+    second = np.array([[2, 4, -1], [6, 5, 7]], dtype=np.int32)
+    rows, items = round_robin([first, second], 3, n_items=8)
+    # row 0: 1 (first's best), 2 (second's best), 2 again (dropped), 4, 3 -> cut at 3
+    # row 1: 5, 6, then second's 5 again (dropped), 7
+    np.testing.assert_array_equal(rows, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(items, [1, 2, 4, 5, 6, 7])
+    rows, items = round_robin([first[:1], second[:1]], 2, n_items=8)  # one row: an online request
+    np.testing.assert_array_equal(items, [1, 2])
+    rows, items = round_robin([np.full((1, 3), -1, np.int32)], 3, n_items=8)  # nothing listed
+    assert len(rows) == len(items) == 0

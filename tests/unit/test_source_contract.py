@@ -82,10 +82,14 @@ def test_one_user_scores_what_the_block_scores(fitted, name):
     for user in users:
         items = np.unique(matrix.indices[matrix.indptr[user]:matrix.indptr[user + 1]]).astype(np.int64)
         one = source.score_user(int(user), items)
+        assert one.dtype == np.float32 and one.shape == (history.n_items,)
         if name == "mf":
             np.testing.assert_allclose(one, block[user], rtol=1e-6, atol=1e-6, err_msg=f"user {user}")
         else:
             np.testing.assert_array_equal(one, block[user], err_msg=f"user {user}")
+        one[:] = -np.inf  # the merge masks seen items in place: the row must be the caller's own
+        again = source.score_user(int(user), items)
+        assert np.isfinite(again).any(), f"user {user}: score_user handed out an array the source keeps"
 
 
 def as_loaded(arrays: dict) -> dict:
