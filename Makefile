@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: server deploy tune quality help install run test test-unit repro status ui plots pages clean
+.PHONY: server deploy tune quality help install install-sequence run test test-unit repro status ui plots pages clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +26,15 @@ $(WEB_ASSETS): $(STAMP) recops/web_assets/assets.json recops/web_assets/__init__
 
 install: $(STAMP) $(WEB_ASSETS) ## Create .venv and install the pinned dependencies (requirements.lock)
 
+# The optional sequence source's training stack (PyTorch, CPU build): `make run` does not need it unless
+# params.yaml lists `sequence` among candidates.sources; the tests of the source do.
+SEQ_STAMP := $(VENV)/.installed-sequence
+$(SEQ_STAMP): $(STAMP) requirements-sequence.lock
+	$(BIN)/python recops/install_progress.py -r requirements-sequence.lock
+	touch $(SEQ_STAMP)
+
+install-sequence: $(SEQ_STAMP) ## Add the optional sequence source's PyTorch (CPU) to .venv (pip install -e '.[sequence]')
+
 run: install ## Run the whole pipeline on the embedded MovieLens-100k and print the metrics
 	$(BIN)/recops run
 
@@ -33,10 +42,10 @@ run: install ## Run the whole pipeline on the embedded MovieLens-100k and print 
 # single-threaded (threads: 1), so two workers on two cores take about half the wall time of one.
 TEST_WORKERS ?= auto
 
-test: install ## Run all tests (unit, data, integration on real MovieLens-100k)
+test: install install-sequence ## Run all tests (unit, data, integration on real MovieLens-100k)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-test-unit: install ## Run the fast unit tests only
+test-unit: install install-sequence ## Run the fast unit tests only
 	$(BIN)/python -m pytest tests/unit
 
 tune: install ## Tune sources and ranker on the valid fold (Optuna, budget from params) and write params.yaml

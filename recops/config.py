@@ -153,7 +153,7 @@ class SplitConfig(Strict):
 
 
 SourceName = Literal["mf", "ease", "itemknn", "popularity", "recent_popularity", "decayed_popularity",
-                          "recent_itemknn"]
+                          "recent_itemknn", "sequence"]
 
 
 class CandidatesConfig(Strict):
@@ -192,6 +192,31 @@ class CandidatesConfig(Strict):
     recent_popularity_days: float = Field(30.0, gt=0)
     decayed_popularity_half_life_days: float = Field(14.0, gt=0)
     recent_cooccurrence_days: float = Field(60.0, gt=0)
+    # sequence: a self-attentive sequential model (SASRec-style: item and position embeddings, causal
+    # self-attention over each user's last sequence_length items), trained on the fold's history with PyTorch (the
+    # optional extra: pip install -e '.[sequence]') and served through ONNX; a user's score of an item is the
+    # dot product of the user's encoding and the item's embedding
+    sequence_length: int = Field(50, ge=1)
+    sequence_embedding: int = Field(64, ge=2)
+    sequence_heads: int = Field(2, ge=1)
+    sequence_layers: int = Field(2, ge=1, le=8)
+    sequence_dropout: float = Field(0.2, ge=0, lt=1)
+    sequence_epochs: int = Field(30, ge=1)
+    sequence_batch_size: int = Field(128, ge=1)
+    sequence_learning_rate: float = Field(0.001, gt=0)
+    # sampled softmax over this many uniform negatives shared by a batch (null: full softmax over the catalogue)
+    sequence_negatives: int | None = Field(None, ge=1)
+    # training windows of sequence_length + 1 items per user, most recent first (null: every interaction is a
+    # target once); a cap on the work per epoch for very active users
+    sequence_max_windows: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _sequence_heads_divide(self) -> CandidatesConfig:
+        if self.sequence_embedding % self.sequence_heads:
+            raise ValueError(f"candidates.sequence_embedding ({self.sequence_embedding}) must be divisible by "
+                             f"candidates.sequence_heads ({self.sequence_heads}): each attention head gets "
+                             "sequence_embedding / sequence_heads dimensions")
+        return self
 
     @field_validator("sources")
     @classmethod

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.candidates.sources import SOURCES, CandidateSource, History, top_n
+from recops.candidates.registry import SOURCES
+from recops.candidates.sources import CandidateSource, History, top_n
 from recops.columns import Columns
 from recops.config import CandidatesConfig
 

@@ -1,8 +1,8 @@
 """Candidate sources: recommenders that score every item for a block of users.
 
-Every source is a :class:`CandidateSource` (the contract below) registered by name in :data:`SOURCES`: the
-pipeline fits the configured ones by name (``merge.fit_sources``), a bundle stores each one's arrays and the serving
-engine loads them back by the same name. The contract:
+Every source is a :class:`CandidateSource` (the contract below) registered by name in
+``recops.candidates.registry.SOURCES``: the pipeline fits the configured ones by name (``merge.fit_sources``), a
+bundle stores each one's arrays and the serving engine loads them back by the same name. The contract:
 
 - ``configured(config, seed, threads)``: the unfitted source with params.yaml's ``candidates`` settings;
 - ``fit_history(history)``: learn from a fold's :class:`History` (the source picks its own view of it: binary,
@@ -37,7 +37,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -99,13 +99,17 @@ class History:
 
 
 class CandidateSource(ABC):
-    """The contract every source keeps (see the module's docstring); ``SOURCES`` maps each name to its class.
+    """The contract every source keeps (see the module's docstring); ``registry.SOURCES`` maps each name to its
+    class.
 
     ``needs_history``: the source has nothing to say about a user without history (it abstains for them in the
-    merge); the popularity sources score everyone and are the cold-start fallback."""
+    merge); the popularity sources score everyone and are the cold-start fallback. ``exact_one_row``: see below."""
 
     name: ClassVar[str]
     needs_history: ClassVar[bool] = True
+    # score_user gives the block's row bit for bit (False: the score is a BLAS product, and a one-row product may
+    # take another kernel than the block's, equal to float32 rounding)
+    exact_one_row: ClassVar[bool] = True
 
     @classmethod
     @abstractmethod
@@ -124,6 +128,13 @@ class CandidateSource(ABC):
         of ``merge.merged_candidate_blocks``): bit for bit for the item-item and popularity sources, to BLAS's
         float32 rounding for MF's one-row product (tests/unit/test_source_contract.py)."""
         ...
+
+    def live_event(self, user: int, item: int, latest: bool,
+                   history: Callable[[], tuple[np.ndarray, np.ndarray]]) -> None:
+        """A live interaction of ``user`` with ``item`` in a server (``latest``: it is the user's most recent one;
+        ``history()``: the user's whole history now, as sorted items and summed weights). Sources that follow a
+        user between versions update that user here (MF folds them in, the sequence source re-encodes them); the
+        item-item and popularity sources read the live history matrix at request time and keep their state."""
 
     @abstractmethod
     def to_arrays(self) -> dict[str, Any]:
@@ -455,6 +466,7 @@ class MatrixFactorization(CandidateSource):
     the history's ``mf_init`` when configured); users without history score 0 everywhere."""
 
     name = "mf"
+    exact_one_row = False
 
     def __init__(self, config: CandidatesConfig, seed: int = 0, threads: int = 1) -> None:
         self.config = config
@@ -519,6 +531,10 @@ class MatrixFactorization(CandidateSource):
         source.generator_ = generator
         return source
 
+    def live_event(self, user: int, item: int, latest: bool,
+                   history: Callable[[], tuple[np.ndarray, np.ndarray]]) -> None:
+        self.fold_in(user, *history())
+
     def fold_in(self, user: int, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Recompute one user's factor vector from their whole history with the item factors fixed (ALS's
         closed-form user step, as in implicit's ``recalculate_user``): ``(Y'CY + reg I)^-1 Y'C p`` with
@@ -537,11 +553,6 @@ class MatrixFactorization(CandidateSource):
         g.user_factors_[user] = vector
         g.has_history_[user] = len(items) > 0
         return vector
-
-
-SOURCES: dict[str, type[CandidateSource]] = {cls.name: cls for cls in (
-    MostPopular, RecentPopularity, DecayedPopularity, ItemKNN, RecentItemKNN, EASE, MatrixFactorization)}
-"""Every candidate source by its name in ``candidates.sources`` (and in a bundle's ``sources/``)."""
 
 
 def exclude_seen(scores: np.ndarray, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:

@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recops.candidates.sources import SOURCES, ItemKNN
+from recops.candidates.registry import SOURCES
+from recops.candidates.sources import ItemKNN
 from recops.candidates.storage import dense_item_item
 from recops.columns import Columns
 from recops.config import CandidatesConfig, FeaturesConfig, ServingConfig, StorageConfig
@@ -512,8 +513,10 @@ class Recommender:
         started = time.perf_counter()
         with self._locked(np.array([user])):
             self.user_items.add(user, item, weight)
-            mf = self.sources.get("mf")
-            if mf is not None:
+            stats = self.stats
+            latest = ts >= stats.user_last_ts[user] or not np.isfinite(stats.user_last_ts[user])
+
+            def history() -> tuple[np.ndarray, np.ndarray]:  # the user's items and summed weights, live ones too
                 row = self.confidence[user]
                 added = self.user_items.added[user]  # item -> summed live weight
                 extra_items = np.fromiter(added, dtype=np.int64, count=len(added))
@@ -524,9 +527,11 @@ class Recommender:
                 summed = np.bincount(where, weights=weights)  # a repeated pair sums, as in training
                 if self.candidates_config.confidence == "binary":
                     summed[:] = 1.0
-                mf.fold_in(user, unique, summed)
-            stats = self.stats
-            if ts >= stats.user_last_ts[user] or not np.isfinite(stats.user_last_ts[user]):
+                return unique, summed
+
+            for source in self.sources.values():  # MF folds the user in, the sequence source re-encodes them
+                source.live_event(user, item, latest, history)
+            if latest:
                 last = stats.last_items[user]
                 stats.last_items[user] = np.r_[item, last[last != item]][: last.shape[0]]
                 stats.user_last_ts[user] = ts

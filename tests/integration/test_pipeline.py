@@ -44,15 +44,23 @@ def registered_versions(ws) -> list[dict]:
 
 
 @pytest.fixture
-def restored(trained):
-    """The trained workspace for a test that changes it; afterwards its params, its input files and every output
-    DVC tracks are as they were (``dvc checkout`` from the cache), and ``dvc status`` says so."""
+def restored(trained, tmp_path):
+    """The trained workspace for a test that changes it; afterwards its params, its input folder, its reports
+    (some are DVC outputs kept out of the cache: metrics, the validation summary) and every cached output DVC
+    tracks (``dvc checkout``) are as they were, and ``dvc status`` says so."""
     ws = trained[0]
     params, lock = (ws / "params.yaml").read_text(), (ws / "dvc.lock").read_text()
+    kept = ("reports", "data/external")
+    for folder in kept:
+        if (ws / folder).exists():
+            shutil.copytree(ws / folder, tmp_path / folder, symlinks=True)
     yield ws
     (ws / "params.yaml").write_text(params)
     (ws / "dvc.lock").write_text(lock)
-    shutil.rmtree(ws / "data" / "external", ignore_errors=True)
+    for folder in kept:
+        shutil.rmtree(ws / folder, ignore_errors=True)
+        if (tmp_path / folder).exists():
+            shutil.copytree(tmp_path / folder, ws / folder, symlinks=True)
     checkout = run_dvc(ws, "checkout", "--force")
     assert checkout.returncode == 0, checkout.stdout + checkout.stderr
     status = run_dvc(ws, "status")
