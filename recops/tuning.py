@@ -60,6 +60,15 @@ SOURCE_SPACES: dict[str, dict[str, Callable[[Any], Any]]] = {
     "recent_itemknn": {
         "recent_cooccurrence_days": lambda t: t.suggest_float("recent_cooccurrence_days", 7.0, 365.0, log=True),
     },
+    # the transformer (costly: minutes per trial on ML-100k; add it to tuning.sources deliberately). Embedding
+    # sizes are multiples of every head count up to 4, so sequence_heads stays valid.
+    "sequence": {
+        "sequence_embedding": lambda t: t.suggest_categorical("sequence_embedding", [32, 64, 128]),
+        "sequence_layers": lambda t: t.suggest_int("sequence_layers", 1, 3),
+        "sequence_dropout": lambda t: t.suggest_float("sequence_dropout", 0.0, 0.5),
+        "sequence_learning_rate": lambda t: t.suggest_float("sequence_learning_rate", 1e-4, 1e-2, log=True),
+        "sequence_epochs": lambda t: t.suggest_int("sequence_epochs", 5, 50),
+    },
 }
 RANKER_SPACE: dict[str, Callable[[Any], Any]] = {
     "learning_rate": lambda t: t.suggest_float("learning_rate", 0.01, 0.2, log=True),

@@ -30,3 +30,22 @@ def test_write_params_says_nothing_changed_and_leaves_the_file_alone_when_the_va
     before = path.stat().st_mtime_ns
     assert write_params(path, {"candidates": {"factors": 64}}) == {}
     assert path.stat().st_mtime_ns == before
+
+
+def test_every_source_with_settings_has_a_search_space_of_valid_settings():
+    """A source listed in tuning.sources is searchable: each configurable source with settings has a space, and
+    every value a space can suggest builds a valid candidates configuration (e.g. heads dividing the embedding)."""
+    import optuna
+
+    from recops.config import CandidatesConfig, SourceName
+    from recops.tuning import SOURCE_SPACES
+    from typing import get_args
+
+    without_settings = {"popularity"}
+    assert set(get_args(SourceName)) - without_settings <= set(SOURCE_SPACES)
+    for name, space in SOURCE_SPACES.items():
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        for _ in range(20):
+            trial = study.ask()
+            CandidatesConfig(**{key: suggest(trial) for key, suggest in space.items()})
+            study.tell(trial, 0.0)
