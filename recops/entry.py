@@ -30,9 +30,13 @@ QUIET_ENV = {
 # SkylakeX vs Haswell OpenBLAS kernels, or NumPy with vs without AVX-512, each changed all 8 candidate files).
 # Set here, at import, because it only works before NumPy is first imported; every entry point (the CLI,
 # pipelines/*.py) imports this module before NumPy. RECOPS_NATIVE_KERNELS=1 keeps the CPU's own kernels.
+# The optional sequence source's PyTorch picks its kernels the same way (its own dispatch, and MKL for products):
+# both pinned to AVX2 as well (ATEN_CPU_CAPABILITY, MKL's conditional numerical reproducibility).
 REPRODUCIBLE_KERNELS = {
     "OPENBLAS_CORETYPE": "Haswell",
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_CBWR": "AVX2",
 }
 
 
