@@ -120,7 +120,7 @@ class SequenceSource(CandidateSource):
             exported = sequence_model.export_onnx(self.model_, self.config.sequence_length)
             known = np.flatnonzero(self.has_history_)
             gap = float(np.abs(_run(_session(exported, self.threads), self.codes_[known])
-                               - self.user_vectors_[known]).max(initial=0.0))
+                               - self.user_vectors_[known]).max(initial=0.0)) if len(known) else 0.0
             if gap > PARITY_TOLERANCE:
                 raise RecopsError(f"sequence source: the ONNX encoder differs from PyTorch's by {gap:.2e} on some "
                                   f"user's encoding (tolerance {PARITY_TOLERANCE:g}): the export is broken")
