@@ -597,7 +597,8 @@ def _write_plots(settings: Settings, curves: dict[str, dict[str, float]], booste
 
 def export(settings: Settings) -> dict[str, float]:
     """Convert the ranker to ONNX and check parity with native LightGBM on the test candidates."""
-    from recops.export import convert_ranker, inference_session, onnx_scores, parity_report
+    from recops.export import convert_ranker, onnx_scores, parity_report
+    from recops.onnx_runtime import inference_session
 
     started = time.perf_counter()
     ws = Workspace(settings)

@@ -23,6 +23,7 @@ from recops.columns import Columns
 from recops.config import CandidatesConfig, StorageConfig
 from recops.data.order import user_time_order
 from recops.errors import RecopsError
+from recops.onnx_runtime import inference_session
 from recops.threads import blas_limits
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class SequenceSource(CandidateSource):
 
             exported = sequence_model.export_onnx(self.model_, self.config.sequence_length)
             known = np.flatnonzero(self.has_history_)
-            gap = float(np.abs(_run(_session(exported, self.threads), self.codes_[known])
+            gap = float(np.abs(_run(inference_session(exported, self.threads), self.codes_[known])
                                - self.user_vectors_[known]).max(initial=0.0)) if len(known) else 0.0
             if gap > PARITY_TOLERANCE:
                 raise RecopsError(f"sequence source: the ONNX encoder differs from PyTorch's by {gap:.2e} on some "
@@ -165,21 +166,11 @@ class SequenceSource(CandidateSource):
         codes[:-1] = codes[1:].copy()
         codes[-1] = item + 1
         if self._session is None:
-            self._session = _session(self.encoder(), self.threads)
+            self._session = inference_session(self.encoder(), self.threads)
         vector = _run(self._session, codes[None])[0]
         self.user_vectors_[user] = vector
         self.has_history_[user] = True
         return vector
-
-
-def _session(model: bytes, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def _run(session, codes: np.ndarray, batch: int = 1024) -> np.ndarray:

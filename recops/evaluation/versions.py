@@ -86,7 +86,8 @@ def rebuild_lists(current: Settings, files: dict[str, Any], history: pd.DataFram
 
     ``measure_latency=False`` skips the per-request timing (``latency_ms`` is then empty): batch scoring needs
     the lists, not a latency guardrail."""
-    from recops.export import inference_session, onnx_scores
+    from recops.export import onnx_scores
+    from recops.onnx_runtime import inference_session
     from recops.pipeline import run_fold
     from recops.ranking import ranked_lists
 

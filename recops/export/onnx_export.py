@@ -88,15 +88,6 @@ def round_thresholds_down(model, booster) -> int:
     return changed
 
 
-def inference_session(model_bytes: bytes, threads: int = 1):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def onnx_scores(session, features: np.ndarray, batch_rows: int = 1_000_000) -> np.ndarray:
     out = np.empty(len(features), dtype=np.float32)
     for start in range(0, len(features), batch_rows):

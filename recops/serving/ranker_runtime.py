@@ -73,7 +73,8 @@ class OnnxScorer:
     name = "onnx"
 
     def __init__(self, onnx_bytes: bytes, threads: int = 1) -> None:
-        from recops.export import INPUT_NAME, inference_session
+        from recops.export import INPUT_NAME
+        from recops.onnx_runtime import inference_session
 
         self.session = inference_session(onnx_bytes, threads=threads)
         self._input = self.session.get_inputs()[0].name or INPUT_NAME

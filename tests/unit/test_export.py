@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from recops.errors import RecopsError
-from recops.export import convert_ranker, inference_session, onnx_scores, parity_report
+from recops.export import convert_ranker, onnx_scores, parity_report
+from recops.onnx_runtime import inference_session
 
 
 def adjacent_float32_ranker(seed=0, n_groups=60, group=20):
