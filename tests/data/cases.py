@@ -131,10 +131,7 @@ def trained_project(root: Path, project: Path, **params) -> Settings:
     set_params(root, **PARAMS)
     set_params(root, paths={"expectations_dir": str(project / "expectations"), "cache_dir": str(root / "cache")},
                **params)
-    events, users, items = clean_tables()
-    write_case(root, {"events.csv": events.to_csv(index=False).encode(),
-                      "users.csv": users.to_csv(index=False).encode(),
-                      "items.csv": items.to_csv(index=False).encode()})
+    write_clean_case(root)
     settings = load_settings(root / "params.yaml")
     for stage in steps.STAGES.values():
         stage(settings)
@@ -146,3 +143,14 @@ def write_case(workspace: Path, files: dict[str, bytes]) -> None:
     external.mkdir(parents=True, exist_ok=True)
     for name, payload in files.items():
         (external / name).write_bytes(payload)
+
+
+def clean_files(seed: int = 0) -> dict[str, bytes]:
+    """The clean own-data case as the three CSV files ``PARAMS`` maps."""
+    events, users, items = clean_tables(seed)
+    return {"events.csv": _csv(events), "users.csv": _csv(users), "items.csv": _csv(items)}
+
+
+def write_clean_case(workspace: Path) -> None:
+    """The clean own-data case's files in ``workspace/data/external`` (set ``PARAMS`` to read them)."""
+    write_case(workspace, clean_files())

@@ -12,7 +12,7 @@ from recops import steps
 from recops.config import load_settings
 from recops.errors import RecopsError
 from tests.conftest import PROJECT, set_params
-from tests.data.cases import PARAMS, cases, clean_tables, write_case
+from tests.data.cases import PARAMS, cases, clean_files, clean_tables, write_case
 
 CASES = cases()
 
@@ -29,9 +29,7 @@ def workspace(tmp_path: Path, files: dict[str, bytes], overrides: dict) -> Path:
 def test_the_clean_version_of_the_cases_passes_and_runs_the_whole_pipeline(tmp_path):
     """A user's own CSV log with attribute tables goes through every stage; the table compares the two-stage
     list with every single-stage baseline on their data."""
-    events, users, items = clean_tables()
-    files = {"events.csv": events.to_csv(index=False).encode(), "users.csv": users.to_csv(index=False).encode(),
-             "items.csv": items.to_csv(index=False).encode()}
+    files = clean_files()
     settings = load_settings(workspace(tmp_path, files, {}) / "params.yaml")
     steps.ingest(settings)
     summary = steps.validate(settings)
@@ -72,9 +70,7 @@ def test_an_event_the_snapshots_validation_would_refuse_is_quarantined_naming_th
     from recops.data.events import stage_snapshot
 
     events, users, items = clean_tables()
-    files = {"events.csv": events.to_csv(index=False).encode(), "users.csv": users.to_csv(index=False).encode(),
-             "items.csv": items.to_csv(index=False).encode()}
-    settings = load_settings(workspace(tmp_path, files, {}) / "params.yaml")
+    settings = load_settings(workspace(tmp_path, clean_files(), {}) / "params.yaml")
     log_dir = settings.root / settings.serving.event_log_dir
     log_dir.mkdir(parents=True)
     good = {"user_id": "1", "item_id": "3", "timestamp": 1_600_000_000.0, "weight": 4.0}

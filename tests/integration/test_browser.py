@@ -34,7 +34,7 @@ from recops import steps
 from recops.config import load_settings
 from recops.web_assets import VENDOR_DIR, load_manifest, missing_files
 from tests.conftest import BIN, NO_GATES, replace_param, run_dvc, run_env, set_params
-from tests.data.cases import PARAMS, clean_tables, write_case
+from tests.data.cases import PARAMS, write_clean_case
 
 pytestmark = pytest.mark.integration
 
@@ -153,9 +153,7 @@ def project(fresh_workspace):
     """A workspace with two registered versions, the A/B report, a backtest page and the DVC plots page."""
     chromium_or_skip()
     ws = fresh_workspace("browser")
-    events, users, items = clean_tables()
-    write_case(ws, {"events.csv": events.to_csv(index=False).encode(), "users.csv": users.to_csv(index=False).encode(),
-                    "items.csv": items.to_csv(index=False).encode()})
+    write_clean_case(ws)
     set_params(ws, **PARAMS)
     replace_param(ws, "registry.first_model_gates", NO_GATES)
     settings = load_settings(ws / "params.yaml")

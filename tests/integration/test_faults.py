@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BIN, NO_GATES, replace_param, run_env, set_params
-from tests.data.cases import PARAMS, clean_tables, write_case
+from tests.data.cases import PARAMS, write_clean_case
 
 pytestmark = pytest.mark.integration
 
@@ -75,9 +75,7 @@ class TrackingServer:
 @pytest.fixture(scope="module")
 def project(fresh_workspace, prefect_api):
     ws = fresh_workspace("faults", prefect_api)
-    events, users, items = clean_tables()
-    write_case(ws, {"events.csv": events.to_csv(index=False).encode(), "users.csv": users.to_csv(index=False).encode(),
-                    "items.csv": items.to_csv(index=False).encode()})
+    write_clean_case(ws)
     port = free_port()
     set_params(ws, **PARAMS)
     set_params(ws, registry={"tracking_uri": f"http://127.0.0.1:{port}"},

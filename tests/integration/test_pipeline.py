@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import run_cli, run_dvc, set_params
-from tests.data.cases import PARAMS, cases, clean_tables, write_case
+from tests.data.cases import PARAMS, cases, write_case, write_clean_case
 
 pytestmark = pytest.mark.integration
 
@@ -238,10 +238,7 @@ def test_dvc_has_nothing_to_do_after_the_flow_and_outputs_round_trip_the_remote(
 def own_data(fresh_workspace, prefect_api):
     """A small own-data project (tests/data/cases.py) trained with `recops run`: the flow, in seconds."""
     ws = fresh_workspace("pipeline-own-data", prefect_api)
-    events, users, items = clean_tables()
-    write_case(ws, {"events.csv": events.to_csv(index=False).encode(),
-                    "users.csv": users.to_csv(index=False).encode(),
-                    "items.csv": items.to_csv(index=False).encode()})
+    write_clean_case(ws)
     set_params(ws, **PARAMS)
     proc = run_cli(ws, "run", "-q")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]

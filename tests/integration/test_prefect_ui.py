@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from tests.conftest import NO_GATES, replace_param, run_cli, run_env, set_params
-from tests.data.cases import PARAMS, clean_tables, write_case
+from tests.data.cases import PARAMS, write_clean_case
 from tests.prefect_runs import flow_runs, run_artifacts, run_logs, table_rows
 
 pytestmark = pytest.mark.integration
@@ -32,10 +32,7 @@ def ok(proc: subprocess.CompletedProcess) -> None:
 @pytest.fixture(scope="module")
 def project(fresh_workspace, prefect_api):
     ws = fresh_workspace("prefect-ui", prefect_api)
-    events, users, items = clean_tables()
-    write_case(ws, {"events.csv": events.to_csv(index=False).encode(),
-                    "users.csv": users.to_csv(index=False).encode(),
-                    "items.csv": items.to_csv(index=False).encode()})
+    write_clean_case(ws)
     set_params(ws, **PARAMS)
     replace_param(ws, "registry.first_model_gates", NO_GATES)  # random data: the first model is the champion
     proc = run_cli(ws, "run")

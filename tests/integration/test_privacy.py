@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import BIN, NO_GATES, replace_param, run_env, set_params
-from tests.data.cases import PARAMS, clean_tables, write_case
+from tests.data.cases import PARAMS, clean_tables, write_clean_case
 from tests.scan import files_under, tables_with_values
 
 pytestmark = pytest.mark.integration
@@ -36,10 +36,8 @@ def cli(ws, *args: str, key: str | None = KEY) -> subprocess.CompletedProcess:
 
 def own_project(fresh_workspace, prefect_api, name: str, **privacy):
     ws = fresh_workspace(name, prefect_api)
-    events, users, items = clean_tables()
-    write_case(ws, {"events.csv": events.to_csv(index=False).encode(),
-                    "users.csv": users.to_csv(index=False).encode(),
-                    "items.csv": items.to_csv(index=False).encode()})
+    events = clean_tables()[0]
+    write_clean_case(ws)
     set_params(ws, **PARAMS, privacy=privacy)
     # random synthetic data: no model beats popularity by the default gates' margin
     replace_param(ws, "registry.first_model_gates", NO_GATES)

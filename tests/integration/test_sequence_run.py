@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from tests.conftest import run_cli, set_params
-from tests.data.cases import PARAMS, clean_tables, write_case
+from tests.data.cases import PARAMS, write_clean_case
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("torch", reason="the sequence source's extra (make install-sequence) is not installed")
@@ -25,10 +25,7 @@ SEQUENCE = {"sources": ["mf", "itemknn", "popularity", "sequence"], "sequence_le
 @pytest.fixture(scope="module")
 def project(fresh_workspace, prefect_api):
     ws = fresh_workspace("sequence-run", prefect_api)
-    events, users, items = clean_tables()
-    write_case(ws, {"events.csv": events.to_csv(index=False).encode(),
-                    "users.csv": users.to_csv(index=False).encode(),
-                    "items.csv": items.to_csv(index=False).encode()})
+    write_clean_case(ws)
     set_params(ws, **PARAMS)
     set_params(ws, candidates=SEQUENCE)
     proc = run_cli(ws, "run", "-q")

@@ -31,7 +31,7 @@ from recops import steps
 from recops.columns import Columns
 from recops.config import load_settings
 from tests.conftest import BIN, NO_GATES, replace_param, run_env, set_params
-from tests.data.cases import PARAMS, clean_tables, write_case
+from tests.data.cases import PARAMS, write_clean_case
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-admin-token"
@@ -62,9 +62,7 @@ def redis_or_skip() -> None:
 def project(fresh_workspace, prefect_api):
     redis_or_skip()
     ws = fresh_workspace("serving", prefect_api)
-    events, users, items = clean_tables()
-    write_case(ws, {"events.csv": events.to_csv(index=False).encode(), "users.csv": users.to_csv(index=False).encode(),
-                    "items.csv": items.to_csv(index=False).encode()})
+    write_clean_case(ws)
     set_params(ws, **PARAMS)
     prefix = f"recops-test-{uuid.uuid4().hex[:8]}"
     set_params(ws, serving={"reload_poll_seconds": 0.5, "cache": {"backend": "redis", "key_prefix": prefix}})
