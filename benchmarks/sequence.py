@@ -2,17 +2,21 @@
 single source, and inside the two-stage list (with it vs without it), on the project's prepared data.
 
     .venv/bin/python -m benchmarks.sequence [--params params.yaml] [--windows 2] [--epochs N] [--seed 42]
+                                            [--negatives N] [--timeline-only] [--cheaper]
 
 Run after `make run` (the prepared interactions and the split) with the extra installed (`make install-sequence`).
-Everything on one thread. The sources have params.yaml's settings (no tuning here), ``--epochs`` overrides
-``candidates.sequence_epochs``.
+Everything on one thread. The sources have params.yaml's settings (no tuning here), ``--epochs`` and
+``--negatives`` override ``candidates.sequence_epochs`` / ``sequence_negatives``; ``--timeline-only`` skips the
+per-user split (a project where only the ingest stage has run, such as a ``recops synth`` log).
 
 1. **per-user split** (the split stage's folds, the ranker's labels as the pipeline cuts them): each single
    source alone on the test fold (history train + valid) — NDCG@10, recall@20, fit seconds — and the two-stage
    list (``recops.pipeline.two_stage_lists``) with params.yaml's sources and with ``sequence`` added: NDCG@10 of
    each, the lift with a paired bootstrap 95% interval over test users, the sequence source's candidate recall;
 2. **timeline** (the backtest's windows, ``backtest`` settings; the last ``--windows`` of them): the same per
-   window on the warm test users, pooled over windows for the lift.
+   window on the warm test users, pooled over windows for the lift;
+3. **cheaper serving paths** of the source alone (on the per-user split, and on the windows with ``--cheaper``):
+   its item embeddings stored as float16 / int8, a smaller model, and the cost of one live re-encode.
 
 Prints Markdown for BENCHMARKS.md ("The sequence source").
 """
@@ -48,8 +52,50 @@ def single_sources(settings, history: pd.DataFrame, target: pd.DataFrame, n_user
         seconds = time.perf_counter() - started
         lists, _ = recommend(source, users, fold.history, 20)
         metrics = list_metrics(fold, users, lists)
-        out[name] = {"ndcg@10": metrics["ndcg@10"], "recall@20": metrics["recall@20"], "seconds": seconds}
+        out[name] = {"ndcg@10": metrics["ndcg@10"], "recall@20": metrics["recall@20"], "seconds": seconds,
+                     "source": source}
         log.info("%s alone: ndcg@10 %.4f in %.1f s", name, metrics["ndcg@10"], seconds)
+    return out
+
+
+def cheaper_paths(settings, history: pd.DataFrame, target: pd.DataFrame, n_users: int, n_items: int,
+                  users: np.ndarray, fitted) -> dict[str, dict[str, float]]:
+    """The sequence source alone as a bundle may serve it: params.yaml's model with its item embeddings stored as
+    float32 / float16 / int8 (``export.storage.mf_factors``), and a smaller model (embedding 32, one layer, one
+    head) trained the same way (``fitted``: params.yaml's, already trained on this history); NDCG@10 and
+    recall@20 of each, and one live re-encode's p50 / p99 (ms, one row through the ONNX encoder, 1,000 users)."""
+    from recops.candidates.sequence import SequenceSource
+    from recops.candidates.sources import History, recommend
+    from recops.candidates.storage import RowStore
+    from recops.evaluation.peers import Fold, list_metrics
+    from recops.onnx_runtime import inference_session
+
+    shared = History(history, n_users, n_items)
+    fold = Fold.from_frames(history, target, n_users, n_items, users=users)
+    small = settings.candidates.model_copy(update={"sequence_embedding": 32, "sequence_layers": 1,
+                                                   "sequence_heads": 1})
+    out = {}
+    for label, config in (("params.yaml", settings.candidates), ("small", small)):
+        source = fitted if config is settings.candidates else \
+            SequenceSource.configured(config, seed=settings.seed, threads=1).fit_history(shared)
+        session = inference_session(source.encoder(), 1)
+        rows = source.codes_[np.random.default_rng(settings.seed).integers(0, n_users, 1000)]
+        times = np.empty(len(rows))
+        for i, row in enumerate(rows):
+            started = time.perf_counter()
+            session.run(["encoding"], {"codes": row[None]})
+            times[i] = time.perf_counter() - started
+        p50, p99 = (float(np.percentile(times, q) * 1000) for q in (50, 99))
+        full = source.item_embeddings_
+        for storage in ("float32", "float16", "int8") if label == "params.yaml" else ("float32",):
+            source.item_embeddings_ = RowStore.compress(full, storage)
+            lists, _ = recommend(source, users, fold.history, 20)
+            metrics = list_metrics(fold, users, lists)
+            name = f"{label}, {storage}"
+            out[name] = {"ndcg@10": metrics["ndcg@10"], "recall@20": metrics["recall@20"], "p50": p50, "p99": p99,
+                         "embedding": config.sequence_embedding, "layers": config.sequence_layers}
+            log.info("sequence %s: ndcg@10 %.4f, re-encode p50 %.2f ms", name, metrics["ndcg@10"], p50)
+        source.item_embeddings_ = full
     return out
 
 
@@ -98,26 +144,39 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=2, help="the last N backtest windows")
     parser.add_argument("--epochs", type=int, default=None, help="candidates.sequence_epochs for this run")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--timeline-only", action="store_true",
+                        help="skip the per-user split (a project with the ingest stage's outputs only)")
+    parser.add_argument("--negatives", type=int, default=None, help="candidates.sequence_negatives for this run")
+    parser.add_argument("--cheaper", action="store_true",
+                        help="also measure the cheaper serving paths on the timeline windows (the per-user split "
+                             "always has them)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = load_settings(args.params)
     update = {"threads": 1, **({"seed": args.seed} if args.seed is not None else {})}
-    if args.epochs is not None:
-        update["candidates"] = settings.candidates.model_copy(update={"sequence_epochs": args.epochs})
+    overrides = {key: value for key, value in (("sequence_epochs", args.epochs),
+                                               ("sequence_negatives", args.negatives)) if value is not None}
+    if overrides:
+        update["candidates"] = settings.candidates.model_copy(update=overrides)
     settings = settings.model_copy(update=update)
     ws = Workspace(settings)
     rows = []
+    cheaper = []
     with threadpool_limits(limits=1):
         # 1. the per-user split's test fold
-        index = ws.index()
-        users_attr, items_attr = ws.attributes(index)
-        split_dir = settings.path("split_dir")
-        train, valid = (pd.read_parquet(split_dir / f"{name}.parquet") for name in ("train", "valid"))
-        history, target = ws.fold("test")
-        users = np.unique(target[Columns.USER].to_numpy()).astype(np.int32)
-        alone = single_sources(settings, history, target, index.n_users, index.n_items, users)
-        both = two_stage(settings, train, valid, target, users, index.n_users, index.n_items, users_attr, items_attr)
-        rows.append(("per-user split (test fold)", alone, both))
+        index = ws.index() if not args.timeline_only else None
+        if index is not None:
+            users_attr, items_attr = ws.attributes(index)
+            split_dir = settings.path("split_dir")
+            train, valid = (pd.read_parquet(split_dir / f"{name}.parquet") for name in ("train", "valid"))
+            history, target = ws.fold("test")
+            users = np.unique(target[Columns.USER].to_numpy()).astype(np.int32)
+            alone = single_sources(settings, history, target, index.n_users, index.n_items, users)
+            cheaper.append(("per-user split (test fold)", cheaper_paths(
+                settings, history, target, index.n_users, index.n_items, users, alone["sequence"]["source"])))
+            both = two_stage(settings, train, valid, target, users, index.n_users, index.n_items, users_attr,
+                             items_attr)
+            rows.append(("per-user split (test fold)", alone, both))
         # 2. the timeline: the last windows of the backtest
         data = load(settings)
         tsettings = timeline_settings(settings)
@@ -127,6 +186,10 @@ def main() -> None:
             history = pd.concat([parts["train"], parts["valid"]], ignore_index=True)
             users = warm_users(parts["test"], history)
             alone = single_sources(tsettings, history, parts["test"], data.n_users, data.n_items, users)
+            if args.cheaper:
+                cheaper.append((f"timeline window {w + 1} of {len(data.windows)}", cheaper_paths(
+                    tsettings, history, parts["test"], data.n_users, data.n_items, users,
+                    alone["sequence"]["source"])))
             both = two_stage(tsettings, parts["train"], parts["valid"], parts["test"], users, data.n_users,
                              data.n_items, data.users_attr, data.items_attr)
             for label in pooled:
@@ -148,6 +211,13 @@ def main() -> None:
               + lift(both["with"]["ndcg"], both["without"]["ndcg"], settings.seed)
               + f" | {both['with']['recall'].get(recall_key, float('nan')):.3f} | "
               + f"{alone['sequence']['seconds']:.0f} |")
+    print("\nThe cheaper serving paths of the source alone (NDCG@10 / recall@20; one live re-encode p50 / p99 ms):\n")
+    print("| protocol | model, item embeddings | embedding | layers | NDCG@10 | recall@20 | re-encode p50 / p99 ms |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for label, paths in cheaper:
+        for name, row in paths.items():
+            print(f"| {label} | {name} | {row['embedding']} | {row['layers']} | {row['ndcg@10']:.4f} | "
+                  f"{row['recall@20']:.4f} | {row['p50']:.2f} / {row['p99']:.2f} |")
     if pooled["with"]:
         ours, theirs = np.concatenate(pooled["with"]), np.concatenate(pooled["without"])
         print(f"\nTimeline, pooled over {len(pooled['with'])} windows ({len(ours)} user rows): two-stage NDCG@10 "
