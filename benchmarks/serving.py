@@ -9,7 +9,8 @@ Run after `make run`. Measures, and prints as Markdown for BENCHMARKS.md:
    reasons): p50 / p99 / mean over ``--requests`` requests of random users, after a warm-up;
 2. the ranker alone on the same inputs (each request's candidate feature matrix): the compiled forest (lleaves),
    onnxruntime and native LightGBM ``predict`` (1 thread each), as ratios measured in the same process;
-3. an event to a fresh answer (``add_event`` then ``recommend``), in process;
+3. an event to a fresh answer (``add_event`` then ``recommend``), in process; ``add_event`` alone, and each
+   source's live update inside it (MF's fold-in, the sequence source's re-encode);
 4. batch scoring of every user (top-100) through the same engine: users/second, and the MF scoring's share of
    the machine's single-thread float32 GEMM peak (a large ``sgemm`` timed in the same process);
 5. exploration: the cost in NDCG@10 and the gain in coverage@10 / novelty@10 of each policy, applied to the
@@ -71,6 +72,33 @@ def in_process(model, users: np.ndarray, k: int) -> np.ndarray:
     for user in users[:50]:  # warm-up
         model.recommend(model.user_ids[user], k)
     return request_times(model, users, k)
+
+
+def event_parts(model, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Milliseconds of ``add_event`` per (user, item), and of each source's ``live_event`` inside it."""
+    spent = {name: np.zeros(len(users)) for name in model.sources}
+    current = [0]
+
+    def timed(name, original):
+        def live_event(*args, **kwargs):
+            started = time.perf_counter()
+            original(*args, **kwargs)
+            spent[name][current[0]] += (time.perf_counter() - started) * 1000
+        return live_event
+
+    for name, source in model.sources.items():
+        source.live_event = timed(name, source.live_event)
+    whole = np.empty(len(users))
+    try:
+        for j, (user, item) in enumerate(zip(users, items)):
+            current[0] = j
+            started = time.perf_counter()
+            model.add_event(model.user_ids[user], model.item_ids[item])
+            whole[j] = (time.perf_counter() - started) * 1000
+    finally:
+        for source in model.sources.values():
+            del source.live_event  # the class's method again
+    return whole, spent
 
 
 def request_matrices(model, users: np.ndarray) -> list[np.ndarray]:
@@ -494,7 +522,13 @@ def main() -> None:
         model.recommend(model.user_ids[user], 10)
         fresh[j] = (time.perf_counter() - started) * 1000
     print("| event -> fresh answer, in process | p50 ms | p99 ms | mean ms |\n|---|---:|---:|---:|")
-    print(f"| add_event (MF fold-in, history, sequence) + recommend | {percentiles(fresh)} |\n")
+    print(f"| add_event (every source's live update, history) + recommend | {percentiles(fresh)} |")
+    whole, parts = event_parts(model, users[200:600], rng.integers(0, model.n_items, 400))
+    print(f"| add_event alone | {percentiles(whole)} |")
+    for name, spent in parts.items():
+        if spent.mean() > 0.02:  # sources whose live update does work (MF, sequence)
+            print(f"| of which the {name} source's live update | {percentiles(spent)} |")
+    print()
 
     batch_model = Recommender(load_bundle(settings.path("serving_bundle"), None), settings.serving, "local")
     all_users = np.arange(batch_model.n_users)
