@@ -131,6 +131,16 @@ def lift(with_rows: np.ndarray, without_rows: np.ndarray, seed: int) -> str:
     return f"{interval['lift_pct']:+.1f} % ({interval['low_pct']:+.1f} % to {interval['high_pct']:+.1f} %)"
 
 
+def row_line(label: str, alone: dict, both: dict, seed: int) -> str:
+    """One protocol's row of the table: each source alone, the two-stage list without / with, the lift."""
+    recall_key = next((k for k in both["with"]["recall"] if k.startswith("sequence")), None)
+    return (f"| {label} | " + " | ".join(f"{alone[name]['ndcg@10']:.4f}" for name in SINGLE)
+            + f" | {both['without']['ndcg'].mean():.4f} | {both['with']['ndcg'].mean():.4f} | "
+            + lift(both["with"]["ndcg"], both["without"]["ndcg"], seed)
+            + f" | {both['with']['recall'].get(recall_key, float('nan')):.3f} | "
+            + f"{alone['sequence']['seconds']:.0f} |")
+
+
 def main() -> None:
     from threadpoolctl import threadpool_limits
 
@@ -177,6 +187,8 @@ def main() -> None:
             both = two_stage(settings, train, valid, target, users, index.n_users, index.n_items, users_attr,
                              items_attr)
             rows.append(("per-user split (test fold)", alone, both))
+            log.info("row: %s", row_line(*rows[-1], settings.seed))  # each row as it is done: a long run's
+            # finished windows survive its interruption
         # 2. the timeline: the last windows of the backtest
         data = load(settings)
         tsettings = timeline_settings(settings)
@@ -195,6 +207,7 @@ def main() -> None:
             for label in pooled:
                 pooled[label].append(both[label]["ndcg"])
             rows.append((f"timeline window {w + 1} of {len(data.windows)}", alone, both))
+            log.info("row: %s", row_line(*rows[-1], settings.seed))
     cfg = settings.candidates
     print(f"The sequence source on {platform.machine()}, one thread; sequence_length {cfg.sequence_length}, "
           f"embedding {cfg.sequence_embedding}, {cfg.sequence_heads} heads, {cfg.sequence_layers} layers, "
@@ -205,12 +218,7 @@ def main() -> None:
           f"{cfg.n_candidates} | sequence fit s |")
     print("|---|" + "---:|" * (len(SINGLE) + 5))
     for label, alone, both in rows:
-        recall_key = next((k for k in both["with"]["recall"] if k.startswith("sequence")), None)
-        print(f"| {label} | " + " | ".join(f"{alone[name]['ndcg@10']:.4f}" for name in SINGLE)
-              + f" | {both['without']['ndcg'].mean():.4f} | {both['with']['ndcg'].mean():.4f} | "
-              + lift(both["with"]["ndcg"], both["without"]["ndcg"], settings.seed)
-              + f" | {both['with']['recall'].get(recall_key, float('nan')):.3f} | "
-              + f"{alone['sequence']['seconds']:.0f} |")
+        print(row_line(label, alone, both, settings.seed))
     print("\nThe cheaper serving paths of the source alone (NDCG@10 / recall@20; one live re-encode p50 / p99 ms):\n")
     print("| protocol | model, item embeddings | embedding | layers | NDCG@10 | recall@20 | re-encode p50 / p99 ms |")
     print("|---|---|---:|---:|---:|---:|---|")
