@@ -219,6 +219,13 @@ def main() -> None:
     print("|---|" + "---:|" * (len(SINGLE) + 5))
     for label, alone, both in rows:
         print(row_line(label, alone, both, settings.seed))
+    print("\nCandidate recall of each source (its own top n_candidates) and of the merged candidates, in the "
+          "two-stage list with the sequence source:\n")
+    names = list(rows[0][2]["with"]["recall"]) if rows else []
+    print("| protocol | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for label, _, both in rows:
+        print(f"| {label} | " + " | ".join(f"{both['with']['recall'][name]:.3f}" for name in names) + " |")
     print("\nThe cheaper serving paths of the source alone (NDCG@10 / recall@20; one live re-encode p50 / p99 ms):\n")
     print("| protocol | model, item embeddings | embedding | layers | NDCG@10 | recall@20 | re-encode p50 / p99 ms |")
     print("|---|---|---:|---:|---:|---:|---|")
