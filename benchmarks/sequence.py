@@ -12,7 +12,7 @@ per-user split (a project where only the ingest stage has run, such as a ``recop
 1. **per-user split** (the split stage's folds, the ranker's labels as the pipeline cuts them): each single
    source alone on the test fold (history train + valid) — NDCG@10, recall@20, fit seconds — and the two-stage
    list (``recops.pipeline.two_stage_lists``) with params.yaml's sources and with ``sequence`` added: NDCG@10 of
-   each, the lift with a paired bootstrap 95% interval over test users, the sequence source's candidate recall;
+   each, the lift with a paired bootstrap 95% interval over test users, the candidate recall of every source;
 2. **timeline** (the backtest's windows, ``backtest`` settings; the last ``--windows`` of them): the same per
    window on the warm test users, pooled over windows for the lift;
 3. **cheaper serving paths** of the source alone (on the per-user split, and on the windows with ``--cheaper``):
