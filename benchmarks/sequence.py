@@ -70,6 +70,8 @@ def cheaper_paths(settings, history: pd.DataFrame, target: pd.DataFrame, n_users
     from recops.evaluation.peers import Fold, list_metrics
     from recops.onnx_runtime import inference_session
 
+    from benchmarks.sequence_scale import reencode_ms
+
     shared = History(history, n_users, n_items)
     fold = Fold.from_frames(history, target, n_users, n_items, users=users)
     small = settings.candidates.model_copy(update={"sequence_embedding": 32, "sequence_layers": 1,
@@ -79,13 +81,7 @@ def cheaper_paths(settings, history: pd.DataFrame, target: pd.DataFrame, n_users
         source = fitted if config is settings.candidates else \
             SequenceSource.configured(config, seed=settings.seed, threads=1).fit_history(shared)
         session = inference_session(source.encoder(), 1)
-        rows = source.codes_[np.random.default_rng(settings.seed).integers(0, n_users, 1000)]
-        times = np.empty(len(rows))
-        for i, row in enumerate(rows):
-            started = time.perf_counter()
-            session.run(["encoding"], {"codes": row[None]})
-            times[i] = time.perf_counter() - started
-        p50, p99 = (float(np.percentile(times, q) * 1000) for q in (50, 99))
+        p50, p99 = reencode_ms(session, source.codes_[np.random.default_rng(settings.seed).integers(0, n_users, 1000)])
         full = source.item_embeddings_
         for storage in ("float32", "float16", "int8") if label == "params.yaml" else ("float32",):
             source.item_embeddings_ = RowStore.compress(full, storage)

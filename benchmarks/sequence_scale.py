@@ -54,6 +54,18 @@ def synth_folder(work: Path, rows: int, seed: int) -> Path:
     return data
 
 
+def reencode_ms(session, rows: np.ndarray) -> tuple[float, float]:
+    """p50 and p99 (ms) of one live re-encode: each row of ``rows`` (a user's last item codes) run alone through
+    the ONNX encoder ``session``, as ``add_event`` does."""
+    times = np.empty(len(rows))
+    for i, row in enumerate(rows):
+        started = time.perf_counter()
+        session.run(["encoding"], {"codes": row[None]})
+        times[i] = time.perf_counter() - started
+    p50, p99 = (float(np.percentile(times, q) * 1000) for q in (50, 99))
+    return p50, p99
+
+
 def one(data: Path, variant: str, epochs: int, seed: int) -> dict:
     """One variant on one log, in this process (run by ``main`` as a child)."""
     import pandas as pd
@@ -95,13 +107,8 @@ def one(data: Path, variant: str, epochs: int, seed: int) -> dict:
                                     for s in range(0, len(codes), 1024)])
         out["encode_onnx_s"] = time.perf_counter() - started
         out["parity"] = float(np.abs(converted - native).max())
-        rows = codes[np.random.default_rng(seed).integers(0, n_users, 2000)]
-        times = np.empty(len(rows))
-        for i, row in enumerate(rows):
-            started = time.perf_counter()
-            session.run(["encoding"], {"codes": row[None]})
-            times[i] = time.perf_counter() - started
-        out["reencode_p50_ms"], out["reencode_p99_ms"] = (float(np.percentile(times, q) * 1000) for q in (50, 99))
+        out["reencode_p50_ms"], out["reencode_p99_ms"] = reencode_ms(
+            session, codes[np.random.default_rng(seed).integers(0, n_users, 2000)])
         out["encoder_kb"] = len(exported) / 1024
     return out
 
