@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cli, set_params
+from tests.conftest import FAST_RANKER, run_cli, set_params
 
 pytestmark = pytest.mark.integration
 
@@ -92,6 +92,7 @@ def test_zero_windows_exit_1_naming_the_key_and_write_nothing(untouched):
 @pytest.fixture(scope="module")
 def local_run(fresh_workspace):
     ws = fresh_workspace("backtest")
+    set_params(ws, **FAST_RANKER)  # the backtest's rankers and the run of the last test: a third of the time
     proc = run_cli(ws, "backtest", "-p", "params.yaml", "--engine", "local", *SMALL)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return ws, json.loads((ws / "reports" / "backtest.json").read_text())

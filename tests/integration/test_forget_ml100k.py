@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import BIN, run_dvc, run_env, set_params
+from tests.conftest import BIN, FAST_RANKER, run_dvc, run_env, set_params
 from tests.scan import files_under, files_with_text, tables_with_values
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,8 @@ def project(fresh_workspace, prefect_api, tmp_path_factory):
     added = run_dvc(ws, "remote", "add", "-d", "store", str(remote))
     assert added.returncode == 0, added.stderr
     prefix = f"recops-test-forget-ml100k-{os.getpid()}"
-    set_params(ws, privacy={"pseudonymize": True}, serving={"cache": {"backend": "redis", "key_prefix": prefix}})
+    set_params(ws, privacy={"pseudonymize": True}, serving={"cache": {"backend": "redis", "key_prefix": prefix}},
+               **FAST_RANKER)  # three ML-100k runs in this module (the run, forget's retrain, the independent one)
     run = cli(ws, "run", "-q")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
     tables = {name: pd.read_parquet(ws / f"data/prepared/{name}.parquet") for name in ("interactions", "users",
@@ -71,7 +72,8 @@ def their_rows(tables, gone: set[int]) -> tuple[pd.DataFrame, set[int]]:
     any id, would carry one)."""
     log = tables["interactions"]
     mine = log["user_id"].isin(list(gone))
-    return log[mine], set(log.loc[mine, "timestamp"].astype(np.int64)) - set(log.loc[~mine, "timestamp"].astype(np.int64))
+    stamps = log["timestamp"].astype(np.int64)
+    return log[mine], set(stamps[mine]) - set(stamps[~mine])
 
 
 def test_forgotten_users_are_nowhere_and_everyone_else_is_served_as_by_a_model_that_never_saw_them(
@@ -166,7 +168,7 @@ def test_forgotten_users_are_nowhere_and_everyone_else_is_served_as_by_a_model_t
         "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "rating": "rating",
                     "weight": None, "split": None},
         "user_attributes": spec.user_attributes.model_dump(), "item_attributes": spec.item_attributes.model_dump(),
-    })
+    }, **FAST_RANKER)  # the same ranker settings as the project's
     independent = cli(other, "run", "-q", key=None)
     assert independent.returncode == 0, independent.stdout[-3000:] + independent.stderr[-6000:]
     after = json.loads((ws / "reports/metrics.json").read_text())

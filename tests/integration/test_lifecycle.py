@@ -2,7 +2,8 @@
 
 One project copy; the tests run in order and share it. A deliberately weak configuration (MF with 8 factors and
 popularity as the only sources, a 20-tree ranker) plays the model to beat or the bad challenger; the default
-params.yaml (with a faster-learning ranker, to keep the test short) plays the better one. Real Prefect, MLflow (SQLite), LightGBM and onnxruntime throughout.
+params.yaml (with a faster-learning ranker, to keep the test short) plays the better one. Real Prefect, MLflow
+(SQLite), LightGBM and onnxruntime throughout.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli, set_params
+from tests.conftest import FAST_RANKER, run_cli, set_params
 
 pytestmark = pytest.mark.integration
 
 WEAK = {"candidates": {"sources": ["mf", "popularity"], "factors": 8}, "ranker": {"n_estimators": 20}}
 # the default configuration with a faster-learning ranker (fewer trees to fit): still far better than WEAK
-STRONG = {"ranker": {"learning_rate": 0.1}}
+STRONG = FAST_RANKER
 # what the held challenger is trained with: clearly below STRONG (WEAK itself came within noise of it once users
 # were numbered by first interaction)
 WORSE = {"candidates": {"sources": ["mf", "popularity"], "factors": 4, "iterations": 2},
