@@ -15,6 +15,12 @@ each for ``--seconds`` with ``--connections`` connections (wrk, 2 threads, on th
 prints a Markdown table for BENCHMARKS.md: requests/s, p50 / p99 (wrk's), errors, the live / trivial ratio, and
 the server's memory (RSS and PSS summed over its processes: PSS counts the shared bundle pages once).
 Needs Debian's ``wrk`` (apt-get install -y wrk).
+
+``--projects A B [--rounds 3]`` compares two (or more) project folders instead: each folder's own recops code
+(the server runs with the folder as its working directory, so ``A/recops`` is imported: a ``git worktree`` of the
+baseline commit, with ``models``, ``mlflow.db`` and ``mlartifacts`` linked from a trained project) serving its own
+``models/serving``, in alternating order round by round (A B, B A, ...), the live row only, ``--workers`` (the
+first count) workers each; a table of every round and the ratio of each folder's requests/s to the first's.
 """
 
 from __future__ import annotations
@@ -88,15 +94,56 @@ def serve(params: Path, workers: int) -> tuple[subprocess.Popen, str]:
         time.sleep(0.3)
 
 
+def compare(projects: list[Path], rounds: int, seconds: float, connections: int, workers: int) -> None:
+    """Live requests/s and latency of each project folder's server, in alternating order round by round."""
+    import pandas as pd
+
+    projects = [p.resolve() for p in projects]
+    ids = pd.read_parquet(projects[0] / "models" / "serving" / "ids_users.parquet")["id"].astype(str)
+    rates: dict[Path, list[float]] = {p: [] for p in projects}
+    with tempfile.TemporaryDirectory() as tmp:
+        users = Path(tmp) / "users.txt"
+        users.write_text("\n".join(ids) + "\n", encoding="utf-8")
+        print(f"machine: {os.cpu_count()} cores; wrk -t2 -c{connections}, {seconds:.0f} s per round, {workers} "
+              f"workers, on the same cores as the server; live scoring (a request id per request)\n")
+        print("| round | project | requests/s | p50 ms | p99 ms | errors |\n|---:|---|---:|---:|---:|---:|")
+        for round_ in range(rounds):
+            for project in projects if round_ % 2 == 0 else projects[::-1]:
+                proc, base = serve(project / "params.yaml", workers)
+                try:
+                    wrk(f"{base}/recommendations/1", 3, connections, LUA, users)  # warm-up
+                    row = wrk(base, seconds, connections, LUA, users)
+                finally:
+                    os.killpg(proc.pid, signal.SIGINT)
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                rate = row["requests"] / row["seconds"]
+                rates[project].append(rate)
+                errors = sum(v for k, v in row.items() if k.startswith("errors"))
+                print(f"| {round_ + 1} | {project} | {rate:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+                      f"{errors} |", flush=True)
+    first = sum(rates[projects[0]]) / rounds
+    for project in projects[1:]:
+        print(f"\n{project} / {projects[0]}: {sum(rates[project]) / rounds / first:.3f} x the requests/s "
+              f"(means over {rounds} rounds)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--projects", type=Path, nargs="+", help="project folders to compare, round by round")
+    parser.add_argument("--rounds", type=int, default=3, help="with --projects: rounds of each folder")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    if args.projects:
+        compare(args.projects, args.rounds, args.seconds, args.connections, args.workers[0])
+        return
     params = Path(args.params).resolve()
     import pandas as pd
 

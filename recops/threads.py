@@ -16,16 +16,28 @@ _controller: ThreadpoolController | None = None
 _lock = threading.Lock()
 
 
-def blas_limits(threads: int) -> AbstractContextManager:
-    """Context manager limiting the BLAS thread pools to ``threads`` (restored on exit). When every BLAS pool
-    already runs ``threads`` threads (a server started with one thread per process), nothing is changed: asking
-    each library for its count is a C call, where a ``limit`` saves and restores the whole thread-pool info
-    (~50 us, a few percent of an online request)."""
+def _shared_controller() -> ThreadpoolController:
     global _controller
     if _controller is None:
         with _lock:
             if _controller is None:
                 _controller = ThreadpoolController()
-    if all(lib.num_threads == threads for lib in _controller.lib_controllers if lib.user_api == "blas"):
+    return _controller
+
+
+def set_blas_threads(threads: int) -> None:
+    """Run the BLAS thread pools with ``threads`` threads for the rest of the process (a serving process: its
+    requests then find the pools as they need them, and :func:`blas_limits` changes nothing per call). A pool
+    loaded later keeps its own count; :func:`blas_limits` still limits it around each call."""
+    _shared_controller().limit(limits=threads, user_api="blas")  # not restored: no context is exited
+
+
+def blas_limits(threads: int) -> AbstractContextManager:
+    """Context manager limiting the BLAS thread pools to ``threads`` (restored on exit). When every BLAS pool
+    already runs ``threads`` threads (a server started with one thread per process), nothing is changed: asking
+    each library for its count is a C call, where a ``limit`` saves and restores the whole thread-pool info
+    (~50 us, a few percent of an online request)."""
+    controller = _shared_controller()
+    if all(lib.num_threads == threads for lib in controller.lib_controllers if lib.user_api == "blas"):
         return nullcontext()
-    return _controller.limit(limits=threads, user_api="blas")
+    return controller.limit(limits=threads, user_api="blas")

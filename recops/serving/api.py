@@ -67,6 +67,7 @@ from types import SimpleNamespace
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -86,6 +87,7 @@ from recops.serving.bundle import check_local_bundle, check_pseudonym_key, load_
 from recops.serving.engine import Recommender, UnknownIdError
 from recops.serving.event_log import SharedEventLog
 from recops.serving.impressions import ImpressionLog, impressions_folder, served_record
+from recops.threads import set_blas_threads
 
 log = logging.getLogger(__name__)
 
@@ -625,6 +627,23 @@ def openapi_parameters(model: type[BaseModel], path: set[str]) -> list[dict[str,
     return out
 
 
+EMPTY_REASON = dict.fromkeys(Reason.model_fields)  # every field of a reason, in order: what an answer spells out
+
+
+def full_reason(reason: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``reason`` (the engine's, which leaves out what it has no value for) with every field of :class:`Reason`,
+    as the documented answer has them."""
+    return None if reason is None else {**EMPTY_REASON, **reason}
+
+
+def json_answer(payload: dict[str, Any]) -> Response:
+    """``payload`` as a JSON answer, encoded by orjson. FastAPI would validate a returned dict against the route's
+    response model and then serialise it: 3.5 % of a worker's time under load (py-spy, BENCHMARKS.md "Serving
+    throughput by worker processes, under wrk"). The answers are built here from plain values, and the tests
+    check them against the documented model (test_serving's ``test_answers_match_the_documented_schema``)."""
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
 def echoed_id(raw: str, id_type: str) -> Any:
     """The id a request named, answered in the data's id type (an integer for integer ids)."""
     digits = raw[1:] if raw.startswith("-") else raw
@@ -679,6 +698,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
     from recops.serving.cache import make_cache
 
     cfg = settings.serving
+    set_blas_threads(cfg.threads)  # this process serves: its BLAS pools at serving.threads for good
     holder = ModelHolder(settings, version, bundle_dir, downloads=downloads)
     cache = make_cache(cfg.cache, settings.registry.model_name)
     impressions = (ImpressionLog(impressions_folder(settings.root / cfg.event_log_dir), cfg.impressions.flush_seconds,
@@ -773,7 +793,7 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
              dependencies=read_guard, responses={**unauthorised, 422: {"model": ValidationProblem,
                                                                        "description": "Validation Error"}},
              openapi_extra={"parameters": openapi_parameters(query, path={"user_id"})})
-    async def recommendations(request: Request) -> dict[str, Any]:
+    async def recommendations(request: Request) -> Response:
         # the parameters of RecommendationQuery, validated by pydantic in one call: FastAPI's per-parameter
         # handling cost ~0.15 ms of a ~2.5 ms request (BENCHMARKS.md, "Compressed retrieval")
         try:
@@ -803,23 +823,25 @@ def create_app(settings: Settings, version: str = "champion", bundle_dir: Path |
                 dense = np.array([j for j, _ in kept], dtype=np.int64)
                 reasons = model.reasons_for(user_id, dense)
                 items = [{"item_id": _plain_id(model.item_ids[j]), "title": model.title(j), "score": score,
-                          "explored": False, "reason": reason} for (j, score), reason in zip(kept, reasons)]
+                          "explored": False, "reason": full_reason(reason)}
+                         for (j, score), reason in zip(kept, reasons)]
                 # a cached list is shown as it is: every position deterministic
                 shown = logged(user_id, model.version, [i["item_id"] for i in items], [1.0] * len(items),
                                [False] * len(items), True, None, request_id)
-                return {**answer, "items": items, "fallback": None, "cached": True, "cache_source": hit.source,
-                        "impression_id": shown}
+                return json_answer({**answer, "items": items, "fallback": None, "cached": True,
+                                    "cache_source": hit.source, "impression_id": shown})
             cache_lookups.labels("miss").inc()
         rec = model.recommend(user_id, k, request_id=request_id, explain=explain)
         if cacheable and rec.fallback is None and not any(rec.explored):
             cache.put(model.version, user_id, [str(i) for i in rec.items], [float(s) for s in rec.scores])
         items = [{"item_id": item, "title": model.title(model.item_index(item)), "score": rec.scores[n],
-                  "explored": bool(rec.explored and rec.explored[n]), "reason": rec.reasons[n] if rec.reasons else None}
+                  "explored": bool(rec.explored and rec.explored[n]),
+                  "reason": full_reason(rec.reasons[n]) if rec.reasons else None}
                  for n, item in enumerate(rec.items)]
         shown = logged(user_id, model.version, rec.items, rec.propensities or [1.0] * len(rec.items),
                        rec.explored or [False] * len(rec.items), False, rec.fallback, request_id)
-        return {**answer, "items": items, "fallback": rec.fallback, "cached": False, "cache_source": None,
-                "impression_id": shown}
+        return json_answer({**answer, "items": items, "fallback": rec.fallback, "cached": False, "cache_source": None,
+                            "impression_id": shown})
 
     def logged(user_id: Any, version: str, items: list[Any], propensities: list[float | None],
                explored: list[bool], cached: bool, fallback: str | None, request_id: str | None) -> str | None:

@@ -433,6 +433,31 @@ def test_the_api_documents_typed_answers_and_its_docs_load_nothing_from_the_inte
             assert b"cdn.redoc.ly" not in fetched.content, url  # ReDoc's footer logo: served without its address
 
 
+def test_every_kind_of_answer_is_exactly_the_documented_model(app_client):
+    """The endpoint encodes its answers itself (orjson, without FastAPI's response-model pass): each kind of answer
+    must still be the documented model field for field (no field missing, none added, each of its type)."""
+    from recops.serving.api import Recommendations
+
+    holder = app_client.app.state.holder
+    user = next(str(u) for u in holder.current.user_ids if ("1", str(u)) not in holder.fresh)
+
+    def get(who: str, **query: str) -> httpx.Response:
+        return app_client.get(f"/recommendations/{who}", params={"k": 5, **query})
+
+    answers = {"live": get(user), "cached": get(user), "explain": get(user, explain="true"),
+               "request id": get(user, request_id="r-1"), "unknown user": get("someone-new")}
+    assert answers["cached"].json()["cached"] and not answers["live"].json()["cached"]
+    assert answers["unknown user"].json()["fallback"] == "unknown_user"
+    for name, response in answers.items():
+        assert response.status_code == 200 and response.headers["content-type"] == "application/json", name
+        body = response.json()
+        assert Recommendations.model_validate(body).model_dump(mode="json") == body, name
+        assert len(body["items"]) == 5, name
+    explained = answers["explain"].json()["items"]
+    assert any(item["reason"]["features"] for item in explained)
+    assert all(item["reason"]["features"] is None for item in answers["live"].json()["items"])
+
+
 @hsettings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(user=st.text(max_size=300), k=st.one_of(st.integers(-5, 2000), st.text(max_size=5)),
        explain=st.sampled_from(["true", "false", "maybe"]))
@@ -650,7 +675,7 @@ def walk(node, path=""):
 def test_without_reasons_no_answer_names_anything_of_a_users_history(project, caplog):
     from fastapi.testclient import TestClient
 
-    from recops.serving.api import create_app
+    from recops.serving.api import RecommendationsWithoutReasons, create_app
 
     _, settings = project
     quiet = local_settings(settings)
@@ -673,6 +698,7 @@ def test_without_reasons_no_answer_names_anything_of_a_users_history(project, ca
     for name, body in answers.items():
         assert len(body["items"]) == 5 and all(item["reason"] is None for item in body["items"]), (name, body)
         assert not {"because", "because_title", "similarity", "text", "features"} & {k for _, k, _ in walk(body)}
+        assert RecommendationsWithoutReasons.model_validate(body).model_dump(mode="json") == body, name
     # the schema says so: a client generated from it has no reason to read
     item = spec["components"]["schemas"]["RecommendedItemWithoutReason"]["properties"]["reason"]
     assert item["type"] == "null" and "serving.reasons: false" in item["description"]

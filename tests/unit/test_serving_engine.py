@@ -189,17 +189,23 @@ def test_a_reason_names_only_a_pair_that_enough_other_users_share(settings, down
     assert named and unnamed  # both sides of the rule were exercised on this data
 
 
-def test_the_support_count_cut_short_then_finished_names_what_the_exact_count_names(settings, downloaded,
-                                                                                    monkeypatch):
-    """Pairs are first judged on the first SUPPORT_CHUNK users of their rarer item, the undecided ones counted
-    exactly after: with a chunk of one user nearly every pair takes the exact round, and the reasons are the same."""
+def test_the_support_table_and_the_counts_cut_short_then_finished_name_the_same_reasons(settings, downloaded,
+                                                                                        monkeypatch):
+    """A small catalogue's pair supports come from a table; a large one's are counted by binary searches, first on
+    the first SUPPORT_CHUNK users of the pair's rarer item, the undecided ones exactly after (with a chunk of one
+    user nearly every pair takes the exact round). All three name the same reasons."""
     import recops.serving.engine as engine_module
 
     strict = engine(settings, downloaded, min_reason_support=4)
     users = strict.user_ids[:30]
     usual = [strict.recommend(user, K).reasons for user in users]
+    assert strict.support_table() is not None  # this catalogue's table was used
+    strict._support_table = None  # the binary searches, as for a catalogue above SUPPORT_TABLE_ITEMS
+    assert [strict.recommend(user, K).reasons for user in users] == usual
     monkeypatch.setattr(engine_module, "SUPPORT_CHUNK", 1)
     assert [strict.recommend(user, K).reasons for user in users] == usual
+    monkeypatch.setattr(engine_module, "SUPPORT_TABLE_ITEMS", strict.n_items - 1)
+    assert engine(settings, downloaded, min_reason_support=4).support_table() is None
 
 
 def test_without_reasons_no_answer_carries_one_and_explain_adds_nothing(settings, downloaded):
