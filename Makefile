@@ -39,11 +39,12 @@ run: install ## Run the whole pipeline on the embedded MovieLens-100k and print 
 	$(BIN)/recops run
 
 # One pytest worker per core (module by module: a module's tests share their fixtures); the stages run
-# single-threaded (threads: 1), so two workers on two cores take about half the wall time of one.
+# single-threaded (threads: 1), so two workers on two cores take about half the wall time of one. Modules go
+# out in collection order, the longest first (tests/conftest.py, LONGEST_FIRST), so both workers end together.
 TEST_WORKERS ?= auto
 
 test: install install-sequence ## Run all tests (unit, data, integration on real MovieLens-100k)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-unit: install install-sequence ## Run the fast unit tests only
 	$(BIN)/python -m pytest tests/unit

@@ -100,6 +100,45 @@ def replace_param(workspace: Path, dotted: str, value) -> None:
 # default ranker's quality (test_pipeline checks that, with params.yaml as it is).
 FAST_RANKER = {"ranker": {"learning_rate": 0.1}}
 
+# The modules that take longest, longest first (seconds of their tests in a quiet fresh-clone `make test` of
+# 2026-12-07, BENCHMARKS.md "The test suite's schedule"). `make test` hands whole modules to its two workers in
+# collection order (--dist loadfile --no-loadscope-reorder): started first, the long ones end together instead of
+# one worker running the last long module alone (it did: test_forget_ml100k, 212 s, began 899 s into the run,
+# when xdist's own order — most tests first — reached it, and the other worker idled its last 175 s).
+LONGEST_FIRST = [f"tests/integration/test_{name}.py" for name in (
+    "pipeline",  # 303 s
+    "lifecycle",  # 264
+    "forget_ml100k",  # 212
+    "faults",  # 187
+    "serving",  # 160
+    "backtest",  # 157
+    "privacy",  # 138
+    "deployments",  # 125
+    "dask",  # 66
+    "drift",  # 63
+    "replay",  # 62
+    "prefect_ui",  # 61
+    "tuning",  # 56
+    "browser",  # 29
+    "sequence_run",  # 28
+)]
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Whole modules in :data:`LONGEST_FIRST` order, then the others with the most tests first (xdist's own order);
+    each module's tests stay together and in their order."""
+    stale = [name for name in LONGEST_FIRST if not (PROJECT / name).is_file()]
+    if stale:  # a renamed module would silently go back to xdist's order
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names modules that do not exist: {stale}")
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    order = sorted(modules, key=lambda name: (rank.get(name, len(rank)), -len(modules[name]) if name not in rank
+                                              else 0))
+    items[:] = [item for name in order for item in modules[name]]
+
+
 # synthetic random data: a first model only has to be a valid model, not to beat popularity
 NO_GATES = {"metric": "ndcg@10", "min_lift_over": {}, "min_value": 0.0}
 
