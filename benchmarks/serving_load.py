@@ -94,25 +94,43 @@ def serve(params: Path, workers: int) -> tuple[subprocess.Popen, str]:
         time.sleep(0.3)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far."""
+    total = 0.0
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def compare(projects: list[Path], rounds: int, seconds: float, connections: int, workers: int) -> None:
-    """Live requests/s and latency of each project folder's server, in alternating order round by round."""
+    """Live requests/s, latency and the server's CPU time per request of each project folder's server, in
+    alternating order round by round. The CPU time per request is what a request costs the server whatever else
+    runs on the machine; requests/s and latency also move with the machine's other load."""
     import pandas as pd
 
     projects = [p.resolve() for p in projects]
     ids = pd.read_parquet(projects[0] / "models" / "serving" / "ids_users.parquet")["id"].astype(str)
     rates: dict[Path, list[float]] = {p: [] for p in projects}
+    costs: dict[Path, list[float]] = {p: [] for p in projects}
     with tempfile.TemporaryDirectory() as tmp:
         users = Path(tmp) / "users.txt"
         users.write_text("\n".join(ids) + "\n", encoding="utf-8")
         print(f"machine: {os.cpu_count()} cores; wrk -t2 -c{connections}, {seconds:.0f} s per round, {workers} "
               f"workers, on the same cores as the server; live scoring (a request id per request)\n")
-        print("| round | project | requests/s | p50 ms | p99 ms | errors |\n|---:|---|---:|---:|---:|---:|")
+        print("| round | project | requests/s | p50 ms | p99 ms | errors | server CPU ms / request |\n"
+              "|---:|---|---:|---:|---:|---:|---:|")
         for round_ in range(rounds):
             for project in projects if round_ % 2 == 0 else projects[::-1]:
                 proc, base = serve(project / "params.yaml", workers)
                 try:
                     wrk(f"{base}/recommendations/1", 3, connections, LUA, users)  # warm-up
+                    before = cpu_seconds(proc.pid)
                     row = wrk(base, seconds, connections, LUA, users)
+                    cost = (cpu_seconds(proc.pid) - before) * 1000 / max(row["requests"], 1)
                 finally:
                     os.killpg(proc.pid, signal.SIGINT)
                     try:
@@ -121,13 +139,14 @@ def compare(projects: list[Path], rounds: int, seconds: float, connections: int,
                         os.killpg(proc.pid, signal.SIGKILL)
                 rate = row["requests"] / row["seconds"]
                 rates[project].append(rate)
+                costs[project].append(cost)
                 errors = sum(v for k, v in row.items() if k.startswith("errors"))
                 print(f"| {round_ + 1} | {project} | {rate:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-                      f"{errors} |", flush=True)
-    first = sum(rates[projects[0]]) / rounds
+                      f"{errors} | {cost:.3f} |", flush=True)
+    first, first_cost = sum(rates[projects[0]]) / rounds, sum(costs[projects[0]]) / rounds
     for project in projects[1:]:
-        print(f"\n{project} / {projects[0]}: {sum(rates[project]) / rounds / first:.3f} x the requests/s "
-              f"(means over {rounds} rounds)")
+        print(f"\n{project} / {projects[0]} (means over {rounds} rounds): {sum(rates[project]) / rounds / first:.3f} "
+              f"x the requests/s, {sum(costs[project]) / rounds / first_cost:.3f} x the server CPU per request")
 
 
 def main() -> None:
