@@ -638,9 +638,9 @@ def full_reason(reason: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def json_answer(payload: dict[str, Any]) -> Response:
     """``payload`` as a JSON answer, encoded by orjson. FastAPI would validate a returned dict against the route's
-    response model and then serialise it: 3.5 % of a worker's time under load (py-spy, BENCHMARKS.md "Serving
-    throughput by worker processes, under wrk"). The answers are built here from plain values, and the tests
-    check them against the documented model (test_serving's ``test_answers_match_the_documented_schema``)."""
+    response model and then serialise it: 3.5 % of a worker's time under load (py-spy, BENCHMARKS.md "Serving:
+    three cuts of the request path"). The answers are built here from plain values, and a test checks each kind
+    against the documented model (test_serving's ``test_every_kind_of_answer_is_exactly_the_documented_model``)."""
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
