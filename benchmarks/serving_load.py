@@ -26,6 +26,7 @@ first count) workers each; a table of every round and the ratio of each folder's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -94,6 +96,25 @@ def serve(params: Path, workers: int) -> tuple[subprocess.Popen, str]:
         time.sleep(0.3)
 
 
+@contextlib.contextmanager
+def serving(params: Path, workers: int) -> Iterator[tuple[subprocess.Popen, str]]:
+    """:func:`serve`, stopped on exit (SIGINT to its process group, SIGKILL after 30 s)."""
+    proc, base = serve(params, workers)
+    try:
+        yield proc, base
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def errors(row: dict) -> int:
+    """wrk's failed requests of a row: bad status, connect, timeout and read errors."""
+    return sum(v for k, v in row.items() if k.startswith("errors"))
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and its children so far."""
     total = 0.0
@@ -125,24 +146,16 @@ def compare(projects: list[Path], rounds: int, seconds: float, connections: int,
               "|---:|---|---:|---:|---:|---:|---:|")
         for round_ in range(rounds):
             for project in projects if round_ % 2 == 0 else projects[::-1]:
-                proc, base = serve(project / "params.yaml", workers)
-                try:
+                with serving(project / "params.yaml", workers) as (proc, base):
                     wrk(f"{base}/recommendations/1", 3, connections, LUA, users)  # warm-up
                     before = cpu_seconds(proc.pid)
                     row = wrk(base, seconds, connections, LUA, users)
                     cost = (cpu_seconds(proc.pid) - before) * 1000 / max(row["requests"], 1)
-                finally:
-                    os.killpg(proc.pid, signal.SIGINT)
-                    try:
-                        proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(proc.pid, signal.SIGKILL)
                 rate = row["requests"] / row["seconds"]
                 rates[project].append(rate)
                 costs[project].append(cost)
-                errors = sum(v for k, v in row.items() if k.startswith("errors"))
                 print(f"| {round_ + 1} | {project} | {rate:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-                      f"{errors} | {cost:.3f} |", flush=True)
+                      f"{errors(row)} | {cost:.3f} |", flush=True)
     first, first_cost = sum(rates[projects[0]]) / rounds, sum(costs[projects[0]]) / rounds
     for project in projects[1:]:
         print(f"\n{project} / {projects[0]} (means over {rounds} rounds): {sum(rates[project]) / rounds / first:.3f} "
@@ -175,24 +188,16 @@ def main() -> None:
         print("| workers | endpoint | requests/s | p50 ms | p99 ms | errors | live / trivial | RSS MB | PSS MB |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
         for workers in args.workers:
-            proc, base = serve(params, workers)
-            try:
+            with serving(params, workers) as (proc, base):
                 wrk(f"{base}/recommendations/1", 3, args.connections, LUA, users)  # warm-up
                 trivial = wrk(f"{base}/health", args.seconds, args.connections, None, users)
                 live = wrk(base, args.seconds, args.connections, LUA, users)
                 rss, pss = memory_mb(proc.pid)
                 for name, row in (("/health (trivial)", trivial), ("/recommendations (live)", live)):
                     rate = row["requests"] / row["seconds"]
-                    errors = sum(v for k, v in row.items() if k.startswith("errors"))
                     ratio = f"{live['requests'] / trivial['requests']:.2f}" if row is live else ""
                     print(f"| {workers} | {name} | {rate:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-                          f"{errors} | {ratio} | {rss:.0f} | {pss:.0f} |")
-            finally:
-                os.killpg(proc.pid, signal.SIGINT)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                          f"{errors(row)} | {ratio} | {rss:.0f} | {pss:.0f} |")
 
 
 if __name__ == "__main__":

@@ -443,17 +443,21 @@ class Recommender:
         search, for any number of (item, user) pairs at once. 8 bytes per interaction, built on first use. Live
         events are not in it: they could only add support, so leaving them out errs on the side of privacy."""
         if self._item_user_keys is None:
-            base = self.user_items.base
-            ones = sp.csr_matrix((np.ones(len(base.indices), dtype=np.int8), base.indices, base.indptr),
-                                 shape=base.shape)
-            ones.sum_duplicates()
-            by_item = ones.tocsc()
+            by_item = self._interaction_ones(np.int8).tocsc()
             by_item.sort_indices()
             item = np.repeat(np.arange(self.n_items, dtype=np.int64), np.diff(by_item.indptr))
             self._users_of = np.diff(by_item.indptr).astype(np.int64)
             self._item_user_keys = (by_item.indptr.astype(np.int64),
                                 item * (self.n_users + 1) + by_item.indices.astype(np.int64))
         return self._item_user_keys
+
+    def _interaction_ones(self, dtype) -> sp.csr_matrix:
+        """The bundle's users x items interactions as a 0/1 matrix of ``dtype``, one entry per (user, item)."""
+        base = self.user_items.base
+        ones = sp.csr_matrix((np.ones(len(base.indices), dtype=dtype), base.indices, base.indptr), shape=base.shape)
+        ones.sum_duplicates()
+        ones.data[:] = 1
+        return ones
 
     def support_table(self) -> np.ndarray | None:
         """``table[a, b]``: the number of users who had both items ``a`` and ``b`` in the bundle's interactions,
@@ -462,11 +466,7 @@ class Recommender:
         :data:`SUPPORT_TABLE_ITEMS` items, the product costs at most :data:`SUPPORT_TABLE_WORK` and
         ``serving.min_reason_support`` is below the cap; None otherwise (the binary searches then count)."""
         if self._support_table is False:
-            base = self.user_items.base
-            ones = sp.csr_matrix((np.ones(len(base.indices), dtype=np.int32), base.indices, base.indptr),
-                                 shape=base.shape)
-            ones.sum_duplicates()
-            ones.data[:] = 1
+            ones = self._interaction_ones(np.int32)
             work = float(np.square(np.diff(ones.indptr).astype(np.float64)).sum())
             if (self.n_items > SUPPORT_TABLE_ITEMS or work > SUPPORT_TABLE_WORK
                     or self.config.min_reason_support >= 255):
